@@ -1,0 +1,177 @@
+// The one bindings file: converts types, releases the GIL around every blocking call and maps the core's error
+// kinds to the exception classes of pccl_arrays.errors. No Python object crosses into core threads.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "communicator.hpp"
+#include "codec.hpp"
+#include "master_server.hpp"
+#include "master_state.hpp"
+#include "reduce.hpp"
+
+namespace py = pybind11;
+using namespace pccl;
+
+namespace {
+
+py::dict stats_dict(const MasterStats& s) {
+    py::dict d;
+    d["peers_accepted"] = s.peers_accepted;
+    d["ops_committed"] = s.ops_committed;
+    d["ops_aborted"] = s.ops_aborted;
+    d["ops_rejected"] = s.ops_rejected;
+    d["evictions"] = s.evictions;
+    d["dropped_connections"] = s.dropped_connections;
+    d["topology_updates"] = s.topology_updates;
+    d["recent_drops"] = s.recent_drops;
+    return d;
+}
+
+py::list actions_list(const std::vector<MasterAction>& actions) {
+    py::list out;
+    for (const auto& a : actions) {
+        if (a.kind == MasterAction::kClose) {
+            out.append(py::make_tuple("close", a.conn, a.reason));
+            continue;
+        }
+        wire::Header h = wire::decode_header(a.frame.data());
+        std::vector<uint8_t> payload(a.frame.begin() + wire::kHeaderSize, a.frame.end());
+        out.append(py::make_tuple("send", a.conn, codec_type_name(h.type), codec_decode(h.type, payload)));
+    }
+    return out;
+}
+
+std::vector<uint8_t> bytes_of(const py::bytes& b) {
+    std::string s = b;
+    return std::vector<uint8_t>(s.begin(), s.end());
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "C++ core of pccl_arrays: master, peers, striped ring all-reduce";
+
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const CoreError& e) {
+            py::object errors = py::module_::import("pccl_arrays.errors");
+            py::object cls = errors.attr("error_class")(error_kind_name(e.kind()));
+            PyErr_SetString(cls.ptr(), e.what());
+        }
+    });
+
+    py::class_<MasterServer>(m, "MasterServer")
+        .def(py::init([](const std::string& listen, double peer_timeout, double handshake_timeout) {
+                 return new MasterServer(listen, MasterConfig{peer_timeout, handshake_timeout});
+             }),
+             py::arg("listen"), py::arg("peer_timeout"), py::arg("handshake_timeout"))
+        .def("start", &MasterServer::start, py::call_guard<py::gil_scoped_release>())
+        .def("stop", &MasterServer::stop, py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("address", &MasterServer::address)
+        .def_property_readonly("running", &MasterServer::running)
+        .def("stats", [](const MasterServer& s) { return stats_dict(s.stats()); });
+
+    // The master's pure decision logic, for tests with a fake clock. Frames are given and returned as
+    // (type name, dict) pairs through the codec.
+    py::class_<MasterState>(m, "MasterState")
+        .def(py::init([](double peer_timeout, double handshake_timeout) {
+                 return new MasterState(MasterConfig{peer_timeout, handshake_timeout});
+             }),
+             py::arg("peer_timeout") = 10.0, py::arg("handshake_timeout") = 5.0)
+        .def("on_connect", [](MasterState& s, uint64_t conn, const std::string& addr, double now) {
+            return actions_list(s.on_connect(conn, addr, now));
+        })
+        .def("on_message", [](MasterState& s, uint64_t conn, const std::string& type, const py::dict& fields, double now) {
+            auto [code, payload] = codec_encode(type, fields);
+            return actions_list(s.on_frame(conn, code, payload, now));
+        })
+        .def("on_disconnect", [](MasterState& s, uint64_t conn, const std::string& reason, double now) {
+            return actions_list(s.on_disconnect(conn, reason, now));
+        })
+        .def("on_tick", [](MasterState& s, double now) { return actions_list(s.on_tick(now)); })
+        .def("stats", [](const MasterState& s) { return stats_dict(s.stats()); });
+
+    m.def("encode_frame", [](const std::string& type, const py::dict& fields) {
+        auto [code, payload] = codec_encode(type, fields);
+        std::vector<uint8_t> out(wire::kHeaderSize);
+        wire::encode_header(out.data(), wire::MsgType(code), uint32_t(payload.size()));
+        out.insert(out.end(), payload.begin(), payload.end());
+        return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+    }, "Header + payload of one message, for tests and tools.");
+    m.def("decode_frame", [](const py::bytes& frame) {
+        auto bytes = bytes_of(frame);
+        if (bytes.size() < wire::kHeaderSize) throw CoreError(ErrorKind::kProtocol, "malformed frame: shorter than a header");
+        wire::Header h = wire::decode_header(bytes.data());
+        if (bytes.size() != wire::kHeaderSize + h.length)
+            throw CoreError(ErrorKind::kProtocol, "malformed frame: length field does not match the bytes");
+        std::vector<uint8_t> payload(bytes.begin() + wire::kHeaderSize, bytes.end());
+        return py::make_tuple(codec_type_name(h.type), codec_decode(h.type, payload));
+    }, "Decodes one whole frame; raises ProtocolError on anything malformed.");
+    m.attr("PROTOCOL_VERSION") = wire::kVersion;
+
+    py::class_<OpInfo>(m, "OpInfo")
+        .def_readonly("op_id", &OpInfo::op_id)
+        .def_readonly("world_size", &OpInfo::world_size)
+        .def_readonly("stripes", &OpInfo::stripes)
+        .def_readonly("bytes_sent", &OpInfo::bytes_sent)
+        .def_readonly("bytes_received", &OpInfo::bytes_received)
+        .def_readonly("seconds", &OpInfo::seconds);
+
+    py::class_<Communicator>(m, "Communicator")
+        .def(py::init([](const std::string& master, uint32_t group, uint32_t connections, const std::string& listen,
+                         const std::string& advertise, double connect_timeout, double heartbeat_interval,
+                         double master_timeout, double data_timeout, size_t piece_bytes) {
+                 CommConfig c;
+                 c.master = master;
+                 c.peer_group = group;
+                 c.connections = connections;
+                 c.listen = listen;
+                 c.advertise = advertise;
+                 c.connect_timeout = connect_timeout;
+                 c.heartbeat_interval = heartbeat_interval;
+                 c.master_timeout = master_timeout;
+                 c.data_timeout = data_timeout;
+                 c.piece_bytes = piece_bytes;
+                 return new Communicator(c);
+             }),
+             py::arg("master"), py::arg("peer_group"), py::arg("connections"), py::arg("listen"), py::arg("advertise"),
+             py::arg("connect_timeout"), py::arg("heartbeat_interval"), py::arg("master_timeout"),
+             py::arg("data_timeout"), py::arg("piece_bytes"))
+        .def("connect", &Communicator::connect, py::arg("admission_timeout"), py::call_guard<py::gil_scoped_release>())
+        .def("update_topology", &Communicator::update_topology, py::call_guard<py::gil_scoped_release>())
+        .def("pending_peers", &Communicator::pending_peers, py::call_guard<py::gil_scoped_release>())
+        .def("all_reduce",
+             [](Communicator& c, uintptr_t input, uintptr_t output, uint64_t count, uint8_t dtype, uint8_t op, uint64_t tag) {
+                 py::gil_scoped_release release;
+                 return c.all_reduce(reinterpret_cast<const void*>(input), reinterpret_cast<void*>(output), count,
+                                     DType(dtype), ReduceOp(op), tag);
+             })
+        .def("close", &Communicator::close, py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("peer_id", &Communicator::peer_id)
+        .def_property_readonly("world_size", &Communicator::world_size)
+        .def_property_readonly("group_world_size", &Communicator::group_world_size)
+        .def_property_readonly("connected", &Communicator::connected)
+        .def_property_readonly("data_address", &Communicator::data_address)
+        .def_property_readonly("dropped_data_connections", &Communicator::dropped_data_connections)
+        .def("connection_stats", [](const Communicator& c) {
+            py::list out;
+            for (const auto& s : c.connection_stats()) {
+                py::dict d;
+                d["peer"] = s.peer;
+                d["index"] = s.index;
+                d["direction"] = s.outgoing ? "send" : "recv";
+                d["bytes"] = s.bytes;
+                out.append(d);
+            }
+            return out;
+        });
+
+    // Reduction kernels on raw buffers, so tests can hold them to NumPy element by element.
+    m.def("reduce_into", [](uintptr_t acc, uintptr_t local, size_t n, uint8_t dtype, uint8_t op) {
+        reduce_into(DType(dtype), ReduceOp(op), reinterpret_cast<void*>(acc), reinterpret_cast<const void*>(local), n);
+    });
+    m.def("finalize_avg", [](uintptr_t buf, size_t n, uint8_t dtype, uint32_t world) {
+        finalize_avg(DType(dtype), reinterpret_cast<void*>(buf), n, world);
+    });
+}

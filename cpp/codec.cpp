@@ -1,0 +1,180 @@
+#include "codec.hpp"
+
+#include <pybind11/stl.h>
+
+#include "wire.hpp"
+
+namespace py = pybind11;
+
+namespace pccl {
+
+using wire::MsgType;
+
+namespace {
+
+const std::vector<std::pair<MsgType, const char*>>& names() {
+    static const std::vector<std::pair<MsgType, const char*>> n = {
+        {MsgType::kHello, "hello"}, {MsgType::kWelcome, "welcome"}, {MsgType::kHeartbeat, "heartbeat"},
+        {MsgType::kHeartbeatAck, "heartbeat_ack"}, {MsgType::kTopoRequest, "topo_request"},
+        {MsgType::kTopoResult, "topo_result"}, {MsgType::kOpStart, "op_start"}, {MsgType::kOpGo, "op_go"},
+        {MsgType::kOpReject, "op_reject"}, {MsgType::kOpDone, "op_done"}, {MsgType::kOpCommit, "op_commit"},
+        {MsgType::kOpAbort, "op_abort"}, {MsgType::kPendingRequest, "pending_request"},
+        {MsgType::kPendingReply, "pending_reply"}, {MsgType::kLeave, "leave"}, {MsgType::kKicked, "kicked"},
+        {MsgType::kPeerHello, "peer_hello"}, {MsgType::kData, "data"},
+    };
+    return n;
+}
+
+template <class T> T get(const py::dict& d, const char* key, T fallback) {
+    return d.contains(key) ? d[key].cast<T>() : fallback;
+}
+
+py::list ring_list(const std::vector<wire::PeerInfo>& ring) {
+    py::list l;
+    for (const auto& p : ring) l.append(py::dict(py::arg("id") = p.id, py::arg("host") = p.host, py::arg("port") = p.port));
+    return l;
+}
+
+std::vector<wire::PeerInfo> ring_of(const py::dict& d) {
+    std::vector<wire::PeerInfo> ring;
+    if (!d.contains("ring")) return ring;
+    for (auto item : d["ring"].cast<py::list>()) {
+        auto p = item.cast<py::dict>();
+        ring.push_back(wire::PeerInfo{get<uint64_t>(p, "id", 0), get<std::string>(p, "host", ""), get<uint16_t>(p, "port", 0)});
+    }
+    return ring;
+}
+
+wire::OpDesc desc_of(const py::dict& d) {
+    return wire::OpDesc{get<uint64_t>(d, "count", 0), get<uint8_t>(d, "dtype", 0), get<uint8_t>(d, "op", 0),
+                        get<uint8_t>(d, "quant", 0)};
+}
+
+template <class T> std::vector<uint8_t> bytes_of(const T& m) {
+    wire::Writer w;
+    wire::encode(w, m);
+    return std::move(w.bytes());
+}
+
+}  // namespace
+
+std::string codec_type_name(uint16_t type) {
+    for (const auto& [t, n] : names())
+        if (uint16_t(t) == type) return n;
+    return "unknown_" + std::to_string(type);
+}
+
+std::pair<uint16_t, std::vector<uint8_t>> codec_encode(const std::string& type, const py::dict& d) {
+    MsgType t{};
+    bool found = false;
+    for (const auto& [code, n] : names())
+        if (type == n) { t = code; found = true; }
+    if (!found) throw py::value_error("unknown message type '" + type + "'");
+    switch (t) {
+        case MsgType::kHello:
+            return {uint16_t(t), bytes_of(wire::Hello{get<uint32_t>(d, "group", 0), get<uint32_t>(d, "connections", 1),
+                                                      get<std::string>(d, "host", "127.0.0.1"), get<uint16_t>(d, "port", 0)})};
+        case MsgType::kWelcome: return {uint16_t(t), bytes_of(wire::Welcome{get<uint64_t>(d, "peer_id", 0)})};
+        case MsgType::kHeartbeat: case MsgType::kLeave: return {uint16_t(t), {}};
+        case MsgType::kHeartbeatAck: return {uint16_t(t), bytes_of(wire::HeartbeatAck{get<uint32_t>(d, "pending", 0)})};
+        case MsgType::kTopoRequest: case MsgType::kPendingRequest:
+            return {uint16_t(t), bytes_of(wire::TopoRequest{get<uint64_t>(d, "seq", 0)})};
+        case MsgType::kTopoResult:
+            return {uint16_t(t), bytes_of(wire::TopoResult{get<uint64_t>(d, "seq", 0), get<uint32_t>(d, "world_size", 0),
+                                                           get<uint32_t>(d, "pending", 0), ring_of(d)})};
+        case MsgType::kOpStart: return {uint16_t(t), bytes_of(wire::OpStart{get<uint64_t>(d, "tag", 0), desc_of(d)})};
+        case MsgType::kOpGo:
+            return {uint16_t(t), bytes_of(wire::OpGo{get<uint64_t>(d, "tag", 0), get<uint64_t>(d, "op_id", 0),
+                                                     get<uint32_t>(d, "stripes", 1), ring_of(d)})};
+        case MsgType::kOpReject:
+            return {uint16_t(t), bytes_of(wire::OpReject{get<uint64_t>(d, "tag", 0), get<uint8_t>(d, "kind", 0),
+                                                         get<std::string>(d, "reason", "")})};
+        case MsgType::kOpDone:
+            return {uint16_t(t), bytes_of(wire::OpDone{get<uint64_t>(d, "op_id", 0), get<uint8_t>(d, "ok", 1),
+                                                       get<uint8_t>(d, "kind", 0), get<std::string>(d, "reason", "")})};
+        case MsgType::kOpCommit: return {uint16_t(t), bytes_of(wire::OpCommit{get<uint64_t>(d, "op_id", 0)})};
+        case MsgType::kOpAbort:
+            return {uint16_t(t), bytes_of(wire::OpAbort{get<uint64_t>(d, "op_id", 0), get<uint8_t>(d, "kind", 0),
+                                                        get<std::string>(d, "reason", "")})};
+        case MsgType::kPendingReply: return {uint16_t(t), bytes_of(wire::PendingReply{get<uint32_t>(d, "pending", 0)})};
+        case MsgType::kKicked: return {uint16_t(t), bytes_of(wire::Kicked{get<std::string>(d, "reason", "")})};
+        case MsgType::kPeerHello:
+            return {uint16_t(t), bytes_of(wire::PeerHello{get<uint64_t>(d, "from", 0), get<uint64_t>(d, "to", 0),
+                                                          get<uint32_t>(d, "index", 0)})};
+        case MsgType::kData: {
+            auto b = bytes_of(wire::DataHeader{get<uint64_t>(d, "op_id", 0), get<uint32_t>(d, "step", 0),
+                                               get<uint32_t>(d, "stripe", 0), get<uint64_t>(d, "offset", 0)});
+            std::string body = d.contains("payload") ? d["payload"].cast<std::string>() : std::string();
+            b.insert(b.end(), body.begin(), body.end());
+            return {uint16_t(t), b};
+        }
+    }
+    throw py::value_error("unknown message type");
+}
+
+py::dict codec_decode(uint16_t type, const std::vector<uint8_t>& p) {
+    using wire::decode_payload;
+    py::dict d;
+    switch (MsgType(type)) {
+        case MsgType::kHello: {
+            auto m = decode_payload<wire::Hello>(p);
+            d["group"] = m.group; d["connections"] = m.connections; d["host"] = m.host; d["port"] = m.port;
+            break;
+        }
+        case MsgType::kWelcome: d["peer_id"] = decode_payload<wire::Welcome>(p).peer_id; break;
+        case MsgType::kHeartbeat: case MsgType::kLeave:
+            if (!p.empty()) throw CoreError(ErrorKind::kProtocol, "malformed frame: payload on an empty message");
+            break;
+        case MsgType::kHeartbeatAck: d["pending"] = decode_payload<wire::HeartbeatAck>(p).pending; break;
+        case MsgType::kTopoRequest: case MsgType::kPendingRequest: d["seq"] = decode_payload<wire::TopoRequest>(p).seq; break;
+        case MsgType::kTopoResult: {
+            auto m = decode_payload<wire::TopoResult>(p);
+            d["seq"] = m.seq; d["world_size"] = m.world_size; d["pending"] = m.pending; d["ring"] = ring_list(m.ring);
+            break;
+        }
+        case MsgType::kOpStart: {
+            auto m = decode_payload<wire::OpStart>(p);
+            d["tag"] = m.tag; d["count"] = m.desc.count; d["dtype"] = m.desc.dtype; d["op"] = m.desc.op; d["quant"] = m.desc.quant;
+            break;
+        }
+        case MsgType::kOpGo: {
+            auto m = decode_payload<wire::OpGo>(p);
+            d["tag"] = m.tag; d["op_id"] = m.op_id; d["stripes"] = m.stripes; d["ring"] = ring_list(m.ring);
+            break;
+        }
+        case MsgType::kOpReject: {
+            auto m = decode_payload<wire::OpReject>(p);
+            d["tag"] = m.tag; d["kind"] = m.kind; d["reason"] = m.reason;
+            break;
+        }
+        case MsgType::kOpDone: {
+            auto m = decode_payload<wire::OpDone>(p);
+            d["op_id"] = m.op_id; d["ok"] = m.ok; d["kind"] = m.kind; d["reason"] = m.reason;
+            break;
+        }
+        case MsgType::kOpCommit: d["op_id"] = decode_payload<wire::OpCommit>(p).op_id; break;
+        case MsgType::kOpAbort: {
+            auto m = decode_payload<wire::OpAbort>(p);
+            d["op_id"] = m.op_id; d["kind"] = m.kind; d["reason"] = m.reason;
+            break;
+        }
+        case MsgType::kPendingReply: d["pending"] = decode_payload<wire::PendingReply>(p).pending; break;
+        case MsgType::kKicked: d["reason"] = decode_payload<wire::Kicked>(p).reason; break;
+        case MsgType::kPeerHello: {
+            auto m = decode_payload<wire::PeerHello>(p);
+            d["from"] = m.from; d["to"] = m.to; d["index"] = m.index;
+            break;
+        }
+        case MsgType::kData: {
+            wire::Reader r(p.data(), p.size());
+            auto m = wire::decode<wire::DataHeader>(r);
+            d["op_id"] = m.op_id; d["step"] = m.step; d["stripe"] = m.stripe; d["offset"] = m.offset;
+            d["payload"] = py::bytes(reinterpret_cast<const char*>(p.data() + wire::kDataHeaderSize), p.size() - wire::kDataHeaderSize);
+            break;
+        }
+        default: throw CoreError(ErrorKind::kProtocol, "malformed frame: unknown message type " + std::to_string(type));
+    }
+    return d;
+}
+
+}  // namespace pccl

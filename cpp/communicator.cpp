@@ -1,0 +1,362 @@
+#include "communicator.hpp"
+
+#include <algorithm>
+#include <arpa/inet.h>
+#include <cstring>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include "log.hpp"
+#include "reduce.hpp"
+
+namespace pccl {
+
+using wire::MsgType;
+
+Communicator::Communicator(CommConfig config) : cfg_(std::move(config)) {
+    if (cfg_.connections == 0 || cfg_.connections > 1024)
+        throw CoreError(ErrorKind::kInvalidArgument, "connections must be between 1 and 1024");
+    if (cfg_.piece_bytes < 4096 || cfg_.piece_bytes > wire::kMaxDataPayload)
+        throw CoreError(ErrorKind::kInvalidArgument, "piece_bytes must be between 4 KiB and 64 MiB");
+    for (double t : {cfg_.connect_timeout, cfg_.heartbeat_interval, cfg_.master_timeout, cfg_.data_timeout})
+        if (!(t > 0)) throw CoreError(ErrorKind::kInvalidArgument, "timeouts must be positive");
+    net::parse_address(cfg_.master);
+}
+
+Communicator::~Communicator() {
+    try {
+        close();
+    } catch (...) {
+    }
+}
+
+static std::string local_host_of(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    char host[INET6_ADDRSTRLEN] = "127.0.0.1";
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+        if (ss.ss_family == AF_INET) inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, host, sizeof(host));
+        if (ss.ss_family == AF_INET6) inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, host, sizeof(host));
+    }
+    return host;
+}
+
+void Communicator::connect(double admission_timeout) {
+    if (state_ != State::kNew) throw CoreError(ErrorKind::kState, "connect() may be called once; make a new Communicator to rejoin");
+    net::Address listen = net::parse_address(cfg_.listen);
+    const uint16_t data_port = pool_.start(listen.host, listen.port, cfg_.connect_timeout);
+    try {
+        master_fd_ = net::connect_to(net::parse_address(cfg_.master), cfg_.connect_timeout);
+    } catch (const CoreError& e) {
+        pool_.stop();
+        throw CoreError(ErrorKind::kMasterUnreachable, e.what());
+    }
+    advertised_.port = data_port;
+    advertised_.host = (listen.host == "0.0.0.0" || listen.host == "::" || listen.host.empty()) ? local_host_of(master_fd_)
+                                                                                                 : listen.host;
+    if (!cfg_.advertise.empty()) {  // behind NAT or a relay: others dial this address instead
+        if (cfg_.advertise.find(':') != std::string::npos) {
+            net::Address a = net::parse_address(cfg_.advertise);
+            advertised_.host = a.host;
+            if (a.port != 0) advertised_.port = a.port;
+        } else {
+            advertised_.host = cfg_.advertise;
+        }
+    }
+    state_ = State::kJoining;
+    // HELLO goes out before the link thread starts: nothing else may precede it on the wire.
+    send_master(MsgType::kHello, wire::Hello{cfg_.peer_group, cfg_.connections, advertised_.host, advertised_.port});
+    link_running_ = true;
+    link_thread_ = std::thread([this] { link_loop(); });
+    const double now = net::now_seconds();
+    Frame f = wait_frame([](const Frame& f) { return f.type == uint16_t(MsgType::kWelcome); }, now + cfg_.connect_timeout,
+                         "the master's WELCOME");
+    peer_id_ = wire::decode_payload<wire::Welcome>(f.payload).peer_id;
+    pool_.set_self(peer_id_);
+    const double deadline = admission_timeout < 0 ? -1 : net::now_seconds() + admission_timeout;
+    f = wait_frame(
+        [](const Frame& f) {
+            return f.type == uint16_t(MsgType::kTopoResult) && wire::decode_payload<wire::TopoResult>(f.payload).seq == 0;
+        },
+        deadline, "admission (the other peers' next update_topology())");
+    apply_topology(wire::decode_payload<wire::TopoResult>(f.payload));
+    state_ = State::kAccepted;
+}
+
+void Communicator::apply_topology(const wire::TopoResult& r) {
+    ring_ = r.ring;
+    world_size_ = r.world_size;
+    group_world_size_ = uint32_t(r.ring.size());
+    std::set<uint64_t> ids;
+    for (const auto& p : r.ring) ids.insert(p.id);
+    pool_.retain(ids);
+}
+
+void Communicator::require_accepted() const {
+    std::lock_guard<std::mutex> g(mu_);
+    if (state_ == State::kBroken) throw CoreError(broken_kind_, broken_why_);
+    if (state_ != State::kAccepted) throw CoreError(ErrorKind::kState, "communicator is not connected");
+}
+
+template <class T> void Communicator::send_master(MsgType type, const T& m) { send_raw(wire::frame(type, m)); }
+
+void Communicator::send_raw(const std::vector<uint8_t>& bytes) {
+    std::lock_guard<std::mutex> g(send_mu_);
+    int err = 0;
+    if (master_fd_ >= 0 && net::send_all(master_fd_, bytes.data(), bytes.size(), &err)) return;
+    // The link is dead. Let the link thread read what the master said last (KICKED, say) before we decide
+    // what to report; it notices the same dead socket within one poll.
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait_for(lk, std::chrono::seconds(1), [this] { return state_ == State::kBroken || state_ == State::kClosed; });
+    lk.unlock();
+    mark_broken(ErrorKind::kMasterUnreachable, errno_text("sending to the master failed", err));
+    lk.lock();
+    throw CoreError(broken_kind_, broken_why_);
+}
+
+void Communicator::mark_broken(ErrorKind kind, const std::string& why) {
+    std::lock_guard<std::mutex> g(mu_);
+    if (state_ == State::kBroken || state_ == State::kClosed) return;
+    state_ = State::kBroken;
+    broken_kind_ = kind;
+    broken_why_ = why;
+    if (active_) active_->fail(kind, why);
+    cv_.notify_all();
+    log_warn("peer " + std::to_string(peer_id_.load()) + ": " + why);
+}
+
+template <class Match> Communicator::Frame Communicator::wait_frame(Match match, double deadline, const char* what) {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+        for (auto it = inbox_.begin(); it != inbox_.end(); ++it) {
+            if (match(*it)) {
+                Frame f = std::move(*it);
+                inbox_.erase(it);
+                return f;
+            }
+        }
+        if (state_ == State::kBroken) throw CoreError(broken_kind_, broken_why_);
+        if (state_ == State::kClosed) throw CoreError(ErrorKind::kState, "communicator closed");
+        const double now = net::now_seconds();
+        if (deadline >= 0 && now >= deadline) throw CoreError(ErrorKind::kTimeout, std::string("timed out waiting for ") + what);
+        cv_.wait_for(lk, std::chrono::milliseconds(100));
+    }
+}
+
+void Communicator::link_loop() {
+    net::FrameReader reader;
+    double last_rx = net::now_seconds(), last_hb = 0;
+    const auto hb = wire::empty_frame(MsgType::kHeartbeat);
+    while (link_running_) {
+        const double now = net::now_seconds();
+        if (now - last_hb >= cfg_.heartbeat_interval) {
+            last_hb = now;
+            std::unique_lock<std::mutex> g(send_mu_, std::try_to_lock);  // never queue behind a blocked sender
+            int err = 0;
+            if (g.owns_lock() && !net::send_all(master_fd_, hb.data(), hb.size(), &err)) {
+                mark_broken(ErrorKind::kMasterUnreachable, errno_text("heartbeat to the master failed", err));
+                return;
+            }
+        }
+        if (now - last_rx > cfg_.master_timeout) {
+            mark_broken(ErrorKind::kMasterUnreachable,
+                        "no word from the master for " + std::to_string(cfg_.master_timeout) + " s");
+            return;
+        }
+        pollfd pfds[2] = {{master_fd_, POLLIN, 0}, {link_wake_.fd(), POLLIN, 0}};
+        int wait_ms = int(std::max(0.0, std::min(cfg_.heartbeat_interval, 0.1)) * 1000) + 1;
+        ::poll(pfds, 2, wait_ms);
+        if (!link_running_) return;
+        if (!(pfds[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        std::string reason;
+        try {
+            const bool alive = reader.fill(master_fd_, &reason);
+            wire::Header h;
+            std::vector<uint8_t> payload;
+            while (reader.next(&h, &payload)) {
+                last_rx = net::now_seconds();
+                const auto t = MsgType(h.type);
+                if (t == MsgType::kHeartbeatAck) continue;
+                if (t == MsgType::kKicked) {
+                    mark_broken(ErrorKind::kEvicted, "evicted by the master: " + wire::decode_payload<wire::Kicked>(payload).reason);
+                    return;
+                }
+                std::lock_guard<std::mutex> g(mu_);
+                if (t == MsgType::kOpAbort && active_) {
+                    auto m = wire::decode_payload<wire::OpAbort>(payload);
+                    if (m.op_id == active_->op_id()) active_->fail(ErrorKind(m.kind), m.reason);
+                }
+                inbox_.push_back(Frame{h.type, std::move(payload)});
+                cv_.notify_all();
+            }
+            if (!alive) {
+                mark_broken(ErrorKind::kMasterUnreachable, "connection to the master lost: " + reason);
+                return;
+            }
+        } catch (const CoreError& e) {
+            mark_broken(ErrorKind::kMasterUnreachable, std::string("bad frame from the master: ") + e.what());
+            return;
+        }
+    }
+}
+
+void Communicator::update_topology() {
+    require_accepted();
+    const uint64_t seq = ++topo_seq_;
+    send_master(MsgType::kTopoRequest, wire::TopoRequest{seq});
+    Frame f = wait_frame(
+        [seq](const Frame& f) {
+            return f.type == uint16_t(MsgType::kTopoResult) && wire::decode_payload<wire::TopoResult>(f.payload).seq == seq;
+        },
+        -1, "the topology vote");
+    apply_topology(wire::decode_payload<wire::TopoResult>(f.payload));
+}
+
+uint32_t Communicator::pending_peers() {
+    require_accepted();
+    send_master(MsgType::kPendingRequest, wire::TopoRequest{0});
+    Frame f = wait_frame([](const Frame& f) { return f.type == uint16_t(MsgType::kPendingReply); },
+                         net::now_seconds() + cfg_.master_timeout, "the master's pending count");
+    return wire::decode_payload<wire::PendingReply>(f.payload).pending;
+}
+
+OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag) {
+    if (uint8_t(dtype) >= kDTypeCount) throw CoreError(ErrorKind::kInvalidArgument, "unknown dtype code");
+    if (uint8_t(op) >= kReduceOpCount) throw CoreError(ErrorKind::kInvalidArgument, "unknown reduce op code");
+    if (op == ReduceOp::kAvg && !dtype_is_float(dtype))
+        throw CoreError(ErrorKind::kInvalidArgument,
+                        std::string("avg is defined for floating dtypes only, not ") + dtype_name(dtype) + "; use sum");
+    require_accepted();
+    const double t0 = net::now_seconds();
+    const size_t elem = dtype_size(dtype);
+    {
+        std::lock_guard<std::mutex> g(mu_);  // verdicts of earlier operations are of no use now
+        std::erase_if(inbox_, [](const Frame& f) {
+            return f.type == uint16_t(MsgType::kOpAbort) || f.type == uint16_t(MsgType::kOpCommit);
+        });
+    }
+    send_master(MsgType::kOpStart, wire::OpStart{tag, wire::OpDesc{count, uint8_t(dtype), uint8_t(op), 0}});
+    Frame f = wait_frame(
+        [tag](const Frame& f) {
+            if (f.type == uint16_t(MsgType::kOpGo)) return wire::decode_payload<wire::OpGo>(f.payload).tag == tag;
+            if (f.type == uint16_t(MsgType::kOpReject)) return wire::decode_payload<wire::OpReject>(f.payload).tag == tag;
+            return false;
+        },
+        -1, "the operation to start");
+    if (f.type == uint16_t(MsgType::kOpReject)) {
+        auto r = wire::decode_payload<wire::OpReject>(f.payload);
+        throw CoreError(ErrorKind(r.kind), r.reason);
+    }
+    const auto go = wire::decode_payload<wire::OpGo>(f.payload);
+    const uint32_t world = uint32_t(go.ring.size());
+    group_world_size_ = world;
+    auto me = std::find_if(go.ring.begin(), go.ring.end(), [this](const wire::PeerInfo& p) { return p.id == peer_id_; });
+    if (me == go.ring.end()) throw CoreError(ErrorKind::kProtocol, "the master started an operation without this peer");
+    const uint32_t rank = uint32_t(me - go.ring.begin());
+
+    uint8_t* result = static_cast<uint8_t*>(output);
+    if (output == input) {  // in place: keep the input intact until the commit
+        if (scratch_.size() < count * elem) scratch_.resize(count * elem);
+        result = scratch_.data();
+    }
+    OpControl ctl(go.op_id);
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        active_ = &ctl;
+        if (state_ == State::kBroken) ctl.fail(broken_kind_, broken_why_);
+        for (const auto& fr : inbox_) {  // an abort that raced ahead of us
+            if (fr.type == uint16_t(MsgType::kOpAbort)) {
+                auto m = wire::decode_payload<wire::OpAbort>(fr.payload);
+                if (m.op_id == go.op_id) ctl.fail(ErrorKind(m.kind), m.reason);
+            }
+        }
+    }
+    OpInfo info;
+    info.op_id = go.op_id;
+    info.world_size = world;
+    info.stripes = go.stripes;
+    if (world == 1) {
+        if (count) std::memcpy(result, input, count * elem);
+    } else {
+        RingPlan plan{count, elem, world, rank, go.stripes, cfg_.piece_bytes};
+        RingLinks links{&pool_, go.ring[(rank + 1) % world], go.ring[(rank + world - 1) % world], cfg_.connect_timeout,
+                        cfg_.data_timeout};
+        std::vector<StripeBytes> bytes(go.stripes);
+        const auto* in = static_cast<const uint8_t*>(input);
+        std::vector<std::thread> threads;
+        for (uint32_t j = 1; j < go.stripes; j++)
+            threads.emplace_back([&, j] { run_stripe(plan, j, dtype, op, in, result, links, ctl, &bytes[j]); });
+        run_stripe(plan, 0, dtype, op, in, result, links, ctl, &bytes[0]);
+        for (auto& t : threads) t.join();
+        for (const auto& b : bytes) {
+            info.bytes_sent += b.sent;
+            info.bytes_received += b.received;
+        }
+    }
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        active_ = nullptr;
+    }
+    ErrorKind kind;
+    std::string why;
+    if (ctl.failed(&kind, &why)) {
+        pool_.clear();
+        // Report the local failure, then wait for the master's verdict: it names the root cause (which peer was
+        // lost) and is the same on every peer. A broken link (eviction, lost master) raises from the wait.
+        send_master(MsgType::kOpDone, wire::OpDone{go.op_id, 0, uint8_t(kind), why});
+        f = wait_frame(
+            [&go](const Frame& f) {
+                return f.type == uint16_t(MsgType::kOpAbort) && wire::decode_payload<wire::OpAbort>(f.payload).op_id == go.op_id;
+            },
+            net::now_seconds() + cfg_.master_timeout, "the master's verdict on a failed operation");
+        auto m = wire::decode_payload<wire::OpAbort>(f.payload);
+        throw CoreError(ErrorKind(m.kind), m.reason + (m.reason.find(why) == std::string::npos ? " (seen here: " + why + ")" : ""));
+    }
+    if (op == ReduceOp::kAvg && count) finalize_avg(dtype, result, count, world);
+    send_master(MsgType::kOpDone, wire::OpDone{go.op_id, 1, 0, ""});
+    f = wait_frame(
+        [&go](const Frame& f) {
+            if (f.type == uint16_t(MsgType::kOpCommit)) return wire::decode_payload<wire::OpCommit>(f.payload).op_id == go.op_id;
+            if (f.type == uint16_t(MsgType::kOpAbort)) return wire::decode_payload<wire::OpAbort>(f.payload).op_id == go.op_id;
+            return false;
+        },
+        -1, "the master's commit");
+    if (f.type == uint16_t(MsgType::kOpAbort)) {
+        pool_.clear();
+        auto m = wire::decode_payload<wire::OpAbort>(f.payload);
+        throw CoreError(ErrorKind(m.kind), m.reason);
+    }
+    if (result != output && count) std::memcpy(output, result, count * elem);
+    info.seconds = net::now_seconds() - t0;
+    return info;
+}
+
+void Communicator::close() {
+    State s = state_;
+    if (s == State::kClosed || s == State::kNew) {
+        state_ = State::kClosed;
+        return;
+    }
+    {
+        std::lock_guard<std::mutex> g(mu_);  // from here on, the master closing our link is expected
+        state_ = State::kClosed;
+        cv_.notify_all();
+    }
+    if (s == State::kAccepted || s == State::kJoining) {
+        std::lock_guard<std::mutex> g(send_mu_);
+        int err = 0;
+        const auto leave = wire::empty_frame(MsgType::kLeave);
+        if (master_fd_ >= 0) net::send_all(master_fd_, leave.data(), leave.size(), &err);
+    }
+    link_running_ = false;
+    link_wake_.signal();
+    if (link_thread_.joinable()) link_thread_.join();
+    {
+        std::lock_guard<std::mutex> g(send_mu_);
+        net::close_fd(master_fd_);
+    }
+    pool_.stop();
+}
+
+}  // namespace pccl

@@ -1,0 +1,110 @@
+// One peer's handle on the job: its link to the master (HELLO, heartbeats, votes, operation agreement and
+// commit), its connection pool, and the all-reduce entry point.
+//
+// Life of an all-reduce:
+//   1. OP_START(tag, descriptor) to the master; wait for OP_GO (ring, op id, stripes) or OP_REJECT.
+//   2. Run the stripes of the ring (ring.hpp) into a result buffer; the caller's input is never written.
+//   3. OP_DONE(ok) to the master; wait for OP_COMMIT (publish the result into the caller's output) or OP_ABORT
+//      (a peer failed somewhere: clear the pool and raise a retryable PeerLost error).
+// A local failure reports OP_DONE(failed) and raises at once. The master link thread routes OP_ABORT, KICKED
+// and a lost master to the running operation through its stop pipe, so no wait outlives its deadline.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dtype.hpp"
+#include "pool.hpp"
+#include "ring.hpp"
+
+namespace pccl {
+
+struct CommConfig {
+    std::string master;              // host:port
+    uint32_t peer_group = 0;
+    uint32_t connections = 4;        // k connections to the ring successor
+    std::string listen = "0.0.0.0:0";  // data port (port 0: the OS chooses)
+    std::string advertise;           // host[:port] others should dial; default: our address toward the master
+    double connect_timeout = 10.0;   // TCP connects and the master's WELCOME
+    double heartbeat_interval = 0.5;
+    double master_timeout = 10.0;    // silence from the master before it counts as unreachable
+    double data_timeout = 30.0;      // no byte of progress on a data connection for this long fails the op
+    size_t piece_bytes = 256 << 10;
+};
+
+struct OpInfo {
+    uint64_t op_id = 0;
+    uint32_t world_size = 0;
+    uint32_t stripes = 0;
+    uint64_t bytes_sent = 0;
+    uint64_t bytes_received = 0;
+    double seconds = 0;
+};
+
+class Communicator {
+public:
+    explicit Communicator(CommConfig config);
+    ~Communicator();
+
+    // Joins the job: waits for WELCOME, then for admission (the others' next update_topology()). A negative
+    // timeout waits for admission without a bound (the master's liveness still bounds it).
+    void connect(double admission_timeout);
+    void update_topology();
+    uint32_t pending_peers();
+    OpInfo all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag);
+    void close();  // graceful leave
+
+    uint64_t peer_id() const { return peer_id_; }
+    uint32_t world_size() const { return world_size_; }
+    uint32_t group_world_size() const { return group_world_size_; }
+    bool connected() const { return state_ == State::kAccepted; }
+    std::string data_address() const { return advertised_.host + ":" + std::to_string(advertised_.port); }
+    std::vector<ConnStat> connection_stats() const { return pool_.stats(); }
+    uint64_t dropped_data_connections() const { return pool_.dropped(); }
+
+private:
+    enum class State { kNew, kJoining, kAccepted, kBroken, kClosed };
+    struct Frame {
+        uint16_t type;
+        std::vector<uint8_t> payload;
+    };
+    template <class T> void send_master(wire::MsgType type, const T& m);
+    void send_raw(const std::vector<uint8_t>& bytes);
+    void link_loop();
+    void mark_broken(ErrorKind kind, const std::string& why);
+    void require_accepted() const;
+    // Waits for the first queued frame accepted by `match`, removing it; throws when the link breaks or the
+    // deadline (steady seconds, negative: none) passes.
+    template <class Match> Frame wait_frame(Match match, double deadline, const char* what);
+    void apply_topology(const wire::TopoResult& r);
+
+    CommConfig cfg_;
+    ConnPool pool_;
+    int master_fd_ = -1;
+    wire::PeerInfo advertised_;
+    std::atomic<uint64_t> peer_id_{0};
+    std::atomic<uint32_t> world_size_{0}, group_world_size_{0};
+    std::atomic<State> state_{State::kNew};
+    std::vector<wire::PeerInfo> ring_;
+    uint64_t topo_seq_ = 0, next_tag_ = 1;
+
+    std::mutex send_mu_;
+    mutable std::mutex mu_;  // guards inbox_, broken_*, active_
+    std::condition_variable cv_;
+    std::deque<Frame> inbox_;
+    ErrorKind broken_kind_ = ErrorKind::kMasterUnreachable;
+    std::string broken_why_;
+    OpControl* active_ = nullptr;  // the running operation, stopped on OP_ABORT / KICKED / a lost master
+    std::vector<uint8_t> scratch_;  // result buffer of in-place operations, reused
+    std::atomic<bool> link_running_{false};
+    net::Wakeup link_wake_;
+    std::thread link_thread_;
+};
+
+}  // namespace pccl

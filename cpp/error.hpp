@@ -1,0 +1,38 @@
+// Error values of the core. Every failure inside the core is a CoreError carrying a kind (which maps to one
+// Python exception class in pccl_arrays.errors) and a message with context: peer address, syscall, errno,
+// byte counts. The first failure of an operation is recorded once and handed to every waiter of it.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace pccl {
+
+enum class ErrorKind : uint8_t {
+    kInvalidArgument = 1,  // bad call from the user: ValueError / TypeError at the API
+    kPeerLost = 2,         // a peer died, stalled past a deadline, left or its connection broke: retryable
+    kTooFewPeers = 3,
+    kMasterUnreachable = 4,
+    kProtocol = 5,         // a malformed or unexpected frame
+    kMismatch = 6,         // peers of a group started different operations
+    kEvicted = 7,          // the master removed this peer (it was silent past the deadline)
+    kState = 8,            // call made in the wrong state (not connected, closed, ...)
+    kNetwork = 9,          // local socket failure that is not attributable to a peer (bind, listen)
+    kTimeout = 10,         // a wait the caller bounded ran out
+};
+
+const char* error_kind_name(ErrorKind kind);
+
+class CoreError : public std::runtime_error {
+public:
+    CoreError(ErrorKind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
+    ErrorKind kind() const { return kind_; }
+
+private:
+    ErrorKind kind_;
+};
+
+// Formats "what (syscall: strerror(errno))" for socket failures.
+std::string errno_text(const std::string& what, int err);
+
+}  // namespace pccl

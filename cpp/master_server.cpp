@@ -1,0 +1,131 @@
+#include "master_server.hpp"
+
+#include <cerrno>
+#include <poll.h>
+#include <sys/socket.h>
+#include <vector>
+
+#include "log.hpp"
+
+namespace pccl {
+
+MasterServer::MasterServer(std::string listen, MasterConfig config)
+    : listen_(std::move(listen)), config_(config), state_(config) {}
+
+MasterServer::~MasterServer() { stop(); }
+
+void MasterServer::start() {
+    if (running_) throw CoreError(ErrorKind::kState, "master already running");
+    net::Address a = net::parse_address(listen_);
+    listen_fd_ = net::listen_on(a.host, a.port, &port_);
+    host_ = a.host;
+    running_ = true;
+    thread_ = std::thread([this] { loop(); });
+    log_info("master listening on " + address());
+}
+
+void MasterServer::stop() {
+    if (!running_.exchange(false)) return;
+    wake_.signal();
+    if (thread_.joinable()) thread_.join();
+    for (auto& [id, link] : links_) net::close_fd(link.fd);
+    links_.clear();
+    net::close_fd(listen_fd_);
+}
+
+std::string MasterServer::address() const { return host_ + ":" + std::to_string(port_); }
+
+MasterStats MasterServer::stats() const {
+    std::lock_guard<std::mutex> g(mu_);
+    return state_.stats();
+}
+
+void MasterServer::close_link(uint64_t id) {
+    auto it = links_.find(id);
+    if (it == links_.end()) return;
+    flush(it->second);  // a last KICKED or reason frame, best effort
+    net::close_fd(it->second.fd);
+    links_.erase(it);
+}
+
+void MasterServer::flush(Link& link) {
+    while (!link.out.empty() && link.fd >= 0) {
+        ssize_t n = ::send(link.fd, link.out.data(), link.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n <= 0) return;  // full (a stalled peer) or broken: the read side will notice
+        link.out.erase(link.out.begin(), link.out.begin() + n);
+    }
+}
+
+void MasterServer::apply(std::vector<MasterAction> actions) {
+    for (auto& a : actions) {
+        auto it = links_.find(a.conn);
+        if (it == links_.end()) continue;
+        if (a.kind == MasterAction::kSend) {
+            it->second.out.insert(it->second.out.end(), a.frame.begin(), a.frame.end());
+            flush(it->second);
+        } else {
+            log_info("master: closing " + it->second.addr + ": " + a.reason);
+            close_link(a.conn);
+        }
+    }
+}
+
+void MasterServer::loop() {
+    std::vector<pollfd> pfds;
+    std::vector<uint64_t> ids;
+    while (running_) {
+        pfds.clear();
+        ids.clear();
+        pfds.push_back({wake_.fd(), POLLIN, 0});
+        pfds.push_back({listen_fd_, POLLIN, 0});
+        for (auto& [id, link] : links_) {
+            pfds.push_back({link.fd, short(POLLIN | (link.out.empty() ? 0 : POLLOUT)), 0});
+            ids.push_back(id);
+        }
+        ::poll(pfds.data(), pfds.size(), 50);
+        if (!running_) break;
+        const double now = net::now_seconds();
+        std::lock_guard<std::mutex> g(mu_);
+        if (pfds[1].revents & POLLIN) {
+            for (;;) {
+                std::string who;
+                int fd = net::accept_on(listen_fd_, &who);
+                if (fd < 0) break;
+                net::set_nonblocking(fd, true);
+                uint64_t id = next_conn_++;
+                links_[id] = Link{fd, who, {}, {}, false};
+                apply(state_.on_connect(id, who, now));
+            }
+        }
+        for (size_t i = 0; i < ids.size(); i++) {
+            const short ev = pfds[i + 2].revents;
+            auto it = links_.find(ids[i]);
+            if (it == links_.end() || ev == 0) continue;
+            if (ev & POLLOUT) flush(it->second);
+            if (!(ev & (POLLIN | POLLHUP | POLLERR))) continue;
+            std::string reason;
+            bool alive;
+            try {
+                alive = it->second.reader.fill(it->second.fd, &reason);
+                wire::Header h;
+                std::vector<uint8_t> payload;
+                while (links_.count(ids[i]) && it->second.reader.next(&h, &payload)) {
+                    apply(state_.on_frame(ids[i], h.type, payload, now));
+                }
+            } catch (const CoreError& e) {
+                // Garbage, a wrong version or a huge length prefix: drop this connection only.
+                log_warn("master: dropping " + it->second.addr + ": " + e.what());
+                apply(state_.on_bad_frame(ids[i], e.what(), now));
+                continue;
+            }
+            if (!alive && links_.count(ids[i])) {
+                if (it->second.reader.mid_frame()) reason += " (in the middle of a frame)";
+                apply(state_.on_disconnect(ids[i], reason, now));
+                close_link(ids[i]);
+            }
+        }
+        apply(state_.on_tick(now));
+    }
+}
+
+}  // namespace pccl

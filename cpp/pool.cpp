@@ -1,0 +1,167 @@
+#include "pool.hpp"
+
+#include <cerrno>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include "log.hpp"
+
+namespace pccl {
+
+ConnPool::~ConnPool() { stop(); }
+
+uint16_t ConnPool::start(const std::string& host, uint16_t port, double handshake_timeout) {
+    uint16_t bound = 0;
+    listen_fd_ = net::listen_on(host, port, &bound);
+    handshake_timeout_ = handshake_timeout;
+    running_ = true;
+    thread_ = std::thread([this] { accept_loop(); });
+    return bound;
+}
+
+void ConnPool::stop() {
+    if (running_.exchange(false)) {
+        wake_.signal();
+        if (thread_.joinable()) thread_.join();
+    }
+    net::close_fd(listen_fd_);
+    clear();
+}
+
+ConnPtr ConnPool::outgoing(const wire::PeerInfo& to, uint32_t index, double connect_timeout) {
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        auto it = conns_.find({to.id, index, true});
+        if (it != conns_.end()) return it->second;
+    }
+    int fd = net::connect_to(net::Address{to.host, to.port}, connect_timeout);
+    auto hello = wire::frame(wire::MsgType::kPeerHello, wire::PeerHello{self_, to.id, index});
+    int err = 0;
+    if (!net::send_all(fd, hello.data(), hello.size(), &err)) {
+        net::close_fd(fd);
+        throw CoreError(ErrorKind::kPeerLost, errno_text("greeting peer " + std::to_string(to.id) + " at " + to.host + ":" +
+                                                             std::to_string(to.port) + " failed",
+                                                         err));
+    }
+    auto c = std::make_shared<Conn>();
+    c->fd = fd;
+    c->peer = to.id;
+    c->index = index;
+    c->outgoing = true;
+    std::lock_guard<std::mutex> g(mu_);
+    auto& slot = conns_[{to.id, index, true}];
+    if (slot) ::shutdown(slot->fd, SHUT_RDWR);
+    slot = c;
+    return c;
+}
+
+ConnPtr ConnPool::incoming(uint64_t from, uint32_t index) {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = conns_.find({from, index, false});
+    return it == conns_.end() ? nullptr : it->second;
+}
+
+void ConnPool::discard(const ConnPtr& c) {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = conns_.find({c->peer, c->index, c->outgoing});
+    if (it != conns_.end() && it->second == c) conns_.erase(it);
+    ::shutdown(c->fd, SHUT_RDWR);
+}
+
+void ConnPool::clear() {
+    std::lock_guard<std::mutex> g(mu_);
+    for (auto& [key, c] : conns_) ::shutdown(c->fd, SHUT_RDWR);
+    conns_.clear();
+}
+
+void ConnPool::retain(const std::set<uint64_t>& peers) {
+    std::lock_guard<std::mutex> g(mu_);
+    for (auto it = conns_.begin(); it != conns_.end();) {
+        if (peers.count(it->second->peer)) { ++it; continue; }
+        ::shutdown(it->second->fd, SHUT_RDWR);
+        it = conns_.erase(it);
+    }
+}
+
+std::vector<ConnStat> ConnPool::stats() const {
+    std::lock_guard<std::mutex> g(mu_);
+    std::vector<ConnStat> out;
+    for (const auto& [key, c] : conns_) out.push_back({c->peer, c->index, c->outgoing, c->bytes.load()});
+    return out;
+}
+
+namespace {
+// A connection that has not finished its PEER_HELLO yet. It reads exactly the hello frame, never more, so any
+// data that follows stays in the socket for the operation that will use it.
+struct Handshake {
+    int fd = -1;
+    std::string who;
+    double deadline = 0;
+    uint8_t buf[wire::kHeaderSize + 20] = {};
+    size_t got = 0;
+};
+}  // namespace
+
+void ConnPool::accept_loop() {
+    std::vector<Handshake> shakes;
+    auto reject = [&](Handshake& h, const std::string& why) {
+        log_warn("data port: dropping connection from " + h.who + ": " + why);
+        dropped_++;
+        net::close_fd(h.fd);
+    };
+    while (running_) {
+        std::vector<pollfd> pfds{{wake_.fd(), POLLIN, 0}, {listen_fd_, POLLIN, 0}};
+        for (auto& h : shakes) pfds.push_back({h.fd, POLLIN, 0});
+        ::poll(pfds.data(), pfds.size(), 100);
+        if (!running_) break;
+        const double now = net::now_seconds();
+        if (pfds[1].revents & POLLIN) {
+            for (;;) {
+                Handshake h;
+                h.fd = net::accept_on(listen_fd_, &h.who);
+                if (h.fd < 0) break;
+                h.deadline = now + handshake_timeout_;
+                shakes.push_back(h);
+            }
+        }
+        for (auto& h : shakes) {
+            const size_t want = sizeof(h.buf) - h.got;
+            ssize_t n = ::recv(h.fd, h.buf + h.got, want, MSG_DONTWAIT);
+            if (n == 0) { reject(h, "closed during the handshake"); continue; }
+            if (n < 0) {
+                if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) reject(h, errno_text("recv", errno));
+                else if (now > h.deadline) reject(h, "no PEER_HELLO within the handshake deadline");
+                continue;
+            }
+            h.got += size_t(n);
+            try {
+                if (h.got >= wire::kHeaderSize) {
+                    wire::Header hdr = wire::decode_header(h.buf);
+                    if (hdr.type != uint16_t(wire::MsgType::kPeerHello) || hdr.length != 20)
+                        throw CoreError(ErrorKind::kProtocol, "expected PEER_HELLO, got type " + std::to_string(hdr.type));
+                }
+                if (h.got < sizeof(h.buf)) continue;
+                wire::Reader r(h.buf + wire::kHeaderSize, 20);
+                auto hello = wire::decode<wire::PeerHello>(r);
+                if (hello.to != self_)
+                    throw CoreError(ErrorKind::kProtocol, "PEER_HELLO for peer " + std::to_string(hello.to) +
+                                                              ", this is peer " + std::to_string(self_.load()));
+                auto c = std::make_shared<Conn>();
+                c->fd = h.fd;
+                c->peer = hello.from;
+                c->index = hello.index;
+                h.fd = -1;  // owned by the pool now
+                std::lock_guard<std::mutex> g(mu_);
+                auto& slot = conns_[{c->peer, c->index, false}];
+                if (slot) ::shutdown(slot->fd, SHUT_RDWR);
+                slot = c;
+            } catch (const CoreError& e) {
+                reject(h, e.what());
+            }
+        }
+        std::erase_if(shakes, [](const Handshake& h) { return h.fd < 0; });
+    }
+    for (auto& h : shakes) net::close_fd(h.fd);
+}
+
+}  // namespace pccl

@@ -1,0 +1,300 @@
+#include "ring.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "reduce.hpp"
+
+namespace pccl {
+
+void RingPlan::region(uint32_t c, uint32_t j, size_t* begin, size_t* len) const {
+    const size_t base = count / world, rem = count % world;
+    const size_t chunk_begin = c * base + std::min<size_t>(c, rem);
+    const size_t chunk_len = base + (c < rem ? 1 : 0);
+    const size_t sbase = chunk_len / stripes, srem = chunk_len % stripes;
+    *begin = chunk_begin + j * sbase + std::min<size_t>(j, srem);
+    *len = sbase + (j < srem ? 1 : 0);
+}
+
+uint32_t RingPlan::send_chunk(uint32_t s) const {
+    return reducing(s) ? (rank + world - s) % world : (rank + 1 + world - (s - (world - 1))) % world;
+}
+
+uint32_t RingPlan::recv_chunk(uint32_t s) const {
+    return reducing(s) ? (rank + 2 * world - s - 1) % world : (rank + world - (s - (world - 1))) % world;
+}
+
+void OpControl::fail(ErrorKind kind, const std::string& message) {
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        if (!failed_) {
+            failed_ = true;
+            kind_ = kind;
+            message_ = message;
+        }
+    }
+    stopped_ = true;
+    wake_.signal();
+}
+
+bool OpControl::failed(ErrorKind* kind, std::string* message) {
+    std::lock_guard<std::mutex> g(mu_);
+    if (failed_) {
+        *kind = kind_;
+        *message = message_;
+    }
+    return failed_;
+}
+
+namespace {
+
+constexpr size_t kFrameHead = wire::kHeaderSize + wire::kDataHeaderSize;
+
+// The state of one stripe's two directions, advanced by non-blocking socket calls.
+class Stripe {
+public:
+    Stripe(const RingPlan& plan, uint32_t j, DType dtype, ReduceOp op, const uint8_t* input, uint8_t* result,
+           const RingLinks& links, OpControl& ctl, StripeBytes* bytes)
+        : plan_(plan), j_(j), dtype_(dtype), op_(op), input_(input), result_(result), links_(links), ctl_(ctl),
+          bytes_(bytes), steps_(plan.steps()) {}
+
+    void run() {
+        skip_empty(&s_step_);
+        skip_empty(&r_step_);
+        if (s_step_ >= steps_ && r_step_ >= steps_) return;
+        try {
+            out_ = links_.pool->outgoing(links_.next, j_, links_.connect_timeout);
+        } catch (const CoreError& e) {
+            ctl_.fail(ErrorKind::kPeerLost, e.what());
+            return;
+        }
+        double last_progress = net::now_seconds();
+        while ((s_step_ < steps_ || r_step_ < steps_) && !ctl_.stopped()) {
+            bool progressed = false;
+            if (r_step_ < steps_ && !receive(&progressed)) return;
+            if (s_step_ < steps_ && !send(&progressed)) return;
+            const double now = net::now_seconds();
+            if (progressed) {
+                last_progress = now;
+                continue;
+            }
+            if (now - last_progress > links_.progress_timeout) {
+                const bool waiting_for_prev = r_step_ < steps_ && !sender_blocked_;
+                ctl_.fail(ErrorKind::kPeerLost,
+                          "no progress for " + std::to_string(links_.progress_timeout) + " s on connection " +
+                              std::to_string(j_) + ": " +
+                              (waiting_for_prev ? "nothing arrived from peer " + std::to_string(links_.prev.id)
+                                                : "peer " + std::to_string(links_.next.id) + " stopped reading"));
+                return;
+            }
+            pollfd pfds[3];
+            nfds_t n = 0;
+            pfds[n++] = {ctl_.wake_fd(), POLLIN, 0};
+            if (in_ && r_step_ < steps_) pfds[n++] = {in_->fd, POLLIN, 0};
+            if (sender_blocked_) pfds[n++] = {out_->fd, POLLOUT, 0};
+            ::poll(pfds, n, in_ || r_step_ >= steps_ ? 100 : 5);
+        }
+    }
+
+private:
+    size_t region_len(uint32_t step, bool sending) const {
+        size_t b, l;
+        plan_.region(sending ? plan_.send_chunk(step) : plan_.recv_chunk(step), j_, &b, &l);
+        return l;
+    }
+    size_t region_begin(uint32_t step, bool sending) const {
+        size_t b, l;
+        plan_.region(sending ? plan_.send_chunk(step) : plan_.recv_chunk(step), j_, &b, &l);
+        return b;
+    }
+    void skip_empty(uint32_t* step) {
+        // Both sides compute the same empty regions, so neither sends nor expects frames for them.
+        while (*step < steps_ && region_len(*step, step == &s_step_) == 0) (*step)++;
+    }
+
+    // A receive-side connection ended. Before any byte of this operation arrived on it, it is a leftover from an
+    // aborted operation (the predecessor has closed it and will open a fresh one): wait for the replacement.
+    bool lost_incoming(const std::string& why) {
+        if (in_bytes_ == 0) {
+            links_.pool->discard(in_);
+            in_.reset();
+            r_have_ = 0;
+            return true;
+        }
+        ctl_.fail(ErrorKind::kPeerLost, "connection " + std::to_string(j_) + " from peer " +
+                                            std::to_string(links_.prev.id) + " (" + links_.prev.host + ":" +
+                                            std::to_string(links_.prev.port) + ") broke: " + why);
+        return false;
+    }
+
+    bool receive(bool* progressed) {
+        if (!in_) {
+            in_ = links_.pool->incoming(links_.prev.id, j_);
+            in_bytes_ = 0;
+            if (!in_) return true;
+        }
+        const size_t elem = plan_.elem;
+        for (int rounds = 0; rounds < 64 && r_step_ < steps_; rounds++) {
+            ssize_t n;
+            if (r_have_ < kFrameHead) {
+                n = ::recv(in_->fd, r_head_ + r_have_, kFrameHead - r_have_, MSG_DONTWAIT);
+            } else {
+                uint8_t* dst = result_ + (region_begin(r_step_, false) * elem + r_off_ + (r_have_ - kFrameHead));
+                n = ::recv(in_->fd, dst, r_piece_ - (r_have_ - kFrameHead), MSG_DONTWAIT);
+            }
+            if (n == 0) return lost_incoming("closed by the other side");
+            if (n < 0) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return true;
+                return lost_incoming(errno_text("recv", errno));
+            }
+            *progressed = true;
+            const bool had_head = r_have_ >= kFrameHead;
+            r_have_ += size_t(n);
+            if (!had_head) {
+                if (r_have_ < kFrameHead) continue;
+                if (!check_head()) return false;
+                if (!in_) return true;  // stale connection discarded
+            }
+            in_bytes_ += size_t(n);
+            in_->bytes += size_t(n);
+            bytes_->received += size_t(n);
+            if (r_have_ - kFrameHead < r_piece_) continue;
+            // A whole piece is here: fold our own input into it on reduce-scatter steps.
+            const size_t at = region_begin(r_step_, false) * elem + r_off_;
+            if (plan_.reducing(r_step_)) reduce_into(dtype_, op_, result_ + at, input_ + at, r_piece_ / elem);
+            r_off_ += r_piece_;
+            r_have_ = 0;
+            if (r_off_ == region_len(r_step_, false) * elem) {
+                r_off_ = 0;
+                r_step_++;
+                skip_empty(&r_step_);
+            }
+        }
+        return true;
+    }
+
+    bool check_head() {
+        wire::Header h;
+        wire::DataHeader d;
+        try {
+            h = wire::decode_header(r_head_);
+            if (h.type != uint16_t(wire::MsgType::kData))
+                throw CoreError(ErrorKind::kProtocol, "expected a data frame, got type " + std::to_string(h.type));
+            wire::Reader r(r_head_ + wire::kHeaderSize, wire::kDataHeaderSize);
+            d = wire::decode<wire::DataHeader>(r);
+        } catch (const CoreError& e) {
+            if (in_bytes_ == 0) return lost_incoming(e.what());
+            ctl_.fail(ErrorKind::kProtocol, std::string("data connection from peer ") + std::to_string(links_.prev.id) + ": " + e.what());
+            return false;
+        }
+        if (d.op_id != ctl_.op_id()) {
+            if (in_bytes_ == 0) return lost_incoming("bytes of operation " + std::to_string(d.op_id));
+            ctl_.fail(ErrorKind::kProtocol, "frame of operation " + std::to_string(d.op_id) + " inside operation " +
+                                                std::to_string(ctl_.op_id()));
+            return false;
+        }
+        const size_t elem = plan_.elem;
+        const size_t left = region_len(r_step_, false) * elem - r_off_;
+        const size_t expect = std::min(left, plan_.piece_bytes);
+        if (d.step != r_step_ || d.stripe != j_ || d.offset != r_off_ || h.length != wire::kDataHeaderSize + expect) {
+            ctl_.fail(ErrorKind::kProtocol, "unexpected data frame (step " + std::to_string(d.step) + ", stripe " +
+                                                std::to_string(d.stripe) + ", offset " + std::to_string(d.offset) +
+                                                "), expected step " + std::to_string(r_step_) + " offset " +
+                                                std::to_string(r_off_));
+            return false;
+        }
+        r_piece_ = expect;
+        return true;
+    }
+
+    bool send(bool* progressed) {
+        const size_t elem = plan_.elem;
+        sender_blocked_ = false;
+        for (int rounds = 0; rounds < 64 && s_step_ < steps_; rounds++) {
+            const size_t len = region_len(s_step_, true) * elem;
+            if (!s_in_piece_) {
+                // Bytes of step s are ready once the same bytes of step s-1 arrived (and were reduced).
+                size_t ready = len;
+                if (s_step_ > 0 && r_step_ <= s_step_ - 1) ready = r_step_ == s_step_ - 1 ? r_off_ : 0;
+                const size_t piece = std::min(plan_.piece_bytes, len - s_off_);
+                if (s_off_ + piece > ready) return true;
+                wire::encode_header(s_head_, wire::MsgType::kData, uint32_t(wire::kDataHeaderSize + piece));
+                wire::Writer w;
+                wire::encode(w, wire::DataHeader{ctl_.op_id(), s_step_, j_, s_off_});
+                std::memcpy(s_head_ + wire::kHeaderSize, w.bytes().data(), wire::kDataHeaderSize);
+                s_piece_ = piece;
+                s_sent_ = 0;
+                s_in_piece_ = true;
+            }
+            const uint8_t* src = (s_step_ == 0 ? input_ : result_) + region_begin(s_step_, true) * elem + s_off_;
+            iovec iov[2];
+            int cnt = 0;
+            if (s_sent_ < kFrameHead) iov[cnt++] = {s_head_ + s_sent_, kFrameHead - s_sent_};
+            const size_t pay_done = s_sent_ > kFrameHead ? s_sent_ - kFrameHead : 0;
+            iov[cnt++] = {const_cast<uint8_t*>(src) + pay_done, s_piece_ - pay_done};
+            msghdr msg{};
+            msg.msg_iov = iov;
+            msg.msg_iovlen = size_t(cnt);
+            ssize_t n = ::sendmsg(out_->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (n < 0) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+                    sender_blocked_ = true;
+                    return true;
+                }
+                ctl_.fail(ErrorKind::kPeerLost, errno_text("sending to peer " + std::to_string(links_.next.id) + " (" +
+                                                               links_.next.host + ":" + std::to_string(links_.next.port) +
+                                                               ") on connection " + std::to_string(j_) + " failed",
+                                                           errno));
+                return false;
+            }
+            *progressed = true;
+            s_sent_ += size_t(n);
+            out_->bytes += size_t(n);
+            bytes_->sent += size_t(n);
+            if (s_sent_ < kFrameHead + s_piece_) continue;
+            s_in_piece_ = false;
+            s_off_ += s_piece_;
+            if (s_off_ == len) {
+                s_off_ = 0;
+                s_step_++;
+                skip_empty(&s_step_);
+            }
+        }
+        return true;
+    }
+
+    const RingPlan& plan_;
+    const uint32_t j_;
+    const DType dtype_;
+    const ReduceOp op_;
+    const uint8_t* input_;
+    uint8_t* result_;
+    const RingLinks& links_;
+    OpControl& ctl_;
+    StripeBytes* bytes_;
+    const uint32_t steps_;
+    ConnPtr out_, in_;
+    uint64_t in_bytes_ = 0;  // bytes of this operation received on in_
+    // send side
+    uint32_t s_step_ = 0;
+    size_t s_off_ = 0, s_piece_ = 0, s_sent_ = 0;
+    bool s_in_piece_ = false, sender_blocked_ = false;
+    uint8_t s_head_[kFrameHead] = {};
+    // receive side
+    uint32_t r_step_ = 0;
+    size_t r_off_ = 0, r_piece_ = 0, r_have_ = 0;
+    uint8_t r_head_[kFrameHead] = {};
+};
+
+}  // namespace
+
+void run_stripe(const RingPlan& plan, uint32_t j, DType dtype, ReduceOp op, const uint8_t* input, uint8_t* result,
+                const RingLinks& links, OpControl& ctl, StripeBytes* bytes) {
+    Stripe(plan, j, dtype, op, input, result, links, ctl, bytes).run();
+}
+
+}  // namespace pccl

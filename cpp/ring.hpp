@@ -1,0 +1,86 @@
+// Striped, pipelined ring all-reduce.
+//
+// How this works. The ring has `world` peers; this peer sits at position `rank`, receives from its predecessor
+// and sends to its successor. The array of `count` elements is cut into `world` chunks, and every chunk into
+// `stripes` regions, one per pooled connection. Because the reduction is element-wise, stripe j of every
+// chunk forms an independent ring all-reduce that runs over connection j alone, so one operation keeps all k
+// connections busy at once (PCCL runs one operation per connection; we stripe).
+//
+// Each stripe takes 2(world-1) steps. Reduce-scatter, steps s = 0..world-2: send chunk (rank-s) and receive
+// chunk (rank-s-1), folding our own input into what arrives: result = op(received, input). After it, this peer
+// owns chunk (rank+1) fully reduced. All-gather, steps s = 0..world-2: send chunk (rank+1-s) and receive chunk
+// (rank-s), storing the bytes verbatim. Every chunk is therefore reduced once, by one chain of peers, and then
+// copied: all peers end with bitwise-identical results.
+//
+// Pipelining. Regions travel as pieces (frames of at most piece_bytes). A piece of step s may leave as soon as
+// the same bytes of step s-1 have arrived and been reduced, so receiving, reducing and sending overlap. Each
+// piece carries (op id, step, stripe, offset): bytes of an aborted operation are recognised, never reduced.
+//
+// Failure. Every wait polls the operation's stop pipe and has a progress deadline. The first failure of any
+// stripe stops the others and is reported once (OpControl). The input is never written; results land in
+// `result` and are published by the caller only after the master's commit.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+#include "dtype.hpp"
+#include "pool.hpp"
+
+namespace pccl {
+
+struct RingPlan {
+    size_t count = 0;
+    size_t elem = 1;
+    uint32_t world = 1;
+    uint32_t rank = 0;
+    uint32_t stripes = 1;
+    size_t piece_bytes = 256 << 10;
+
+    uint32_t steps() const { return 2 * (world - 1); }
+    // [begin, begin+len) in elements of chunk c's stripe j.
+    void region(uint32_t c, uint32_t j, size_t* begin, size_t* len) const;
+    uint32_t send_chunk(uint32_t step) const;
+    uint32_t recv_chunk(uint32_t step) const;
+    bool reducing(uint32_t step) const { return step + 1 < world; }
+};
+
+// Shared by the stripes of one operation: a stop signal and the first failure.
+class OpControl {
+public:
+    explicit OpControl(uint64_t op_id) : op_id_(op_id) {}
+    uint64_t op_id() const { return op_id_; }
+    void fail(ErrorKind kind, const std::string& message);
+    bool stopped() const { return stopped_; }
+    bool failed(ErrorKind* kind, std::string* message);
+    int wake_fd() const { return wake_.fd(); }
+
+private:
+    uint64_t op_id_;
+    std::atomic<bool> stopped_{false};
+    std::mutex mu_;
+    bool failed_ = false;
+    ErrorKind kind_ = ErrorKind::kPeerLost;
+    std::string message_;
+    net::Wakeup wake_;
+};
+
+struct RingLinks {
+    ConnPool* pool = nullptr;
+    wire::PeerInfo next;
+    wire::PeerInfo prev;
+    double connect_timeout = 10.0;
+    double progress_timeout = 30.0;
+};
+
+struct StripeBytes {
+    uint64_t sent = 0;
+    uint64_t received = 0;
+};
+
+// Runs stripe j of the operation to completion, or returns early after ctl.fail() / ctl.stopped().
+void run_stripe(const RingPlan& plan, uint32_t j, DType dtype, ReduceOp op, const uint8_t* input, uint8_t* result,
+                const RingLinks& links, OpControl& ctl, StripeBytes* bytes);
+
+}  // namespace pccl

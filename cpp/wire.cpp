@@ -1,0 +1,204 @@
+#include "wire.hpp"
+
+#include <cstring>
+
+namespace pccl::wire {
+
+namespace {
+[[noreturn]] void bad(const std::string& what) { throw CoreError(ErrorKind::kProtocol, "malformed frame: " + what); }
+
+uint32_t load32(const uint8_t* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24; }
+uint16_t load16(const uint8_t* p) { return uint16_t(p[0] | p[1] << 8); }
+void store32(uint8_t* p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = uint8_t(v >> (8 * i)); }
+void store16(uint8_t* p, uint16_t v) { p[0] = uint8_t(v); p[1] = uint8_t(v >> 8); }
+}  // namespace
+
+bool is_known_type(uint16_t t) { return (t >= 1 && t <= 16) || t == 32 || t == 33; }
+
+Header decode_header(const uint8_t* b) {
+    if (load32(b) != kMagic) bad("bad magic");
+    uint16_t version = load16(b + 4);
+    if (version != kVersion)
+        bad("protocol version " + std::to_string(version) + ", expected " + std::to_string(kVersion));
+    Header h;
+    h.type = load16(b + 6);
+    h.length = load32(b + 8);
+    if (!is_known_type(h.type)) bad("unknown message type " + std::to_string(h.type));
+    if (load32(b + 12) != 0) bad("reserved bits set");
+    uint32_t limit = h.type == uint16_t(MsgType::kData) ? kMaxDataPayload + kDataHeaderSize : kMaxControlPayload;
+    if (h.length > limit) bad("payload length " + std::to_string(h.length) + " over the limit " + std::to_string(limit));
+    return h;
+}
+
+void encode_header(uint8_t* out, MsgType type, uint32_t length) {
+    store32(out, kMagic);
+    store16(out + 4, kVersion);
+    store16(out + 6, uint16_t(type));
+    store32(out + 8, length);
+    store32(out + 12, 0);
+}
+
+void Writer::u16(uint16_t v) { for (int i = 0; i < 2; i++) buf_.push_back(uint8_t(v >> (8 * i))); }
+void Writer::u32(uint32_t v) { for (int i = 0; i < 4; i++) buf_.push_back(uint8_t(v >> (8 * i))); }
+void Writer::u64(uint64_t v) { for (int i = 0; i < 8; i++) buf_.push_back(uint8_t(v >> (8 * i))); }
+void Writer::str(const std::string& s) {
+    if (s.size() > kMaxString) throw CoreError(ErrorKind::kInvalidArgument, "string too long for the wire");
+    u16(uint16_t(s.size()));
+    buf_.insert(buf_.end(), s.begin(), s.end());
+}
+
+const uint8_t* Reader::need(size_t n) {
+    if (size_t(end_ - p_) < n) bad("payload ends early");
+    const uint8_t* at = p_;
+    p_ += n;
+    return at;
+}
+uint8_t Reader::u8() { return *need(1); }
+uint16_t Reader::u16() { return load16(need(2)); }
+uint32_t Reader::u32() { return load32(need(4)); }
+uint64_t Reader::u64() {
+    const uint8_t* p = need(8);
+    return uint64_t(load32(p)) | uint64_t(load32(p + 4)) << 32;
+}
+std::string Reader::str() {
+    uint16_t n = u16();
+    if (n > kMaxString) bad("string length " + std::to_string(n));
+    const uint8_t* p = need(n);
+    return std::string(reinterpret_cast<const char*>(p), n);
+}
+size_t Reader::count(size_t max) {
+    uint32_t n = u32();
+    if (n > max || n > size_t(end_ - p_)) bad("element count " + std::to_string(n));
+    return n;
+}
+void Reader::finish() const {
+    if (p_ != end_) bad(std::to_string(end_ - p_) + " trailing bytes");
+}
+
+std::vector<uint8_t> empty_frame(MsgType type) {
+    std::vector<uint8_t> b(kHeaderSize);
+    encode_header(b.data(), type, 0);
+    return b;
+}
+
+void encode(Writer& w, const PeerInfo& m) { w.u64(m.id); w.str(m.host); w.u16(m.port); }
+void encode(Writer& w, const OpDesc& m) { w.u64(m.count); w.u8(m.dtype); w.u8(m.op); w.u8(m.quant); }
+void encode(Writer& w, const Hello& m) { w.u32(m.group); w.u32(m.connections); w.str(m.host); w.u16(m.port); }
+void encode(Writer& w, const Welcome& m) { w.u64(m.peer_id); }
+void encode(Writer& w, const HeartbeatAck& m) { w.u32(m.pending); }
+void encode(Writer& w, const TopoRequest& m) { w.u64(m.seq); }
+static void encode_ring(Writer& w, const std::vector<PeerInfo>& ring) {
+    w.u32(uint32_t(ring.size()));
+    for (const auto& p : ring) encode(w, p);
+}
+void encode(Writer& w, const TopoResult& m) { w.u64(m.seq); w.u32(m.world_size); w.u32(m.pending); encode_ring(w, m.ring); }
+void encode(Writer& w, const OpStart& m) { w.u64(m.tag); encode(w, m.desc); }
+void encode(Writer& w, const OpGo& m) { w.u64(m.tag); w.u64(m.op_id); w.u32(m.stripes); encode_ring(w, m.ring); }
+void encode(Writer& w, const OpReject& m) { w.u64(m.tag); w.u8(m.kind); w.str(m.reason); }
+void encode(Writer& w, const OpDone& m) { w.u64(m.op_id); w.u8(m.ok); w.u8(m.kind); w.str(m.reason); }
+void encode(Writer& w, const OpCommit& m) { w.u64(m.op_id); }
+void encode(Writer& w, const OpAbort& m) { w.u64(m.op_id); w.u8(m.kind); w.str(m.reason); }
+void encode(Writer& w, const PendingReply& m) { w.u32(m.pending); }
+void encode(Writer& w, const Kicked& m) { w.str(m.reason); }
+void encode(Writer& w, const PeerHello& m) { w.u64(m.from); w.u64(m.to); w.u32(m.index); }
+void encode(Writer& w, const DataHeader& m) { w.u64(m.op_id); w.u32(m.step); w.u32(m.stripe); w.u64(m.offset); }
+
+static std::vector<PeerInfo> decode_ring(Reader& r);
+
+template <> PeerInfo decode<PeerInfo>(Reader& r) {
+    PeerInfo m;
+    m.id = r.u64();
+    m.host = r.str();
+    m.port = r.u16();
+    return m;
+}
+static std::vector<PeerInfo> decode_ring(Reader& r) {
+    size_t n = r.count(kMaxPeers);
+    std::vector<PeerInfo> ring;
+    ring.reserve(n);
+    for (size_t i = 0; i < n; i++) ring.push_back(decode<PeerInfo>(r));
+    return ring;
+}
+template <> OpDesc decode<OpDesc>(Reader& r) {
+    OpDesc m;
+    m.count = r.u64();
+    m.dtype = r.u8();
+    m.op = r.u8();
+    m.quant = r.u8();
+    return m;
+}
+template <> Hello decode<Hello>(Reader& r) {
+    Hello m;
+    m.group = r.u32();
+    m.connections = r.u32();
+    m.host = r.str();
+    m.port = r.u16();
+    return m;
+}
+template <> Welcome decode<Welcome>(Reader& r) { return Welcome{r.u64()}; }
+template <> HeartbeatAck decode<HeartbeatAck>(Reader& r) { return HeartbeatAck{r.u32()}; }
+template <> TopoRequest decode<TopoRequest>(Reader& r) { return TopoRequest{r.u64()}; }
+template <> TopoResult decode<TopoResult>(Reader& r) {
+    TopoResult m;
+    m.seq = r.u64();
+    m.world_size = r.u32();
+    m.pending = r.u32();
+    m.ring = decode_ring(r);
+    return m;
+}
+template <> OpStart decode<OpStart>(Reader& r) {
+    OpStart m;
+    m.tag = r.u64();
+    m.desc = decode<OpDesc>(r);
+    return m;
+}
+template <> OpGo decode<OpGo>(Reader& r) {
+    OpGo m;
+    m.tag = r.u64();
+    m.op_id = r.u64();
+    m.stripes = r.u32();
+    m.ring = decode_ring(r);
+    return m;
+}
+template <> OpReject decode<OpReject>(Reader& r) {
+    OpReject m;
+    m.tag = r.u64();
+    m.kind = r.u8();
+    m.reason = r.str();
+    return m;
+}
+template <> OpDone decode<OpDone>(Reader& r) {
+    OpDone m;
+    m.op_id = r.u64();
+    m.ok = r.u8();
+    m.kind = r.u8();
+    m.reason = r.str();
+    return m;
+}
+template <> OpCommit decode<OpCommit>(Reader& r) { return OpCommit{r.u64()}; }
+template <> OpAbort decode<OpAbort>(Reader& r) {
+    OpAbort m;
+    m.op_id = r.u64();
+    m.kind = r.u8();
+    m.reason = r.str();
+    return m;
+}
+template <> PendingReply decode<PendingReply>(Reader& r) { return PendingReply{r.u32()}; }
+template <> Kicked decode<Kicked>(Reader& r) { return Kicked{r.str()}; }
+template <> PeerHello decode<PeerHello>(Reader& r) {
+    PeerHello m;
+    m.from = r.u64();
+    m.to = r.u64();
+    m.index = r.u32();
+    return m;
+}
+template <> DataHeader decode<DataHeader>(Reader& r) {
+    DataHeader m;
+    m.op_id = r.u64();
+    m.step = r.u32();
+    m.stripe = r.u32();
+    m.offset = r.u64();
+    return m;
+}
+
+}  // namespace pccl::wire

@@ -1,0 +1,162 @@
+// The wire format. Every message is a frame: a 16-byte header (magic, protocol version, type, payload length,
+// reserved zero) followed by the payload. All integers are fixed-width little-endian. Lengths are bounded
+// before anything is allocated, and decoding is a pure function over bytes that never trusts its input: a
+// short, oversized or malformed payload is a CoreError of kind kProtocol, never a crash or a huge allocation.
+// docs/protocol.md describes every message.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "error.hpp"
+
+namespace pccl::wire {
+
+constexpr uint32_t kMagic = 0x52414350;  // "PCAR" as little-endian bytes
+constexpr uint16_t kVersion = 1;
+constexpr size_t kHeaderSize = 16;
+constexpr uint32_t kMaxControlPayload = 1u << 20;  // control frames: membership lists, reasons
+constexpr uint32_t kMaxDataPayload = 64u << 20;    // one piece of an operation
+constexpr size_t kMaxString = 4096;
+constexpr size_t kMaxPeers = 65536;
+
+enum class MsgType : uint16_t {
+    // peer <-> master
+    kHello = 1, kWelcome = 2, kHeartbeat = 3, kHeartbeatAck = 4, kTopoRequest = 5, kTopoResult = 6,
+    kOpStart = 7, kOpGo = 8, kOpReject = 9, kOpDone = 10, kOpCommit = 11, kOpAbort = 12,
+    kPendingRequest = 13, kPendingReply = 14, kLeave = 15, kKicked = 16,
+    // peer <-> peer
+    kPeerHello = 32, kData = 33,
+};
+bool is_known_type(uint16_t type);
+
+struct Header {
+    uint16_t type = 0;
+    uint32_t length = 0;
+};
+// Validates magic, version, known type, reserved bits and the length bound for the type.
+Header decode_header(const uint8_t* bytes);
+void encode_header(uint8_t* out, MsgType type, uint32_t length);
+
+class Writer {
+public:
+    void u8(uint8_t v) { buf_.push_back(v); }
+    void u16(uint16_t v);
+    void u32(uint32_t v);
+    void u64(uint64_t v);
+    void str(const std::string& s);
+    std::vector<uint8_t>& bytes() { return buf_; }
+
+private:
+    std::vector<uint8_t> buf_;
+};
+
+class Reader {
+public:
+    Reader(const uint8_t* data, size_t size) : p_(data), end_(data + size) {}
+    uint8_t u8();
+    uint16_t u16();
+    uint32_t u32();
+    uint64_t u64();
+    std::string str();
+    size_t count(size_t max);  // a u32 element count, bounded by max and by the bytes left
+    void finish() const;        // the payload must be consumed exactly
+
+private:
+    const uint8_t* need(size_t n);
+    const uint8_t* p_;
+    const uint8_t* end_;
+};
+
+struct PeerInfo {
+    uint64_t id = 0;
+    std::string host;
+    uint16_t port = 0;
+    bool operator==(const PeerInfo&) const = default;
+};
+
+// The descriptor every peer of an operation must agree on before any data moves.
+struct OpDesc {
+    uint64_t count = 0;
+    uint8_t dtype = 0;
+    uint8_t op = 0;
+    uint8_t quant = 0;
+    bool operator==(const OpDesc&) const = default;
+};
+
+struct Hello { uint32_t group = 0; uint32_t connections = 1; std::string host; uint16_t port = 0; };
+struct Welcome { uint64_t peer_id = 0; };
+struct HeartbeatAck { uint32_t pending = 0; };
+struct TopoRequest { uint64_t seq = 0; };
+struct TopoResult { uint64_t seq = 0; uint32_t world_size = 0; uint32_t pending = 0; std::vector<PeerInfo> ring; };
+struct OpStart { uint64_t tag = 0; OpDesc desc; };
+struct OpGo { uint64_t tag = 0; uint64_t op_id = 0; uint32_t stripes = 1; std::vector<PeerInfo> ring; };
+struct OpReject { uint64_t tag = 0; uint8_t kind = 0; std::string reason; };
+struct OpDone { uint64_t op_id = 0; uint8_t ok = 0; uint8_t kind = 0; std::string reason; };
+struct OpCommit { uint64_t op_id = 0; };
+struct OpAbort { uint64_t op_id = 0; uint8_t kind = 0; std::string reason; };
+struct PendingReply { uint32_t pending = 0; };
+struct Kicked { std::string reason; };
+struct PeerHello { uint64_t from = 0; uint64_t to = 0; uint32_t index = 0; };
+// Precedes each piece of payload on a data connection; the piece's length is the frame length minus this.
+struct DataHeader { uint64_t op_id = 0; uint32_t step = 0; uint32_t stripe = 0; uint64_t offset = 0; };
+constexpr size_t kDataHeaderSize = 24;
+
+void encode(Writer& w, const PeerInfo& m);
+void encode(Writer& w, const OpDesc& m);
+void encode(Writer& w, const Hello& m);
+void encode(Writer& w, const Welcome& m);
+void encode(Writer& w, const HeartbeatAck& m);
+void encode(Writer& w, const TopoRequest& m);
+void encode(Writer& w, const TopoResult& m);
+void encode(Writer& w, const OpStart& m);
+void encode(Writer& w, const OpGo& m);
+void encode(Writer& w, const OpReject& m);
+void encode(Writer& w, const OpDone& m);
+void encode(Writer& w, const OpCommit& m);
+void encode(Writer& w, const OpAbort& m);
+void encode(Writer& w, const PendingReply& m);
+void encode(Writer& w, const Kicked& m);
+void encode(Writer& w, const PeerHello& m);
+void encode(Writer& w, const DataHeader& m);
+
+template <class T> T decode(Reader& r);
+template <> PeerInfo decode<PeerInfo>(Reader& r);
+template <> OpDesc decode<OpDesc>(Reader& r);
+template <> Hello decode<Hello>(Reader& r);
+template <> Welcome decode<Welcome>(Reader& r);
+template <> HeartbeatAck decode<HeartbeatAck>(Reader& r);
+template <> TopoRequest decode<TopoRequest>(Reader& r);
+template <> TopoResult decode<TopoResult>(Reader& r);
+template <> OpStart decode<OpStart>(Reader& r);
+template <> OpGo decode<OpGo>(Reader& r);
+template <> OpReject decode<OpReject>(Reader& r);
+template <> OpDone decode<OpDone>(Reader& r);
+template <> OpCommit decode<OpCommit>(Reader& r);
+template <> OpAbort decode<OpAbort>(Reader& r);
+template <> PendingReply decode<PendingReply>(Reader& r);
+template <> Kicked decode<Kicked>(Reader& r);
+template <> PeerHello decode<PeerHello>(Reader& r);
+template <> DataHeader decode<DataHeader>(Reader& r);
+
+// Decodes a whole payload as T and checks that nothing is left over.
+template <class T> T decode_payload(const std::vector<uint8_t>& payload) {
+    Reader r(payload.data(), payload.size());
+    T m = decode<T>(r);
+    r.finish();
+    return m;
+}
+
+// Header + payload of one message, ready to send.
+template <class T> std::vector<uint8_t> frame(MsgType type, const T& m) {
+    Writer w;
+    for (size_t i = 0; i < kHeaderSize; i++) w.u8(0);
+    encode(w, m);
+    auto& b = w.bytes();
+    encode_header(b.data(), type, static_cast<uint32_t>(b.size() - kHeaderSize));
+    return std::move(b);
+}
+std::vector<uint8_t> empty_frame(MsgType type);
+
+}  // namespace pccl::wire

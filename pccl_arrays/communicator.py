@@ -1,0 +1,173 @@
+"""A peer's communicator: join the job, vote on the topology, all-reduce arrays."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from . import _core
+from .dtypes import dtype_code, op_code
+from .errors import InvalidArgumentError, PCCLError
+
+
+@dataclasses.dataclass(frozen=True)
+class AllReduceInfo:
+    """What one all-reduce did."""
+
+    world_size: int  #: peers in the ring that ran the operation
+    bytes_sent: int  #: bytes this peer wrote to its data connections (frame headers included)
+    bytes_received: int  #: bytes this peer read from its data connections
+    seconds: float  #: wall time from the start announcement to the commit
+    stripes: int  #: connections the operation was striped over
+    op_id: int  #: the master's id of the operation
+
+
+class Communicator:
+    """One peer's handle on a pccl_arrays job.
+
+    Args:
+        master: ``host:port`` of the master.
+        peer_group: operations run among peers of the same group; admission votes are global.
+        connections: k, the TCP connections to the ring successor; one operation is striped over all of them.
+        listen: ``host:port`` for the data port (port 0: the OS chooses).
+        advertise: the host (or ``host:port``) other peers should dial, when it differs from the address the
+            master sees (NAT, port forwarding, a relay). Default: this peer's address toward the master.
+        connect_timeout: seconds for TCP connects and for the master's welcome.
+        heartbeat_interval: seconds between heartbeats to the master.
+        master_timeout: seconds of silence from the master before it counts as unreachable.
+        data_timeout: seconds without a byte of progress on a data connection before the operation fails.
+        piece_bytes: size of the pieces an operation is pipelined in.
+    """
+
+    def __init__(
+        self,
+        master: str,
+        peer_group: int = 0,
+        connections: int = 4,
+        *,
+        listen: str = "0.0.0.0:0",
+        advertise: Optional[str] = None,
+        connect_timeout: float = 10.0,
+        heartbeat_interval: float = 0.5,
+        master_timeout: float = 10.0,
+        data_timeout: float = 30.0,
+        piece_bytes: int = 256 * 1024,
+    ):
+        if not isinstance(peer_group, int) or peer_group < 0 or peer_group >= 2**32:
+            raise InvalidArgumentError(f"peer_group must be an int in [0, 2**32), not {peer_group!r}")
+        if not isinstance(connections, int) or not 1 <= connections <= 1024:
+            raise InvalidArgumentError(f"connections must be an int in [1, 1024], not {connections!r}")
+        self._core = _core.Communicator(
+            master, peer_group, connections, listen, advertise or "", connect_timeout, heartbeat_interval,
+            master_timeout, data_timeout, piece_bytes,
+        )
+        self.last_info: Optional[AllReduceInfo] = None
+
+    # -- membership ---------------------------------------------------------------------------------------------
+    def connect(self, timeout: Optional[float] = None) -> "Communicator":
+        """Joins the job and waits to be admitted (at the other peers' next :meth:`update_topology`).
+
+        Args:
+            timeout: seconds to wait for admission; None waits as long as the master is alive.
+        Raises:
+            MasterUnreachableError: the master cannot be reached or stops answering.
+            PCCLTimeoutError: not admitted within ``timeout``.
+        """
+        self._core.connect(-1.0 if timeout is None else float(timeout))
+        return self
+
+    def update_topology(self) -> None:
+        """Collective over all accepted peers: admits pending peers and rewires the ring."""
+        self._core.update_topology()
+
+    def are_peers_pending(self) -> bool:
+        """Whether peers wait for admission (so an :meth:`update_topology` would admit someone)."""
+        return self._core.pending_peers() > 0
+
+    @property
+    def world_size(self) -> int:
+        """Accepted peers of all groups, as of the last topology update."""
+        return self._core.world_size
+
+    @property
+    def group_world_size(self) -> int:
+        """Peers in this peer's group, as of the last topology update or operation."""
+        return self._core.group_world_size
+
+    @property
+    def peer_id(self) -> int:
+        return self._core.peer_id
+
+    @property
+    def data_address(self) -> str:
+        """``host:port`` other peers dial to reach this peer's data port."""
+        return self._core.data_address
+
+    def connection_stats(self) -> list:
+        """Per pooled connection: peer, index, direction ('send' or 'recv') and bytes moved (diagnostics)."""
+        return self._core.connection_stats()
+
+    def close(self) -> None:
+        """Leaves the job gracefully: the others see a smaller world, not an error."""
+        self._core.close()
+
+    def __enter__(self) -> "Communicator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- collectives --------------------------------------------------------------------------------------------
+    def all_reduce(self, x: np.ndarray, op: str = "sum", out: Optional[np.ndarray] = None, *, tag: int = 0,
+                   return_info: bool = False):
+        """All-reduces ``x`` over the peers of this group.
+
+        Args:
+            x: a NumPy array of int8..uint64, float16, bfloat16 (ml_dtypes), float32 or float64; any shape.
+            op: ``"sum"``, ``"avg"`` (floating dtypes only), ``"prod"``, ``"max"`` or ``"min"``.
+            out: None for a new array, ``x`` itself for in place, or another array of the same shape and dtype.
+            tag: distinguishes operations; every peer of the group must use the same tag for the same operation.
+            return_info: also return an :class:`AllReduceInfo` (it is always kept in :attr:`last_info`).
+        Returns:
+            the result array (``out`` when given), or ``(result, info)`` with ``return_info=True``.
+        Raises:
+            PeerLostError: a peer failed during the operation; ``x`` and ``out`` are unchanged; retry.
+            OperationMismatchError: peers started different operations; nothing was changed.
+            UnsupportedDTypeError / InvalidArgumentError: bad input (also TypeError / ValueError).
+        """
+        if not isinstance(x, np.ndarray):
+            raise InvalidArgumentError(f"all_reduce takes a NumPy array here, not {type(x).__name__}")
+        name = x.dtype.name
+        dcode = dtype_code(name)
+        ocode = op_code(op, name)
+        if not isinstance(tag, int) or not 0 <= tag < 2**64:
+            raise InvalidArgumentError(f"tag must be an int in [0, 2**64), not {tag!r}")
+        in_place = out is x
+        if out is not None and not in_place:
+            if not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype:
+                raise InvalidArgumentError("out must be x itself or an array of the same shape and dtype")
+            if np.shares_memory(out, x):
+                raise InvalidArgumentError("out overlaps x without being x; pass out=x for in place")
+        target = x if in_place else out
+        if target is not None and not target.flags.writeable:
+            raise InvalidArgumentError("the output array is read-only; pass out=None for a new array")
+
+        src = np.ascontiguousarray(x)  # a strided view is reduced through a contiguous copy
+        if in_place:
+            dst = src  # same buffer: the core keeps the input intact until the commit
+        elif target is not None and target.flags.c_contiguous:
+            dst = target
+        else:
+            dst = np.empty_like(src)
+        info = self._core.all_reduce(src.ctypes.data, dst.ctypes.data, src.size, dcode, ocode, tag)
+        if target is not None and dst is not target:
+            target[...] = dst  # strided or copied output: write the committed result back
+        result = target if target is not None else dst
+        self.last_info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
+                                       info.stripes, info.op_id)
+        return (result, self.last_info) if return_info else result
+
+
+__all__ = ["Communicator", "AllReduceInfo", "PCCLError"]

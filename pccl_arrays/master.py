@@ -1,0 +1,50 @@
+"""The master: membership, ring order, votes, heartbeats and per-operation agreement (C++ core)."""
+
+from __future__ import annotations
+
+from . import _core
+
+
+class Master:
+    """A master running inside this process, on its own thread.
+
+    Args:
+        listen: ``host:port`` to listen on; port 0 lets the OS choose (read it back from :attr:`address`).
+        peer_timeout: seconds of silence after which a peer is evicted (a stalled or vanished peer).
+        handshake_timeout: seconds a new connection has to say HELLO before it is dropped.
+    """
+
+    def __init__(self, listen: str = "127.0.0.1:0", *, peer_timeout: float = 10.0, handshake_timeout: float = 5.0):
+        if peer_timeout <= 0 or handshake_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        self._server = _core.MasterServer(listen, peer_timeout, handshake_timeout)
+
+    def start(self) -> "Master":
+        """Binds and starts serving; returns self."""
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        """Closes every connection; peers then see the master as unreachable."""
+        self._server.stop()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the master is bound to (the real port when started with port 0)."""
+        return self._server.address
+
+    @property
+    def running(self) -> bool:
+        return self._server.running
+
+    def stats(self) -> dict:
+        """Counters: peers_accepted, ops_committed/aborted/rejected, evictions, dropped_connections, recent_drops."""
+        return self._server.stats()
+
+    def __enter__(self) -> "Master":
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

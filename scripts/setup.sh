@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Creates .venv (Python 3.11 preferred), installs what the project needs and builds pccl_arrays into it.
+# Sourced by scripts/demo.sh, scripts/test.sh and scripts/bench.sh; safe to run again (it only adds what is missing).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ ! -x .venv/bin/python ]; then
+  PY=${PYTHON:-}
+  if [ -z "$PY" ]; then
+    for c in python3.11 python3; do if command -v "$c" >/dev/null; then PY=$c; break; fi; done
+  fi
+  "$PY" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+"${PIP[@]}" numpy ml_dtypes pytest pytest-timeout hypothesis scikit-build-core pybind11 ninja cmake
+for extra in "$@"; do
+  case "$extra" in
+    # torch 2.13.0 is the CPU build on this machine's disk; a plain 'torch' would fetch GBs of CUDA.
+    torch) "${PIP[@]}" torch==2.13.0 ;;
+    *) "${PIP[@]}" "$extra" ;;
+  esac
+done
+"${PIP[@]}" --no-build-isolation .

@@ -1,0 +1,229 @@
+"""What peer processes do in multi-process tests. Each function gets a Context, runs against a real master
+and returns a JSON-able dict (arrays go into ctx.arrays). See procs.py for how they are started."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+import data
+import pccl_arrays as pa
+from pccl_arrays import errors
+
+
+class Context:
+    def __init__(self, master: str, rank: int, world: int, out: Path, args: dict):
+        self.master, self.rank, self.world, self.out, self.args = master, rank, world, out, args
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def event(self, name: str) -> None:
+        sys.stdout.write(f"EVENT {name}\n")
+        sys.stdout.flush()
+
+    def comm(self, **kw) -> pa.Communicator:
+        opts = dict(connections=self.args.get("connections", 2), connect_timeout=5.0,
+                    master_timeout=self.args.get("master_timeout", 5.0), data_timeout=self.args.get("data_timeout", 10.0),
+                    heartbeat_interval=0.2, peer_group=self.args.get("group", 0))
+        opts.update(kw)
+        return pa.Communicator(self.master, **opts)
+
+    def join(self, comm: pa.Communicator, world: int | None = None) -> pa.Communicator:
+        """Connects and votes until `world` peers (all groups) are accepted."""
+        comm.connect(timeout=60)
+        target = world or self.world
+        while comm.world_size < target:
+            if comm.are_peers_pending():  # a pending peer stays pending until a vote, so every peer sees it
+                comm.update_topology()
+            else:
+                time.sleep(0.005)
+        self.event("joined")
+        return comm
+
+
+def ops_dtypes(ctx: Context) -> dict:
+    """Every dtype x op, odd lengths, in place and out of place."""
+    comm = ctx.join(ctx.comm())
+    refused = []
+    case = 0
+    for name in data.DTYPES:
+        for op in data.OPS:
+            case += 1
+            x = data.make(name, op, data.length(case), ctx.rank, case)
+            if op == "avg" and name not in data.FLOATS:
+                try:
+                    comm.all_reduce(x, op)
+                except TypeError as e:
+                    refused.append(f"{name}:{type(e).__name__}")
+                continue
+            if case % 2:
+                r = comm.all_reduce(x, op)
+            else:
+                r = x.copy()
+                comm.all_reduce(r, op, out=r)
+            ctx.arrays[f"{name}_{op}"] = r.view(np.uint8) if name == "bfloat16" else r
+    comm.close()
+    return {"refused": refused}
+
+
+def expected_big(n: int, world: int) -> np.ndarray:
+    idx = np.arange(n, dtype=np.int64)
+    return sum(((idx * (r + 1)) % 1021).astype(np.float32) for r in range(world))
+
+
+def big(ctx: Context) -> dict:
+    """One large float32 all-reduce with integer-valued data (exact sums), checked here; reports per-connection bytes."""
+    n = ctx.args["n"]
+    comm = ctx.join(ctx.comm(connections=ctx.args.get("connections", 4)))
+    x = ((np.arange(n, dtype=np.int64) * (ctx.rank + 1)) % 1021).astype(np.float32)
+    before = {(s["peer"], s["index"], s["direction"]): s["bytes"] for s in comm.connection_stats()}
+    r, info = comm.all_reduce(x, "sum", return_info=True)
+    stats = [dict(s, moved=s["bytes"] - before.get((s["peer"], s["index"], s["direction"]), 0))
+             for s in comm.connection_stats()]
+    exact = bool(np.array_equal(r, expected_big(n, ctx.world)))
+    comm.close()
+    return {"exact": exact, "sha256": hashlib.sha256(r.tobytes()).hexdigest(), "stats": stats,
+            "stripes": info.stripes, "bytes_sent": info.bytes_sent, "world": info.world_size}
+
+
+def _die_when_busy(comm: pa.Communicator, threshold: int, how: int, stamp: Path) -> None:
+    """From a helper thread: wait until `threshold` bytes moved on our connections (an operation is in
+    flight), then stamp the time and deliver `how` (SIGKILL or SIGSTOP) to this whole process."""
+    def total() -> int:
+        return sum(s["bytes"] for s in comm.connection_stats())
+
+    def run() -> None:
+        start = total()
+        while total() - start < threshold:
+            time.sleep(0.0005)
+        stamp.write_text(repr(time.time()))
+        os.kill(os.getpid(), how)
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def fail_mid_op(ctx: Context) -> dict:
+    """Victim dies (SIGKILL) or stalls (SIGSTOP) while an all-reduce is in flight; survivors see PeerLostError,
+    keep their input, and the retry on the smaller ring is exact."""
+    n, victim, how = ctx.args["n"], ctx.args["victim"], ctx.args["how"]
+    comm = ctx.join(ctx.comm(connections=2))
+    x = np.full(n, ctx.rank + 1, dtype=np.float32)
+    comm.all_reduce(x.copy(), "sum")  # warm-up: connections open
+    if ctx.rank == victim:
+        _die_when_busy(comm, n // 2, signal.SIGKILL if how == "kill" else signal.SIGSTOP, ctx.out / "stamp")
+        try:  # only a stopped victim comes back here, after SIGCONT
+            comm.all_reduce(x, "sum", out=x)
+            return {"victim_error": None}
+        except errors.PCCLError as e:
+            out = {"victim_error": type(e).__name__, "victim_message": str(e)}
+        # A stalled peer that was evicted may join again as a new peer.
+        comm.close()
+        again = ctx.comm(connections=2)
+        again.connect(timeout=30)
+        r = again.all_reduce(np.full(8, 100.0, dtype=np.float32), "sum")
+        out.update(rejoined=True, rejoin_result=float(r[0]), rejoin_world=again.last_info.world_size)
+        again.close()
+        return out
+    original = x.copy()
+    t0 = time.time()
+    try:
+        comm.all_reduce(x, "sum", out=x)
+        return {"error": None}
+    except errors.PCCLError as e:
+        t_err = time.time()
+        res = {"error": type(e).__name__, "retryable": e.retryable, "message": str(e), "t_error": t_err,
+               "t_start": t0, "input_intact": bool(np.array_equal(x, original))}
+    r = comm.all_reduce(x, "sum", out=x)
+    survivors = [k for k in range(ctx.world) if k != victim]
+    res.update(retry_world=comm.last_info.world_size,
+               retry_exact=bool(np.all(r == float(sum(k + 1 for k in survivors)))))
+    if how == "stop":
+        # Admit the victim when it comes back as a new peer, and reduce once with it.
+        ctx.event("survived")
+        while not comm.are_peers_pending():
+            time.sleep(0.01)
+        comm.update_topology()
+        r = comm.all_reduce(np.full(8, 100.0, dtype=np.float32), "sum")
+        res.update(rejoin_result=float(r[0]), rejoin_world=comm.last_info.world_size)
+    comm.close()
+    return res
+
+
+def master_death(ctx: Context) -> dict:
+    """All-reduce in a loop until the master dies; report the error and when it came."""
+    comm = ctx.join(ctx.comm(master_timeout=ctx.args.get("master_timeout", 3.0)))
+    x = np.ones(ctx.args.get("n", 1 << 16), dtype=np.float32)
+    steps = 0
+    try:
+        while True:
+            comm.all_reduce(x, "sum")
+            steps += 1
+            if steps == 3:
+                ctx.event("running")
+    except errors.PCCLError as e:
+        return {"error": type(e).__name__, "message": str(e), "t_error": time.time(), "steps": steps}
+
+
+def mismatch(ctx: Context) -> dict:
+    """Rank 1 starts a different operation; everyone must get OperationMismatchError with buffers unchanged,
+    and a matching operation afterwards must work."""
+    comm = ctx.join(ctx.comm())
+    kind = ctx.args["kind"]
+    n = 1000
+    name, op = "float32", "sum"
+    if ctx.rank == 1:
+        if kind == "count":
+            n = 1001
+        elif kind == "dtype":
+            name = "float64"
+        elif kind == "op":
+            op = "max"
+    x = np.arange(n).astype(name)
+    original = x.copy()
+    res = {}
+    try:
+        comm.all_reduce(x, op, out=x)
+        res["error"] = None
+    except errors.PCCLError as e:
+        res.update(error=type(e).__name__, message=str(e), unchanged=bool(np.array_equal(x, original)))
+    y = comm.all_reduce(np.full(10, ctx.rank + 1.0), "sum")
+    res["after"] = float(y[0])
+    comm.close()
+    return res
+
+
+def loop_ops(ctx: Context) -> dict:
+    """The training-loop pattern: per step, update_topology(), learn the step number (max of a counter, so a
+    newcomer catches up), then all-reduce this peer's contribution. Records (step, world, value) per step."""
+    a = ctx.args
+    comm = ctx.comm(connections=a.get("connections", 2))
+    joined_late = a.get("late", False)
+    if joined_late:
+        comm.connect(timeout=60)
+    else:
+        ctx.join(comm, a.get("total"))
+    steps, n = a["steps"], a.get("n", 4096)
+    records = []
+    step = 0
+    first = True
+    while step < steps:
+        if not (joined_late and first):  # a newcomer was admitted inside the others' vote of this step
+            comm.update_topology()
+        first = False
+        step = int(comm.all_reduce(np.array([step], dtype=np.int64), "max")[0])
+        x = np.full(n, ctx.rank + 1, dtype=np.float64)
+        r = comm.all_reduce(x, "sum")
+        records.append([step, comm.last_info.world_size, float(r[0]), bool(np.all(r == r[0]))])
+        ctx.event(f"step{step}")
+        step += 1
+        if a.get("leave_at") == step and ctx.rank == a.get("leaver"):
+            comm.close()
+            return {"records": records, "left": True}
+    comm.close()
+    return {"records": records, "dropped_data_connections": comm._core.dropped_data_connections}

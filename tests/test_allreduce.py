@@ -1,0 +1,81 @@
+"""Multi-process all-reduce against NumPy: every op x dtype for 2, 3 and 4 peers, odd lengths, a 64 MiB array
+striped over 4 connections, and bitwise-identical results on every peer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import data
+from procs import spawn, wait_all
+
+# Relative tolerance of float results against the float64 reference, per dtype: a few roundings of the type.
+RTOL = {"float16": 4e-3, "bfloat16": 3e-2, "float32": 1e-5, "float64": 1e-12}
+
+
+def _expected_inputs(world: int):
+    case = 0
+    for name in data.DTYPES:
+        for op in data.OPS:
+            case += 1
+            n = data.length(case)
+            yield name, op, [data.make(name, op, n, r, case) for r in range(world)]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_every_op_and_dtype_matches_numpy(master, tmp_path, world):
+    peers = [spawn(master.address, "ops_dtypes", r, world, tmp_path) for r in range(world)]
+    wait_all(peers, 150)
+    results = [p.arrays() for p in peers]
+    for p in peers:
+        res = p.result()
+        assert "error" not in res, res.get("traceback")
+        # avg on integers is refused locally with a TypeError, before anything is sent
+        assert len(res["refused"]) == 8 and all(r.endswith("UnsupportedDTypeError") for r in res["refused"])
+    checked = 0
+    for name, op, inputs in _expected_inputs(world):
+        if op == "avg" and name not in data.FLOATS:
+            continue
+        key = f"{name}_{op}"
+        got = [r[key] for r in results]
+        for g in got[1:]:  # bitwise identical everywhere
+            assert g.tobytes() == got[0].tobytes(), key
+        value = got[0].view(data.np_dtype(name)) if name == "bfloat16" else got[0]
+        ref = data.reference(name, op, inputs)
+        if name not in data.FLOATS or op in ("max", "min"):
+            assert np.array_equal(value.astype(ref.dtype), ref), key
+        else:
+            wide = value.astype(np.float64)
+            scale = np.abs(np.stack(inputs).astype(np.float64)).sum(axis=0) + 1e-30
+            if op == "prod":
+                scale = np.abs(ref) + 1e-30
+            if op == "avg":
+                scale = scale / world
+            err = np.abs(wide - ref) / scale
+            assert err.max() <= RTOL[name] * world, (key, float(err.max()))
+        checked += 1
+    assert checked == 12 * 4 + 4  # 12 dtypes x (sum, prod, max, min) + avg for 4 float dtypes
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_64mib_striped_over_all_connections(master, tmp_path):
+    n = 16 * 1024 * 1024 + 7  # 64 MiB of float32, not divisible by world x connections
+    world = 3
+    peers = [spawn(master.address, "big", r, world, tmp_path, n=n, connections=4) for r in range(world)]
+    wait_all(peers, 200)
+    res = [p.result() for p in peers]
+    for r in res:
+        assert "error" not in r, r.get("traceback")
+        assert r["exact"] and r["stripes"] == 4 and r["world"] == world
+    assert len({r["sha256"] for r in res}) == 1
+    for r in res:
+        sends = [s for s in r["stats"] if s["direction"] == "send"]
+        recvs = [s for s in r["stats"] if s["direction"] == "recv"]
+        assert sorted(s["index"] for s in sends) == [0, 1, 2, 3]
+        assert sorted(s["index"] for s in recvs) == [0, 1, 2, 3]
+        # every connection carried its share (about 1/4 of 2(N-1)/N of the array each way)
+        share = 2 * (world - 1) / world * n * 4 / 4
+        for s in sends + recvs:
+            assert 0.9 * share < s["moved"] < 1.1 * share, s
