@@ -154,7 +154,8 @@ class Communicator:
         if target is not None and not target.flags.writeable:
             raise InvalidArgumentError("the output array is read-only; pass out=None for a new array")
 
-        src = np.ascontiguousarray(x)  # a strided view is reduced through a contiguous copy
+        # A strided view is reduced through a contiguous copy (np.ascontiguousarray would turn 0-d into 1-d).
+        src = x if x.flags.c_contiguous else x.copy(order="C")
         if in_place:
             dst = src  # same buffer: the core keeps the input intact until the commit
         elif target is not None and target.flags.c_contiguous:

@@ -208,6 +208,7 @@ def loop_ops(ctx: Context) -> dict:
         comm.connect(timeout=60)
     else:
         ctx.join(comm, a.get("total"))
+    ctx.event(f"data_port {comm.data_address}")
     steps, n = a["steps"], a.get("n", 4096)
     records = []
     step = 0
@@ -222,6 +223,9 @@ def loop_ops(ctx: Context) -> dict:
         records.append([step, comm.last_info.world_size, float(r[0]), bool(np.all(r == r[0]))])
         ctx.event(f"step{step}")
         step += 1
+        if a.get("await_joiner_at") == step and not joined_late:
+            while not comm.are_peers_pending():  # hold the job here until the newcomer knocks
+                time.sleep(0.005)
         if a.get("leave_at") == step and ctx.rank == a.get("leaver"):
             comm.close()
             return {"records": records, "left": True}
