@@ -81,15 +81,15 @@ PYBIND11_MODULE(_core, m) {
              py::arg("peer_timeout") = 10.0, py::arg("handshake_timeout") = 5.0)
         .def("on_connect", [](MasterState& s, uint64_t conn, const std::string& addr, double now) {
             return actions_list(s.on_connect(conn, addr, now));
-        })
+        }, py::arg("conn"), py::arg("addr"), py::arg("now"))
         .def("on_message", [](MasterState& s, uint64_t conn, const std::string& type, const py::dict& fields, double now) {
             auto [code, payload] = codec_encode(type, fields);
             return actions_list(s.on_frame(conn, code, payload, now));
-        })
+        }, py::arg("conn"), py::arg("type"), py::arg("fields"), py::arg("now"))
         .def("on_disconnect", [](MasterState& s, uint64_t conn, const std::string& reason, double now) {
             return actions_list(s.on_disconnect(conn, reason, now));
-        })
-        .def("on_tick", [](MasterState& s, double now) { return actions_list(s.on_tick(now)); })
+        }, py::arg("conn"), py::arg("reason"), py::arg("now"))
+        .def("on_tick", [](MasterState& s, double now) { return actions_list(s.on_tick(now)); }, py::arg("now"))
         .def("stats", [](const MasterState& s) { return stats_dict(s.stats()); });
 
     m.def("encode_frame", [](const std::string& type, const py::dict& fields) {
@@ -98,7 +98,7 @@ PYBIND11_MODULE(_core, m) {
         wire::encode_header(out.data(), wire::MsgType(code), uint32_t(payload.size()));
         out.insert(out.end(), payload.begin(), payload.end());
         return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
-    }, "Header + payload of one message, for tests and tools.");
+    }, py::arg("type"), py::arg("fields"), "Header + payload of one message, for tests and tools.");
     m.def("decode_frame", [](const py::bytes& frame) {
         auto bytes = bytes_of(frame);
         if (bytes.size() < wire::kHeaderSize) throw CoreError(ErrorKind::kProtocol, "malformed frame: shorter than a header");
@@ -107,7 +107,7 @@ PYBIND11_MODULE(_core, m) {
             throw CoreError(ErrorKind::kProtocol, "malformed frame: length field does not match the bytes");
         std::vector<uint8_t> payload(bytes.begin() + wire::kHeaderSize, bytes.end());
         return py::make_tuple(codec_type_name(h.type), codec_decode(h.type, payload));
-    }, "Decodes one whole frame; raises ProtocolError on anything malformed.");
+    }, py::arg("frame"), "Decodes one whole frame; raises ProtocolError on anything malformed.");
     m.attr("PROTOCOL_VERSION") = wire::kVersion;
 
     py::class_<OpInfo>(m, "OpInfo")
@@ -146,7 +146,8 @@ PYBIND11_MODULE(_core, m) {
                  py::gil_scoped_release release;
                  return c.all_reduce(reinterpret_cast<const void*>(input), reinterpret_cast<void*>(output), count,
                                      DType(dtype), ReduceOp(op), tag);
-             })
+             },
+             py::arg("input_ptr"), py::arg("output_ptr"), py::arg("count"), py::arg("dtype"), py::arg("op"), py::arg("tag"))
         .def("close", &Communicator::close, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("peer_id", &Communicator::peer_id)
         .def_property_readonly("world_size", &Communicator::world_size)
@@ -170,8 +171,8 @@ PYBIND11_MODULE(_core, m) {
     // Reduction kernels on raw buffers, so tests can hold them to NumPy element by element.
     m.def("reduce_into", [](uintptr_t acc, uintptr_t local, size_t n, uint8_t dtype, uint8_t op) {
         reduce_into(DType(dtype), ReduceOp(op), reinterpret_cast<void*>(acc), reinterpret_cast<const void*>(local), n);
-    });
+    }, py::arg("acc_ptr"), py::arg("local_ptr"), py::arg("n"), py::arg("dtype"), py::arg("op"));
     m.def("finalize_avg", [](uintptr_t buf, size_t n, uint8_t dtype, uint32_t world) {
         finalize_avg(DType(dtype), reinterpret_cast<void*>(buf), n, world);
-    });
+    }, py::arg("ptr"), py::arg("n"), py::arg("dtype"), py::arg("world"));
 }

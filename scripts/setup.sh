@@ -11,7 +11,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-"${PIP[@]}" numpy ml_dtypes pytest pytest-timeout hypothesis scikit-build-core pybind11 ninja cmake
+# Pinned where generated output depends on the version (the stubs test compares with a committed copy).
+"${PIP[@]}" numpy ml_dtypes pytest pytest-timeout hypothesis scikit-build-core pybind11==3.1.0 pybind11-stubgen==3.0.0 ninja cmake
 for extra in "$@"; do
   case "$extra" in
     # torch 2.13.0 is the CPU build on this machine's disk; a plain 'torch' would fetch GBs of CUDA.

@@ -1,0 +1,31 @@
+"""The committed type stubs of the C++ module match what pybind11-stubgen generates from the built module.
+
+Regenerate after changing cpp/bindings.cpp:  PCCL_REGEN_STUBS=1 pytest tests/test_stubs.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pccl_arrays
+
+COMMITTED = Path(__file__).resolve().parent.parent / "pccl_arrays" / "_core.pyi"
+
+
+@pytest.mark.timeout(60)
+def test_core_stubs_match_the_built_module(tmp_path):
+    stubgen = shutil.which("pybind11-stubgen") or str(Path(sys.executable).parent / "pybind11-stubgen")
+    if not Path(stubgen).exists():
+        pytest.skip("pybind11-stubgen is not installed (scripts/setup.sh installs it)")
+    env = dict(os.environ, PYTHONPATH=str(Path(pccl_arrays.__file__).parent.parent))
+    subprocess.run([stubgen, "pccl_arrays._core", "-o", str(tmp_path)], check=True, env=env, capture_output=True)
+    generated = (tmp_path / "pccl_arrays" / "_core.pyi").read_text()
+    if os.environ.get("PCCL_REGEN_STUBS"):
+        COMMITTED.write_text(generated)
+    assert COMMITTED.read_text() == generated, "stubs are stale: run PCCL_REGEN_STUBS=1 pytest tests/test_stubs.py"
