@@ -114,15 +114,15 @@ void MasterState::handle(uint64_t id, Conn& c, uint16_t type, const std::vector<
         }
         case MsgType::kOpStart: {
             auto m = wire::decode_payload<wire::OpStart>(payload);
-            if (c.call != Call::kIdle) throw CoreError(ErrorKind::kProtocol, "OP_START during another call");
             auto key = std::make_pair(c.group, m.tag);
             auto op = ops_.find(key);
-            if (op != ops_.end() && op->second.running) {
+            if (op != ops_.end() && op->second.running) {  // refused for this peer only; the running op goes on
                 send(out, id, MsgType::kOpReject,
                      wire::OpReject{m.tag, uint8_t(ErrorKind::kInvalidArgument),
                                     "tag " + std::to_string(m.tag) + " is already in flight in this group"});
                 return;
             }
+            if (c.call != Call::kIdle) throw CoreError(ErrorKind::kProtocol, "OP_START during another call");
             if (op == ops_.end()) {
                 op = ops_.emplace(key, Op{}).first;
                 op->second.group = c.group;
@@ -195,6 +195,7 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
         return;
     }
     auto ring = group_ring(op.group);
+    // A member inside update_topology() can never start this operation: fail it now, whatever the ring order.
     for (uint64_t id : ring) {
         if (conns_.at(id).call == Call::kTopo) {
             fail_op(it, ErrorKind::kMismatch,
@@ -203,8 +204,9 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
                     out);
             return;
         }
-        if (!op.started.count(id)) return;  // still waiting for this peer
     }
+    for (uint64_t id : ring)
+        if (!op.started.count(id)) return;  // still waiting for this peer
     const auto& [first_id, first] = *op.started.begin();
     for (const auto& [id, d] : op.started) {
         if (d == first) continue;

@@ -127,6 +127,7 @@ template <class T> void reduce_typed(ReduceOp op, T* acc, const T* local, size_t
             for (size_t i = 0; i < n; i++) acc[i] = combine(ReduceOp::kMin, acc[i], local[i]);
             return;
     }
+    throw CoreError(ErrorKind::kInvalidArgument, "unknown reduce op code " + std::to_string(int(op)));
 }
 
 template <float (*ToF)(uint16_t), uint16_t (*FromF)(float)>
@@ -137,6 +138,8 @@ void reduce_half(ReduceOp op, uint16_t* acc, const uint16_t* local, size_t n) {
 }  // namespace
 
 void reduce_into(DType t, ReduceOp op, void* acc, const void* local, size_t n) {
+    if (uint8_t(op) >= kReduceOpCount)
+        throw CoreError(ErrorKind::kInvalidArgument, "unknown reduce op code " + std::to_string(int(op)));
     switch (t) {
         case DType::kInt8: return reduce_typed(op, static_cast<int8_t*>(acc), static_cast<const int8_t*>(local), n);
         case DType::kUInt8: return reduce_typed(op, static_cast<uint8_t*>(acc), static_cast<const uint8_t*>(local), n);
@@ -155,6 +158,7 @@ void reduce_into(DType t, ReduceOp op, void* acc, const void* local, size_t n) {
             return reduce_half<bf16_to_float, float_to_bf16>(op, static_cast<uint16_t*>(acc),
                                                              static_cast<const uint16_t*>(local), n);
     }
+    throw CoreError(ErrorKind::kInvalidArgument, "unknown dtype code " + std::to_string(int(t)));
 }
 
 void finalize_avg(DType t, void* buf, size_t n, uint32_t world) {

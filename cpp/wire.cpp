@@ -60,10 +60,38 @@ uint64_t Reader::u64() {
     const uint8_t* p = need(8);
     return uint64_t(load32(p)) | uint64_t(load32(p + 4)) << 32;
 }
+// Strings on the wire are UTF-8 (hosts, reasons); anything else is refused here, before it reaches a log or
+// another peer.
+static bool valid_utf8(const uint8_t* p, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        const uint8_t c = p[i];
+        size_t extra;
+        uint32_t cp;
+        if (c < 0x80) { i++; continue; }
+        if ((c & 0xe0) == 0xc0) { extra = 1; cp = c & 0x1f; }
+        else if ((c & 0xf0) == 0xe0) { extra = 2; cp = c & 0x0f; }
+        else if ((c & 0xf8) == 0xf0) { extra = 3; cp = c & 0x07; }
+        else return false;
+        if (i + extra >= n) return false;  // truncated sequence
+        for (size_t k = 1; k <= extra; k++) {
+            if ((p[i + k] & 0xc0) != 0x80) return false;
+            cp = (cp << 6) | (p[i + k] & 0x3f);
+        }
+        // overlong forms, surrogates and code points past U+10FFFF are not UTF-8
+        if ((extra == 1 && cp < 0x80) || (extra == 2 && cp < 0x800) || (extra == 3 && cp < 0x10000) ||
+            (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
+            return false;
+        i += extra + 1;
+    }
+    return true;
+}
+
 std::string Reader::str() {
     uint16_t n = u16();
     if (n > kMaxString) bad("string length " + std::to_string(n));
     const uint8_t* p = need(n);
+    if (!valid_utf8(p, n)) bad("string is not UTF-8");
     return std::string(reinterpret_cast<const char*>(p), n);
 }
 size_t Reader::count(size_t max) {

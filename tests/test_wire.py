@@ -1,0 +1,504 @@
+"""The wire format: every message round-trips through the codec, the byte layout of the header and of each
+payload is pinned (the format docs/protocol.md describes), and the decoder answers anything malformed with
+ProtocolError — never a crash, a hang, a huge allocation or another exception — including under fuzzing."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pccl_arrays import _core
+from pccl_arrays.errors import InvalidArgumentError, PCCLError, ProtocolError
+
+MAGIC = 0x52414350
+VERSION = 1
+HEADER = struct.Struct("<IHHII")  # magic, version, type, length, reserved
+MAX_CONTROL = 1 << 20
+MAX_DATA = (64 << 20) + 24  # one piece plus the data header
+MAX_STRING = 4096
+MAX_PEERS = 65536
+
+TYPE_CODES = {
+    "hello": 1, "welcome": 2, "heartbeat": 3, "heartbeat_ack": 4, "topo_request": 5, "topo_result": 6,
+    "op_start": 7, "op_go": 8, "op_reject": 9, "op_done": 10, "op_commit": 11, "op_abort": 12,
+    "pending_request": 13, "pending_reply": 14, "leave": 15, "kicked": 16, "peer_hello": 32, "data": 33,
+}
+EMPTY_TYPES = {"heartbeat", "leave"}
+
+RING = [{"id": 7, "host": "10.0.0.7", "port": 4000}, {"id": 2**64 - 1, "host": "hôte-ü", "port": 65535}]
+
+# One message of every type with every field set to something other than its default.
+SAMPLES = {
+    "hello": {"group": 3, "connections": 8, "host": "192.168.1.20", "port": 29500},
+    "welcome": {"peer_id": 0x0102030405060708},
+    "heartbeat": {},
+    "heartbeat_ack": {"pending": 4},
+    "topo_request": {"seq": 12},
+    "topo_result": {"seq": 12, "world_size": 5, "pending": 1, "ring": RING},
+    "op_start": {"tag": 99, "count": 2**40 + 3, "dtype": 9, "op": 1, "quant": 2},
+    "op_go": {"tag": 99, "op_id": 17, "stripes": 4, "ring": RING},
+    "op_reject": {"tag": 99, "kind": 6, "reason": "peers started different operations"},
+    "op_done": {"op_id": 17, "ok": 0, "kind": 2, "reason": "peer 3 lost"},
+    "op_commit": {"op_id": 17},
+    "op_abort": {"op_id": 17, "kind": 2, "reason": "peer 3 (1.2.3.4:5) lost"},
+    "pending_request": {"seq": 3},
+    "pending_reply": {"pending": 2},
+    "leave": {},
+    "kicked": {"reason": "silent for more than 10 s"},
+    "peer_hello": {"from": 3, "to": 4, "index": 2},
+    "data": {"op_id": 17, "step": 3, "stripe": 1, "offset": 2**33, "payload": b"\x00\x01\xfe\xff" * 5},
+}
+assert set(SAMPLES) == set(TYPE_CODES)
+
+
+def header(type_code: int, length: int, magic: int = MAGIC, version: int = VERSION, reserved: int = 0) -> bytes:
+    return HEADER.pack(magic, version, type_code, length, reserved)
+
+
+def frame_of(type_name: str, payload: bytes) -> bytes:
+    """A frame with a valid header around an arbitrary payload (so the payload decoder is what gets tested)."""
+    return header(TYPE_CODES[type_name], len(payload)) + payload
+
+
+def wstr(s: bytes | str) -> bytes:
+    """A wire string: u16 byte count, then the bytes (str is encoded as UTF-8, bytes go as they are)."""
+    if isinstance(s, str):
+        s = s.encode()
+    return struct.pack("<H", len(s)) + s
+
+
+def wring(ring) -> bytes:
+    out = struct.pack("<I", len(ring))
+    for p in ring:
+        out += struct.pack("<Q", p["id"]) + wstr(p["host"]) + struct.pack("<H", p["port"])
+    return out
+
+
+def expected_payload(type_name: str, f: dict) -> bytes:
+    """The payload layout of every message, written independently of the C++ encoder."""
+    match type_name:
+        case "hello":
+            return struct.pack("<II", f["group"], f["connections"]) + wstr(f["host"]) + struct.pack("<H", f["port"])
+        case "welcome":
+            return struct.pack("<Q", f["peer_id"])
+        case "heartbeat" | "leave":
+            return b""
+        case "heartbeat_ack" | "pending_reply":
+            return struct.pack("<I", f["pending"])
+        case "topo_request" | "pending_request":
+            return struct.pack("<Q", f["seq"])
+        case "topo_result":
+            return struct.pack("<QII", f["seq"], f["world_size"], f["pending"]) + wring(f["ring"])
+        case "op_start":
+            return struct.pack("<QQBBB", f["tag"], f["count"], f["dtype"], f["op"], f["quant"])
+        case "op_go":
+            return struct.pack("<QQI", f["tag"], f["op_id"], f["stripes"]) + wring(f["ring"])
+        case "op_reject":
+            return struct.pack("<QB", f["tag"], f["kind"]) + wstr(f["reason"])
+        case "op_done":
+            return struct.pack("<QBB", f["op_id"], f["ok"], f["kind"]) + wstr(f["reason"])
+        case "op_commit":
+            return struct.pack("<Q", f["op_id"])
+        case "op_abort":
+            return struct.pack("<QB", f["op_id"], f["kind"]) + wstr(f["reason"])
+        case "kicked":
+            return wstr(f["reason"])
+        case "peer_hello":
+            return struct.pack("<QQI", f["from"], f["to"], f["index"])
+        case "data":
+            return struct.pack("<QIIQ", f["op_id"], f["step"], f["stripe"], f["offset"]) + f["payload"]
+    raise AssertionError(type_name)
+
+
+def assert_protocol_error(frame: bytes, match: str | None = None) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        _core.decode_frame(frame)
+
+
+# --------------------------------------------------------------------------------------------- round trips
+
+
+def test_protocol_version_is_exported():
+    assert _core.PROTOCOL_VERSION == VERSION
+    assert issubclass(ProtocolError, PCCLError)
+
+
+@pytest.mark.parametrize("type_name", sorted(SAMPLES))
+def test_every_message_round_trips(type_name):
+    fields = SAMPLES[type_name]
+    frame = _core.encode_frame(type_name, fields)
+    assert _core.decode_frame(frame) == (type_name, fields)
+
+
+@pytest.mark.parametrize("type_name", sorted(SAMPLES))
+def test_every_message_has_the_documented_layout(type_name):
+    fields = SAMPLES[type_name]
+    payload = expected_payload(type_name, fields)
+    assert _core.encode_frame(type_name, fields) == header(TYPE_CODES[type_name], len(payload)) + payload
+    # And the decoder reads a frame built by hand, not only the encoder's own output.
+    assert _core.decode_frame(frame_of(type_name, payload)) == (type_name, fields)
+
+
+def test_header_layout_byte_by_byte():
+    frame = _core.encode_frame("welcome", {"peer_id": 0x0102030405060708})
+    assert len(frame) == 16 + 8
+    assert frame[0:4] == bytes([0x50, 0x43, 0x41, 0x52]) == b"PCAR"  # magic 0x52414350, little-endian
+    assert frame[4:6] == bytes([0x01, 0x00])  # protocol version 1
+    assert frame[6:8] == bytes([0x02, 0x00])  # type 2 = welcome
+    assert frame[8:12] == bytes([0x08, 0x00, 0x00, 0x00])  # payload length 8
+    assert frame[12:16] == bytes([0x00, 0x00, 0x00, 0x00])  # reserved, zero
+    assert frame[16:24] == bytes([0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01])  # u64 little-endian
+
+
+@pytest.mark.parametrize("type_name", sorted(TYPE_CODES))
+def test_type_codes_are_pinned(type_name):
+    frame = _core.encode_frame(type_name, {})
+    magic, version, code, length, reserved = HEADER.unpack_from(frame)
+    assert (magic, version, code, reserved) == (MAGIC, VERSION, TYPE_CODES[type_name], 0)
+    assert length == len(frame) - 16
+
+
+def test_defaults_of_missing_fields():
+    assert _core.decode_frame(_core.encode_frame("hello", {})) == (
+        "hello", {"group": 0, "connections": 1, "host": "127.0.0.1", "port": 0})
+    assert _core.decode_frame(_core.encode_frame("op_done", {})) == (
+        "op_done", {"op_id": 0, "ok": 1, "kind": 0, "reason": ""})
+    assert _core.decode_frame(_core.encode_frame("op_go", {}))[1]["stripes"] == 1
+    assert _core.decode_frame(_core.encode_frame("data", {}))[1]["payload"] == b""
+
+
+def test_extreme_values_round_trip():
+    ring = [{"id": 2**64 - 1, "host": "x" * MAX_STRING, "port": 65535}, {"id": 0, "host": "", "port": 0}]
+    cases = {
+        "hello": {"group": 2**32 - 1, "connections": 2**32 - 1, "host": "h" * MAX_STRING, "port": 65535},
+        "topo_result": {"seq": 2**64 - 1, "world_size": 2**32 - 1, "pending": 2**32 - 1, "ring": ring},
+        "op_start": {"tag": 2**64 - 1, "count": 2**64 - 1, "dtype": 255, "op": 255, "quant": 255},
+        "op_go": {"tag": 0, "op_id": 2**64 - 1, "stripes": 2**32 - 1, "ring": []},
+        "kicked": {"reason": "é" * (MAX_STRING // 2)},  # 4096 bytes of UTF-8
+        "data": {"op_id": 2**64 - 1, "step": 2**32 - 1, "stripe": 2**32 - 1, "offset": 2**64 - 1, "payload": b""},
+    }
+    for type_name, fields in cases.items():
+        assert _core.decode_frame(_core.encode_frame(type_name, fields)) == (type_name, fields)
+
+
+def test_control_frame_exactly_at_the_length_limit_decodes():
+    # 20 bytes of fixed fields, then 255 peers with 4096-byte hosts and one with a 1004-byte host: 1 MiB exactly.
+    ring = [{"id": i, "host": "a" * MAX_STRING, "port": i} for i in range(255)]
+    ring.append({"id": 255, "host": "b" * 1004, "port": 255})
+    fields = {"seq": 1, "world_size": 256, "pending": 0, "ring": ring}
+    frame = _core.encode_frame("topo_result", fields)
+    assert len(frame) == 16 + MAX_CONTROL
+    assert _core.decode_frame(frame) == ("topo_result", fields)
+
+
+def test_encoder_refuses_strings_longer_than_the_wire_allows():
+    with pytest.raises(InvalidArgumentError):
+        _core.encode_frame("kicked", {"reason": "x" * (MAX_STRING + 1)})
+    with pytest.raises(InvalidArgumentError):
+        _core.encode_frame("hello", {"host": "é" * (MAX_STRING // 2 + 1)})  # 4098 bytes
+    with pytest.raises(ValueError):
+        _core.encode_frame("no_such_message", {})
+
+
+# --------------------------------------------------------------------------------------- malformed headers
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_bad_magic(index):
+    frame = bytearray(_core.encode_frame("heartbeat", {}))
+    frame[index] ^= 0x01
+    assert_protocol_error(bytes(frame), "magic")
+
+
+@pytest.mark.parametrize("version", [0, 2, 0x0100, 0xFFFF])
+def test_wrong_protocol_version(version):
+    assert_protocol_error(header(TYPE_CODES["heartbeat"], 0, version=version), "version")
+
+
+@pytest.mark.parametrize("code", [0, 17, 18, 31, 34, 0x0100, 0xFFFF])
+def test_unknown_type(code):
+    assert_protocol_error(header(code, 0), "unknown message type")
+
+
+@pytest.mark.parametrize("byte", range(12, 16))
+def test_reserved_bits_set(byte):
+    frame = bytearray(_core.encode_frame("heartbeat", {}))
+    frame[byte] = 0x80
+    assert_protocol_error(bytes(frame), "reserved")
+
+
+@pytest.mark.parametrize("length", [MAX_CONTROL + 1, 2**31, 2**32 - 1])
+@pytest.mark.parametrize("type_name", ["hello", "topo_result", "kicked", "heartbeat"])
+def test_control_length_over_the_limit(type_name, length):
+    # Only the header is present: a decoder that trusted the length would allocate or wait for 2 GiB.
+    assert_protocol_error(header(TYPE_CODES[type_name], length), "over the limit")
+
+
+@pytest.mark.parametrize("length", [MAX_DATA + 1, 2**31, 2**32 - 1])
+def test_data_length_over_the_limit(length):
+    assert_protocol_error(header(TYPE_CODES["data"], length), "over the limit")
+
+
+def test_length_limits_are_exact():
+    # At the limit the header is accepted and only the missing bytes are wrong; one past it the header is refused.
+    assert_protocol_error(header(TYPE_CODES["kicked"], MAX_CONTROL), "does not match")
+    assert_protocol_error(header(TYPE_CODES["kicked"], MAX_CONTROL + 1), "over the limit")
+    assert_protocol_error(header(TYPE_CODES["data"], MAX_DATA), "does not match")
+    assert_protocol_error(header(TYPE_CODES["data"], MAX_DATA + 1), "over the limit")
+
+
+@pytest.mark.parametrize("size", range(16))
+def test_shorter_than_a_header(size):
+    assert_protocol_error(_core.encode_frame("heartbeat", {})[:size])
+
+
+# -------------------------------------------------------------------------------------- malformed payloads
+
+
+@pytest.mark.parametrize("type_name", sorted(set(SAMPLES) - EMPTY_TYPES))
+def test_truncated_payloads(type_name):
+    payload = _core.encode_frame(type_name, SAMPLES[type_name])[16:]
+    for cut in range(len(payload)):
+        if type_name == "data" and cut >= 24:
+            continue  # a shorter piece is still a valid data frame
+        # The header is consistent with the bytes: the payload itself is short.
+        assert_protocol_error(frame_of(type_name, payload[:cut]))
+        # The header promises more than arrives.
+        assert_protocol_error(header(TYPE_CODES[type_name], len(payload)) + payload[:cut], "does not match")
+
+
+@pytest.mark.parametrize("type_name", sorted(set(SAMPLES) - {"data"}))
+def test_trailing_bytes(type_name):
+    payload = _core.encode_frame(type_name, SAMPLES[type_name])[16:]
+    for extra in (b"\x00", b"\xff" * 7):
+        assert_protocol_error(frame_of(type_name, payload + extra))
+    # Bytes past the length the header gives.
+    assert_protocol_error(_core.encode_frame(type_name, SAMPLES[type_name]) + b"\x00", "does not match")
+
+
+def test_trailing_bytes_of_a_data_frame_are_its_piece():
+    frame = frame_of("data", struct.pack("<QIIQ", 1, 2, 3, 4) + b"piece")
+    assert _core.decode_frame(frame) == ("data", {"op_id": 1, "step": 2, "stripe": 3, "offset": 4, "payload": b"piece"})
+    assert_protocol_error(frame + b"x", "does not match")  # but the header's length still rules
+
+
+def test_data_frame_shorter_than_its_header():
+    for cut in range(24):
+        assert_protocol_error(frame_of("data", bytes(cut)))
+
+
+def test_string_length_beyond_the_bytes_present():
+    assert_protocol_error(frame_of("kicked", struct.pack("<H", 10) + b"abc"), "ends early")
+    assert_protocol_error(frame_of("kicked", struct.pack("<H", 0xFFFF)), "ends early|string length")
+    hello = struct.pack("<II", 0, 1) + struct.pack("<H", 200) + b"host" + struct.pack("<H", 1)
+    assert_protocol_error(frame_of("hello", hello))
+
+
+def test_string_length_over_the_wire_limit():
+    assert_protocol_error(frame_of("kicked", struct.pack("<H", MAX_STRING + 1) + b"x" * (MAX_STRING + 1)), "string length")
+    assert _core.decode_frame(frame_of("kicked", wstr(b"x" * MAX_STRING))) == ("kicked", {"reason": "x" * MAX_STRING})
+
+
+def test_invalid_utf8_string_is_a_protocol_error():
+    # Strings on the wire are bytes from an untrusted peer; the decoder must not leak a UnicodeDecodeError.
+    for bad in (b"\xff", b"\xc3", b"ok\xed\xa0\x80", b"\x80abc"):
+        assert_protocol_error(frame_of("kicked", wstr(bad)))
+        assert_protocol_error(frame_of("hello", struct.pack("<II", 0, 1) + wstr(bad) + struct.pack("<H", 1)))
+
+
+@pytest.mark.parametrize("type_name", ["topo_result", "op_go"])
+def test_ring_counts_beyond_the_bytes_present(type_name):
+    fixed = struct.pack("<QII", 1, 2, 0) if type_name == "topo_result" else struct.pack("<QQI", 1, 2, 1)
+    one_peer = struct.pack("<Q", 5) + wstr(b"h") + struct.pack("<H", 6)
+    assert_protocol_error(frame_of(type_name, fixed + struct.pack("<I", 2) + one_peer))
+    for count in (100, MAX_PEERS, MAX_PEERS + 1, 2**31, 2**32 - 1):
+        assert_protocol_error(frame_of(type_name, fixed + struct.pack("<I", count) + one_peer), "element count|ends early")
+    # More peers than a ring may have, even with bytes to back the count.
+    many = fixed + struct.pack("<I", MAX_PEERS + 1) + bytes(12 * (MAX_PEERS + 1))
+    assert_protocol_error(frame_of(type_name, many), "element count")
+
+
+@pytest.mark.parametrize("type_name", sorted(EMPTY_TYPES))
+def test_empty_messages_carry_no_payload(type_name):
+    assert _core.decode_frame(frame_of(type_name, b"")) == (type_name, {})
+    assert_protocol_error(frame_of(type_name, b"\x00"))
+
+
+@pytest.mark.timeout(60)
+def test_hostile_inputs_under_a_memory_limit():
+    """Decoding hostile frames in a process whose address space is capped: a decoder that sized an allocation
+    from a count or length field before checking it would die with MemoryError (or worse) here."""
+    script = textwrap.dedent(
+        """
+        import resource, struct, sys
+        from pccl_arrays import _core
+        from pccl_arrays.errors import ProtocolError
+        cap = 1 << 30
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        H = struct.Struct("<IHHII")
+        def h(t, n):
+            return H.pack(0x52414350, 1, t, n, 0)
+        cases = [h(6, 2**32 - 1), h(33, 2**32 - 1), h(16, 2**31)]
+        for t, fixed in ((6, struct.pack("<QII", 0, 0, 0)), (8, struct.pack("<QQI", 0, 0, 1))):
+            for count in (2**32 - 1, 2**31, 2**20, 65536):
+                p = fixed + struct.pack("<I", count) + bytes(64)
+                cases.append(h(t, len(p)) + p)
+        for p in (struct.pack("<H", 0xFFFF), struct.pack("<H", 0xFFFF) + bytes(100)):
+            cases.append(h(16, len(p)) + p)
+        for _ in range(20):
+            for c in cases:
+                try:
+                    _core.decode_frame(c)
+                except ProtocolError:
+                    pass
+                else:
+                    sys.exit("decoded a hostile frame: " + c[:32].hex())
+        print("ok")
+        """
+    )
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50,
+                       env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------------------------------------- fuzzing
+
+FUZZ = settings(max_examples=400, deadline=None, database=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+u8 = st.integers(0, 2**8 - 1)
+u16 = st.integers(0, 2**16 - 1)
+u32 = st.integers(0, 2**32 - 1)
+u64 = st.integers(0, 2**64 - 1)
+text = st.text(max_size=40)
+peer = st.fixed_dictionaries({"id": u64, "host": text, "port": u16})
+ring = st.lists(peer, max_size=5)
+
+FIELDS = {
+    "hello": {"group": u32, "connections": u32, "host": text, "port": u16},
+    "welcome": {"peer_id": u64},
+    "heartbeat": {},
+    "heartbeat_ack": {"pending": u32},
+    "topo_request": {"seq": u64},
+    "topo_result": {"seq": u64, "world_size": u32, "pending": u32, "ring": ring},
+    "op_start": {"tag": u64, "count": u64, "dtype": u8, "op": u8, "quant": u8},
+    "op_go": {"tag": u64, "op_id": u64, "stripes": u32, "ring": ring},
+    "op_reject": {"tag": u64, "kind": u8, "reason": text},
+    "op_done": {"op_id": u64, "ok": u8, "kind": u8, "reason": text},
+    "op_commit": {"op_id": u64},
+    "op_abort": {"op_id": u64, "kind": u8, "reason": text},
+    "pending_request": {"seq": u64},
+    "pending_reply": {"pending": u32},
+    "leave": {},
+    "kicked": {"reason": text},
+    "peer_hello": {"from": u64, "to": u64, "index": u32},
+    "data": {"op_id": u64, "step": u32, "stripe": u32, "offset": u64, "payload": st.binary(max_size=64)},
+}
+assert set(FIELDS) == set(TYPE_CODES)
+
+messages = st.sampled_from(sorted(FIELDS)).flatmap(
+    lambda t: st.tuples(st.just(t), st.fixed_dictionaries(FIELDS[t])))
+
+
+def decode_or_protocol_error(frame: bytes):
+    """Decoding may succeed or raise ProtocolError; anything else (another exception, a crash) fails the test."""
+    try:
+        return _core.decode_frame(frame)
+    except ProtocolError:
+        return None
+
+
+@FUZZ
+@given(messages)
+def test_fuzz_round_trip(message):
+    type_name, fields = message
+    frame = _core.encode_frame(type_name, fields)
+    assert frame == header(TYPE_CODES[type_name], len(frame) - 16) + expected_payload(type_name, fields)
+    assert _core.decode_frame(frame) == (type_name, fields)
+
+
+@FUZZ
+@given(st.binary(max_size=256))
+def test_fuzz_random_bytes(raw):
+    decode_or_protocol_error(raw)
+
+
+@FUZZ
+@given(st.sampled_from(sorted(TYPE_CODES)), st.binary(max_size=200))
+def test_fuzz_random_payload_behind_a_valid_header(type_name, payload):
+    decode_or_protocol_error(frame_of(type_name, payload))
+
+
+# Payloads assembled from the wire's own building blocks (fixed-width integers, length-prefixed byte strings,
+# element counts), which reach deeper into each decoder than uniformly random bytes do.
+tokens = st.one_of(
+    u8.map(lambda v: struct.pack("<B", v)),
+    u16.map(lambda v: struct.pack("<H", v)),
+    u32.map(lambda v: struct.pack("<I", v)),
+    u64.map(lambda v: struct.pack("<Q", v)),
+    st.binary(max_size=12).map(wstr),
+    st.integers(0, 4).map(lambda n: struct.pack("<I", n)),
+)
+
+
+@FUZZ
+@given(st.sampled_from(sorted(TYPE_CODES)), st.lists(tokens, max_size=12))
+def test_fuzz_structured_payload_behind_a_valid_header(type_name, parts):
+    decode_or_protocol_error(frame_of(type_name, b"".join(parts)))
+
+
+RAW_FIELDS = {
+    t: {k: (st.binary(max_size=12) if v is text else
+            st.lists(st.fixed_dictionaries({"id": u64, "host": st.binary(max_size=12), "port": u16}), max_size=3)
+            if v is ring else v)
+        for k, v in fields.items()}
+    for t, fields in FIELDS.items()
+}
+
+
+@FUZZ
+@given(st.sampled_from(sorted(RAW_FIELDS)).flatmap(
+    lambda t: st.tuples(st.just(t), st.fixed_dictionaries(RAW_FIELDS[t]))))
+def test_fuzz_well_formed_layouts_with_arbitrary_string_bytes(message):
+    # Every field where the layout puts it, but strings are whatever bytes a hostile peer sends.
+    type_name, fields = message
+    decode_or_protocol_error(frame_of(type_name, expected_payload(type_name, fields)))
+
+
+@st.composite
+def mutated_frames(draw):
+    type_name, fields = draw(messages)
+    frame = bytearray(_core.encode_frame(type_name, fields))
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "set", "truncate", "extend", "insert", "delete"]))
+        at = draw(st.integers(0, max(len(frame) - 1, 0)))
+        if kind == "flip" and frame:
+            frame[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set" and frame:
+            frame[at] = draw(u8)
+        elif kind == "truncate":
+            del frame[at:]
+        elif kind == "extend":
+            frame += draw(st.binary(min_size=1, max_size=16))
+        elif kind == "insert":
+            frame[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif kind == "delete":
+            del frame[at:at + draw(st.integers(1, 8))]
+    if len(frame) >= 16 and draw(st.booleans()):
+        # Keep the length field consistent with the bytes, so the mutation reaches the payload decoder.
+        frame[8:12] = struct.pack("<I", len(frame) - 16)
+    return bytes(frame)
+
+
+@FUZZ
+@given(mutated_frames())
+def test_fuzz_mutated_valid_frames(frame):
+    decode_or_protocol_error(frame)
