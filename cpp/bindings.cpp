@@ -3,8 +3,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
+
 #include "communicator.hpp"
 #include "codec.hpp"
+#include "dlpack.hpp"
 #include "master_server.hpp"
 #include "master_state.hpp"
 #include "reduce.hpp"
@@ -167,6 +170,48 @@ PYBIND11_MODULE(_core, m) {
             }
             return out;
         });
+
+    // DLPack: capsules in (zero-copy views of producers' memory), core-owned buffers out.
+    py::class_<dl::View>(m, "DLView")
+        .def_static("from_capsule", &dl::View::from_capsule, py::arg("capsule"),
+                    "Takes over an unused DLPack capsule (legacy or versioned).")
+        .def_property_readonly("data", &dl::View::data)
+        .def_property_readonly("shape", &dl::View::shape)
+        .def_property_readonly("strides", &dl::View::strides)
+        .def_property_readonly("dtype_name", &dl::View::dtype_name)
+        .def_property_readonly("dtype_code", &dl::View::dtype_code)
+        .def_property_readonly("itemsize", &dl::View::itemsize)
+        .def_property_readonly("size", &dl::View::size)
+        .def_property_readonly("compact", &dl::View::compact)
+        .def_property_readonly("readonly", &dl::View::readonly)
+        .def_property_readonly("versioned", &dl::View::versioned)
+        .def_property_readonly("device", &dl::View::device);
+
+    py::class_<dl::HostBuffer, std::shared_ptr<dl::HostBuffer>>(m, "HostBuffer")
+        .def(py::init<std::vector<int64_t>, int>(), py::arg("shape"), py::arg("dtype_code"))
+        .def_property_readonly("data", &dl::HostBuffer::data)
+        .def_property_readonly("nbytes", &dl::HostBuffer::nbytes)
+        .def_property_readonly("shape", &dl::HostBuffer::shape)
+        .def_property_readonly("dtype_code", &dl::HostBuffer::dtype_code)
+        .def_static("alias", &dl::HostBuffer::alias, py::arg("other"), py::arg("dtype_code"))
+        .def("__dlpack__",
+             [](dl::HostBuffer& b, py::object stream, py::object max_version, py::object dl_device, py::object copy) {
+                 (void)stream;
+                 if (!dl_device.is_none() && dl_device.cast<std::pair<int, int>>() != std::make_pair(int(dl::kCPU), 0))
+                     throw py::buffer_error("a host buffer can only be exported to the CPU");
+                 if (!copy.is_none() && copy.cast<bool>())
+                     throw py::buffer_error("copy=True is not supported; the buffer is exported as it is");
+                 bool versioned = !max_version.is_none() && max_version.cast<std::pair<int, int>>().first >= 1;
+                 return b.export_capsule(versioned);
+             },
+             py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
+             py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
+        .def("__dlpack_device__", [](const dl::HostBuffer&) { return std::make_pair(int(dl::kCPU), 0); });
+
+    m.def("memcpy", [](uintptr_t dst, uintptr_t src, size_t n) {
+        py::gil_scoped_release release;
+        if (n) std::memcpy(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
+    }, py::arg("dst_ptr"), py::arg("src_ptr"), py::arg("nbytes"), "Copies bytes between host buffers (packing pytrees).");
 
     // Reduction kernels on raw buffers, so tests can hold them to NumPy element by element.
     m.def("reduce_into", [](uintptr_t acc, uintptr_t local, size_t n, uint8_t dtype, uint8_t op) {

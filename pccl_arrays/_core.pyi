@@ -2,8 +2,10 @@
 C++ core of pccl_arrays: master, peers, striped ring all-reduce
 """
 from __future__ import annotations
+import collections.abc
 import typing
-__all__: list[str] = ['Communicator', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'decode_frame', 'encode_frame', 'finalize_avg', 'reduce_into']
+import typing_extensions
+__all__: list[str] = ['Communicator', 'DLView', 'HostBuffer', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'decode_frame', 'encode_frame', 'finalize_avg', 'memcpy', 'reduce_into']
 class MasterServer:
     def __init__(self, listen: str, peer_timeout: typing.SupportsFloat | typing.SupportsIndex, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex) -> None:
         ...
@@ -84,6 +86,67 @@ class Communicator:
     @property
     def world_size(self) -> int:
         ...
+class DLView:
+    @staticmethod
+    def from_capsule(capsule: typing_extensions.CapsuleType) -> DLView:
+        """
+        Takes over an unused DLPack capsule (legacy or versioned).
+        """
+    @property
+    def compact(self) -> bool:
+        ...
+    @property
+    def data(self) -> int:
+        ...
+    @property
+    def device(self) -> tuple[int, int]:
+        ...
+    @property
+    def dtype_code(self) -> int:
+        ...
+    @property
+    def dtype_name(self) -> str:
+        ...
+    @property
+    def itemsize(self) -> int:
+        ...
+    @property
+    def readonly(self) -> bool:
+        ...
+    @property
+    def shape(self) -> list[int]:
+        ...
+    @property
+    def size(self) -> int:
+        ...
+    @property
+    def strides(self) -> list[int]:
+        ...
+    @property
+    def versioned(self) -> bool:
+        ...
+class HostBuffer:
+    @staticmethod
+    def alias(other: HostBuffer, dtype_code: typing.SupportsInt | typing.SupportsIndex) -> HostBuffer:
+        ...
+    def __dlpack__(self, *, stream: typing.Any = None, max_version: typing.Any = None, dl_device: typing.Any = None, copy: typing.Any = None) -> typing_extensions.CapsuleType:
+        ...
+    def __dlpack_device__(self) -> tuple[int, int]:
+        ...
+    def __init__(self, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], dtype_code: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def data(self) -> int:
+        ...
+    @property
+    def dtype_code(self) -> int:
+        ...
+    @property
+    def nbytes(self) -> int:
+        ...
+    @property
+    def shape(self) -> list[int]:
+        ...
 def decode_frame(frame: bytes) -> tuple[str, dict]:
     """
     Decodes one whole frame; raises ProtocolError on anything malformed.
@@ -94,6 +157,10 @@ def encode_frame(type: str, fields: dict) -> bytes:
     """
 def finalize_avg(ptr: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, world: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...
+def memcpy(dst_ptr: typing.SupportsInt | typing.SupportsIndex, src_ptr: typing.SupportsInt | typing.SupportsIndex, nbytes: typing.SupportsInt | typing.SupportsIndex) -> None:
+    """
+    Copies bytes between host buffers (packing pytrees).
+    """
 def reduce_into(acc_ptr: typing.SupportsInt | typing.SupportsIndex, local_ptr: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...
 PROTOCOL_VERSION: int = 1

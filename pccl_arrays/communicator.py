@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from . import _core
+from . import _core, arrays
 from .dtypes import dtype_code, op_code
 from .errors import InvalidArgumentError, PCCLError
 
@@ -120,55 +120,82 @@ class Communicator:
         self.close()
 
     # -- collectives --------------------------------------------------------------------------------------------
-    def all_reduce(self, x: np.ndarray, op: str = "sum", out: Optional[np.ndarray] = None, *, tag: int = 0,
-                   return_info: bool = False):
+    def all_reduce(self, x: Any, op: str = "sum", out: Any = None, *, tag: int = 0, return_info: bool = False):
         """All-reduces ``x`` over the peers of this group.
 
         Args:
-            x: a NumPy array of int8..uint64, float16, bfloat16 (ml_dtypes), float32 or float64; any shape.
+            x: a torch tensor (CPU or CUDA), JAX array (CPU or GPU), CuPy array or NumPy array of int8..uint64,
+                float16, bfloat16 or float32/float64; any shape, any strides.
             op: ``"sum"``, ``"avg"`` (floating dtypes only), ``"prod"``, ``"max"`` or ``"min"``.
-            out: None for a new array, ``x`` itself for in place, or another array of the same shape and dtype.
+            out: None for a new array of x's framework and device, ``x`` itself for in place (torch, NumPy,
+                CuPy; JAX arrays are immutable), or another mutable array of the same shape and dtype.
             tag: distinguishes operations; every peer of the group must use the same tag for the same operation.
             return_info: also return an :class:`AllReduceInfo` (it is always kept in :attr:`last_info`).
         Returns:
-            the result array (``out`` when given), or ``(result, info)`` with ``return_info=True``.
+            the result (``out`` when given), or ``(result, info)`` with ``return_info=True``.
         Raises:
             PeerLostError: a peer failed during the operation; ``x`` and ``out`` are unchanged; retry.
             OperationMismatchError: peers started different operations; nothing was changed.
             UnsupportedDTypeError / InvalidArgumentError: bad input (also TypeError / ValueError).
         """
-        if not isinstance(x, np.ndarray):
-            raise InvalidArgumentError(f"all_reduce takes a NumPy array here, not {type(x).__name__}")
-        name = x.dtype.name
+        fw = arrays.framework_of(x)
+        name = arrays.dtype_name_of(x)
         dcode = dtype_code(name)
         ocode = op_code(op, name)
         if not isinstance(tag, int) or not 0 <= tag < 2**64:
             raise InvalidArgumentError(f"tag must be an int in [0, 2**64), not {tag!r}")
         in_place = out is x
+        if in_place and fw == "jax":
+            raise InvalidArgumentError("JAX arrays are immutable: use the returned array (out=None)")
         if out is not None and not in_place:
-            if not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype:
-                raise InvalidArgumentError("out must be x itself or an array of the same shape and dtype")
-            if np.shares_memory(out, x):
-                raise InvalidArgumentError("out overlaps x without being x; pass out=x for in place")
+            _check_out(x, out, fw)
         target = x if in_place else out
-        if target is not None and not target.flags.writeable:
+        if target is not None and fw == "numpy" and not target.flags.writeable:
             raise InvalidArgumentError("the output array is read-only; pass out=None for a new array")
 
-        # A strided view is reduced through a contiguous copy (np.ascontiguousarray would turn 0-d into 1-d).
-        src = x if x.flags.c_contiguous else x.copy(order="C")
-        if in_place:
-            dst = src  # same buffer: the core keeps the input intact until the commit
-        elif target is not None and target.flags.c_contiguous:
-            dst = target
+        on_device = arrays.device_of(x, fw)[0] not in arrays.HOST_DEVICES
+        # The host side of x: x itself, or a staged copy made by x's framework (torch stays torch).
+        host_fw = fw if (fw in ("numpy", "torch") or not on_device) else "numpy"
+        host_x = arrays.stage_to_host(x, fw) if on_device else x
+        src = arrays.host_view(host_x, host_fw)
+        if src.readonly and in_place:
+            raise InvalidArgumentError("the output array is read-only; pass out=None for a new array")
+        if not src.compact:  # strided: reduce a compact copy, never the strided bytes as if they were compact
+            host_x = host_x.contiguous() if host_fw == "torch" else np.ascontiguousarray(host_x).reshape(host_x.shape)
+            src = arrays.host_view(host_x, host_fw)
+
+        buf = None
+        if target is not None and not on_device and (dst := arrays.host_view(target, fw)).compact:
+            pass  # the result lands straight in the caller's memory (in place: the core keeps x until the commit)
         else:
-            dst = np.empty_like(src)
-        info = self._core.all_reduce(src.ctypes.data, dst.ctypes.data, src.size, dcode, ocode, tag)
-        if target is not None and dst is not target:
-            target[...] = dst  # strided or copied output: write the committed result back
-        result = target if target is not None else dst
+            buf = arrays.new_host_buffer(src.shape, name)
+            dst = arrays.buffer_view(buf, name)
+        info = self._core.all_reduce(src.ptr, dst.ptr, src.count, dcode, ocode, tag)
+        if target is None:
+            result = arrays.wrap(buf, name, fw, like=x)
+        else:
+            if buf is not None:  # strided or device output: write the committed result back
+                arrays.copy_back(target, arrays.wrap(buf, name, host_fw if fw != "cupy" else "numpy"), fw)
+            result = target
         self.last_info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
                                        info.stripes, info.op_id)
         return (result, self.last_info) if return_info else result
+
+
+def _check_out(x: Any, out: Any, fw: str) -> None:
+    if arrays.framework_of(out) != fw or fw == "jax":
+        raise InvalidArgumentError(f"out must be a mutable {fw} array like x (or x itself)")
+    if tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype:
+        raise InvalidArgumentError("out must be x itself or an array of the same shape and dtype")
+    if arrays.device_of(out, fw) != arrays.device_of(x, fw):
+        raise InvalidArgumentError("out must be on the same device as x")
+    if fw == "numpy":
+        overlap = np.shares_memory(out, x)
+    else:
+        a, b = arrays.host_extent(x, fw), arrays.host_extent(out, fw)
+        overlap = a[0] < b[1] and b[0] < a[1]
+    if overlap:
+        raise InvalidArgumentError("out overlaps x without being x; pass out=x for in place")
 
 
 __all__ = ["Communicator", "AllReduceInfo", "PCCLError"]
