@@ -8,6 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core, arrays
+from . import tree as _tree
 from .dtypes import dtype_code, op_code
 from .errors import InvalidArgumentError, PCCLError
 
@@ -180,6 +181,30 @@ class Communicator:
         self.last_info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
                                        info.stripes, info.op_id)
         return (result, self.last_info) if return_info else result
+
+    def all_reduce_tree(self, tree: Any, op: str = "sum", *, inplace: bool = False, tag: int = 0) -> Any:
+        """All-reduces every leaf of a pytree: one operation per dtype, leaves packed into one buffer each.
+
+        Args:
+            tree: a JAX pytree, or nested dicts / lists / tuples of torch, NumPy or CuPy arrays (mixed dtypes
+                and frameworks allowed); every peer must pass the same structure, shapes and dtypes.
+            op: as for :meth:`all_reduce` (``avg`` needs every leaf to be floating).
+            inplace: also write the results into mutable leaves (torch, NumPy, CuPy), after every dtype
+                group has committed; JAX leaves are always replaced.
+            tag: as for :meth:`all_reduce`.
+        Returns:
+            a tree of the same structure holding the results, each leaf in its own framework and device.
+        Raises:
+            PeerLostError: nothing was written; retry the whole call.
+        """
+        return _tree.all_reduce_tree(self, tree, op, inplace=inplace, tag=tag)
+
+    def _reduce_buffers(self, src, dst, name: str, op: str, tag: int) -> None:
+        """All-reduces one core-owned host buffer into another (used by all_reduce_tree)."""
+        info = self._core.all_reduce(src.data, dst.data, int(np.prod(src.shape, dtype=np.int64)), dtype_code(name),
+                                     op_code(op, name), tag)
+        self.last_info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
+                                       info.stripes, info.op_id)
 
 
 def _check_out(x: Any, out: Any, fw: str) -> None:

@@ -13,11 +13,8 @@ fi
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # Pinned where generated output depends on the version (the stubs test compares with a committed copy).
 "${PIP[@]}" numpy ml_dtypes pytest pytest-timeout hypothesis scikit-build-core pybind11==3.1.0 pybind11-stubgen==3.0.0 ninja cmake
-for extra in "$@"; do
-  case "$extra" in
-    # torch 2.13.0 is the CPU build on this machine's disk; a plain 'torch' would fetch GBs of CUDA.
-    torch) "${PIP[@]}" torch==2.13.0 ;;
-    *) "${PIP[@]}" "$extra" ;;
-  esac
-done
+# The array frameworks the demo and the tests use. torch 2.13.0 is a CPU build (on Python 3.11 pip finds it
+# on this kind of machine's disk); a plain 'torch' would fetch GBs of CUDA libraries.
+"${PIP[@]}" torch==2.13.0 "jax[cpu]"
+for extra in "$@"; do "${PIP[@]}" "$extra"; done
 "${PIP[@]}" --no-build-isolation .

@@ -231,3 +231,51 @@ def loop_ops(ctx: Context) -> dict:
             return {"records": records, "left": True}
     comm.close()
     return {"records": records, "dropped_data_connections": comm._core.dropped_data_connections}
+
+
+def _to_framework(a: np.ndarray, fw: str):
+    if fw == "torch":
+        import torch
+
+        if a.dtype.name == "bfloat16":
+            return torch.from_numpy(a.view(np.uint16).copy()).view(torch.bfloat16)
+        return torch.from_numpy(a.copy())
+    if fw == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(a)
+    return a.copy()
+
+
+def _to_numpy(r, fw: str) -> np.ndarray:
+    if fw == "torch":
+        import torch
+
+        if r.dtype == torch.bfloat16:
+            return r.view(torch.uint16).numpy()
+        return r.numpy()
+    out = np.asarray(r)
+    return out.view(np.uint16) if out.dtype.name == "bfloat16" else out
+
+
+def mixed_frameworks(ctx: Context) -> dict:
+    """Rank 0 holds torch tensors, rank 1 JAX arrays, rank 2 NumPy arrays: every op x dtype, same data."""
+    fw = ["torch", "jax", "numpy"][ctx.rank % 3]
+    if fw == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # int64 / uint64 / float64 stay 64-bit
+    comm = ctx.join(ctx.comm())
+    case = 0
+    kinds = set()
+    for name in data.DTYPES:
+        for op in data.OPS:
+            case += 1
+            if op == "avg" and name not in data.FLOATS:
+                continue
+            x = _to_framework(data.make(name, op, data.length(case), ctx.rank, case), fw)
+            r = comm.all_reduce(x, op)
+            kinds.add(type(r).__module__.split(".")[0])
+            ctx.arrays[f"{name}_{op}"] = _to_numpy(r, fw)
+    comm.close()
+    return {"framework": fw, "result_modules": sorted(kinds)}
