@@ -19,6 +19,7 @@ Communicator::Communicator(CommConfig config) : cfg_(std::move(config)) {
         throw CoreError(ErrorKind::kInvalidArgument, "connections must be between 1 and 1024");
     if (cfg_.piece_bytes < 4096 || cfg_.piece_bytes > wire::kMaxDataPayload)
         throw CoreError(ErrorKind::kInvalidArgument, "piece_bytes must be between 4 KiB and 64 MiB");
+    cfg_.piece_bytes = cfg_.piece_bytes / 64 * 64;  // whole elements of every dtype
     for (double t : {cfg_.connect_timeout, cfg_.heartbeat_interval, cfg_.master_timeout, cfg_.data_timeout})
         if (!(t > 0)) throw CoreError(ErrorKind::kInvalidArgument, "timeouts must be positive");
     net::parse_address(cfg_.master);
@@ -275,20 +276,17 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
     OpInfo info;
     info.op_id = go.op_id;
     info.world_size = world;
-    info.stripes = go.stripes;
+    const uint32_t stripes = stripes_for(count * elem, go.stripes);
+    info.stripes = stripes;
     if (world == 1) {
         if (count) std::memcpy(result, input, count * elem);
     } else {
-        RingPlan plan{count, elem, world, rank, go.stripes, cfg_.piece_bytes};
+        RingPlan plan{count, elem, world, rank, stripes, cfg_.piece_bytes};
         RingLinks links{&pool_, go.ring[(rank + 1) % world], go.ring[(rank + world - 1) % world], cfg_.connect_timeout,
                         cfg_.data_timeout};
-        std::vector<StripeBytes> bytes(go.stripes);
+        std::vector<StripeBytes> bytes(stripes);
         const auto* in = static_cast<const uint8_t*>(input);
-        std::vector<std::thread> threads;
-        for (uint32_t j = 1; j < go.stripes; j++)
-            threads.emplace_back([&, j] { run_stripe(plan, j, dtype, op, in, result, links, ctl, &bytes[j]); });
-        run_stripe(plan, 0, dtype, op, in, result, links, ctl, &bytes[0]);
-        for (auto& t : threads) t.join();
+        workers_.run(stripes, [&](uint32_t j) { run_stripe(plan, j, dtype, op, in, result, links, ctl, &bytes[j]); });
         for (const auto& b : bytes) {
             info.bytes_sent += b.sent;
             info.bytes_received += b.received;

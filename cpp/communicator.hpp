@@ -22,6 +22,7 @@
 #include "dtype.hpp"
 #include "pool.hpp"
 #include "ring.hpp"
+#include "workers.hpp"
 
 namespace pccl {
 
@@ -35,7 +36,7 @@ struct CommConfig {
     double heartbeat_interval = 0.5;
     double master_timeout = 10.0;    // silence from the master before it counts as unreachable
     double data_timeout = 30.0;      // no byte of progress on a data connection for this long fails the op
-    size_t piece_bytes = 256 << 10;
+    size_t piece_bytes = 1 << 20;   // frame size of what this peer sends (a multiple of 64 bytes)
 };
 
 struct OpInfo {
@@ -102,6 +103,7 @@ private:
     std::string broken_why_;
     OpControl* active_ = nullptr;  // the running operation, stopped on OP_ABORT / KICKED / a lost master
     std::vector<uint8_t> scratch_;  // result buffer of in-place operations, reused
+    Workers workers_;               // threads that run stripes 1..k-1, kept across operations
     std::atomic<bool> link_running_{false};
     net::Wakeup link_wake_;
     std::thread link_thread_;

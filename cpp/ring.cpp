@@ -11,6 +11,11 @@
 
 namespace pccl {
 
+uint32_t stripes_for(size_t bytes, uint32_t connections) {
+    const size_t by_size = bytes / kMinStripeBytes;
+    return uint32_t(std::max<size_t>(1, std::min<size_t>(connections, by_size)));
+}
+
 void RingPlan::region(uint32_t c, uint32_t j, size_t* begin, size_t* len) const {
     const size_t base = count / world, rem = count % world;
     const size_t chunk_begin = c * base + std::min<size_t>(c, rem);
@@ -197,17 +202,19 @@ private:
                                                 std::to_string(ctl_.op_id()));
             return false;
         }
+        // The piece size is the sender's choice (peers may be configured differently): any whole number of
+        // elements up to what is left of the region is fine.
         const size_t elem = plan_.elem;
         const size_t left = region_len(r_step_, false) * elem - r_off_;
-        const size_t expect = std::min(left, plan_.piece_bytes);
-        if (d.step != r_step_ || d.stripe != j_ || d.offset != r_off_ || h.length != wire::kDataHeaderSize + expect) {
+        const size_t piece = h.length - wire::kDataHeaderSize;
+        if (d.step != r_step_ || d.stripe != j_ || d.offset != r_off_ || piece == 0 || piece > left || piece % elem) {
             ctl_.fail(ErrorKind::kProtocol, "unexpected data frame (step " + std::to_string(d.step) + ", stripe " +
                                                 std::to_string(d.stripe) + ", offset " + std::to_string(d.offset) +
                                                 "), expected step " + std::to_string(r_step_) + " offset " +
                                                 std::to_string(r_off_));
             return false;
         }
-        r_piece_ = expect;
+        r_piece_ = piece;
         return true;
     }
 
@@ -220,7 +227,7 @@ private:
                 // Bytes of step s are ready once the same bytes of step s-1 arrived (and were reduced).
                 size_t ready = len;
                 if (s_step_ > 0 && r_step_ <= s_step_ - 1) ready = r_step_ == s_step_ - 1 ? r_off_ : 0;
-                const size_t piece = std::min(plan_.piece_bytes, len - s_off_);
+                const size_t piece = std::min(plan_.piece_bytes / elem * elem, len - s_off_);
                 if (s_off_ + piece > ready) return true;
                 wire::encode_header(s_head_, wire::MsgType::kData, uint32_t(wire::kDataHeaderSize + piece));
                 wire::Writer w;

@@ -30,13 +30,19 @@
 
 namespace pccl {
 
+// Stripes of an operation: as many as the connections allow, but none carries less than this, so small
+// operations stay on one connection (no thread hand-offs) while large ones use all of them. Both ends compute
+// the same number from the count, so it is part of the protocol (docs/protocol.md).
+constexpr size_t kMinStripeBytes = 256 << 10;
+uint32_t stripes_for(size_t bytes, uint32_t connections);
+
 struct RingPlan {
     size_t count = 0;
     size_t elem = 1;
     uint32_t world = 1;
     uint32_t rank = 0;
     uint32_t stripes = 1;
-    size_t piece_bytes = 256 << 10;
+    size_t piece_bytes = 1 << 20;  // this sender's frames; the receiver accepts any size
 
     uint32_t steps() const { return 2 * (world - 1); }
     // [begin, begin+len) in elements of chunk c's stripe j.

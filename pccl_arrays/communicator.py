@@ -54,7 +54,7 @@ class Communicator:
         heartbeat_interval: float = 0.5,
         master_timeout: float = 10.0,
         data_timeout: float = 30.0,
-        piece_bytes: int = 256 * 1024,
+        piece_bytes: int = 1024 * 1024,
     ):
         if not isinstance(peer_group, int) or peer_group < 0 or peer_group >= 2**32:
             raise InvalidArgumentError(f"peer_group must be an int in [0, 2**32), not {peer_group!r}")

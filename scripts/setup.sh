@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv (Python 3.11 preferred), installs what the project needs and builds pccl_arrays into it.
-# Sourced by scripts/demo.sh, scripts/test.sh and scripts/bench.sh; safe to run again (it only adds what is missing).
+# Run by scripts/demo.sh and scripts/test.sh; safe to run again (it only adds what is missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ ! -x .venv/bin/python ]; then
