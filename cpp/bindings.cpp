@@ -145,12 +145,15 @@ PYBIND11_MODULE(_core, m) {
         .def("update_topology", &Communicator::update_topology, py::call_guard<py::gil_scoped_release>())
         .def("pending_peers", &Communicator::pending_peers, py::call_guard<py::gil_scoped_release>())
         .def("all_reduce",
-             [](Communicator& c, uintptr_t input, uintptr_t output, uint64_t count, uint8_t dtype, uint8_t op, uint64_t tag) {
+             [](Communicator& c, uintptr_t input, uintptr_t output, uint64_t count, uint8_t dtype, uint8_t op, uint64_t tag,
+                uint8_t qkind, uint32_t qblock, uint8_t qround, uint32_t qseed) {
+                 QuantConfig q{QuantKind(qkind), qblock, Rounding(qround), qseed};
                  py::gil_scoped_release release;
                  return c.all_reduce(reinterpret_cast<const void*>(input), reinterpret_cast<void*>(output), count,
-                                     DType(dtype), ReduceOp(op), tag);
+                                     DType(dtype), ReduceOp(op), tag, q);
              },
-             py::arg("input_ptr"), py::arg("output_ptr"), py::arg("count"), py::arg("dtype"), py::arg("op"), py::arg("tag"))
+             py::arg("input_ptr"), py::arg("output_ptr"), py::arg("count"), py::arg("dtype"), py::arg("op"), py::arg("tag"),
+             py::arg("qkind") = 0, py::arg("qblock") = 0, py::arg("qround") = 0, py::arg("qseed") = 0)
         .def("close", &Communicator::close, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("peer_id", &Communicator::peer_id)
         .def_property_readonly("world_size", &Communicator::world_size)
@@ -212,6 +215,30 @@ PYBIND11_MODULE(_core, m) {
         py::gil_scoped_release release;
         if (n) std::memcpy(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
     }, py::arg("dst_ptr"), py::arg("src_ptr"), py::arg("nbytes"), "Copies bytes between host buffers (packing pytrees).");
+
+    // Quantization kernels (docs/quantization.md) on raw host buffers.
+    m.def("quantized_bytes", [](size_t n, uint32_t block) { return quantized_bytes(n, block); }, py::arg("n"), py::arg("block"));
+    m.def("quantize", [](uintptr_t x, uint8_t dtype, size_t n, uint8_t kind, uint32_t block, uintptr_t out) {
+        QuantConfig q{QuantKind(kind), block};
+        py::gil_scoped_release release;
+        quantize(reinterpret_cast<const void*>(x), DType(dtype), n, q, reinterpret_cast<uint8_t*>(out));
+    }, py::arg("x_ptr"), py::arg("dtype"), py::arg("n"), py::arg("kind"), py::arg("block"), py::arg("out_ptr"));
+    m.def("dequantize", [](uintptr_t qb, size_t n, uint8_t kind, uint32_t block, uint8_t dtype, uintptr_t out, uint32_t divide_by) {
+        QuantConfig q{QuantKind(kind), block};
+        py::gil_scoped_release release;
+        dequantize(reinterpret_cast<const uint8_t*>(qb), n, q, DType(dtype), reinterpret_cast<void*>(out), divide_by);
+    }, py::arg("q_ptr"), py::arg("n"), py::arg("kind"), py::arg("block"), py::arg("dtype"), py::arg("out_ptr"),
+       py::arg("divide_by") = 1);
+    m.def("reduce_hop", [](uintptr_t acc, uintptr_t own, size_t first_block, size_t n_blocks, size_t n, uint8_t kind,
+                           uint32_t block, uint8_t rounding, uint32_t seed, uint64_t op_id, uint32_t step) {
+        QuantConfig q{QuantKind(kind), block, Rounding(rounding), seed};
+        check_quant_config(q);
+        py::gil_scoped_release release;
+        reduce_hop(reinterpret_cast<uint8_t*>(acc), reinterpret_cast<const uint8_t*>(own), first_block, n_blocks, n, q,
+                   op_id, step);
+    }, py::arg("acc_ptr"), py::arg("own_ptr"), py::arg("first_block"), py::arg("n_blocks"), py::arg("n"), py::arg("kind"),
+       py::arg("block"), py::arg("rounding") = 0, py::arg("seed") = 0, py::arg("op_id") = 0, py::arg("step") = 0,
+       "One ring hop over whole blocks: acc = Q(D(acc) + D(own)).");
 
     // Reduction kernels on raw buffers, so tests can hold them to NumPy element by element.
     m.def("reduce_into", [](uintptr_t acc, uintptr_t local, size_t n, uint8_t dtype, uint8_t op) {

@@ -47,7 +47,8 @@ std::vector<wire::PeerInfo> ring_of(const py::dict& d) {
 
 wire::OpDesc desc_of(const py::dict& d) {
     return wire::OpDesc{get<uint64_t>(d, "count", 0), get<uint8_t>(d, "dtype", 0), get<uint8_t>(d, "op", 0),
-                        get<uint8_t>(d, "quant", 0)};
+                        get<uint8_t>(d, "quant", 0),  get<uint32_t>(d, "qblock", 0), get<uint8_t>(d, "qround", 0),
+                        get<uint32_t>(d, "qseed", 0)};
 }
 
 template <class T> std::vector<uint8_t> bytes_of(const T& m) {
@@ -135,6 +136,7 @@ py::dict codec_decode(uint16_t type, const std::vector<uint8_t>& p) {
         case MsgType::kOpStart: {
             auto m = decode_payload<wire::OpStart>(p);
             d["tag"] = m.tag; d["count"] = m.desc.count; d["dtype"] = m.desc.dtype; d["op"] = m.desc.op; d["quant"] = m.desc.quant;
+            d["qblock"] = m.desc.qblock; d["qround"] = m.desc.qround; d["qseed"] = m.desc.qseed;
             break;
         }
         case MsgType::kOpGo: {

@@ -222,22 +222,45 @@ uint32_t Communicator::pending_peers() {
     return wire::decode_payload<wire::PendingReply>(f.payload).pending;
 }
 
-OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag) {
+OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
+                                const QuantConfig& quant) {
     if (uint8_t(dtype) >= kDTypeCount) throw CoreError(ErrorKind::kInvalidArgument, "unknown dtype code");
     if (uint8_t(op) >= kReduceOpCount) throw CoreError(ErrorKind::kInvalidArgument, "unknown reduce op code");
     if (op == ReduceOp::kAvg && !dtype_is_float(dtype))
         throw CoreError(ErrorKind::kInvalidArgument,
                         std::string("avg is defined for floating dtypes only, not ") + dtype_name(dtype) + "; use sum");
+    if (quant.enabled()) {
+        check_quant_config(quant);
+        if (!dtype_is_float(dtype) || (op != ReduceOp::kSum && op != ReduceOp::kAvg))
+            throw CoreError(ErrorKind::kInvalidArgument, "quantized all-reduce is for sum and avg of floating dtypes");
+        if (input == output) throw CoreError(ErrorKind::kInvalidArgument, "quantized buffers must be distinct");
+    }
     require_accepted();
     const double t0 = net::now_seconds();
-    const size_t elem = dtype_size(dtype);
+    // What the ring moves: elements, or whole quantized blocks.
+    RingPlan plan;
+    if (quant.enabled()) {
+        plan.units = quant_blocks(count, quant.block);
+        plan.unit_bytes = quant.block + kQuantHeader;
+        plan.last_unit_bytes = (count % quant.block ? count % quant.block : quant.block) + kQuantHeader;
+    } else {
+        plan.units = count;
+        plan.unit_bytes = plan.last_unit_bytes = dtype_size(dtype);
+    }
+    const size_t total_bytes = plan.byte_len(0, plan.units);
     {
         std::lock_guard<std::mutex> g(mu_);  // verdicts of earlier operations are of no use now
         std::erase_if(inbox_, [](const Frame& f) {
             return f.type == uint16_t(MsgType::kOpAbort) || f.type == uint16_t(MsgType::kOpCommit);
         });
     }
-    send_master(MsgType::kOpStart, wire::OpStart{tag, wire::OpDesc{count, uint8_t(dtype), uint8_t(op), 0}});
+    wire::OpDesc desc{count, uint8_t(dtype), uint8_t(op), uint8_t(quant.kind), 0, 0, 0};
+    if (quant.enabled()) {
+        desc.qblock = quant.block;
+        desc.qround = uint8_t(quant.rounding);
+        desc.qseed = quant.seed;
+    }
+    send_master(MsgType::kOpStart, wire::OpStart{tag, desc});
     Frame f = wait_frame(
         [tag](const Frame& f) {
             if (f.type == uint16_t(MsgType::kOpGo)) return wire::decode_payload<wire::OpGo>(f.payload).tag == tag;
@@ -258,7 +281,7 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
 
     uint8_t* result = static_cast<uint8_t*>(output);
     if (output == input) {  // in place: keep the input intact until the commit
-        if (scratch_.size() < count * elem) scratch_.resize(count * elem);
+        if (scratch_.size() < total_bytes) scratch_.resize(total_bytes);
         result = scratch_.data();
     }
     OpControl ctl(go.op_id);
@@ -276,17 +299,28 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
     OpInfo info;
     info.op_id = go.op_id;
     info.world_size = world;
-    const uint32_t stripes = stripes_for(count * elem, go.stripes);
+    const uint32_t stripes = stripes_for(total_bytes, go.stripes);
     info.stripes = stripes;
     if (world == 1) {
-        if (count) std::memcpy(result, input, count * elem);
+        if (total_bytes) std::memcpy(result, input, total_bytes);
     } else {
-        RingPlan plan{count, elem, world, rank, stripes, cfg_.piece_bytes};
+        plan.world = world;
+        plan.rank = rank;
+        plan.stripes = stripes;
+        plan.piece_bytes = cfg_.piece_bytes;
         RingLinks links{&pool_, go.ring[(rank + 1) % world], go.ring[(rank + world - 1) % world], cfg_.connect_timeout,
                         cfg_.data_timeout};
+        const uint64_t op_id = go.op_id;
+        const Fold fold = quant.enabled()
+            ? Fold([&quant, count, op_id](uint8_t* acc, const uint8_t* own, size_t first, size_t n, uint32_t step) {
+                  reduce_hop(acc, own, first, n, count, quant, op_id, step);
+              })
+            : Fold([dtype, op](uint8_t* acc, const uint8_t* own, size_t, size_t n, uint32_t) {
+                  reduce_into(dtype, op, acc, own, n);
+              });
         std::vector<StripeBytes> bytes(stripes);
         const auto* in = static_cast<const uint8_t*>(input);
-        workers_.run(stripes, [&](uint32_t j) { run_stripe(plan, j, dtype, op, in, result, links, ctl, &bytes[j]); });
+        workers_.run(stripes, [&](uint32_t j) { run_stripe(plan, j, fold, in, result, links, ctl, &bytes[j]); });
         for (const auto& b : bytes) {
             info.bytes_sent += b.sent;
             info.bytes_received += b.received;
@@ -311,7 +345,7 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
         auto m = wire::decode_payload<wire::OpAbort>(f.payload);
         throw CoreError(ErrorKind(m.kind), m.reason + (m.reason.find(why) == std::string::npos ? " (seen here: " + why + ")" : ""));
     }
-    if (op == ReduceOp::kAvg && count) finalize_avg(dtype, result, count, world);
+    if (op == ReduceOp::kAvg && count && !quant.enabled()) finalize_avg(dtype, result, count, world);
     send_master(MsgType::kOpDone, wire::OpDone{go.op_id, 1, 0, ""});
     f = wait_frame(
         [&go](const Frame& f) {
@@ -325,7 +359,7 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
         auto m = wire::decode_payload<wire::OpAbort>(f.payload);
         throw CoreError(ErrorKind(m.kind), m.reason);
     }
-    if (result != output && count) std::memcpy(output, result, count * elem);
+    if (result != output && total_bytes) std::memcpy(output, result, total_bytes);
     info.seconds = net::now_seconds() - t0;
     return info;
 }

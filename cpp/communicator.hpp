@@ -21,6 +21,7 @@
 
 #include "dtype.hpp"
 #include "pool.hpp"
+#include "quant.hpp"
 #include "ring.hpp"
 #include "workers.hpp"
 
@@ -58,7 +59,11 @@ public:
     void connect(double admission_timeout);
     void update_topology();
     uint32_t pending_peers();
-    OpInfo all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag);
+    // Plain: input/output hold `count` elements of dtype (output may be input: in place). Quantized
+    // (quant.enabled()): input/output are separate buffers of quantized_bytes(count, block) bytes, op is sum or
+    // avg, and the caller dequantizes (dividing by world_size for avg).
+    OpInfo all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
+                      const QuantConfig& quant = {});
     void close();  // graceful leave
 
     uint64_t peer_id() const { return peer_id_; }

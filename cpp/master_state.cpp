@@ -8,8 +8,12 @@ using wire::MsgType;
 
 namespace {
 std::string desc_text(const wire::OpDesc& d) {
-    return "count=" + std::to_string(d.count) + " dtype=" + std::to_string(d.dtype) + " op=" + std::to_string(d.op) +
-           " quant=" + std::to_string(d.quant);
+    std::string s = "count=" + std::to_string(d.count) + " dtype=" + std::to_string(d.dtype) +
+                    " op=" + std::to_string(d.op) + " quant=" + std::to_string(d.quant);
+    if (d.quant)
+        s += " (block " + std::to_string(d.qblock) + ", rounding " + std::to_string(d.qround) + ", seed " +
+             std::to_string(d.qseed) + ")";
+    return s;
 }
 }  // namespace
 

@@ -7,7 +7,6 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#include "reduce.hpp"
 
 namespace pccl {
 
@@ -17,7 +16,7 @@ uint32_t stripes_for(size_t bytes, uint32_t connections) {
 }
 
 void RingPlan::region(uint32_t c, uint32_t j, size_t* begin, size_t* len) const {
-    const size_t base = count / world, rem = count % world;
+    const size_t base = units / world, rem = units % world;
     const size_t chunk_begin = c * base + std::min<size_t>(c, rem);
     const size_t chunk_len = base + (c < rem ? 1 : 0);
     const size_t sbase = chunk_len / stripes, srem = chunk_len % stripes;
@@ -62,9 +61,9 @@ constexpr size_t kFrameHead = wire::kHeaderSize + wire::kDataHeaderSize;
 // The state of one stripe's two directions, advanced by non-blocking socket calls.
 class Stripe {
 public:
-    Stripe(const RingPlan& plan, uint32_t j, DType dtype, ReduceOp op, const uint8_t* input, uint8_t* result,
+    Stripe(const RingPlan& plan, uint32_t j, const Fold& fold, const uint8_t* input, uint8_t* result,
            const RingLinks& links, OpControl& ctl, StripeBytes* bytes)
-        : plan_(plan), j_(j), dtype_(dtype), op_(op), input_(input), result_(result), links_(links), ctl_(ctl),
+        : plan_(plan), j_(j), fold_(fold), input_(input), result_(result), links_(links), ctl_(ctl),
           bytes_(bytes), steps_(plan.steps()) {}
 
     void run() {
@@ -106,16 +105,18 @@ public:
     }
 
 private:
+    // In bytes: the length and start of this stripe's region at a step.
     size_t region_len(uint32_t step, bool sending) const {
         size_t b, l;
         plan_.region(sending ? plan_.send_chunk(step) : plan_.recv_chunk(step), j_, &b, &l);
-        return l;
+        return plan_.byte_len(b, l);
     }
-    size_t region_begin(uint32_t step, bool sending) const {
+    size_t region_unit(uint32_t step, bool sending) const {
         size_t b, l;
         plan_.region(sending ? plan_.send_chunk(step) : plan_.recv_chunk(step), j_, &b, &l);
         return b;
     }
+    size_t region_begin(uint32_t step, bool sending) const { return plan_.byte_offset(region_unit(step, sending)); }
     void skip_empty(uint32_t* step) {
         // Both sides compute the same empty regions, so neither sends nor expects frames for them.
         while (*step < steps_ && region_len(*step, step == &s_step_) == 0) (*step)++;
@@ -142,13 +143,12 @@ private:
             in_bytes_ = 0;
             if (!in_) return true;
         }
-        const size_t elem = plan_.elem;
         for (int rounds = 0; rounds < 64 && r_step_ < steps_; rounds++) {
             ssize_t n;
             if (r_have_ < kFrameHead) {
                 n = ::recv(in_->fd, r_head_ + r_have_, kFrameHead - r_have_, MSG_DONTWAIT);
             } else {
-                uint8_t* dst = result_ + (region_begin(r_step_, false) * elem + r_off_ + (r_have_ - kFrameHead));
+                uint8_t* dst = result_ + (region_begin(r_step_, false) + r_off_ + (r_have_ - kFrameHead));
                 n = ::recv(in_->fd, dst, r_piece_ - (r_have_ - kFrameHead), MSG_DONTWAIT);
             }
             if (n == 0) return lost_incoming("closed by the other side");
@@ -169,11 +169,15 @@ private:
             bytes_->received += size_t(n);
             if (r_have_ - kFrameHead < r_piece_) continue;
             // A whole piece is here: fold our own input into it on reduce-scatter steps.
-            const size_t at = region_begin(r_step_, false) * elem + r_off_;
-            if (plan_.reducing(r_step_)) reduce_into(dtype_, op_, result_ + at, input_ + at, r_piece_ / elem);
+            const size_t at = region_begin(r_step_, false) + r_off_;
+            if (plan_.reducing(r_step_)) {
+                const size_t first = region_unit(r_step_, false) + r_off_ / plan_.unit_bytes;
+                const size_t n_units = (r_piece_ + plan_.unit_bytes - 1) / plan_.unit_bytes;
+                fold_(result_ + at, input_ + at, first, n_units, r_step_);
+            }
             r_off_ += r_piece_;
             r_have_ = 0;
-            if (r_off_ == region_len(r_step_, false) * elem) {
+            if (r_off_ == region_len(r_step_, false)) {
                 r_off_ = 0;
                 r_step_++;
                 skip_empty(&r_step_);
@@ -203,11 +207,11 @@ private:
             return false;
         }
         // The piece size is the sender's choice (peers may be configured differently): any whole number of
-        // elements up to what is left of the region is fine.
-        const size_t elem = plan_.elem;
-        const size_t left = region_len(r_step_, false) * elem - r_off_;
+        // units up to what is left of the region is fine (the region's end may hold a short last unit).
+        const size_t left = region_len(r_step_, false) - r_off_;
         const size_t piece = h.length - wire::kDataHeaderSize;
-        if (d.step != r_step_ || d.stripe != j_ || d.offset != r_off_ || piece == 0 || piece > left || piece % elem) {
+        const bool whole = piece % plan_.unit_bytes == 0 || piece == left;
+        if (d.step != r_step_ || d.stripe != j_ || d.offset != r_off_ || piece == 0 || piece > left || !whole) {
             ctl_.fail(ErrorKind::kProtocol, "unexpected data frame (step " + std::to_string(d.step) + ", stripe " +
                                                 std::to_string(d.stripe) + ", offset " + std::to_string(d.offset) +
                                                 "), expected step " + std::to_string(r_step_) + " offset " +
@@ -219,15 +223,15 @@ private:
     }
 
     bool send(bool* progressed) {
-        const size_t elem = plan_.elem;
+        const size_t per_piece = std::max<size_t>(1, plan_.piece_bytes / plan_.unit_bytes) * plan_.unit_bytes;
         sender_blocked_ = false;
         for (int rounds = 0; rounds < 64 && s_step_ < steps_; rounds++) {
-            const size_t len = region_len(s_step_, true) * elem;
+            const size_t len = region_len(s_step_, true);
             if (!s_in_piece_) {
                 // Bytes of step s are ready once the same bytes of step s-1 arrived (and were reduced).
                 size_t ready = len;
                 if (s_step_ > 0 && r_step_ <= s_step_ - 1) ready = r_step_ == s_step_ - 1 ? r_off_ : 0;
-                const size_t piece = std::min(plan_.piece_bytes / elem * elem, len - s_off_);
+                const size_t piece = std::min(per_piece, len - s_off_);
                 if (s_off_ + piece > ready) return true;
                 wire::encode_header(s_head_, wire::MsgType::kData, uint32_t(wire::kDataHeaderSize + piece));
                 wire::Writer w;
@@ -237,7 +241,7 @@ private:
                 s_sent_ = 0;
                 s_in_piece_ = true;
             }
-            const uint8_t* src = (s_step_ == 0 ? input_ : result_) + region_begin(s_step_, true) * elem + s_off_;
+            const uint8_t* src = (s_step_ == 0 ? input_ : result_) + region_begin(s_step_, true) + s_off_;
             iovec iov[2];
             int cnt = 0;
             if (s_sent_ < kFrameHead) iov[cnt++] = {s_head_ + s_sent_, kFrameHead - s_sent_};
@@ -276,8 +280,7 @@ private:
 
     const RingPlan& plan_;
     const uint32_t j_;
-    const DType dtype_;
-    const ReduceOp op_;
+    const Fold& fold_;
     const uint8_t* input_;
     uint8_t* result_;
     const RingLinks& links_;
@@ -299,9 +302,9 @@ private:
 
 }  // namespace
 
-void run_stripe(const RingPlan& plan, uint32_t j, DType dtype, ReduceOp op, const uint8_t* input, uint8_t* result,
+void run_stripe(const RingPlan& plan, uint32_t j, const Fold& fold, const uint8_t* input, uint8_t* result,
                 const RingLinks& links, OpControl& ctl, StripeBytes* bytes) {
-    Stripe(plan, j, dtype, op, input, result, links, ctl, bytes).run();
+    Stripe(plan, j, fold, input, result, links, ctl, bytes).run();
 }
 
 }  // namespace pccl

@@ -6,6 +6,9 @@
 // chunk forms an independent ring all-reduce that runs over connection j alone, so one operation keeps all k
 // connections busy at once (PCCL runs one operation per connection; we stripe).
 //
+// The ring moves units (an element, or a quantized block: RingPlan) and folds with a callback, so the plain
+// and the quantized all-reduce share this code.
+//
 // Each stripe takes 2(world-1) steps. Reduce-scatter, steps s = 0..world-2: send chunk (rank-s) and receive
 // chunk (rank-s-1), folding our own input into what arrives: result = op(received, input). After it, this peer
 // owns chunk (rank+1) fully reduced. All-gather, steps s = 0..world-2: send chunk (rank+1-s) and receive chunk
@@ -22,6 +25,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 
@@ -36,17 +40,26 @@ namespace pccl {
 constexpr size_t kMinStripeBytes = 256 << 10;
 uint32_t stripes_for(size_t bytes, uint32_t connections);
 
+// What the ring moves: `units` units of `unit_bytes` bytes each, except the last, which has
+// `last_unit_bytes`. A plain array's unit is one element; a quantized array's unit is one block (header and
+// codes), so chunks and stripes always hold whole blocks.
 struct RingPlan {
-    size_t count = 0;
-    size_t elem = 1;
+    size_t units = 0;
+    size_t unit_bytes = 1;
+    size_t last_unit_bytes = 1;
     uint32_t world = 1;
     uint32_t rank = 0;
     uint32_t stripes = 1;
     size_t piece_bytes = 1 << 20;  // this sender's frames; the receiver accepts any size
 
     uint32_t steps() const { return 2 * (world - 1); }
-    // [begin, begin+len) in elements of chunk c's stripe j.
+    // [begin, begin+len) in units of chunk c's stripe j.
     void region(uint32_t c, uint32_t j, size_t* begin, size_t* len) const;
+    size_t byte_offset(size_t unit) const { return unit * unit_bytes; }
+    size_t byte_len(size_t begin, size_t len) const {
+        if (len == 0) return 0;
+        return begin + len == units ? (len - 1) * unit_bytes + last_unit_bytes : len * unit_bytes;
+    }
     uint32_t send_chunk(uint32_t step) const;
     uint32_t recv_chunk(uint32_t step) const;
     bool reducing(uint32_t step) const { return step + 1 < world; }
@@ -85,8 +98,12 @@ struct StripeBytes {
     uint64_t received = 0;
 };
 
+// Folds our own contribution into received units on a reduce-scatter step: acc = op(acc, own) over
+// `n_units` units starting at global unit `first_unit` (acc and own point at that unit's bytes).
+using Fold = std::function<void(uint8_t* acc, const uint8_t* own, size_t first_unit, size_t n_units, uint32_t step)>;
+
 // Runs stripe j of the operation to completion, or returns early after ctl.fail() / ctl.stopped().
-void run_stripe(const RingPlan& plan, uint32_t j, DType dtype, ReduceOp op, const uint8_t* input, uint8_t* result,
+void run_stripe(const RingPlan& plan, uint32_t j, const Fold& fold, const uint8_t* input, uint8_t* result,
                 const RingLinks& links, OpControl& ctl, StripeBytes* bytes);
 
 }  // namespace pccl

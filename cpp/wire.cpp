@@ -110,7 +110,9 @@ std::vector<uint8_t> empty_frame(MsgType type) {
 }
 
 void encode(Writer& w, const PeerInfo& m) { w.u64(m.id); w.str(m.host); w.u16(m.port); }
-void encode(Writer& w, const OpDesc& m) { w.u64(m.count); w.u8(m.dtype); w.u8(m.op); w.u8(m.quant); }
+void encode(Writer& w, const OpDesc& m) {
+    w.u64(m.count); w.u8(m.dtype); w.u8(m.op); w.u8(m.quant); w.u32(m.qblock); w.u8(m.qround); w.u32(m.qseed);
+}
 void encode(Writer& w, const Hello& m) { w.u32(m.group); w.u32(m.connections); w.str(m.host); w.u16(m.port); }
 void encode(Writer& w, const Welcome& m) { w.u64(m.peer_id); }
 void encode(Writer& w, const HeartbeatAck& m) { w.u32(m.pending); }
@@ -153,6 +155,9 @@ template <> OpDesc decode<OpDesc>(Reader& r) {
     m.dtype = r.u8();
     m.op = r.u8();
     m.quant = r.u8();
+    m.qblock = r.u32();
+    m.qround = r.u8();
+    m.qseed = r.u32();
     return m;
 }
 template <> Hello decode<Hello>(Reader& r) {

@@ -81,7 +81,10 @@ struct OpDesc {
     uint64_t count = 0;
     uint8_t dtype = 0;
     uint8_t op = 0;
-    uint8_t quant = 0;
+    uint8_t quant = 0;    // 0 none, 1 minmax, 2 zeropoint (docs/quantization.md)
+    uint32_t qblock = 0;  // quantization block size
+    uint8_t qround = 0;   // 0 nearest even, 1 stochastic
+    uint32_t qseed = 0;   // stochastic rounding seed
     bool operator==(const OpDesc&) const = default;
 };
 

@@ -102,7 +102,7 @@ def start_master_process(tmp: Path, peer_timeout: float = 10.0) -> tuple[subproc
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from pccl_arrays.cli import main; sys.exit(main())", "master",
          "--listen", "127.0.0.1:0", "--peer-timeout", str(peer_timeout)],
-        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=HERE)  # cwd: not the source tree
     line = proc.stdout.readline().decode()
     if "listening on" not in line:
         proc.kill()

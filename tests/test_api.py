@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,7 +181,9 @@ def test_error_hierarchy_is_typed_and_retryable_where_it_should_be():
 
 def test_import_pulls_in_no_array_framework():
     code = "import sys, pccl_arrays; print(sorted(m for m in ('torch', 'jax', 'cupy') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    # cwd: the tests folder, so `-c` cannot pick up an unbuilt source tree from the repository root
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parent).stdout
     assert out.strip() == "[]"
 
 

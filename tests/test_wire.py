@@ -42,7 +42,8 @@ SAMPLES = {
     "heartbeat_ack": {"pending": 4},
     "topo_request": {"seq": 12},
     "topo_result": {"seq": 12, "world_size": 5, "pending": 1, "ring": RING},
-    "op_start": {"tag": 99, "count": 2**40 + 3, "dtype": 9, "op": 1, "quant": 2},
+    "op_start": {"tag": 99, "count": 2**40 + 3, "dtype": 9, "op": 1, "quant": 2, "qblock": 1024, "qround": 1,
+                 "qseed": 7},
     "op_go": {"tag": 99, "op_id": 17, "stripes": 4, "ring": RING},
     "op_reject": {"tag": 99, "kind": 6, "reason": "peers started different operations"},
     "op_done": {"op_id": 17, "ok": 0, "kind": 2, "reason": "peer 3 lost"},
@@ -97,7 +98,8 @@ def expected_payload(type_name: str, f: dict) -> bytes:
         case "topo_result":
             return struct.pack("<QII", f["seq"], f["world_size"], f["pending"]) + wring(f["ring"])
         case "op_start":
-            return struct.pack("<QQBBB", f["tag"], f["count"], f["dtype"], f["op"], f["quant"])
+            return struct.pack("<QQBBBIBI", f["tag"], f["count"], f["dtype"], f["op"], f["quant"], f["qblock"],
+                               f["qround"], f["qseed"])
         case "op_go":
             return struct.pack("<QQI", f["tag"], f["op_id"], f["stripes"]) + wring(f["ring"])
         case "op_reject":
@@ -179,7 +181,8 @@ def test_extreme_values_round_trip():
     cases = {
         "hello": {"group": 2**32 - 1, "connections": 2**32 - 1, "host": "h" * MAX_STRING, "port": 65535},
         "topo_result": {"seq": 2**64 - 1, "world_size": 2**32 - 1, "pending": 2**32 - 1, "ring": ring},
-        "op_start": {"tag": 2**64 - 1, "count": 2**64 - 1, "dtype": 255, "op": 255, "quant": 255},
+        "op_start": {"tag": 2**64 - 1, "count": 2**64 - 1, "dtype": 255, "op": 255, "quant": 255,
+                     "qblock": 2**32 - 1, "qround": 255, "qseed": 2**32 - 1},
         "op_go": {"tag": 0, "op_id": 2**64 - 1, "stripes": 2**32 - 1, "ring": []},
         "kicked": {"reason": "é" * (MAX_STRING // 2)},  # 4096 bytes of UTF-8
         "data": {"op_id": 2**64 - 1, "step": 2**32 - 1, "stripe": 2**32 - 1, "offset": 2**64 - 1, "payload": b""},
@@ -363,9 +366,12 @@ def test_hostile_inputs_under_a_memory_limit():
         print("ok")
         """
     )
-    root = Path(__file__).resolve().parent.parent
+    import pccl_arrays
+
+    # The pccl_arrays this test imported (installed, or a developer's in-tree build), from a neutral cwd.
+    home = Path(pccl_arrays.__file__).resolve().parent.parent
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50,
-                       env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+                       env={"PYTHONPATH": str(home), "PATH": "/usr/bin:/bin"}, cwd=Path(__file__).parent)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
 
 
@@ -389,7 +395,8 @@ FIELDS = {
     "heartbeat_ack": {"pending": u32},
     "topo_request": {"seq": u64},
     "topo_result": {"seq": u64, "world_size": u32, "pending": u32, "ring": ring},
-    "op_start": {"tag": u64, "count": u64, "dtype": u8, "op": u8, "quant": u8},
+    "op_start": {"tag": u64, "count": u64, "dtype": u8, "op": u8, "quant": u8, "qblock": u32, "qround": u8,
+                 "qseed": u32},
     "op_go": {"tag": u64, "op_id": u64, "stripes": u32, "ring": ring},
     "op_reject": {"tag": u64, "kind": u8, "reason": text},
     "op_done": {"op_id": u64, "ok": u8, "kind": u8, "reason": text},

@@ -1,0 +1,213 @@
+#include "quant.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "error.hpp"
+#include "reduce.hpp"
+
+namespace pccl {
+
+namespace {
+
+constexpr float kRneMagic = 12582912.0f;  // 1.5 * 2^23: (v + m) - m rounds 0 <= v < 2^22 to nearest even
+
+// Without -ffast-math the compiler may not fold (v + m) - m, so both roundings happen as the spec says.
+inline float rne(float v) { return (v + kRneMagic) - kRneMagic; }
+inline float clamp255(float v) { return std::min(std::max(v, 0.0f), 255.0f); }
+
+inline uint32_t fmix32(uint32_t h) {
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    h ^= h >> 16;
+    return h;
+}
+inline float uniform(uint32_t seed, uint32_t op, uint32_t step, uint32_t block, uint32_t element) {
+    const uint32_t h = fmix32(seed ^ fmix32(op ^ fmix32(step ^ fmix32(block ^ fmix32(element)))));
+    return float(h >> 8) * (1.0f / 16777216.0f);
+}
+
+inline void store_f32(uint8_t* p, float v) { std::memcpy(p, &v, 4); }  // little-endian hosts only
+inline float load_f32(const uint8_t* p) {
+    float v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+// Widens n elements of a floating dtype to float32 (exact, except float64 which rounds to nearest).
+void to_float(const void* x, DType t, size_t n, float* out) {
+    switch (t) {
+        case DType::kFloat32: std::memcpy(out, x, n * 4); return;
+        case DType::kFloat64: {
+            auto* p = static_cast<const double*>(x);
+            for (size_t i = 0; i < n; i++) out[i] = float(p[i]);
+            return;
+        }
+        case DType::kFloat16: {
+            auto* p = static_cast<const uint16_t*>(x);
+            for (size_t i = 0; i < n; i++) out[i] = half_to_float(p[i]);
+            return;
+        }
+        case DType::kBFloat16: {
+            auto* p = static_cast<const uint16_t*>(x);
+            for (size_t i = 0; i < n; i++) out[i] = bf16_to_float(p[i]);
+            return;
+        }
+        default: throw CoreError(ErrorKind::kInvalidArgument, std::string("cannot quantize ") + dtype_name(t));
+    }
+}
+
+void from_float(const float* v, size_t n, DType t, void* out) {
+    switch (t) {
+        case DType::kFloat32: std::memcpy(out, v, n * 4); return;
+        case DType::kFloat64: {
+            auto* p = static_cast<double*>(out);
+            for (size_t i = 0; i < n; i++) p[i] = double(v[i]);
+            return;
+        }
+        case DType::kFloat16: {
+            auto* p = static_cast<uint16_t*>(out);
+            for (size_t i = 0; i < n; i++) p[i] = float_to_half(v[i]);
+            return;
+        }
+        case DType::kBFloat16: {
+            auto* p = static_cast<uint16_t*>(out);
+            for (size_t i = 0; i < n; i++) p[i] = float_to_bf16(v[i]);
+            return;
+        }
+        default: throw CoreError(ErrorKind::kInvalidArgument, std::string("cannot dequantize to ") + dtype_name(t));
+    }
+}
+
+struct Stochastic {
+    bool on = false;
+    uint32_t seed = 0, op = 0, step = 0, block = 0;
+};
+
+// Quantizes one block of nb float32 values into dst (header + codes).
+void encode_block(const float* v, size_t nb, QuantKind kind, const Stochastic& sr, uint8_t* dst) {
+    float lo = v[0], hi = v[0];
+    bool finite = true;
+    for (size_t i = 0; i < nb; i++) {
+        finite &= std::fabs(v[i]) <= std::numeric_limits<float>::max();
+        lo = v[i] < lo ? v[i] : lo;
+        hi = v[i] > hi ? v[i] : hi;
+    }
+    uint8_t* codes = dst + kQuantHeader;
+    if (kind == QuantKind::kZeroPoint) {
+        lo = std::min(lo, 0.0f);
+        hi = std::max(hi, 0.0f);
+    }
+    const float range = hi - lo;
+    if (!finite || !(std::fabs(range) <= std::numeric_limits<float>::max())) {
+        store_f32(dst, std::numeric_limits<float>::quiet_NaN());
+        store_f32(dst + 4, std::numeric_limits<float>::quiet_NaN());
+        std::memset(codes, 0, nb);
+        return;
+    }
+    const float scale = range / 255.0f;
+    auto round = [&](float x, size_t i) {
+        return sr.on ? std::floor(x + uniform(sr.seed, sr.op, sr.step, sr.block, uint32_t(i))) : rne(x);
+    };
+    if (kind == QuantKind::kMinMax) {
+        store_f32(dst, lo);
+        store_f32(dst + 4, scale);
+        if (scale == 0.0f) {
+            std::memset(codes, 0, nb);
+            return;
+        }
+        for (size_t i = 0; i < nb; i++) codes[i] = uint8_t(clamp255(round((v[i] - lo) / scale, i)));
+        return;
+    }
+    // zero point: zero decodes exactly
+    const float zero = scale == 0.0f ? 0.0f : clamp255(rne(-lo / scale));
+    store_f32(dst, scale);
+    store_f32(dst + 4, zero);
+    if (scale == 0.0f) {
+        std::memset(codes, uint8_t(zero), nb);
+        return;
+    }
+    for (size_t i = 0; i < nb; i++) codes[i] = uint8_t(clamp255(round(v[i] / scale, i) + zero));
+}
+
+// Decodes one block into nb float32 values.
+void decode_block(const uint8_t* src, size_t nb, QuantKind kind, float* out) {
+    const float p0 = load_f32(src), p1 = load_f32(src + 4);
+    const uint8_t* codes = src + kQuantHeader;
+    if (kind == QuantKind::kMinMax) {
+        for (size_t i = 0; i < nb; i++) {
+            const float prod = float(codes[i]) * p1;  // two roundings, never fused
+            out[i] = p0 + prod;
+        }
+    } else {
+        for (size_t i = 0; i < nb; i++) out[i] = (float(codes[i]) - p1) * p0;
+    }
+}
+
+size_t block_len(size_t k, size_t n, uint32_t block) { return std::min<size_t>(block, n - k * block); }
+
+thread_local std::vector<float> tl_a, tl_b;
+
+}  // namespace
+
+void check_quant_config(const QuantConfig& q) {
+    if (q.kind != QuantKind::kMinMax && q.kind != QuantKind::kZeroPoint)
+        throw CoreError(ErrorKind::kInvalidArgument, "unknown quantization kind " + std::to_string(int(q.kind)));
+    if (q.block < 64 || q.block > 65536 || q.block % 64)
+        throw CoreError(ErrorKind::kInvalidArgument, "quantization block must be a multiple of 64 in [64, 65536]");
+    if (q.rounding != Rounding::kNearest && q.rounding != Rounding::kStochastic)
+        throw CoreError(ErrorKind::kInvalidArgument, "unknown rounding mode");
+}
+
+size_t quant_blocks(size_t n, uint32_t block) { return (n + block - 1) / block; }
+size_t quantized_bytes(size_t n, uint32_t block) { return quant_blocks(n, block) * kQuantHeader + n; }
+
+void quantize(const void* x, DType dtype, size_t n, const QuantConfig& q, uint8_t* out) {
+    check_quant_config(q);
+    tl_a.resize(q.block);
+    const size_t esize = dtype_size(dtype);
+    const auto* src = static_cast<const uint8_t*>(x);
+    for (size_t k = 0; k < quant_blocks(n, q.block); k++) {
+        const size_t nb = block_len(k, n, q.block);
+        to_float(src + k * q.block * esize, dtype, nb, tl_a.data());
+        encode_block(tl_a.data(), nb, q.kind, Stochastic{}, out + k * (q.block + kQuantHeader));
+    }
+}
+
+void dequantize(const uint8_t* qbytes, size_t n, const QuantConfig& q, DType dtype, void* out, uint32_t divide_by) {
+    check_quant_config(q);
+    tl_a.resize(q.block);
+    const size_t esize = dtype_size(dtype);
+    auto* dst = static_cast<uint8_t*>(out);
+    const float w = float(divide_by);
+    for (size_t k = 0; k < quant_blocks(n, q.block); k++) {
+        const size_t nb = block_len(k, n, q.block);
+        decode_block(qbytes + k * (q.block + kQuantHeader), nb, q.kind, tl_a.data());
+        if (divide_by > 1)
+            for (size_t i = 0; i < nb; i++) tl_a[i] = tl_a[i] / w;
+        from_float(tl_a.data(), nb, dtype, dst + k * q.block * esize);
+    }
+}
+
+void reduce_hop(uint8_t* acc, const uint8_t* own, size_t first_block, size_t n_blocks, size_t n, const QuantConfig& q,
+                uint64_t op_id, uint32_t step) {
+    tl_a.resize(q.block);
+    tl_b.resize(q.block);
+    const size_t stride = q.block + kQuantHeader;
+    for (size_t b = 0; b < n_blocks; b++) {
+        const size_t k = first_block + b;
+        const size_t nb = block_len(k, n, q.block);
+        decode_block(acc + b * stride, nb, q.kind, tl_a.data());
+        decode_block(own + b * stride, nb, q.kind, tl_b.data());
+        for (size_t i = 0; i < nb; i++) tl_a[i] = tl_a[i] + tl_b[i];
+        Stochastic sr{q.rounding == Rounding::kStochastic, q.seed, uint32_t(op_id), step, uint32_t(k)};
+        encode_block(tl_a.data(), nb, q.kind, sr, acc + b * stride);
+    }
+}
+
+}  // namespace pccl
