@@ -16,10 +16,11 @@ from .errors import (
     TooFewPeersError,
 )
 from .master import Master
+from .quantization import Quantization
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AllReduceInfo", "Communicator", "Master", "errors", "PCCLError", "PeerLostError", "TooFewPeersError",
+    "AllReduceInfo", "Communicator", "Master", "Quantization", "errors", "PCCLError", "PeerLostError", "TooFewPeersError",
     "MasterUnreachableError", "PeerEvictedError", "ProtocolError", "OperationMismatchError",
 ]

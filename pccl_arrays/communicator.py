@@ -8,9 +8,11 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core, arrays
+from . import quantization as _quantization
 from . import tree as _tree
-from .dtypes import dtype_code, op_code
-from .errors import InvalidArgumentError, PCCLError
+from .quantization import Quantization
+from .dtypes import FLOAT_DTYPES, dtype_code, op_code
+from .errors import InvalidArgumentError, PCCLError, UnsupportedDTypeError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +123,8 @@ class Communicator:
         self.close()
 
     # -- collectives --------------------------------------------------------------------------------------------
-    def all_reduce(self, x: Any, op: str = "sum", out: Any = None, *, tag: int = 0, return_info: bool = False):
+    def all_reduce(self, x: Any, op: str = "sum", out: Any = None, *, tag: int = 0, quantization=None,
+                   return_info: bool = False):
         """All-reduces ``x`` over the peers of this group.
 
         Args:
@@ -131,6 +134,9 @@ class Communicator:
             out: None for a new array of x's framework and device, ``x`` itself for in place (torch, NumPy,
                 CuPy; JAX arrays are immutable), or another mutable array of the same shape and dtype.
             tag: distinguishes operations; every peer of the group must use the same tag for the same operation.
+            quantization: None, ``"minmax"`` / ``"zeropoint"``, or a :class:`~pccl_arrays.Quantization`: moves
+                uint8 blocks instead of the dtype (about 4x fewer bytes than float32) for sum and avg of
+                floating arrays; every peer must use the same settings (docs/quantization.md).
             return_info: also return an :class:`AllReduceInfo` (it is always kept in :attr:`last_info`).
         Returns:
             the result (``out`` when given), or ``(result, info)`` with ``return_info=True``.
@@ -153,8 +159,15 @@ class Communicator:
         target = x if in_place else out
         if target is not None and fw == "numpy" and not target.flags.writeable:
             raise InvalidArgumentError("the output array is read-only; pass out=None for a new array")
+        quant = Quantization.of(quantization)
+        if quant is not None:
+            if name not in FLOAT_DTYPES or op.lower() not in ("sum", "avg"):
+                raise UnsupportedDTypeError(f"quantized all-reduce is for sum and avg of floating arrays, not {op} "
+                                            f"of {name}")
 
         on_device = arrays.device_of(x, fw)[0] not in arrays.HOST_DEVICES
+        if quant is not None and (quant.path == "triton" or (quant.path == "auto" and on_device)):
+            return self._finish(*_device_path(self, x, fw, name, dcode, ocode, op, target, tag, quant), return_info)
         # The host side of x: x itself, or a staged copy made by x's framework (torch stays torch).
         host_fw = fw if (fw in ("numpy", "torch") or not on_device) else "numpy"
         host_x = arrays.stage_to_host(x, fw) if on_device else x
@@ -171,13 +184,25 @@ class Communicator:
         else:
             buf = arrays.new_host_buffer(src.shape, name)
             dst = arrays.buffer_view(buf, name)
-        info = self._core.all_reduce(src.ptr, dst.ptr, src.count, dcode, ocode, tag)
+        if quant is None:
+            info = self._core.all_reduce(src.ptr, dst.ptr, src.count, dcode, ocode, tag)
+        else:  # host path: C++ kernels quantize, the ring reduces blocks, the committed result decodes into dst
+            kind, block, rounding, seed = quant.core_args
+            qbytes = _core.quantized_bytes(src.count, block)
+            q_in, q_out = _core.HostBuffer([qbytes], dtype_code("uint8")), _core.HostBuffer([qbytes], dtype_code("uint8"))
+            _core.quantize(src.ptr, dcode, src.count, kind, block, q_in.data)
+            info = self._core.all_reduce(q_in.data, q_out.data, src.count, dcode, ocode, tag, kind, block, rounding, seed)
+            _core.dequantize(q_out.data, src.count, kind, block, dcode, dst.ptr,
+                             info.world_size if op.lower() == "avg" else 1)
         if target is None:
             result = arrays.wrap(buf, name, fw, like=x)
         else:
             if buf is not None:  # strided or device output: write the committed result back
                 arrays.copy_back(target, arrays.wrap(buf, name, host_fw if fw != "cupy" else "numpy"), fw)
             result = target
+        return self._finish(result, info, return_info)
+
+    def _finish(self, result: Any, info: Any, return_info: bool):
         self.last_info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
                                        info.stripes, info.op_id)
         return (result, self.last_info) if return_info else result
@@ -205,6 +230,32 @@ class Communicator:
                                      op_code(op, name), tag)
         self.last_info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
                                        info.stripes, info.op_id)
+
+
+def _device_path(comm: Communicator, x: Any, fw: str, name: str, dcode: int, ocode: int, op: str, target: Any,
+                 tag: int, quant: Quantization):
+    """Quantized all-reduce through the Triton kernels: quantize where x lives, move only the compact bytes to
+    the host, reduce, move the result bytes back and decode them on x's device."""
+    import torch
+
+    k = _quantization.kernels()
+    kind, block, rounding, seed = quant.core_args
+    xt = _quantization.as_device_tensor(x, fw).contiguous().reshape(-1)
+    q_in = k.quantize(xt, kind, block).to("cpu").contiguous()  # the compact bytes cross to the host
+    q_out = torch.empty_like(q_in)
+    info = comm._core.all_reduce(q_in.data_ptr(), q_out.data_ptr(), xt.numel(), dcode, ocode, tag, kind, block,
+                                 rounding, seed)
+    divide_by = info.world_size if op.lower() == "avg" else 1
+    q_dev = q_out.to(xt.device)
+    if target is not None and fw == "torch" and target.is_contiguous():
+        k.dequantize(q_dev, xt.numel(), kind, block, xt.dtype, divide_by, out=target.detach().reshape(-1))
+        return target, info
+    r = k.dequantize(q_dev, xt.numel(), kind, block, xt.dtype, divide_by).reshape(tuple(x.shape))
+    result = _quantization.from_device_tensor(r, fw)
+    if target is not None:
+        arrays.copy_back(target, result, fw)
+        return target, info
+    return result, info
 
 
 def _check_out(x: Any, out: Any, fw: str) -> None:

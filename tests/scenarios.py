@@ -184,11 +184,16 @@ def mismatch(ctx: Context) -> dict:
             name = "float64"
         elif kind == "op":
             op = "max"
+    quant = None
+    if kind == "quant" and ctx.rank == 1:
+        quant = "minmax"
+    elif kind == "qblock":
+        quant = pa.Quantization(block=1024 if ctx.rank == 0 else 2048)
     x = np.arange(n).astype(name)
     original = x.copy()
     res = {}
     try:
-        comm.all_reduce(x, op, out=x)
+        comm.all_reduce(x, op, out=x, quantization=quant)
         res["error"] = None
     except errors.PCCLError as e:
         res.update(error=type(e).__name__, message=str(e), unchanged=bool(np.array_equal(x, original)))
@@ -279,3 +284,42 @@ def mixed_frameworks(ctx: Context) -> dict:
             ctx.arrays[f"{name}_{op}"] = _to_numpy(r, fw)
     comm.close()
     return {"framework": fw, "result_modules": sorted(kinds)}
+
+
+def quant_input(rank: int, n: int, dtype: str = "float32") -> np.ndarray:
+    """Gaussian data with outliers, a constant stretch and tiny values: what quantization finds hard."""
+    rng = np.random.default_rng([7, rank, n])
+    x = rng.standard_normal(n) * (1 + rank)
+    x[rng.integers(0, n, max(1, n // 500))] *= 50  # outliers
+    x[: min(n, 700)] = 0.25  # a constant run covering part of a block
+    x[-min(n, 300):] *= 1e-20  # tiny magnitudes
+    return x.astype(data.np_dtype(dtype))
+
+
+def quantized(ctx: Context) -> dict:
+    """Quantized sum and avg; the rank given by `triton_rank` quantizes with the Triton kernels (interpreter)."""
+    a = ctx.args
+    n, kind, block, dtype = a["n"], a.get("kind", "minmax"), a.get("block", 1024), a.get("dtype", "float32")
+    use_triton = ctx.rank == a.get("triton_rank", -1)
+    if use_triton:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported (no GPU here)
+    comm = ctx.join(ctx.comm())
+    x = quant_input(ctx.rank, n, dtype)
+    q = pa.Quantization(kind=kind, block=block, path="triton" if use_triton else "host",
+                        rounding=a.get("rounding", "nearest"), seed=a.get("seed", 0))
+    if use_triton:
+        import torch
+
+        xin = torch.from_numpy(x.view(np.uint16).copy()).view(torch.bfloat16) if dtype == "bfloat16" else torch.from_numpy(x)
+    else:
+        xin = x
+    out = {}
+    for op in ("sum", "avg"):
+        r, info = comm.all_reduce(xin, op, quantization=q, return_info=True)
+        r = _to_numpy(r, "torch") if use_triton else (r.view(np.uint16) if dtype == "bfloat16" else r)
+        ctx.arrays[op] = r
+        out[op] = {"bytes_sent": info.bytes_sent, "world": info.world_size}
+    plain, info = comm.all_reduce(x, "sum", return_info=True)
+    out["plain_bytes_sent"] = info.bytes_sent
+    comm.close()
+    return out

@@ -81,7 +81,7 @@ def test_master_killed_peers_raise_master_unreachable(tmp_path):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("kind", ["count", "dtype", "op"])
+@pytest.mark.parametrize("kind", ["count", "dtype", "op", "quant", "qblock"])
 def test_mismatched_operations_fail_everywhere_and_change_nothing(master, tmp_path, kind):
     peers = [spawn(master.address, "mismatch", r, 2, tmp_path, kind=kind) for r in range(2)]
     wait_all(peers, 40)

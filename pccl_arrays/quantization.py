@@ -1,0 +1,117 @@
+"""Quantized all-reduce: the user-facing settings and the two paths an array takes (docs/quantization.md).
+
+- Host path (CPU arrays): the core's C++ kernels quantize the array, the ring reduces in the quantized domain,
+  and the C++ kernels decode the committed result into the output.
+- Device path (CUDA arrays): the Triton kernels in ``kernels/`` quantize on the device, only the compact bytes
+  cross to the host, the ring reduces them, and the result bytes go back to the device to be decoded there.
+  CuPy and JAX device arrays reach the same kernels through a zero-copy DLPack view as a torch tensor, so the
+  device path needs torch and triton installed. ``path="triton"`` sends CPU torch tensors down this same path
+  (with ``TRITON_INTERPRET=1``), which is how the tests run it without a GPU.
+
+Both paths produce the same bytes and the same decoded floats, so peers on either path agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .errors import InvalidArgumentError
+
+KINDS = {"minmax": 1, "uint8": 1, "zeropoint": 2}
+ROUNDINGS = {"nearest": 0, "stochastic": 1}
+PATHS = ("auto", "host", "triton")
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How an all-reduce quantizes (docs/quantization.md).
+
+    Args:
+        kind: ``"minmax"`` (alias ``"uint8"``) or ``"zeropoint"`` (zero decodes exactly).
+        block: elements per block, a multiple of 64 in [64, 65536]; each block carries 8 bytes of parameters.
+        rounding: ``"nearest"`` (round half to even) or ``"stochastic"`` for the re-quantization of partial sums
+            on the ring, seeded by (seed, operation id, step, block, element): reproducible.
+        seed: the stochastic rounding seed.
+        path: ``"auto"`` (Triton for CUDA arrays, C++ for host arrays), ``"host"`` (always stage to host and use
+            the C++ kernels) or ``"triton"`` (Triton kernels for torch tensors on any device; on CPU this needs
+            ``TRITON_INTERPRET=1`` and is slow, for tests).
+    """
+
+    kind: str = "minmax"
+    block: int = 1024
+    rounding: str = "nearest"
+    seed: int = 0
+    path: str = "auto"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise InvalidArgumentError(f"quantization kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+        if not isinstance(self.block, int) or not 64 <= self.block <= 65536 or self.block % 64:
+            raise InvalidArgumentError(f"quantization block must be a multiple of 64 in [64, 65536], not {self.block!r}")
+        if self.rounding not in ROUNDINGS:
+            raise InvalidArgumentError(f"rounding must be 'nearest' or 'stochastic', not {self.rounding!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise InvalidArgumentError(f"seed must be an int in [0, 2**32), not {self.seed!r}")
+        if self.path not in PATHS:
+            raise InvalidArgumentError(f"path must be one of {', '.join(PATHS)}, not {self.path!r}")
+
+    @classmethod
+    def of(cls, q: Union[None, str, "Quantization"]) -> Optional["Quantization"]:
+        if q is None or isinstance(q, Quantization):
+            return q
+        if isinstance(q, str):
+            return cls(kind=q)
+        raise InvalidArgumentError(f"quantization must be None, a kind name or a Quantization, not {q!r}")
+
+    @property
+    def core_args(self) -> tuple[int, int, int, int]:
+        """(kind, block, rounding, seed) as the core's all_reduce takes them."""
+        return KINDS[self.kind], self.block, ROUNDINGS[self.rounding], self.seed
+
+
+_kernels = None
+
+
+def kernels():
+    """The Triton kernels: ``pccl_arrays.kernels`` when installed, else ``kernels/`` of a source checkout."""
+    global _kernels
+    if _kernels is None:
+        try:
+            from . import kernels as k  # installed next to this file by the wheel
+        except ImportError:
+            src = Path(__file__).resolve().parent.parent / "kernels" / "__init__.py"
+            if not src.exists():
+                raise InvalidArgumentError("the Triton kernels are not installed with this pccl_arrays") from None
+            spec = importlib.util.spec_from_file_location("pccl_arrays.kernels", src,
+                                                          submodule_search_locations=[str(src.parent)])
+            k = importlib.util.module_from_spec(spec)
+            sys.modules["pccl_arrays.kernels"] = k
+            spec.loader.exec_module(k)
+        _kernels = k
+    return _kernels
+
+
+def as_device_tensor(x: Any, framework: str):
+    """A torch view (zero-copy, same device) of a torch, CuPy or JAX device array, for the Triton kernels."""
+    if framework == "torch":
+        return x.detach()
+    try:
+        import torch
+    except ImportError:
+        raise InvalidArgumentError("the quantized device path needs torch (pip install .[torch]) and triton") from None
+    return torch.from_dlpack(x)
+
+
+def from_device_tensor(t: Any, framework: str) -> Any:
+    """The result tensor as an array of the caller's framework, on the same device, without a copy."""
+    if framework == "torch":
+        return t
+    if framework == "cupy":
+        return sys.modules["cupy"].from_dlpack(t)
+    if framework == "jax":
+        return sys.modules["jax"].dlpack.from_dlpack(t)
+    raise InvalidArgumentError(f"no device path for {framework}")
