@@ -90,14 +90,45 @@ struct Stochastic {
 };
 
 // Quantizes one block of nb float32 values into dst (header + codes).
-void encode_block(const float* v, size_t nb, QuantKind kind, const Stochastic& sr, uint8_t* dst) {
-    float lo = v[0], hi = v[0];
-    bool finite = true;
-    for (size_t i = 0; i < nb; i++) {
-        finite &= std::fabs(v[i]) <= std::numeric_limits<float>::max();
-        lo = v[i] < lo ? v[i] : lo;
-        hi = v[i] > hi ? v[i] : hi;
+// lo, hi and whether every value is finite, in one pass. Eight independent lanes let the compiler keep the
+// pass in vector registers; min and max are exact, so the lane order does not change the result.
+bool block_range(const float* v, size_t nb, float* lo_out, float* hi_out) {
+    constexpr size_t L = 8;
+    float lo[L], hi[L];
+    uint32_t bad[L] = {};
+    for (size_t k = 0; k < L; k++) lo[k] = hi[k] = v[0];
+    size_t i = 0;
+    for (; i + L <= nb; i += L) {
+        for (size_t k = 0; k < L; k++) {
+            const float x = v[i + k];
+            uint32_t bits;
+            std::memcpy(&bits, &x, 4);
+            bad[k] |= uint32_t((bits & 0x7f800000u) == 0x7f800000u);  // exponent all ones: Inf or NaN
+            lo[k] = x < lo[k] ? x : lo[k];
+            hi[k] = x > hi[k] ? x : hi[k];
+        }
     }
+    for (; i < nb; i++) {
+        uint32_t bits;
+        std::memcpy(&bits, &v[i], 4);
+        bad[0] |= uint32_t((bits & 0x7f800000u) == 0x7f800000u);
+        lo[0] = v[i] < lo[0] ? v[i] : lo[0];
+        hi[0] = v[i] > hi[0] ? v[i] : hi[0];
+    }
+    uint32_t any_bad = 0;
+    for (size_t k = 0; k < L; k++) {
+        any_bad |= bad[k];
+        lo[0] = lo[k] < lo[0] ? lo[k] : lo[0];
+        hi[0] = hi[k] > hi[0] ? hi[k] : hi[0];
+    }
+    *lo_out = lo[0];
+    *hi_out = hi[0];
+    return any_bad == 0;
+}
+
+void encode_block(const float* v, size_t nb, QuantKind kind, const Stochastic& sr, uint8_t* dst) {
+    float lo, hi;
+    const bool finite = block_range(v, nb, &lo, &hi);
     uint8_t* codes = dst + kQuantHeader;
     if (kind == QuantKind::kZeroPoint) {
         lo = std::min(lo, 0.0f);
@@ -111,8 +142,8 @@ void encode_block(const float* v, size_t nb, QuantKind kind, const Stochastic& s
         return;
     }
     const float scale = range / 255.0f;
-    auto round = [&](float x, size_t i) {
-        return sr.on ? std::floor(x + uniform(sr.seed, sr.op, sr.step, sr.block, uint32_t(i))) : rne(x);
+    auto stochastic = [&](float x, size_t i) {
+        return std::floor(x + uniform(sr.seed, sr.op, sr.step, sr.block, uint32_t(i)));
     };
     if (kind == QuantKind::kMinMax) {
         store_f32(dst, lo);
@@ -121,7 +152,11 @@ void encode_block(const float* v, size_t nb, QuantKind kind, const Stochastic& s
             std::memset(codes, 0, nb);
             return;
         }
-        for (size_t i = 0; i < nb; i++) codes[i] = uint8_t(clamp255(round((v[i] - lo) / scale, i)));
+        if (sr.on) {
+            for (size_t i = 0; i < nb; i++) codes[i] = uint8_t(clamp255(stochastic((v[i] - lo) / scale, i)));
+        } else {  // the hot loop: branch-free so it vectorises
+            for (size_t i = 0; i < nb; i++) codes[i] = uint8_t(int32_t(clamp255(rne((v[i] - lo) / scale))));
+        }
         return;
     }
     // zero point: zero decodes exactly
@@ -132,7 +167,11 @@ void encode_block(const float* v, size_t nb, QuantKind kind, const Stochastic& s
         std::memset(codes, uint8_t(zero), nb);
         return;
     }
-    for (size_t i = 0; i < nb; i++) codes[i] = uint8_t(clamp255(round(v[i] / scale, i) + zero));
+    if (sr.on) {
+        for (size_t i = 0; i < nb; i++) codes[i] = uint8_t(clamp255(stochastic(v[i] / scale, i) + zero));
+    } else {
+        for (size_t i = 0; i < nb; i++) codes[i] = uint8_t(int32_t(clamp255(rne(v[i] / scale) + zero)));
+    }
 }
 
 // Decodes one block into nb float32 values.

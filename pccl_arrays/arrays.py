@@ -109,6 +109,21 @@ def host_view(x: Any, framework: str) -> HostView:
     return HostView(view.data, view.size, name, code, tuple(view.shape), view.compact, readonly, (view, obj))
 
 
+def compact_host_view(x: Any, framework: str) -> tuple[HostView, Any, str, bool]:
+    """A compact host view of any supported array, staging device arrays and compacting strided ones.
+
+    Returns (view, the host object it views, that object's framework, whether x is on a device)."""
+    on_device = device_of(x, framework)[0] not in HOST_DEVICES
+    # The host side of x: x itself, or a staged copy made by x's framework (torch stays torch).
+    host_fw = framework if (framework in ("numpy", "torch") or not on_device) else "numpy"
+    host = stage_to_host(x, framework) if on_device else x
+    view = host_view(host, host_fw)
+    if not view.compact:  # strided: reduce a compact copy, never the strided bytes as if they were compact
+        host = host.contiguous() if host_fw == "torch" else np.ascontiguousarray(host).reshape(host.shape)
+        view = host_view(host, host_fw)
+    return view, host, host_fw, on_device
+
+
 def new_host_buffer(shape: tuple, name: str) -> _core.HostBuffer:
     """A core-owned, 64-byte aligned host buffer that any framework imports through DLPack without a copy."""
     return _core.HostBuffer(list(shape), dtype_code(name))

@@ -168,15 +168,9 @@ class Communicator:
         on_device = arrays.device_of(x, fw)[0] not in arrays.HOST_DEVICES
         if quant is not None and (quant.path == "triton" or (quant.path == "auto" and on_device)):
             return self._finish(*_device_path(self, x, fw, name, dcode, ocode, op, target, tag, quant), return_info)
-        # The host side of x: x itself, or a staged copy made by x's framework (torch stays torch).
-        host_fw = fw if (fw in ("numpy", "torch") or not on_device) else "numpy"
-        host_x = arrays.stage_to_host(x, fw) if on_device else x
-        src = arrays.host_view(host_x, host_fw)
+        src, _host_x, host_fw, _ = arrays.compact_host_view(x, fw)
         if src.readonly and in_place:
             raise InvalidArgumentError("the output array is read-only; pass out=None for a new array")
-        if not src.compact:  # strided: reduce a compact copy, never the strided bytes as if they were compact
-            host_x = host_x.contiguous() if host_fw == "torch" else np.ascontiguousarray(host_x).reshape(host_x.shape)
-            src = arrays.host_view(host_x, host_fw)
 
         buf = None
         if target is not None and not on_device and (dst := arrays.host_view(target, fw)).compact:

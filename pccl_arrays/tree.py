@@ -77,7 +77,7 @@ def all_reduce_tree(comm, tree: Any, op: str = "sum", *, inplace: bool = False, 
         itemsize = packed.nbytes // max(1, sum(sizes))
         offset = 0
         for i, n in zip(idxs, sizes):
-            view, keep = _compact_host_view(leaves[i], fws[i])
+            view, keep, _, _ = arrays.compact_host_view(leaves[i], fws[i])
             _core.memcpy(packed.data + offset * itemsize, view.ptr, n * itemsize)
             del keep
             offset += n
@@ -99,17 +99,6 @@ def all_reduce_tree(comm, tree: Any, op: str = "sum", *, inplace: bool = False, 
                 arrays.copy_back(leaves[i], results[i], fw)
                 results[i] = leaves[i]
     return unflatten(results)
-
-
-def _compact_host_view(leaf: Any, fw: str):
-    on_device = arrays.device_of(leaf, fw)[0] not in arrays.HOST_DEVICES
-    host_fw = fw if (fw in ("numpy", "torch") or not on_device) else "numpy"
-    host = arrays.stage_to_host(leaf, fw) if on_device else leaf
-    view = arrays.host_view(host, host_fw)
-    if not view.compact:
-        host = host.contiguous() if host_fw == "torch" else np.ascontiguousarray(host).reshape(host.shape)
-        view = arrays.host_view(host, host_fw)
-    return view, host
 
 
 def _to_leaf_device(piece: Any, leaf: Any, fw: str) -> Any:
