@@ -121,6 +121,17 @@ bool block_range(const float* v, size_t nb, float* lo_out, float* hi_out) {
         lo[0] = lo[k] < lo[0] ? lo[k] : lo[0];
         hi[0] = hi[k] > hi[0] ? hi[k] : hi[0];
     }
+    // -0 orders below +0 (IEEE 754 minimum / maximum), so a zero lo or hi has the same sign whatever the order
+    // of the elements. Rare enough to settle with a second look at the block.
+    if (lo[0] == 0.0f || hi[0] == 0.0f) {
+        bool neg_zero = false, pos_zero = false;
+        for (size_t j = 0; j < nb; j++) {
+            neg_zero |= v[j] == 0.0f && std::signbit(v[j]);
+            pos_zero |= v[j] == 0.0f && !std::signbit(v[j]);
+        }
+        if (lo[0] == 0.0f) lo[0] = neg_zero ? -0.0f : 0.0f;
+        if (hi[0] == 0.0f) hi[0] = pos_zero ? 0.0f : -0.0f;
+    }
     *lo_out = lo[0];
     *hi_out = hi[0];
     return any_bad == 0;
@@ -130,9 +141,9 @@ void encode_block(const float* v, size_t nb, QuantKind kind, const Stochastic& s
     float lo, hi;
     const bool finite = block_range(v, nb, &lo, &hi);
     uint8_t* codes = dst + kQuantHeader;
-    if (kind == QuantKind::kZeroPoint) {
-        lo = std::min(lo, 0.0f);
-        hi = std::max(hi, 0.0f);
+    if (kind == QuantKind::kZeroPoint) {  // the range holds +0: IEEE minimum / maximum with +0
+        lo = lo < 0.0f || (lo == 0.0f && std::signbit(lo)) ? lo : 0.0f;
+        hi = hi > 0.0f ? hi : 0.0f;
     }
     const float range = hi - lo;
     if (!finite || !(std::fabs(range) <= std::numeric_limits<float>::max())) {

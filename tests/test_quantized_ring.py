@@ -16,7 +16,7 @@ HAVE_TRITON = importlib.util.find_spec("triton") is not None and importlib.util.
 
 
 def error_bound(inputs: list[np.ndarray], block: int, kind: str, avg: bool) -> np.ndarray:
-    """Per element: (N - 1/2) * S + 4N * 2^-24 * M over its block (docs/quantization.md, "Error bound")."""
+    """Per element: (N - 1/2) * S + 8N * 2^-23 * M + 2^-140 over its block (docs/quantization.md, "Error bound")."""
     n, world = inputs[0].size, len(inputs)
     bound = np.empty(n)
     for start in range(0, n, block):
@@ -27,7 +27,7 @@ def error_bound(inputs: list[np.ndarray], block: int, kind: str, avg: bool) -> n
             lo, hi = [min(v, 0.0) for v in lo], [max(v, 0.0) for v in hi]
         s = sum(h - low for h, low in zip(hi, lo)) / 255
         m = sum(np.abs(b).max() for b in blocks)
-        bound[start:start + block] = (world - 0.5) * s + 4 * world * 2.0**-24 * m
+        bound[start:start + block] = (world - 0.5) * s + 8 * world * 2.0**-23 * m + 2.0**-140
     return bound / world if avg else bound
 
 

@@ -1,0 +1,99 @@
+"""The C++ quantization kernels produce exactly the bytes and floats of the NumPy reference of
+docs/quantization.md (tests/quant_reference.py), which the Triton kernels are held to as well."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import quant_reference as ref
+from pccl_arrays import _core
+from pccl_arrays.dtypes import dtype_code
+
+DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
+
+
+def make(rng: np.random.Generator, n: int, dtype, flavour: str) -> np.ndarray:
+    x = rng.standard_normal(n)
+    if flavour == "outliers":
+        x[rng.integers(0, n, max(1, n // 100))] *= 1e4
+    elif flavour == "constant":
+        x[:] = 3.25
+    elif flavour == "tiny":
+        x *= 1e-30 if np.dtype(dtype).itemsize >= 4 else 1e-6
+    elif flavour == "huge":
+        x *= 1e30 if np.dtype(dtype).itemsize >= 4 and dtype is not np.float16 else 1e3
+    elif flavour == "zeros":
+        x[:] = 0.0
+        x[rng.integers(0, n, max(1, n // 7))] = -0.0
+    elif flavour == "nonfinite":
+        x[rng.integers(0, n, 3)] = rng.choice([np.nan, np.inf, -np.inf], 3)
+    elif flavour == "positive":
+        x = np.abs(x) + 1
+    with np.errstate(over="ignore"):
+        return x.astype(dtype)
+
+
+def c_quantize(x: np.ndarray, kind: int, block: int) -> np.ndarray:
+    name = "bfloat16" if x.dtype == ml_dtypes.bfloat16 else x.dtype.name
+    out = np.empty(_core.quantized_bytes(x.size, block), np.uint8)
+    _core.quantize(x.ctypes.data, dtype_code(name), x.size, kind, block, out.ctypes.data)
+    return out
+
+
+def c_dequantize(q: np.ndarray, n: int, kind: int, block: int, dtype, divide_by: int) -> np.ndarray:
+    out = np.empty(n, dtype)
+    name = "bfloat16" if out.dtype == ml_dtypes.bfloat16 else out.dtype.name
+    _core.dequantize(q.ctypes.data, n, kind, block, dtype_code(name), out.ctypes.data, divide_by)
+    return out
+
+
+CASES = [(n, block, flavour) for n, block in [(1, 64), (63, 64), (1000, 256), (4097, 1024), (65535, 4096)]
+         for flavour in ["normal", "outliers", "constant", "tiny", "huge", "zeros", "nonfinite", "positive"]]
+
+
+@pytest.mark.parametrize("kind", [ref.MINMAX, ref.ZEROPOINT])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_quantize_and_dequantize_match_the_reference_bit_for_bit(kind, dtype):
+    rng = np.random.default_rng([kind, np.dtype(dtype).itemsize])
+    for n, block, flavour in CASES:
+        x = make(rng, n, dtype, flavour)
+        q = c_quantize(x, kind, block)
+        expected = ref.quantize(x, kind, block)
+        assert q.tobytes() == expected.tobytes(), (n, block, flavour)
+        for out_dtype in DTYPES:
+            for divide_by in (1, 3):
+                got = c_dequantize(q, n, kind, block, out_dtype, divide_by)
+                want = ref.dequantize(q, n, kind, block, out_dtype, divide_by)
+                assert got.view(np.uint8).tobytes() == want.view(np.uint8).tobytes(), (n, block, flavour, out_dtype)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("kind", [ref.MINMAX, ref.ZEROPOINT])
+def test_ring_hop_matches_the_reference(kind, rounding):
+    rng = np.random.default_rng([kind, len(rounding)])
+    block = 256
+    for n_chunk, first_block, flavour in [(256 * 5, 0, "normal"), (256 * 3 + 77, 4, "outliers"),
+                                          (100, 9, "constant"), (256 * 2, 2, "nonfinite")]:
+        recv = ref.quantize(make(rng, n_chunk, np.float32, flavour), kind, block)
+        own = ref.quantize(make(rng, n_chunk, np.float32, "normal"), kind, block)
+        acc = recv.copy()
+        n_total = first_block * block + n_chunk  # the chunk ends the array, so its last block may be short
+        n_blocks = ref.num_blocks(n_chunk, block)
+        _core.reduce_hop(acc.ctypes.data, own.ctypes.data, first_block, n_blocks, n_total, kind, block,
+                         1 if rounding == "stochastic" else 0, 1234, 2**40 + 7, 3)
+        want = ref.reduce_hop(recv, own, n_chunk, kind, block, rounding, seed=1234, op_id=2**40 + 7, step=3,
+                              first_block=first_block)
+        assert acc.tobytes() == want, (n_chunk, first_block, flavour)
+
+
+def test_unknown_settings_are_refused():
+    x = np.zeros(10, np.float32)
+    out = np.empty(_core.quantized_bytes(10, 1024), np.uint8)
+    with pytest.raises(ValueError):
+        _core.quantize(x.ctypes.data, dtype_code("float32"), 10, 3, 1024, out.ctypes.data)
+    with pytest.raises(ValueError):
+        _core.quantize(x.ctypes.data, dtype_code("float32"), 10, 1, 100, out.ctypes.data)
+    with pytest.raises(ValueError):
+        _core.quantize(x.ctypes.data, dtype_code("int32"), 10, 1, 1024, out.ctypes.data)
