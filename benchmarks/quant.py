@@ -466,7 +466,8 @@ def ring_chunks(units: int, world: int) -> list[tuple[int, int]]:
 def simulate_ours(xs, kind: int, block: int, order=None, probe_blocks: int = 0):
     """Exact simulation of the quantized ring with the core's kernels. order[pos] is the data rank at ring
     position pos (default: the identity). Chunk c (cpp/ring.cpp) starts at position c and travels c, c+1, ...,
-    c+N-1 (the owner), each hop acc = Q(D(acc) + D(q_own)); every peer then decodes the owners' bytes.
+    c+N-1 (the owner), each hop acc = Q(D(acc) + x_own) (the host path adds its exact input); every peer then
+    decodes the owners' bytes.
 
     With probe_blocks > 0 only the first probe_blocks whole blocks of every chunk are simulated:
     returns (element indices, decoded values) of those, to identify the ring order cheaply."""
@@ -491,8 +492,8 @@ def simulate_ours(xs, kind: int, block: int, order=None, probe_blocks: int = 0):
                 qs.append(q)
             acc = qs[order[c]].copy()
             for h in range(1, world):
-                # the hop's block index enters only stochastic rounding; with rounding to nearest any index will do
-                _core.reduce_hop(acc.ctypes.data, qs[order[(c + h) % world]].ctypes.data, fb, k, n, kind, block)
+                own = np.ascontiguousarray(sub[order[(c + h) % world]])
+                _core.reduce_hop_exact(acc.ctypes.data, own.ctypes.data, F32, fb, k, n, kind, block)
             out = np.empty(k * block, np.float32)
             _core.dequantize(acc.ctypes.data, k * block, kind, block, F32, out.ctypes.data, 1)
             idx.append(np.arange(fb * block, (fb + k) * block))
@@ -511,8 +512,8 @@ def simulate_ours(xs, kind: int, block: int, order=None, probe_blocks: int = 0):
         hi = min(result.size, (fb + nbk) * stride)
         acc = qs[order[c]][lo:hi].copy()
         for h in range(1, world):
-            own = qs[order[(c + h) % world]][lo:hi]
-            _core.reduce_hop(acc.ctypes.data, own.ctypes.data, fb, nbk, n, kind, block)
+            own = np.ascontiguousarray(xs[order[(c + h) % world]][fb * block:(fb + nbk) * block])
+            _core.reduce_hop_exact(acc.ctypes.data, own.ctypes.data, F32, fb, nbk, n, kind, block)
         result[lo:hi] = acc
     out = np.empty(n, np.float32)
     _core.dequantize(result.ctypes.data, n, kind, block, F32, out.ctypes.data, 1)

@@ -146,14 +146,15 @@ PYBIND11_MODULE(_core, m) {
         .def("pending_peers", &Communicator::pending_peers, py::call_guard<py::gil_scoped_release>())
         .def("all_reduce",
              [](Communicator& c, uintptr_t input, uintptr_t output, uint64_t count, uint8_t dtype, uint8_t op, uint64_t tag,
-                uint8_t qkind, uint32_t qblock, uint8_t qround, uint32_t qseed) {
+                uint8_t qkind, uint32_t qblock, uint8_t qround, uint32_t qseed, uintptr_t exact) {
                  QuantConfig q{QuantKind(qkind), qblock, Rounding(qround), qseed};
                  py::gil_scoped_release release;
                  return c.all_reduce(reinterpret_cast<const void*>(input), reinterpret_cast<void*>(output), count,
-                                     DType(dtype), ReduceOp(op), tag, q);
+                                     DType(dtype), ReduceOp(op), tag, q, reinterpret_cast<const void*>(exact));
              },
              py::arg("input_ptr"), py::arg("output_ptr"), py::arg("count"), py::arg("dtype"), py::arg("op"), py::arg("tag"),
-             py::arg("qkind") = 0, py::arg("qblock") = 0, py::arg("qround") = 0, py::arg("qseed") = 0)
+             py::arg("qkind") = 0, py::arg("qblock") = 0, py::arg("qround") = 0, py::arg("qseed") = 0,
+             py::arg("exact_ptr") = 0)
         .def("close", &Communicator::close, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("peer_id", &Communicator::peer_id)
         .def_property_readonly("world_size", &Communicator::world_size)
@@ -239,6 +240,17 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("acc_ptr"), py::arg("own_ptr"), py::arg("first_block"), py::arg("n_blocks"), py::arg("n"), py::arg("kind"),
        py::arg("block"), py::arg("rounding") = 0, py::arg("seed") = 0, py::arg("op_id") = 0, py::arg("step") = 0,
        "One ring hop over whole blocks: acc = Q(D(acc) + D(own)).");
+    m.def("reduce_hop_exact", [](uintptr_t acc, uintptr_t own_x, uint8_t dtype, size_t first_block, size_t n_blocks,
+                                 size_t n, uint8_t kind, uint32_t block, uint8_t rounding, uint32_t seed, uint64_t op_id,
+                                 uint32_t step) {
+        QuantConfig q{QuantKind(kind), block, Rounding(rounding), seed};
+        check_quant_config(q);
+        py::gil_scoped_release release;
+        reduce_hop_exact(reinterpret_cast<uint8_t*>(acc), reinterpret_cast<const void*>(own_x), DType(dtype), first_block,
+                         n_blocks, n, q, op_id, step);
+    }, py::arg("acc_ptr"), py::arg("own_ptr"), py::arg("dtype"), py::arg("first_block"), py::arg("n_blocks"), py::arg("n"),
+       py::arg("kind"), py::arg("block"), py::arg("rounding") = 0, py::arg("seed") = 0, py::arg("op_id") = 0,
+       py::arg("step") = 0, "One ring hop adding our own unquantized values: acc = Q(D(acc) + float32(own)).");
 
     // Reduction kernels on raw buffers, so tests can hold them to NumPy element by element.
     m.def("reduce_into", [](uintptr_t acc, uintptr_t local, size_t n, uint8_t dtype, uint8_t op) {

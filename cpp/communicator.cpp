@@ -222,8 +222,26 @@ uint32_t Communicator::pending_peers() {
     return wire::decode_payload<wire::PendingReply>(f.payload).pending;
 }
 
+// How a reduce-scatter step folds our own contribution into what arrived: element-wise, or for quantized
+// blocks by decoding, adding (our exact input when we have it, else our own decoded blocks) and re-quantizing.
+static Fold make_fold(DType dtype, ReduceOp op, const QuantConfig& quant, uint64_t count, uint64_t op_id,
+                      const void* exact) {
+    if (!quant.enabled())
+        return [dtype, op](uint8_t* acc, const uint8_t* own, size_t, size_t n, uint32_t) { reduce_into(dtype, op, acc, own, n); };
+    if (exact) {
+        const auto* x = static_cast<const uint8_t*>(exact);
+        const size_t stride = size_t(quant.block) * dtype_size(dtype);
+        return [=](uint8_t* acc, const uint8_t*, size_t first, size_t n, uint32_t step) {
+            reduce_hop_exact(acc, x + first * stride, dtype, first, n, count, quant, op_id, step);
+        };
+    }
+    return [=](uint8_t* acc, const uint8_t* own, size_t first, size_t n, uint32_t step) {
+        reduce_hop(acc, own, first, n, count, quant, op_id, step);
+    };
+}
+
 OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
-                                const QuantConfig& quant) {
+                                const QuantConfig& quant, const void* exact) {
     if (uint8_t(dtype) >= kDTypeCount) throw CoreError(ErrorKind::kInvalidArgument, "unknown dtype code");
     if (uint8_t(op) >= kReduceOpCount) throw CoreError(ErrorKind::kInvalidArgument, "unknown reduce op code");
     if (op == ReduceOp::kAvg && !dtype_is_float(dtype))
@@ -310,14 +328,7 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
         plan.piece_bytes = cfg_.piece_bytes;
         RingLinks links{&pool_, go.ring[(rank + 1) % world], go.ring[(rank + world - 1) % world], cfg_.connect_timeout,
                         cfg_.data_timeout};
-        const uint64_t op_id = go.op_id;
-        const Fold fold = quant.enabled()
-            ? Fold([&quant, count, op_id](uint8_t* acc, const uint8_t* own, size_t first, size_t n, uint32_t step) {
-                  reduce_hop(acc, own, first, n, count, quant, op_id, step);
-              })
-            : Fold([dtype, op](uint8_t* acc, const uint8_t* own, size_t, size_t n, uint32_t) {
-                  reduce_into(dtype, op, acc, own, n);
-              });
+        const Fold fold = make_fold(dtype, op, quant, count, go.op_id, exact);
         std::vector<StripeBytes> bytes(stripes);
         const auto* in = static_cast<const uint8_t*>(input);
         workers_.run(stripes, [&](uint32_t j) { run_stripe(plan, j, fold, in, result, links, ctl, &bytes[j]); });

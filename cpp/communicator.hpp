@@ -61,9 +61,10 @@ public:
     uint32_t pending_peers();
     // Plain: input/output hold `count` elements of dtype (output may be input: in place). Quantized
     // (quant.enabled()): input/output are separate buffers of quantized_bytes(count, block) bytes, op is sum or
-    // avg, and the caller dequantizes (dividing by world_size for avg).
+    // avg, and the caller dequantizes (dividing by world_size for avg). `exact`, when given, is the unquantized
+    // input (count elements of dtype): each hop then adds it exactly instead of decoding our own blocks.
     OpInfo all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
-                      const QuantConfig& quant = {});
+                      const QuantConfig& quant = {}, const void* exact = nullptr);
     void close();  // graceful leave
 
     uint64_t peer_id() const { return peer_id_; }

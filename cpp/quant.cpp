@@ -260,4 +260,22 @@ void reduce_hop(uint8_t* acc, const uint8_t* own, size_t first_block, size_t n_b
     }
 }
 
+void reduce_hop_exact(uint8_t* acc, const void* own_x, DType dtype, size_t first_block, size_t n_blocks, size_t n,
+                      const QuantConfig& q, uint64_t op_id, uint32_t step) {
+    tl_a.resize(q.block);
+    tl_b.resize(q.block);
+    const size_t stride = q.block + kQuantHeader;
+    const size_t esize = dtype_size(dtype);
+    const auto* own = static_cast<const uint8_t*>(own_x);
+    for (size_t b = 0; b < n_blocks; b++) {
+        const size_t k = first_block + b;
+        const size_t nb = block_len(k, n, q.block);
+        decode_block(acc + b * stride, nb, q.kind, tl_a.data());
+        to_float(own + b * q.block * esize, dtype, nb, tl_b.data());
+        for (size_t i = 0; i < nb; i++) tl_a[i] = tl_a[i] + tl_b[i];
+        Stochastic sr{q.rounding == Rounding::kStochastic, q.seed, uint32_t(op_id), step, uint32_t(k)};
+        encode_block(tl_a.data(), nb, q.kind, sr, acc + b * stride);
+    }
+}
+
 }  // namespace pccl

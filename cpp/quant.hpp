@@ -36,5 +36,9 @@ void dequantize(const uint8_t* q, size_t n, const QuantConfig& q_cfg, DType dtyp
 // when the config asks for it.
 void reduce_hop(uint8_t* acc, const uint8_t* own, size_t first_block, size_t n_blocks, size_t n, const QuantConfig& q,
                 uint64_t op_id, uint32_t step);
+// The same hop with our own contribution exact: acc = Q(D(acc) + float32(own_x)), own_x pointing at the first
+// element of block first_block (the host path, where the unquantized input is at hand).
+void reduce_hop_exact(uint8_t* acc, const void* own_x, DType dtype, size_t first_block, size_t n_blocks, size_t n,
+                      const QuantConfig& q, uint64_t op_id, uint32_t step);
 
 }  // namespace pccl

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import typing
 import typing_extensions
-__all__: list[str] = ['Communicator', 'DLView', 'HostBuffer', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'decode_frame', 'dequantize', 'encode_frame', 'finalize_avg', 'memcpy', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_into']
+__all__: list[str] = ['Communicator', 'DLView', 'HostBuffer', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'decode_frame', 'dequantize', 'encode_frame', 'finalize_avg', 'memcpy', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into']
 class MasterServer:
     def __init__(self, listen: str, peer_timeout: typing.SupportsFloat | typing.SupportsIndex, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex) -> None:
         ...
@@ -56,7 +56,7 @@ class OpInfo:
 class Communicator:
     def __init__(self, master: str, peer_group: typing.SupportsInt | typing.SupportsIndex, connections: typing.SupportsInt | typing.SupportsIndex, listen: str, advertise: str, connect_timeout: typing.SupportsFloat | typing.SupportsIndex, heartbeat_interval: typing.SupportsFloat | typing.SupportsIndex, master_timeout: typing.SupportsFloat | typing.SupportsIndex, data_timeout: typing.SupportsFloat | typing.SupportsIndex, piece_bytes: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
-    def all_reduce(self, input_ptr: typing.SupportsInt | typing.SupportsIndex, output_ptr: typing.SupportsInt | typing.SupportsIndex, count: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex, tag: typing.SupportsInt | typing.SupportsIndex, qkind: typing.SupportsInt | typing.SupportsIndex = 0, qblock: typing.SupportsInt | typing.SupportsIndex = 0, qround: typing.SupportsInt | typing.SupportsIndex = 0, qseed: typing.SupportsInt | typing.SupportsIndex = 0) -> OpInfo:
+    def all_reduce(self, input_ptr: typing.SupportsInt | typing.SupportsIndex, output_ptr: typing.SupportsInt | typing.SupportsIndex, count: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex, tag: typing.SupportsInt | typing.SupportsIndex, qkind: typing.SupportsInt | typing.SupportsIndex = 0, qblock: typing.SupportsInt | typing.SupportsIndex = 0, qround: typing.SupportsInt | typing.SupportsIndex = 0, qseed: typing.SupportsInt | typing.SupportsIndex = 0, exact_ptr: typing.SupportsInt | typing.SupportsIndex = 0) -> OpInfo:
         ...
     def close(self) -> None:
         ...
@@ -170,6 +170,10 @@ def quantized_bytes(n: typing.SupportsInt | typing.SupportsIndex, block: typing.
 def reduce_hop(acc_ptr: typing.SupportsInt | typing.SupportsIndex, own_ptr: typing.SupportsInt | typing.SupportsIndex, first_block: typing.SupportsInt | typing.SupportsIndex, n_blocks: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, rounding: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, op_id: typing.SupportsInt | typing.SupportsIndex = 0, step: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
     """
     One ring hop over whole blocks: acc = Q(D(acc) + D(own)).
+    """
+def reduce_hop_exact(acc_ptr: typing.SupportsInt | typing.SupportsIndex, own_ptr: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, first_block: typing.SupportsInt | typing.SupportsIndex, n_blocks: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, rounding: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, op_id: typing.SupportsInt | typing.SupportsIndex = 0, step: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+    """
+    One ring hop adding our own unquantized values: acc = Q(D(acc) + float32(own)).
     """
 def reduce_into(acc_ptr: typing.SupportsInt | typing.SupportsIndex, local_ptr: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...

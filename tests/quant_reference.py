@@ -210,6 +210,14 @@ def dequantize(q, n, kind, block, out_dtype, divide_by=1):
 
 # ---- one hop of the ring ----------------------------------------------------------------------------------------
 
+def reduce_hop_exact(recv_q, own_x, n, kind, block, rounding="nearest", seed=0, op_id=0, step=0, first_block=0):
+    """Q(D(recv) + float32(own_x)): the host path's hop, adding its own unquantized values."""
+    received, _ = decode_float32(recv_q, n, kind, block)
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = received + to_float32(own_x)
+    return quantize_float32(total, kind, block, rounding, seed, op_id, step, first_block).tobytes()
+
+
 def reduce_hop(recv_q, own_q, n, kind, block, rounding="nearest", seed=0, op_id=0, step=0, first_block=0):
     """Q(D(recv) + D(own)) over a chunk of whole blocks of n elements whose first block is first_block."""
     received, _ = decode_float32(recv_q, n, kind, block)

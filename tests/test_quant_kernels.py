@@ -88,6 +88,26 @@ def test_ring_hop_matches_the_reference(kind, rounding):
         assert acc.tobytes() == want, (n_chunk, first_block, flavour)
 
 
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_exact_ring_hop_matches_the_reference(dtype, rounding):
+    rng = np.random.default_rng([np.dtype(dtype).itemsize, len(rounding)])
+    block = 256
+    for kind in (ref.MINMAX, ref.ZEROPOINT):
+        for n_chunk, first_block, flavour in [(256 * 4, 0, "normal"), (256 * 2 + 5, 3, "outliers"),
+                                              (256, 1, "nonfinite"), (40, 6, "tiny")]:
+            recv = ref.quantize(make(rng, n_chunk, np.float32, "normal"), kind, block)
+            own = make(rng, n_chunk, dtype, flavour)
+            acc = recv.copy()
+            name = "bfloat16" if own.dtype == ml_dtypes.bfloat16 else own.dtype.name
+            _core.reduce_hop_exact(acc.ctypes.data, own.ctypes.data, dtype_code(name), first_block,
+                                   ref.num_blocks(n_chunk, block), first_block * block + n_chunk, kind, block,
+                                   1 if rounding == "stochastic" else 0, 99, 5, 1)
+            want = ref.reduce_hop_exact(recv, own, n_chunk, kind, block, rounding, seed=99, op_id=5, step=1,
+                                        first_block=first_block)
+            assert acc.tobytes() == want, (kind, n_chunk, flavour)
+
+
 def test_unknown_settings_are_refused():
     x = np.zeros(10, np.float32)
     out = np.empty(_core.quantized_bytes(10, 1024), np.uint8)
