@@ -167,6 +167,7 @@ PYBIND11_MODULE(_core, m) {
             for (const auto& s : c.connection_stats()) {
                 py::dict d;
                 d["peer"] = s.peer;
+                d["slot"] = s.slot;
                 d["index"] = s.index;
                 d["direction"] = s.outgoing ? "send" : "recv";
                 d["bytes"] = s.bytes;

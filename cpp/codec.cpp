@@ -86,7 +86,7 @@ std::pair<uint16_t, std::vector<uint8_t>> codec_encode(const std::string& type, 
         case MsgType::kOpStart: return {uint16_t(t), bytes_of(wire::OpStart{get<uint64_t>(d, "tag", 0), desc_of(d)})};
         case MsgType::kOpGo:
             return {uint16_t(t), bytes_of(wire::OpGo{get<uint64_t>(d, "tag", 0), get<uint64_t>(d, "op_id", 0),
-                                                     get<uint32_t>(d, "stripes", 1), ring_of(d)})};
+                                                     get<uint32_t>(d, "stripes", 1), ring_of(d), get<uint32_t>(d, "slot", 0)})};
         case MsgType::kOpReject:
             return {uint16_t(t), bytes_of(wire::OpReject{get<uint64_t>(d, "tag", 0), get<uint8_t>(d, "kind", 0),
                                                          get<std::string>(d, "reason", "")})};
@@ -101,7 +101,7 @@ std::pair<uint16_t, std::vector<uint8_t>> codec_encode(const std::string& type, 
         case MsgType::kKicked: return {uint16_t(t), bytes_of(wire::Kicked{get<std::string>(d, "reason", "")})};
         case MsgType::kPeerHello:
             return {uint16_t(t), bytes_of(wire::PeerHello{get<uint64_t>(d, "from", 0), get<uint64_t>(d, "to", 0),
-                                                          get<uint32_t>(d, "index", 0)})};
+                                                          get<uint32_t>(d, "index", 0), get<uint32_t>(d, "slot", 0)})};
         case MsgType::kData: {
             auto b = bytes_of(wire::DataHeader{get<uint64_t>(d, "op_id", 0), get<uint32_t>(d, "step", 0),
                                                get<uint32_t>(d, "stripe", 0), get<uint64_t>(d, "offset", 0)});
@@ -141,7 +141,7 @@ py::dict codec_decode(uint16_t type, const std::vector<uint8_t>& p) {
         }
         case MsgType::kOpGo: {
             auto m = decode_payload<wire::OpGo>(p);
-            d["tag"] = m.tag; d["op_id"] = m.op_id; d["stripes"] = m.stripes; d["ring"] = ring_list(m.ring);
+            d["tag"] = m.tag; d["op_id"] = m.op_id; d["stripes"] = m.stripes; d["ring"] = ring_list(m.ring); d["slot"] = m.slot;
             break;
         }
         case MsgType::kOpReject: {
@@ -164,7 +164,7 @@ py::dict codec_decode(uint16_t type, const std::vector<uint8_t>& p) {
         case MsgType::kKicked: d["reason"] = decode_payload<wire::Kicked>(p).reason; break;
         case MsgType::kPeerHello: {
             auto m = decode_payload<wire::PeerHello>(p);
-            d["from"] = m.from; d["to"] = m.to; d["index"] = m.index;
+            d["from"] = m.from; d["to"] = m.to; d["index"] = m.index; d["slot"] = m.slot;
             break;
         }
         case MsgType::kData: {

@@ -122,7 +122,7 @@ void Communicator::mark_broken(ErrorKind kind, const std::string& why) {
     state_ = State::kBroken;
     broken_kind_ = kind;
     broken_why_ = why;
-    if (active_) active_->fail(kind, why);
+    for (auto& [id, ctl] : active_) ctl->fail(kind, why);
     cv_.notify_all();
     log_warn("peer " + std::to_string(peer_id_.load()) + ": " + why);
 }
@@ -184,9 +184,10 @@ void Communicator::link_loop() {
                     return;
                 }
                 std::lock_guard<std::mutex> g(mu_);
-                if (t == MsgType::kOpAbort && active_) {
+                if (t == MsgType::kOpAbort) {
                     auto m = wire::decode_payload<wire::OpAbort>(payload);
-                    if (m.op_id == active_->op_id()) active_->fail(ErrorKind(m.kind), m.reason);
+                    auto running = active_.find(m.op_id);
+                    if (running != active_.end()) running->second->fail(ErrorKind(m.kind), m.reason);
                 }
                 inbox_.push_back(Frame{h.type, std::move(payload)});
                 cv_.notify_all();
@@ -204,6 +205,9 @@ void Communicator::link_loop() {
 
 void Communicator::update_topology() {
     require_accepted();
+    if (in_flight_ > 0)
+        throw CoreError(ErrorKind::kState, "update_topology() while " + std::to_string(in_flight_.load()) +
+                                               " all-reduce(s) are in flight: wait for them first");
     const uint64_t seq = ++topo_seq_;
     send_master(MsgType::kTopoRequest, wire::TopoRequest{seq});
     Frame f = wait_frame(
@@ -254,6 +258,22 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
         if (input == output) throw CoreError(ErrorKind::kInvalidArgument, "quantized buffers must be distinct");
     }
     require_accepted();
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        if (!tags_in_flight_.insert(tag).second)
+            throw CoreError(ErrorKind::kInvalidArgument, "tag " + std::to_string(tag) +
+                                                             " is already in flight on this communicator: use distinct tags");
+        in_flight_++;
+    }
+    struct InFlight {  // ends the bookkeeping however the call ends
+        Communicator* c;
+        uint64_t tag;
+        ~InFlight() {
+            std::lock_guard<std::mutex> g(c->mu_);
+            c->tags_in_flight_.erase(tag);
+            c->in_flight_--;
+        }
+    } in_flight_guard{this, tag};
     const double t0 = net::now_seconds();
     // What the ring moves: elements, or whole quantized blocks.
     RingPlan plan;
@@ -266,12 +286,6 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
         plan.unit_bytes = plan.last_unit_bytes = dtype_size(dtype);
     }
     const size_t total_bytes = plan.byte_len(0, plan.units);
-    {
-        std::lock_guard<std::mutex> g(mu_);  // verdicts of earlier operations are of no use now
-        std::erase_if(inbox_, [](const Frame& f) {
-            return f.type == uint16_t(MsgType::kOpAbort) || f.type == uint16_t(MsgType::kOpCommit);
-        });
-    }
     wire::OpDesc desc{count, uint8_t(dtype), uint8_t(op), uint8_t(quant.kind), 0, 0, 0};
     if (quant.enabled()) {
         desc.qblock = quant.block;
@@ -298,14 +312,19 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
     const uint32_t rank = uint32_t(me - go.ring.begin());
 
     uint8_t* result = static_cast<uint8_t*>(output);
-    if (output == input) {  // in place: keep the input intact until the commit
-        if (scratch_.size() < total_bytes) scratch_.resize(total_bytes);
-        result = scratch_.data();
+    std::unique_ptr<uint8_t[]> scratch;
+    if (output == input && total_bytes) {  // in place: keep the input intact until the commit
+        scratch.reset(new uint8_t[total_bytes]);
+        result = scratch.get();
     }
     OpControl ctl(go.op_id);
+    Workers* workers;
     {
         std::lock_guard<std::mutex> g(mu_);
-        active_ = &ctl;
+        auto& w = workers_[go.slot];
+        if (!w) w = std::make_unique<Workers>();
+        workers = w.get();
+        active_[go.op_id] = &ctl;
         if (state_ == State::kBroken) ctl.fail(broken_kind_, broken_why_);
         for (const auto& fr : inbox_) {  // an abort that raced ahead of us
             if (fr.type == uint16_t(MsgType::kOpAbort)) {
@@ -326,12 +345,12 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
         plan.rank = rank;
         plan.stripes = stripes;
         plan.piece_bytes = cfg_.piece_bytes;
-        RingLinks links{&pool_, go.ring[(rank + 1) % world], go.ring[(rank + world - 1) % world], cfg_.connect_timeout,
-                        cfg_.data_timeout};
+        RingLinks links{&pool_, go.slot, go.ring[(rank + 1) % world], go.ring[(rank + world - 1) % world],
+                        cfg_.connect_timeout, cfg_.data_timeout};
         const Fold fold = make_fold(dtype, op, quant, count, go.op_id, exact);
         std::vector<StripeBytes> bytes(stripes);
         const auto* in = static_cast<const uint8_t*>(input);
-        workers_.run(stripes, [&](uint32_t j) { run_stripe(plan, j, fold, in, result, links, ctl, &bytes[j]); });
+        workers->run(stripes, [&](uint32_t j) { run_stripe(plan, j, fold, in, result, links, ctl, &bytes[j]); });
         for (const auto& b : bytes) {
             info.bytes_sent += b.sent;
             info.bytes_received += b.received;
@@ -339,12 +358,12 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
     }
     {
         std::lock_guard<std::mutex> g(mu_);
-        active_ = nullptr;
+        active_.erase(go.op_id);
     }
     ErrorKind kind;
     std::string why;
     if (ctl.failed(&kind, &why)) {
-        pool_.clear();
+        pool_.clear_slot(go.slot);
         // Report the local failure, then wait for the master's verdict: it names the root cause (which peer was
         // lost) and is the same on every peer. A broken link (eviction, lost master) raises from the wait.
         send_master(MsgType::kOpDone, wire::OpDone{go.op_id, 0, uint8_t(kind), why});
@@ -366,7 +385,7 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
         },
         -1, "the master's commit");
     if (f.type == uint16_t(MsgType::kOpAbort)) {
-        pool_.clear();
+        pool_.clear_slot(go.slot);
         auto m = wire::decode_payload<wire::OpAbort>(f.payload);
         throw CoreError(ErrorKind(m.kind), m.reason);
     }

@@ -1,6 +1,9 @@
 // One peer's handle on the job: its link to the master (HELLO, heartbeats, votes, operation agreement and
 // commit), its connection pool, and the all-reduce entry point.
 //
+// Many all-reduces may run at once (from different threads, with distinct tags); the master gives each running
+// one a connection slot of its own, so they never share a connection.
+//
 // Life of an all-reduce:
 //   1. OP_START(tag, descriptor) to the master; wait for OP_GO (ring, op id, stripes) or OP_REJECT.
 //   2. Run the stripes of the ring (ring.hpp) into a result buffer; the caller's input is never written.
@@ -13,6 +16,8 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -107,9 +112,10 @@ private:
     std::deque<Frame> inbox_;
     ErrorKind broken_kind_ = ErrorKind::kMasterUnreachable;
     std::string broken_why_;
-    OpControl* active_ = nullptr;  // the running operation, stopped on OP_ABORT / KICKED / a lost master
-    std::vector<uint8_t> scratch_;  // result buffer of in-place operations, reused
-    Workers workers_;               // threads that run stripes 1..k-1, kept across operations
+    std::map<uint64_t, OpControl*> active_;  // running operations by op id, stopped on OP_ABORT / KICKED / lost master
+    std::map<uint32_t, std::unique_ptr<Workers>> workers_;  // per connection slot: threads for stripes 1..k-1
+    std::atomic<uint32_t> in_flight_{0};     // all_reduce calls between OP_START and their end
+    std::set<uint64_t> tags_in_flight_;      // guarded by mu_
     std::atomic<bool> link_running_{false};
     net::Wakeup link_wake_;
     std::thread link_thread_;

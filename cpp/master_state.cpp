@@ -101,8 +101,9 @@ void MasterState::handle(uint64_t id, Conn& c, uint16_t type, const std::vector<
             return;
         case MsgType::kTopoRequest: {
             auto m = wire::decode_payload<wire::TopoRequest>(payload);
-            if (c.call != Call::kIdle) throw CoreError(ErrorKind::kProtocol, "update_topology during another call");
-            c.call = Call::kTopo;
+            if (c.in_topo || !c.op_tags.empty())
+                throw CoreError(ErrorKind::kProtocol, "update_topology with a collective in flight");
+            c.in_topo = true;
             c.topo_seq = m.seq;
             // Operations of its group that wait for this peer can never start now.
             for (auto op = ops_.begin(); op != ops_.end();) {
@@ -126,13 +127,14 @@ void MasterState::handle(uint64_t id, Conn& c, uint16_t type, const std::vector<
                                     "tag " + std::to_string(m.tag) + " is already in flight in this group"});
                 return;
             }
-            if (c.call != Call::kIdle) throw CoreError(ErrorKind::kProtocol, "OP_START during another call");
+            if (c.in_topo) throw CoreError(ErrorKind::kProtocol, "OP_START during update_topology");
+            if (c.op_tags.count(m.tag)) throw CoreError(ErrorKind::kProtocol, "OP_START twice for one tag");
             if (op == ops_.end()) {
                 op = ops_.emplace(key, Op{}).first;
                 op->second.group = c.group;
                 op->second.tag = m.tag;
             }
-            c.call = Call::kOp;
+            c.op_tags.insert(m.tag);
             op->second.started[id] = m.desc;
             try_start(op, out);
             return;
@@ -164,7 +166,7 @@ void MasterState::try_complete_topology(Actions& out) {
     for (const auto& [id, c] : conns_) {
         if (!c.accepted) continue;
         accepted++;
-        if (c.call != Call::kTopo) return;  // someone is still computing: the vote waits
+        if (!c.in_topo) return;  // someone is still computing: the vote waits
     }
     if (accepted == 0 && pending_count() == 0) return;
     std::vector<uint64_t> newcomers;
@@ -181,12 +183,12 @@ void MasterState::try_complete_topology(Actions& out) {
     for (auto& [id, c] : conns_) {
         if (!c.accepted) continue;
         wire::TopoResult r;
-        r.seq = c.call == Call::kTopo ? c.topo_seq : 0;
+        r.seq = c.in_topo ? c.topo_seq : 0;
         r.world_size = world;
         r.ring = ring_infos(group_ring(c.group));
         r.pending = 0;
         send(out, id, MsgType::kTopoResult, r);
-        c.call = Call::kIdle;
+        c.in_topo = false;
     }
     stats_.peers_accepted = world;
 }
@@ -201,7 +203,7 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
     auto ring = group_ring(op.group);
     // A member inside update_topology() can never start this operation: fail it now, whatever the ring order.
     for (uint64_t id : ring) {
-        if (conns_.at(id).call == Call::kTopo) {
+        if (conns_.at(id).in_topo) {
             fail_op(it, ErrorKind::kMismatch,
                     describe(id) + " is in update_topology() while others started all_reduce tag " +
                         std::to_string(op.tag) + ": collectives must be called in the same order",
@@ -223,16 +225,20 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
     op.running = true;
     op.op_id = next_op_id_++;
     op.members = ring;
+    std::set<uint32_t> taken;
+    for (const auto& [key, other] : ops_)
+        if (other.running && other.group == op.group && &other != &op) taken.insert(other.slot);
+    while (taken.count(op.slot)) op.slot++;
     uint32_t stripes = 1024;
     for (uint64_t id : ring) stripes = std::min(stripes, conns_.at(id).connections);
-    wire::OpGo go{op.tag, op.op_id, stripes, ring_infos(ring)};
+    wire::OpGo go{op.tag, op.op_id, stripes, ring_infos(ring), op.slot};
     for (uint64_t id : ring) send(out, id, MsgType::kOpGo, go);
 }
 
 void MasterState::finish_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator it, Actions& out) {
     for (uint64_t id : it->second.members) {
         send(out, id, MsgType::kOpCommit, wire::OpCommit{it->second.op_id});
-        conns_.at(id).call = Call::kIdle;
+        conns_.at(id).op_tags.erase(it->second.tag);
     }
     stats_.ops_committed++;
     ops_.erase(it);
@@ -245,14 +251,14 @@ void MasterState::fail_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator 
         for (uint64_t id : op.members) {
             if (!conns_.count(id)) continue;
             send(out, id, MsgType::kOpAbort, wire::OpAbort{op.op_id, uint8_t(kind), reason});
-            conns_.at(id).call = Call::kIdle;
+            conns_.at(id).op_tags.erase(op.tag);
         }
         stats_.ops_aborted++;
     } else {
         for (const auto& [id, d] : op.started) {
             if (!conns_.count(id)) continue;
             send(out, id, MsgType::kOpReject, wire::OpReject{op.tag, uint8_t(kind), reason});
-            conns_.at(id).call = Call::kIdle;
+            conns_.at(id).op_tags.erase(op.tag);
         }
         stats_.ops_rejected++;
     }

@@ -10,6 +10,9 @@
 //   group has announced the tag, the descriptors must be equal: then OP_GO carries the op id, the ring and the
 //   stripe count (the smallest connection count of the ring); otherwise OP_REJECT tells everyone what differed.
 //   A peer that sits in update_topology() while the others start an operation makes that operation fail too.
+// - Concurrency. A peer may have many operations in flight (distinct tags). Each running operation of a group
+//   gets a connection slot, the smallest one no other running operation of the group holds, so concurrent
+//   operations never share a connection; update_topology() is refused while a peer has operations in flight.
 // - Commit. Each member reports OP_DONE. When all report success, OP_COMMIT tells them to publish the result;
 //   a failure report, or a member that disconnects or is evicted, turns the operation into OP_ABORT for all, so
 //   no peer ever keeps a result that another peer threw away.
@@ -60,7 +63,6 @@ public:
     size_t connection_count() const { return conns_.size(); }
 
 private:
-    enum class Call : uint8_t { kIdle, kTopo, kOp };
     struct Conn {
         std::string addr;
         double since = 0, last_seen = 0;
@@ -68,14 +70,16 @@ private:
         uint32_t group = 0, connections = 1;
         uint64_t admitted_seq = 0;
         wire::PeerInfo info;
-        Call call = Call::kIdle;
+        bool in_topo = false;            // inside update_topology()
         uint64_t topo_seq = 0;
+        std::set<uint64_t> op_tags;      // operations this peer has started and not yet seen end
     };
     struct Op {
         uint32_t group = 0;
         uint64_t tag = 0;
         bool running = false;
         uint64_t op_id = 0;
+        uint32_t slot = 0;  // which set of pooled connections it runs on (concurrent operations do not share)
         std::map<uint64_t, wire::OpDesc> started;  // peer -> descriptor it announced
         std::vector<uint64_t> members;             // ring order once running
         std::set<uint64_t> done;

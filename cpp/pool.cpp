@@ -28,14 +28,14 @@ void ConnPool::stop() {
     clear();
 }
 
-ConnPtr ConnPool::outgoing(const wire::PeerInfo& to, uint32_t index, double connect_timeout) {
+ConnPtr ConnPool::outgoing(const wire::PeerInfo& to, uint32_t slot, uint32_t index, double connect_timeout) {
     {
         std::lock_guard<std::mutex> g(mu_);
-        auto it = conns_.find({to.id, index, true});
+        auto it = conns_.find({to.id, slot, index, true});
         if (it != conns_.end()) return it->second;
     }
     int fd = net::connect_to(net::Address{to.host, to.port}, connect_timeout);
-    auto hello = wire::frame(wire::MsgType::kPeerHello, wire::PeerHello{self_, to.id, index});
+    auto hello = wire::frame(wire::MsgType::kPeerHello, wire::PeerHello{self_, to.id, index, slot});
     int err = 0;
     if (!net::send_all(fd, hello.data(), hello.size(), &err)) {
         net::close_fd(fd);
@@ -46,26 +46,36 @@ ConnPtr ConnPool::outgoing(const wire::PeerInfo& to, uint32_t index, double conn
     auto c = std::make_shared<Conn>();
     c->fd = fd;
     c->peer = to.id;
+    c->slot = slot;
     c->index = index;
     c->outgoing = true;
     std::lock_guard<std::mutex> g(mu_);
-    auto& slot = conns_[{to.id, index, true}];
-    if (slot) ::shutdown(slot->fd, SHUT_RDWR);
-    slot = c;
+    auto& entry = conns_[{to.id, slot, index, true}];
+    if (entry) ::shutdown(entry->fd, SHUT_RDWR);
+    entry = c;
     return c;
 }
 
-ConnPtr ConnPool::incoming(uint64_t from, uint32_t index) {
+ConnPtr ConnPool::incoming(uint64_t from, uint32_t slot, uint32_t index) {
     std::lock_guard<std::mutex> g(mu_);
-    auto it = conns_.find({from, index, false});
+    auto it = conns_.find({from, slot, index, false});
     return it == conns_.end() ? nullptr : it->second;
 }
 
 void ConnPool::discard(const ConnPtr& c) {
     std::lock_guard<std::mutex> g(mu_);
-    auto it = conns_.find({c->peer, c->index, c->outgoing});
+    auto it = conns_.find({c->peer, c->slot, c->index, c->outgoing});
     if (it != conns_.end() && it->second == c) conns_.erase(it);
     ::shutdown(c->fd, SHUT_RDWR);
+}
+
+void ConnPool::clear_slot(uint32_t slot) {
+    std::lock_guard<std::mutex> g(mu_);
+    for (auto it = conns_.begin(); it != conns_.end();) {
+        if (it->second->slot != slot) { ++it; continue; }
+        ::shutdown(it->second->fd, SHUT_RDWR);
+        it = conns_.erase(it);
+    }
 }
 
 void ConnPool::clear() {
@@ -86,7 +96,7 @@ void ConnPool::retain(const std::set<uint64_t>& peers) {
 std::vector<ConnStat> ConnPool::stats() const {
     std::lock_guard<std::mutex> g(mu_);
     std::vector<ConnStat> out;
-    for (const auto& [key, c] : conns_) out.push_back({c->peer, c->index, c->outgoing, c->bytes.load()});
+    for (const auto& [key, c] : conns_) out.push_back({c->peer, c->slot, c->index, c->outgoing, c->bytes.load()});
     return out;
 }
 
@@ -97,7 +107,7 @@ struct Handshake {
     int fd = -1;
     std::string who;
     double deadline = 0;
-    uint8_t buf[wire::kHeaderSize + 20] = {};
+    uint8_t buf[wire::kHeaderSize + 24] = {};
     size_t got = 0;
 };
 }  // namespace
@@ -137,11 +147,11 @@ void ConnPool::accept_loop() {
             try {
                 if (h.got >= wire::kHeaderSize) {
                     wire::Header hdr = wire::decode_header(h.buf);
-                    if (hdr.type != uint16_t(wire::MsgType::kPeerHello) || hdr.length != 20)
+                    if (hdr.type != uint16_t(wire::MsgType::kPeerHello) || hdr.length != 24)
                         throw CoreError(ErrorKind::kProtocol, "expected PEER_HELLO, got type " + std::to_string(hdr.type));
                 }
                 if (h.got < sizeof(h.buf)) continue;
-                wire::Reader r(h.buf + wire::kHeaderSize, 20);
+                wire::Reader r(h.buf + wire::kHeaderSize, 24);
                 auto hello = wire::decode<wire::PeerHello>(r);
                 if (hello.to != self_)
                     throw CoreError(ErrorKind::kProtocol, "PEER_HELLO for peer " + std::to_string(hello.to) +
@@ -149,12 +159,13 @@ void ConnPool::accept_loop() {
                 auto c = std::make_shared<Conn>();
                 c->fd = h.fd;
                 c->peer = hello.from;
+                c->slot = hello.slot;
                 c->index = hello.index;
                 h.fd = -1;  // owned by the pool now
                 std::lock_guard<std::mutex> g(mu_);
-                auto& slot = conns_[{c->peer, c->index, false}];
-                if (slot) ::shutdown(slot->fd, SHUT_RDWR);
-                slot = c;
+                auto& entry = conns_[{c->peer, c->slot, c->index, false}];
+                if (entry) ::shutdown(entry->fd, SHUT_RDWR);
+                entry = c;
             } catch (const CoreError& e) {
                 reject(h, e.what());
             }

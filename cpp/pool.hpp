@@ -25,6 +25,7 @@ namespace pccl {
 struct Conn {
     int fd = -1;
     uint64_t peer = 0;
+    uint32_t slot = 0;  // concurrent operations run on different slots (the master assigns them)
     uint32_t index = 0;
     bool outgoing = false;
     std::atomic<uint64_t> bytes{0};  // bytes moved on this connection, for diagnostics
@@ -37,6 +38,7 @@ using ConnPtr = std::shared_ptr<Conn>;
 
 struct ConnStat {
     uint64_t peer;
+    uint32_t slot;
     uint32_t index;
     bool outgoing;
     uint64_t bytes;
@@ -50,13 +52,15 @@ public:
     void stop();
     void set_self(uint64_t id) { self_ = id; }
 
-    // The outgoing connection `index` to `to`, opened (and greeted) now if there is none.
-    ConnPtr outgoing(const wire::PeerInfo& to, uint32_t index, double connect_timeout);
-    // The incoming connection `index` from peer `from`, or null if it has not arrived yet.
-    ConnPtr incoming(uint64_t from, uint32_t index);
+    // The outgoing connection (slot, index) to `to`, opened (and greeted) now if there is none.
+    ConnPtr outgoing(const wire::PeerInfo& to, uint32_t slot, uint32_t index, double connect_timeout);
+    // The incoming connection (slot, index) from peer `from`, or null if it has not arrived yet.
+    ConnPtr incoming(uint64_t from, uint32_t slot, uint32_t index);
     // Closes one connection (found stale or broken) so that a replacement can take its place.
     void discard(const ConnPtr& c);
-    // Closes every connection: after an aborted operation, or on shutdown.
+    // Closes the connections of one slot, after an operation on it aborted: the next one starts fresh.
+    void clear_slot(uint32_t slot);
+    // Closes every connection: on shutdown.
     void clear();
     // Closes connections to and from peers that are no longer in the ring.
     void retain(const std::set<uint64_t>& peers);
@@ -66,7 +70,7 @@ public:
 private:
     void accept_loop();
     mutable std::mutex mu_;
-    std::map<std::tuple<uint64_t, uint32_t, bool>, ConnPtr> conns_;  // (peer, index, outgoing)
+    std::map<std::tuple<uint64_t, uint32_t, uint32_t, bool>, ConnPtr> conns_;  // (peer, slot, index, outgoing)
     std::atomic<uint64_t> self_{0};
     std::atomic<uint64_t> dropped_{0};
     int listen_fd_ = -1;

@@ -71,7 +71,7 @@ public:
         skip_empty(&r_step_);
         if (s_step_ >= steps_ && r_step_ >= steps_) return;
         try {
-            out_ = links_.pool->outgoing(links_.next, j_, links_.connect_timeout);
+            out_ = links_.pool->outgoing(links_.next, links_.slot, j_, links_.connect_timeout);
         } catch (const CoreError& e) {
             ctl_.fail(ErrorKind::kPeerLost, e.what());
             return;
@@ -139,7 +139,7 @@ private:
 
     bool receive(bool* progressed) {
         if (!in_) {
-            in_ = links_.pool->incoming(links_.prev.id, j_);
+            in_ = links_.pool->incoming(links_.prev.id, links_.slot, j_);
             in_bytes_ = 0;
             if (!in_) return true;
         }

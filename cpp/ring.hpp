@@ -87,6 +87,7 @@ private:
 
 struct RingLinks {
     ConnPool* pool = nullptr;
+    uint32_t slot = 0;
     wire::PeerInfo next;
     wire::PeerInfo prev;
     double connect_timeout = 10.0;

@@ -123,14 +123,14 @@ static void encode_ring(Writer& w, const std::vector<PeerInfo>& ring) {
 }
 void encode(Writer& w, const TopoResult& m) { w.u64(m.seq); w.u32(m.world_size); w.u32(m.pending); encode_ring(w, m.ring); }
 void encode(Writer& w, const OpStart& m) { w.u64(m.tag); encode(w, m.desc); }
-void encode(Writer& w, const OpGo& m) { w.u64(m.tag); w.u64(m.op_id); w.u32(m.stripes); encode_ring(w, m.ring); }
+void encode(Writer& w, const OpGo& m) { w.u64(m.tag); w.u64(m.op_id); w.u32(m.stripes); encode_ring(w, m.ring); w.u32(m.slot); }
 void encode(Writer& w, const OpReject& m) { w.u64(m.tag); w.u8(m.kind); w.str(m.reason); }
 void encode(Writer& w, const OpDone& m) { w.u64(m.op_id); w.u8(m.ok); w.u8(m.kind); w.str(m.reason); }
 void encode(Writer& w, const OpCommit& m) { w.u64(m.op_id); }
 void encode(Writer& w, const OpAbort& m) { w.u64(m.op_id); w.u8(m.kind); w.str(m.reason); }
 void encode(Writer& w, const PendingReply& m) { w.u32(m.pending); }
 void encode(Writer& w, const Kicked& m) { w.str(m.reason); }
-void encode(Writer& w, const PeerHello& m) { w.u64(m.from); w.u64(m.to); w.u32(m.index); }
+void encode(Writer& w, const PeerHello& m) { w.u64(m.from); w.u64(m.to); w.u32(m.index); w.u32(m.slot); }
 void encode(Writer& w, const DataHeader& m) { w.u64(m.op_id); w.u32(m.step); w.u32(m.stripe); w.u64(m.offset); }
 
 static std::vector<PeerInfo> decode_ring(Reader& r);
@@ -191,6 +191,7 @@ template <> OpGo decode<OpGo>(Reader& r) {
     m.op_id = r.u64();
     m.stripes = r.u32();
     m.ring = decode_ring(r);
+    m.slot = r.u32();
     return m;
 }
 template <> OpReject decode<OpReject>(Reader& r) {
@@ -223,6 +224,7 @@ template <> PeerHello decode<PeerHello>(Reader& r) {
     m.from = r.u64();
     m.to = r.u64();
     m.index = r.u32();
+    m.slot = r.u32();
     return m;
 }
 template <> DataHeader decode<DataHeader>(Reader& r) {

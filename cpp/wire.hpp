@@ -94,14 +94,14 @@ struct HeartbeatAck { uint32_t pending = 0; };
 struct TopoRequest { uint64_t seq = 0; };
 struct TopoResult { uint64_t seq = 0; uint32_t world_size = 0; uint32_t pending = 0; std::vector<PeerInfo> ring; };
 struct OpStart { uint64_t tag = 0; OpDesc desc; };
-struct OpGo { uint64_t tag = 0; uint64_t op_id = 0; uint32_t stripes = 1; std::vector<PeerInfo> ring; };
+struct OpGo { uint64_t tag = 0; uint64_t op_id = 0; uint32_t stripes = 1; std::vector<PeerInfo> ring; uint32_t slot = 0; };
 struct OpReject { uint64_t tag = 0; uint8_t kind = 0; std::string reason; };
 struct OpDone { uint64_t op_id = 0; uint8_t ok = 0; uint8_t kind = 0; std::string reason; };
 struct OpCommit { uint64_t op_id = 0; };
 struct OpAbort { uint64_t op_id = 0; uint8_t kind = 0; std::string reason; };
 struct PendingReply { uint32_t pending = 0; };
 struct Kicked { std::string reason; };
-struct PeerHello { uint64_t from = 0; uint64_t to = 0; uint32_t index = 0; };
+struct PeerHello { uint64_t from = 0; uint64_t to = 0; uint32_t index = 0; uint32_t slot = 0; };
 // Precedes each piece of payload on a data connection; the piece's length is the frame length minus this.
 struct DataHeader { uint64_t op_id = 0; uint32_t step = 0; uint32_t stripe = 0; uint64_t offset = 0; };
 constexpr size_t kDataHeaderSize = 24;

@@ -8,11 +8,12 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core, arrays
+from . import concurrent as _concurrent
 from . import quantization as _quantization
 from . import tree as _tree
 from .quantization import Quantization
 from .dtypes import FLOAT_DTYPES, dtype_code, op_code
-from .errors import InvalidArgumentError, PCCLError, UnsupportedDTypeError
+from .errors import CommunicatorStateError, InvalidArgumentError, PCCLError, UnsupportedDTypeError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Communicator:
             master_timeout, data_timeout, piece_bytes,
         )
         self.last_info: Optional[AllReduceInfo] = None
+        self._concurrency = _concurrent.Concurrency(self)
 
     # -- membership ---------------------------------------------------------------------------------------------
     def connect(self, timeout: Optional[float] = None) -> "Communicator":
@@ -82,7 +84,14 @@ class Communicator:
         return self
 
     def update_topology(self) -> None:
-        """Collective over all accepted peers: admits pending peers and rewires the ring."""
+        """Collective over all accepted peers: admits pending peers and rewires the ring.
+
+        Raises:
+            CommunicatorStateError: async operations are in flight (wait for their handles first).
+        """
+        if self._concurrency.in_flight():
+            raise CommunicatorStateError(f"update_topology() while {self._concurrency.in_flight()} async "
+                                         "all-reduce(s) are in flight: wait for their handles first")
         self._core.update_topology()
 
     def are_peers_pending(self) -> bool:
@@ -113,7 +122,9 @@ class Communicator:
         return self._core.connection_stats()
 
     def close(self) -> None:
-        """Leaves the job gracefully: the others see a smaller world, not an error."""
+        """Leaves the job gracefully: the others see a smaller world, not an error. Waits for async
+        operations in flight to end first."""
+        self._concurrency.shutdown()
         self._core.close()
 
     def __enter__(self) -> "Communicator":
@@ -210,6 +221,32 @@ class Communicator:
         self.last_info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
                                        info.stripes, info.op_id)
         return (result, self.last_info) if return_info else result
+
+    def all_reduce_async(self, x: Any, op: str = "sum", out: Any = None, *, tag: Optional[int] = None,
+                         quantization=None) -> "_concurrent.AllReduceHandle":
+        """Starts an all-reduce and returns at once; ``handle.wait()`` gives the result.
+
+        Many may be in flight (tested with 16) while Python keeps computing. Every peer must start the same
+        operations with the same tags; without ``tag`` a per-communicator counter assigns one, which agrees
+        across peers when they start their async operations in the same order. Do not touch ``x`` (or ``out``)
+        until the handle is done. ``update_topology()`` refuses to run while operations are in flight.
+
+        Raises:
+            InvalidArgumentError: the tag is already in flight on this communicator.
+        """
+        return self._concurrency.submit(x, op, out, tag, quantization)
+
+    def all_reduce_many(self, arrays, op: str = "sum", *, outs=None, max_in_flight: int = 4, retries: int = 3,
+                        tag_base: int = 1 << 48, quantization=None) -> list:
+        """All-reduces every array of a list, ``max_in_flight`` at a time, retrying the ones a lost peer
+        failed (``retries`` times each, on the smaller ring) without redoing those that committed.
+
+        Returns:
+            the results in order; each one committed on every peer of its ring.
+        Raises:
+            the first non-retryable error, or a retryable one after ``retries`` attempts of the same array.
+        """
+        return self._concurrency.many(list(arrays), op, outs, max_in_flight, retries, tag_base, quantization)
 
     def all_reduce_tree(self, tree: Any, op: str = "sum", *, inplace: bool = False, tag: int = 0) -> Any:
         """All-reduces every leaf of a pytree: one operation per dtype, leaves packed into one buffer each.

@@ -323,3 +323,19 @@ def quantized(ctx: Context) -> dict:
     out["plain_bytes_sent"] = info.bytes_sent
     comm.close()
     return out
+
+
+def many_with_kill(ctx: Context) -> dict:
+    """all_reduce_many over arrays of known contributions while the victim SIGKILLs itself midway; each
+    survivor reports, per array, the single value it holds (or that it is not uniform)."""
+    a = ctx.args
+    count, n, victim = a["count"], a["n"], a["victim"]
+    comm = ctx.join(ctx.comm(connections=2))
+    arrays = [np.full(n, float((ctx.rank + 1) * (i + 1)), dtype=np.float64) for i in range(count)]
+    comm.all_reduce(np.ones(8))  # warm-up: connections open
+    if ctx.rank == victim:
+        _die_when_busy(comm, a["kill_after_bytes"], signal.SIGKILL, ctx.out / "stamp")
+    results = comm.all_reduce_many(arrays, "sum", max_in_flight=a["max_in_flight"], retries=3)
+    values = [float(r[0]) if np.all(r == r[0]) else None for r in results]
+    comm.close()
+    return {"values": values}

@@ -461,10 +461,28 @@ def test_pending_peer_may_only_wait(m):
 def test_calls_out_of_order_close_the_connection(m):
     m.join([1, 2])
     assert m.msg(1, "topo_request", seq=1) == []  # waits for peer 2's vote
-    assert "another call" in closed(m.msg(1, "op_start", tag=1, **DESC))[1]
+    assert "during update_topology" in closed(m.msg(1, "op_start", tag=1, **DESC))[1]
     assert set(sends(m.msg(2, "op_start", tag=1, **DESC), "op_go")) == {2}  # alone in the ring now
-    assert "another call" in closed(m.msg(2, "topo_request", seq=1))[2]
+    assert "in flight" in closed(m.msg(2, "topo_request", seq=1))[2]
     assert m.stats()["dropped_connections"] == 2
+
+
+def test_concurrent_operations_get_distinct_slots_and_a_tag_twice_is_refused(m):
+    m.join([1, 2])
+    go = {}
+    for tag in (5, 6, 7):
+        m.msg(1, "op_start", tag=tag, **DESC)
+        go[tag] = sends(m.msg(2, "op_start", tag=tag, **DESC), "op_go")
+    slots = {tag: msgs[1]["slot"] for tag, msgs in go.items()}
+    assert sorted(slots.values()) == [0, 1, 2]  # three running at once: three connection slots
+    for peer in (1, 2):  # tag 6 ends: its slot is free again for the next operation
+        m.msg(peer, "op_done", op_id=go[6][1]["op_id"], ok=1)
+    m.msg(1, "op_start", tag=8, **DESC)
+    assert sends(m.msg(2, "op_start", tag=8, **DESC), "op_go")[1]["slot"] == slots[6]
+    rejected = sends(m.msg(1, "op_start", tag=5, **DESC), "op_reject")  # tag 5 still runs: refused for peer 1 only
+    assert list(rejected) == [1] and "in flight" in rejected[1]["reason"]
+    m.msg(1, "op_start", tag=9, **DESC)
+    assert "twice" in closed(m.msg(1, "op_start", tag=9, **DESC))[1]  # a tag this peer already announced
 
 
 def test_unknown_type_names_are_refused_before_the_master(m):

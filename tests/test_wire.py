@@ -44,7 +44,7 @@ SAMPLES = {
     "topo_result": {"seq": 12, "world_size": 5, "pending": 1, "ring": RING},
     "op_start": {"tag": 99, "count": 2**40 + 3, "dtype": 9, "op": 1, "quant": 2, "qblock": 1024, "qround": 1,
                  "qseed": 7},
-    "op_go": {"tag": 99, "op_id": 17, "stripes": 4, "ring": RING},
+    "op_go": {"tag": 99, "op_id": 17, "stripes": 4, "ring": RING, "slot": 3},
     "op_reject": {"tag": 99, "kind": 6, "reason": "peers started different operations"},
     "op_done": {"op_id": 17, "ok": 0, "kind": 2, "reason": "peer 3 lost"},
     "op_commit": {"op_id": 17},
@@ -53,7 +53,7 @@ SAMPLES = {
     "pending_reply": {"pending": 2},
     "leave": {},
     "kicked": {"reason": "silent for more than 10 s"},
-    "peer_hello": {"from": 3, "to": 4, "index": 2},
+    "peer_hello": {"from": 3, "to": 4, "index": 2, "slot": 5},
     "data": {"op_id": 17, "step": 3, "stripe": 1, "offset": 2**33, "payload": b"\x00\x01\xfe\xff" * 5},
 }
 assert set(SAMPLES) == set(TYPE_CODES)
@@ -101,7 +101,7 @@ def expected_payload(type_name: str, f: dict) -> bytes:
             return struct.pack("<QQBBBIBI", f["tag"], f["count"], f["dtype"], f["op"], f["quant"], f["qblock"],
                                f["qround"], f["qseed"])
         case "op_go":
-            return struct.pack("<QQI", f["tag"], f["op_id"], f["stripes"]) + wring(f["ring"])
+            return struct.pack("<QQI", f["tag"], f["op_id"], f["stripes"]) + wring(f["ring"]) + struct.pack("<I", f["slot"])
         case "op_reject":
             return struct.pack("<QB", f["tag"], f["kind"]) + wstr(f["reason"])
         case "op_done":
@@ -113,7 +113,7 @@ def expected_payload(type_name: str, f: dict) -> bytes:
         case "kicked":
             return wstr(f["reason"])
         case "peer_hello":
-            return struct.pack("<QQI", f["from"], f["to"], f["index"])
+            return struct.pack("<QQII", f["from"], f["to"], f["index"], f["slot"])
         case "data":
             return struct.pack("<QIIQ", f["op_id"], f["step"], f["stripe"], f["offset"]) + f["payload"]
     raise AssertionError(type_name)
@@ -183,7 +183,7 @@ def test_extreme_values_round_trip():
         "topo_result": {"seq": 2**64 - 1, "world_size": 2**32 - 1, "pending": 2**32 - 1, "ring": ring},
         "op_start": {"tag": 2**64 - 1, "count": 2**64 - 1, "dtype": 255, "op": 255, "quant": 255,
                      "qblock": 2**32 - 1, "qround": 255, "qseed": 2**32 - 1},
-        "op_go": {"tag": 0, "op_id": 2**64 - 1, "stripes": 2**32 - 1, "ring": []},
+        "op_go": {"tag": 0, "op_id": 2**64 - 1, "stripes": 2**32 - 1, "ring": [], "slot": 2**32 - 1},
         "kicked": {"reason": "é" * (MAX_STRING // 2)},  # 4096 bytes of UTF-8
         "data": {"op_id": 2**64 - 1, "step": 2**32 - 1, "stripe": 2**32 - 1, "offset": 2**64 - 1, "payload": b""},
     }
@@ -397,7 +397,7 @@ FIELDS = {
     "topo_result": {"seq": u64, "world_size": u32, "pending": u32, "ring": ring},
     "op_start": {"tag": u64, "count": u64, "dtype": u8, "op": u8, "quant": u8, "qblock": u32, "qround": u8,
                  "qseed": u32},
-    "op_go": {"tag": u64, "op_id": u64, "stripes": u32, "ring": ring},
+    "op_go": {"tag": u64, "op_id": u64, "stripes": u32, "ring": ring, "slot": u32},
     "op_reject": {"tag": u64, "kind": u8, "reason": text},
     "op_done": {"op_id": u64, "ok": u8, "kind": u8, "reason": text},
     "op_commit": {"op_id": u64},
@@ -406,7 +406,7 @@ FIELDS = {
     "pending_reply": {"pending": u32},
     "leave": {},
     "kicked": {"reason": text},
-    "peer_hello": {"from": u64, "to": u64, "index": u32},
+    "peer_hello": {"from": u64, "to": u64, "index": u32, "slot": u32},
     "data": {"op_id": u64, "step": u32, "stripe": u32, "offset": u64, "payload": st.binary(max_size=64)},
 }
 assert set(FIELDS) == set(TYPE_CODES)
