@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 from . import _core
 from .dtypes import dtype_code
-from .errors import InvalidArgumentError, UnsupportedDTypeError
+from .errors import InvalidArgumentError
 
 DL_CPU, DL_CUDA, DL_CUDA_HOST, DL_CUDA_MANAGED = 1, 2, 3, 13
 HOST_DEVICES = (DL_CPU, DL_CUDA_HOST)
