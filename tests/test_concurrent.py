@@ -4,7 +4,6 @@ and all_reduce_many that survives a peer killed midway without reporting a parti
 from __future__ import annotations
 
 import signal
-import time
 
 import numpy as np
 import pytest
