@@ -311,19 +311,13 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
     if (me == go.ring.end()) throw CoreError(ErrorKind::kProtocol, "the master started an operation without this peer");
     const uint32_t rank = uint32_t(me - go.ring.begin());
 
-    uint8_t* result = static_cast<uint8_t*>(output);
-    std::unique_ptr<uint8_t[]> scratch;
-    if (output == input && total_bytes) {  // in place: keep the input intact until the commit
-        scratch.reset(new uint8_t[total_bytes]);
-        result = scratch.get();
-    }
     OpControl ctl(go.op_id);
-    Workers* workers;
+    SlotResources* res;
     {
         std::lock_guard<std::mutex> g(mu_);
-        auto& w = workers_[go.slot];
-        if (!w) w = std::make_unique<Workers>();
-        workers = w.get();
+        auto& r = slots_[go.slot];
+        if (!r) r = std::make_unique<SlotResources>();
+        res = r.get();
         active_[go.op_id] = &ctl;
         if (state_ == State::kBroken) ctl.fail(broken_kind_, broken_why_);
         for (const auto& fr : inbox_) {  // an abort that raced ahead of us
@@ -332,6 +326,17 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
                 if (m.op_id == go.op_id) ctl.fail(ErrorKind(m.kind), m.reason);
             }
         }
+    }
+    // The master may hand this slot to our next operation as soon as it commits this one, while we still copy
+    // the result out of the slot's scratch: the next one waits here for that copy.
+    std::unique_lock<std::mutex> slot_lock(res->mu);
+    uint8_t* result = static_cast<uint8_t*>(output);
+    if (output == input && total_bytes) {  // in place: keep the input intact until the commit
+        if (res->scratch_bytes < total_bytes) {
+            res->scratch.reset(new uint8_t[total_bytes]);
+            res->scratch_bytes = total_bytes;
+        }
+        result = res->scratch.get();
     }
     OpInfo info;
     info.op_id = go.op_id;
@@ -350,7 +355,7 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
         const Fold fold = make_fold(dtype, op, quant, count, go.op_id, exact);
         std::vector<StripeBytes> bytes(stripes);
         const auto* in = static_cast<const uint8_t*>(input);
-        workers->run(stripes, [&](uint32_t j) { run_stripe(plan, j, fold, in, result, links, ctl, &bytes[j]); });
+        res->workers.run(stripes, [&](uint32_t j) { run_stripe(plan, j, fold, in, result, links, ctl, &bytes[j]); });
         for (const auto& b : bytes) {
             info.bytes_sent += b.sent;
             info.bytes_received += b.received;

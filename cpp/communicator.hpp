@@ -113,7 +113,15 @@ private:
     ErrorKind broken_kind_ = ErrorKind::kMasterUnreachable;
     std::string broken_why_;
     std::map<uint64_t, OpControl*> active_;  // running operations by op id, stopped on OP_ABORT / KICKED / lost master
-    std::map<uint32_t, std::unique_ptr<Workers>> workers_;  // per connection slot: threads for stripes 1..k-1
+    // Per connection slot (one running operation each): threads for stripes 1..k-1, and the result buffer of
+    // in-place operations, kept because fresh pages cost a fault each on first touch.
+    struct SlotResources {
+        std::mutex mu;  // held by the operation using the slot, until it has copied its result out
+        Workers workers;
+        std::unique_ptr<uint8_t[]> scratch;
+        size_t scratch_bytes = 0;
+    };
+    std::map<uint32_t, std::unique_ptr<SlotResources>> slots_;
     std::atomic<uint32_t> in_flight_{0};     // all_reduce calls between OP_START and their end
     std::set<uint64_t> tags_in_flight_;      // guarded by mu_
     std::atomic<bool> link_running_{false};

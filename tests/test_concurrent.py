@@ -32,6 +32,24 @@ def test_sixteen_async_all_reduces_in_flight_complete_correctly(master):
 
 
 @pytest.mark.timeout(60)
+def test_many_in_place_async_all_reduces_share_slots_safely(master):
+    """In place, each operation computes into its slot's scratch and copies out after the commit; the next
+    operation on the same slot must not overwrite the scratch before that copy."""
+    def fn(rank, c):
+        arrays = [np.full(300_000, float(k * 10 + rank), dtype=np.float64) for k in range(24)]
+        for _ in range(3):
+            handles = [c.all_reduce_async(a, out=a) for a in arrays]
+            for h in handles:
+                h.wait(30)
+        return arrays
+
+    for arrays in run_peers(master, 2, fn):
+        for k, a in enumerate(arrays):
+            # three in-place sums of two peers: (20k + 1) after one, then doubled twice
+            assert np.all(a == (20 * k + 1) * 4.0), k
+
+
+@pytest.mark.timeout(60)
 def test_async_all_reduce_overlaps_a_busy_python_loop(master):
     def fn(rank, c):
         x = np.full(8 << 20, rank + 1.0, dtype=np.float32)  # 32 MiB: long enough to overlap
