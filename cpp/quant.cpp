@@ -11,6 +11,15 @@
 
 namespace pccl {
 
+// The hot loops are compiled twice, for AVX2 and for the baseline, and the loader picks one per machine
+// (GCC target_clones). Both versions do the same IEEE operations in the same order, without fused
+// multiply-add (-ffp-contract=off), so they produce the same bytes.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define PCCL_SIMD __attribute__((target_clones("avx2", "default")))
+#else
+#define PCCL_SIMD
+#endif
+
 namespace {
 
 constexpr float kRneMagic = 12582912.0f;  // 1.5 * 2^23: (v + m) - m rounds 0 <= v < 2^22 to nearest even
@@ -40,7 +49,7 @@ inline float load_f32(const uint8_t* p) {
 }
 
 // Widens n elements of a floating dtype to float32 (exact, except float64 which rounds to nearest).
-void to_float(const void* x, DType t, size_t n, float* out) {
+PCCL_SIMD void to_float(const void* x, DType t, size_t n, float* out) {
     switch (t) {
         case DType::kFloat32: std::memcpy(out, x, n * 4); return;
         case DType::kFloat64: {
@@ -62,7 +71,7 @@ void to_float(const void* x, DType t, size_t n, float* out) {
     }
 }
 
-void from_float(const float* v, size_t n, DType t, void* out) {
+PCCL_SIMD void from_float(const float* v, size_t n, DType t, void* out) {
     switch (t) {
         case DType::kFloat32: std::memcpy(out, v, n * 4); return;
         case DType::kFloat64: {
@@ -92,7 +101,7 @@ struct Stochastic {
 // Quantizes one block of nb float32 values into dst (header + codes).
 // lo, hi and whether every value is finite, in one pass. Eight independent lanes let the compiler keep the
 // pass in vector registers; min and max are exact, so the lane order does not change the result.
-bool block_range(const float* v, size_t nb, float* lo_out, float* hi_out) {
+PCCL_SIMD bool block_range(const float* v, size_t nb, float* lo_out, float* hi_out) {
     constexpr size_t L = 8;
     float lo[L], hi[L];
     uint32_t bad[L] = {};
@@ -137,7 +146,7 @@ bool block_range(const float* v, size_t nb, float* lo_out, float* hi_out) {
     return any_bad == 0;
 }
 
-void encode_block(const float* v, size_t nb, QuantKind kind, const Stochastic& sr, uint8_t* dst) {
+PCCL_SIMD void encode_block(const float* v, size_t nb, QuantKind kind, const Stochastic& sr, uint8_t* dst) {
     float lo, hi;
     const bool finite = block_range(v, nb, &lo, &hi);
     uint8_t* codes = dst + kQuantHeader;
@@ -186,7 +195,7 @@ void encode_block(const float* v, size_t nb, QuantKind kind, const Stochastic& s
 }
 
 // Decodes one block into nb float32 values.
-void decode_block(const uint8_t* src, size_t nb, QuantKind kind, float* out) {
+PCCL_SIMD void decode_block(const uint8_t* src, size_t nb, QuantKind kind, float* out) {
     const float p0 = load_f32(src), p1 = load_f32(src + 4);
     const uint8_t* codes = src + kQuantHeader;
     if (kind == QuantKind::kMinMax) {
