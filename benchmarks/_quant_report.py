@@ -104,11 +104,4 @@ def print_report(doc: dict) -> None:
                         None: ""}[r.get("same_bytes_as_host")]
                 print(f"   {r['op']:<10} {r['kind'] or '':<9} {r['block'] or '':>5}: {g['median']:.1f} "
                       f"[{g['min']:.1f}-{g['max']:.1f}]{same}")
-    if doc["goals"]:
-        print("\nGoals (on this machine):")
-        for g in doc["goals"]:
-            print(f"  [{'met ' if g['met'] else 'MISS'}] {g['text']}")
-    for e in doc["errors"]:
-        print(f"ERROR: {e}")
-    for note in doc["notes"]:
-        print(f"NOTE: {note}")
+    _ar.print_footer(doc)

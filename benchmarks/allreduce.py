@@ -431,6 +431,11 @@ def print_table(doc: dict) -> None:
             ratio_g = f"{p['algbw_GBps']['median'] / g['algbw_GBps']['median']:9.3g}" if p and g else f"{'-':>9}"
             ratio_b = f"{p['algbw_GBps']['median'] / bound:10.3g}" if p and bound else f"{'-':>10}"
             print(f"{n:>2} {fmt_size(s):>8} {reps:>4} | {cell(p)} | {cell(g)} | {ratio_g} {ratio_b}")
+    print_footer(doc)
+
+
+def print_footer(doc: dict) -> None:
+    """Goals, errors and notes: the end of every benchmark's report."""
     if doc["goals"]:
         print("\nGoals (on this machine):")
         for g in doc["goals"]:
@@ -439,6 +444,16 @@ def print_table(doc: dict) -> None:
         print(f"ERROR: {e}")
     for note in doc["notes"]:
         print(f"NOTE: {note}")
+
+
+def save_and_report(doc: dict, out_path: str, t_start: float, report) -> None:
+    """Stamps the runtime, writes the JSON document and prints the report."""
+    doc["runtime_s"] = time.monotonic() - t_start
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    report(doc)
+    print(f"\nsaved {out} (runtime {doc['runtime_s']:.1f} s)")
 
 
 def evaluate_goals(doc: dict) -> list[dict]:
@@ -612,12 +627,7 @@ def main(argv=None) -> int:
                         errors.append(f"{name} N={n} {r['size']}: WRONG all-reduce result")
 
     doc["goals"] = evaluate_goals(doc)
-    doc["runtime_s"] = time.monotonic() - t_start
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
-    print_table(doc)
-    print(f"\nsaved {out} (runtime {doc['runtime_s']:.1f} s)")
+    save_and_report(doc, a.out, t_start, print_table)
     return 1 if errors else 0
 
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import hashlib
-import json
 import math
 import os
 import platform
@@ -792,12 +791,7 @@ def main(argv=None) -> int:
     doc["load_average"].append(("end", os.getloadavg()))
     doc["quiet_waits"] = QUIET_WAIT["waits"]
     doc["goals"] = evaluate_goals(doc)
-    doc["runtime_s"] = time.monotonic() - t_start
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
-    print_report(doc)
-    print(f"\nsaved {out} (runtime {doc['runtime_s']:.1f} s)")
+    _ar.save_and_report(doc, a.out, t_start, print_report)
     return 1 if errors else 0
 
 
