@@ -8,9 +8,11 @@
 #include "communicator.hpp"
 #include "codec.hpp"
 #include "dlpack.hpp"
+#include "hash.hpp"
 #include "master_server.hpp"
 #include "master_state.hpp"
 #include "reduce.hpp"
+#include "state_election.hpp"
 
 namespace py = pybind11;
 using namespace pccl;
@@ -26,6 +28,9 @@ py::dict stats_dict(const MasterStats& s) {
     d["evictions"] = s.evictions;
     d["dropped_connections"] = s.dropped_connections;
     d["topology_updates"] = s.topology_updates;
+    d["syncs_committed"] = s.syncs_committed;
+    d["syncs_aborted"] = s.syncs_aborted;
+    d["syncs_refused"] = s.syncs_refused;
     d["recent_drops"] = s.recent_drops;
     return d;
 }
@@ -95,6 +100,33 @@ PYBIND11_MODULE(_core, m) {
         .def("on_tick", [](MasterState& s, double now) { return actions_list(s.on_tick(now)); }, py::arg("now"))
         .def("stats", [](const MasterState& s) { return stats_dict(s.stats()); });
 
+    // The election of a shared-state sync as a pure function, for tests of its rules.
+    m.def("elect_state", [](const py::list& peers, py::object group_revision) {
+        std::vector<SyncPeer> in;
+        for (auto item : peers) {
+            auto p = item.cast<py::dict>();
+            SyncPeer s;
+            s.id = p["id"].cast<uint64_t>();
+            s.seniority = p.contains("seniority") ? p["seniority"].cast<uint64_t>() : s.id;
+            s.synced = p.contains("synced") && p["synced"].cast<bool>();
+            s.connections = p.contains("connections") ? p["connections"].cast<uint32_t>() : 1;
+            s.info = wire::PeerInfo{s.id, "127.0.0.1", uint16_t(1000 + s.id)};
+            s.start = sync_start_of(p);
+            in.push_back(std::move(s));
+        }
+        std::optional<uint64_t> rev;
+        if (!group_revision.is_none()) rev = group_revision.cast<uint64_t>();
+        SyncDecision d = elect_state(in, rev);
+        py::dict plans;
+        for (const auto& [id, plan] : d.plans) plans[py::int_(id)] = sync_plan_dict(plan);
+        return py::dict(py::arg("revision") = d.revision, py::arg("members") = d.members, py::arg("moves") = d.moves,
+                        py::arg("plans") = plans);
+    }, py::arg("peers"), py::arg("group_revision") = py::none());
+    m.def("content_hash", [](uintptr_t data, size_t n) {
+        py::gil_scoped_release release;
+        return content_hash(reinterpret_cast<const void*>(data), n);
+    }, py::arg("data_ptr"), py::arg("nbytes"), "The 64-bit content hash of shared state (docs/shared_state.md).");
+
     m.def("encode_frame", [](const std::string& type, const py::dict& fields) {
         auto [code, payload] = codec_encode(type, fields);
         std::vector<uint8_t> out(wire::kHeaderSize);
@@ -155,6 +187,31 @@ PYBIND11_MODULE(_core, m) {
              py::arg("input_ptr"), py::arg("output_ptr"), py::arg("count"), py::arg("dtype"), py::arg("op"), py::arg("tag"),
              py::arg("qkind") = 0, py::arg("qblock") = 0, py::arg("qround") = 0, py::arg("qseed") = 0,
              py::arg("exact_ptr") = 0)
+        .def("sync_state",
+             [](Communicator& c, const py::list& entries, const std::vector<uintptr_t>& ptrs, uint64_t revision,
+                uint8_t strategy) {
+                 std::vector<wire::StateEntry> es;
+                 std::vector<const uint8_t*> data;
+                 for (auto item : entries) es.push_back(sync_start_of(py::dict(py::arg("entries") = py::list(py::make_tuple(item)))).entries[0]);
+                 for (uintptr_t p : ptrs) data.push_back(reinterpret_cast<const uint8_t*>(p));
+                 SyncOutcome o;
+                 {
+                     py::gil_scoped_release release;
+                     o = c.sync_state(es, data, revision, strategy);
+                 }
+                 py::list buffers;
+                 for (size_t k = 0; k < o.fetched.size(); k++) {
+                     const auto& e = es[o.fetched[k]];
+                     std::vector<int64_t> shape(e.shape.begin(), e.shape.end());
+                     buffers.append(std::make_shared<dl::HostBuffer>(shape, int(e.dtype), o.buffers[k], size_t(e.nbytes)));
+                 }
+                 py::dict d;
+                 d["sync_id"] = o.sync_id; d["revision"] = o.revision; d["fetched"] = o.fetched; d["buffers"] = buffers;
+                 d["bytes_sent"] = o.bytes_sent; d["bytes_received"] = o.bytes_received; d["sent_to"] = o.sent_to;
+                 d["received_from"] = o.received_from; d["world_size"] = o.world_size; d["seconds"] = o.seconds;
+                 return d;
+             },
+             py::arg("entries"), py::arg("data_ptrs"), py::arg("revision"), py::arg("strategy"))
         .def("close", &Communicator::close, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("peer_id", &Communicator::peer_id)
         .def_property_readonly("world_size", &Communicator::world_size)

@@ -20,6 +20,7 @@ const std::vector<std::pair<MsgType, const char*>>& names() {
         {MsgType::kOpReject, "op_reject"}, {MsgType::kOpDone, "op_done"}, {MsgType::kOpCommit, "op_commit"},
         {MsgType::kOpAbort, "op_abort"}, {MsgType::kPendingRequest, "pending_request"},
         {MsgType::kPendingReply, "pending_reply"}, {MsgType::kLeave, "leave"}, {MsgType::kKicked, "kicked"},
+        {MsgType::kSyncStart, "sync_start"}, {MsgType::kSyncPlan, "sync_plan"},
         {MsgType::kPeerHello, "peer_hello"}, {MsgType::kData, "data"},
     };
     return n;
@@ -58,6 +59,72 @@ template <class T> std::vector<uint8_t> bytes_of(const T& m) {
 }
 
 }  // namespace
+
+wire::SyncStart sync_start_of(const py::dict& d) {
+    wire::SyncStart m{get<uint64_t>(d, "revision", 0), get<uint8_t>(d, "strategy", 0), {}};
+    if (d.contains("entries"))
+        for (auto item : d["entries"].cast<py::list>()) {
+            auto e = item.cast<py::dict>();
+            m.entries.push_back(wire::StateEntry{get<std::string>(e, "name", ""), get<uint8_t>(e, "dtype", 0),
+                                                 get<std::vector<uint64_t>>(e, "shape", {}), get<uint64_t>(e, "nbytes", 0),
+                                                 get<uint64_t>(e, "hash", 0), get<uint8_t>(e, "tolerate", 0)});
+        }
+    return m;
+}
+
+py::dict sync_start_dict(const wire::SyncStart& m) {
+    py::list entries;
+    for (const auto& e : m.entries)
+        entries.append(py::dict(py::arg("name") = e.name, py::arg("dtype") = e.dtype, py::arg("shape") = e.shape,
+                                py::arg("nbytes") = e.nbytes, py::arg("hash") = e.hash, py::arg("tolerate") = e.tolerate));
+    return py::dict(py::arg("revision") = m.revision, py::arg("strategy") = m.strategy, py::arg("entries") = entries);
+}
+
+wire::SyncPlan sync_plan_of(const py::dict& d) {
+    wire::SyncPlan m;
+    m.sync_id = get<uint64_t>(d, "sync_id", 0);
+    m.ok = get<uint8_t>(d, "ok", 1);
+    m.kind = get<uint8_t>(d, "kind", 0);
+    m.reason = get<std::string>(d, "reason", "");
+    m.revision = get<uint64_t>(d, "revision", 0);
+    m.commit_now = get<uint8_t>(d, "commit_now", 0);
+    m.fetch = get<std::vector<uint32_t>>(d, "fetch", {});
+    m.expect = get<std::vector<uint64_t>>(d, "expect", {});
+    if (d.contains("sends"))
+        for (auto item : d["sends"].cast<py::list>()) {
+            auto s = item.cast<py::dict>();
+            auto to = s["to"].cast<py::dict>();
+            m.sends.push_back(wire::SyncSend{
+                wire::PeerInfo{get<uint64_t>(to, "id", 0), get<std::string>(to, "host", ""), get<uint16_t>(to, "port", 0)},
+                get<std::vector<uint32_t>>(s, "fetch", {}), get<uint64_t>(s, "begin", 0), get<uint64_t>(s, "end", 0),
+                get<uint32_t>(s, "stripes", 1)});
+        }
+    if (d.contains("recvs"))
+        for (auto item : d["recvs"].cast<py::list>()) {
+            auto r = item.cast<py::dict>();
+            m.recvs.push_back(wire::SyncRecv{get<uint64_t>(r, "from", 0), get<uint64_t>(r, "begin", 0),
+                                             get<uint64_t>(r, "end", 0), get<uint32_t>(r, "stripes", 1)});
+        }
+    return m;
+}
+
+py::dict sync_plan_dict(const wire::SyncPlan& m) {
+    py::dict d;
+    d["sync_id"] = m.sync_id; d["ok"] = m.ok; d["kind"] = m.kind; d["reason"] = m.reason; d["revision"] = m.revision;
+    d["commit_now"] = m.commit_now; d["fetch"] = m.fetch; d["expect"] = m.expect;
+    py::list sends, recvs;
+    for (const auto& s : m.sends)
+        sends.append(py::dict(py::arg("to") = py::dict(py::arg("id") = s.to.id, py::arg("host") = s.to.host,
+                                                       py::arg("port") = s.to.port),
+                              py::arg("fetch") = s.fetch, py::arg("begin") = s.begin, py::arg("end") = s.end,
+                              py::arg("stripes") = s.stripes));
+    for (const auto& r : m.recvs)
+        recvs.append(py::dict(py::arg("from") = r.from, py::arg("begin") = r.begin, py::arg("end") = r.end,
+                              py::arg("stripes") = r.stripes));
+    d["sends"] = sends;
+    d["recvs"] = recvs;
+    return d;
+}
 
 std::string codec_type_name(uint16_t type) {
     for (const auto& [t, n] : names())
@@ -99,6 +166,8 @@ std::pair<uint16_t, std::vector<uint8_t>> codec_encode(const std::string& type, 
                                                         get<std::string>(d, "reason", "")})};
         case MsgType::kPendingReply: return {uint16_t(t), bytes_of(wire::PendingReply{get<uint32_t>(d, "pending", 0)})};
         case MsgType::kKicked: return {uint16_t(t), bytes_of(wire::Kicked{get<std::string>(d, "reason", "")})};
+        case MsgType::kSyncStart: return {uint16_t(t), bytes_of(sync_start_of(d))};
+        case MsgType::kSyncPlan: return {uint16_t(t), bytes_of(sync_plan_of(d))};
         case MsgType::kPeerHello:
             return {uint16_t(t), bytes_of(wire::PeerHello{get<uint64_t>(d, "from", 0), get<uint64_t>(d, "to", 0),
                                                           get<uint32_t>(d, "index", 0), get<uint32_t>(d, "slot", 0)})};
@@ -162,6 +231,8 @@ py::dict codec_decode(uint16_t type, const std::vector<uint8_t>& p) {
         }
         case MsgType::kPendingReply: d["pending"] = decode_payload<wire::PendingReply>(p).pending; break;
         case MsgType::kKicked: d["reason"] = decode_payload<wire::Kicked>(p).reason; break;
+        case MsgType::kSyncStart: d = sync_start_dict(decode_payload<wire::SyncStart>(p)); break;
+        case MsgType::kSyncPlan: d = sync_plan_dict(decode_payload<wire::SyncPlan>(p)); break;
         case MsgType::kPeerHello: {
             auto m = decode_payload<wire::PeerHello>(p);
             d["from"] = m.from; d["to"] = m.to; d["index"] = m.index; d["slot"] = m.slot;

@@ -100,7 +100,6 @@ void Communicator::require_accepted() const {
     if (state_ != State::kAccepted) throw CoreError(ErrorKind::kState, "communicator is not connected");
 }
 
-template <class T> void Communicator::send_master(MsgType type, const T& m) { send_raw(wire::frame(type, m)); }
 
 void Communicator::send_raw(const std::vector<uint8_t>& bytes) {
     std::lock_guard<std::mutex> g(send_mu_);
@@ -125,24 +124,6 @@ void Communicator::mark_broken(ErrorKind kind, const std::string& why) {
     for (auto& [id, ctl] : active_) ctl->fail(kind, why);
     cv_.notify_all();
     log_warn("peer " + std::to_string(peer_id_.load()) + ": " + why);
-}
-
-template <class Match> Communicator::Frame Communicator::wait_frame(Match match, double deadline, const char* what) {
-    std::unique_lock<std::mutex> lk(mu_);
-    for (;;) {
-        for (auto it = inbox_.begin(); it != inbox_.end(); ++it) {
-            if (match(*it)) {
-                Frame f = std::move(*it);
-                inbox_.erase(it);
-                return f;
-            }
-        }
-        if (state_ == State::kBroken) throw CoreError(broken_kind_, broken_why_);
-        if (state_ == State::kClosed) throw CoreError(ErrorKind::kState, "communicator closed");
-        const double now = net::now_seconds();
-        if (deadline >= 0 && now >= deadline) throw CoreError(ErrorKind::kTimeout, std::string("timed out waiting for ") + what);
-        cv_.wait_for(lk, std::chrono::milliseconds(100));
-    }
 }
 
 void Communicator::link_loop() {
@@ -205,9 +186,13 @@ void Communicator::link_loop() {
 
 void Communicator::update_topology() {
     require_accepted();
-    if (in_flight_ > 0)
-        throw CoreError(ErrorKind::kState, "update_topology() while " + std::to_string(in_flight_.load()) +
-                                               " all-reduce(s) are in flight: wait for them first");
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        if (in_flight_ > 0)
+            throw CoreError(ErrorKind::kState, "update_topology() while " + std::to_string(in_flight_.load()) +
+                                                   " all-reduce(s) are in flight: wait for them first");
+        if (syncing_) throw CoreError(ErrorKind::kState, "update_topology() while sync_shared_state() runs");
+    }
     const uint64_t seq = ++topo_seq_;
     send_master(MsgType::kTopoRequest, wire::TopoRequest{seq});
     Frame f = wait_frame(
@@ -260,6 +245,7 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
     require_accepted();
     {
         std::lock_guard<std::mutex> g(mu_);
+        if (syncing_) throw CoreError(ErrorKind::kState, "all_reduce() while sync_shared_state() runs on this peer");
         if (!tags_in_flight_.insert(tag).second)
             throw CoreError(ErrorKind::kInvalidArgument, "tag " + std::to_string(tag) +
                                                              " is already in flight on this communicator: use distinct tags");

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "dtype.hpp"
+#include "net.hpp"
 #include "pool.hpp"
 #include "quant.hpp"
 #include "ring.hpp"
@@ -54,6 +55,18 @@ struct OpInfo {
     double seconds = 0;
 };
 
+// What a shared-state sync did on this peer (state_sync.cpp).
+struct SyncOutcome {
+    uint64_t sync_id = 0;
+    uint64_t revision = 0;                          // the group's revision after the sync
+    std::vector<uint32_t> fetched;                  // entries received, by index
+    std::vector<std::shared_ptr<uint8_t>> buffers;  // their new bytes (64-byte aligned), published only on commit
+    uint64_t bytes_sent = 0, bytes_received = 0;    // state payload bytes
+    std::map<uint64_t, uint64_t> sent_to, received_from;  // payload bytes per peer
+    uint32_t world_size = 0;
+    double seconds = 0;
+};
+
 class Communicator {
 public:
     explicit Communicator(CommConfig config);
@@ -70,6 +83,10 @@ public:
     // input (count elements of dtype): each hop then adds it exactly instead of decoding our own blocks.
     OpInfo all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
                       const QuantConfig& quant = {}, const void* exact = nullptr);
+    // Collective shared-state sync (docs/shared_state.md): `entries` in name order with their hashes, `data` the
+    // bytes of each (read while holders send). Throws for a refused peer or a failed sync; nothing is written.
+    SyncOutcome sync_state(const std::vector<wire::StateEntry>& entries, const std::vector<const uint8_t*>& data,
+                           uint64_t revision, uint8_t strategy);
     void close();  // graceful leave
 
     uint64_t peer_id() const { return peer_id_; }
@@ -123,10 +140,33 @@ private:
     };
     std::map<uint32_t, std::unique_ptr<SlotResources>> slots_;
     std::atomic<uint32_t> in_flight_{0};     // all_reduce calls between OP_START and their end
+    bool syncing_ = false;                   // inside sync_state(); guarded by mu_
     std::set<uint64_t> tags_in_flight_;      // guarded by mu_
     std::atomic<bool> link_running_{false};
     net::Wakeup link_wake_;
     std::thread link_thread_;
 };
+
+template <class Match> inline Communicator::Frame Communicator::wait_frame(Match match, double deadline, const char* what) {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+        for (auto it = inbox_.begin(); it != inbox_.end(); ++it) {
+            if (match(*it)) {
+                Frame f = std::move(*it);
+                inbox_.erase(it);
+                return f;
+            }
+        }
+        if (state_ == State::kBroken) throw CoreError(broken_kind_, broken_why_);
+        if (state_ == State::kClosed) throw CoreError(ErrorKind::kState, "communicator closed");
+        const double now = net::now_seconds();
+        if (deadline >= 0 && now >= deadline) throw CoreError(ErrorKind::kTimeout, std::string("timed out waiting for ") + what);
+        cv_.wait_for(lk, std::chrono::milliseconds(100));
+    }
+}
+
+template <class T> inline void Communicator::send_master(wire::MsgType type, const T& m) {
+    send_raw(wire::frame(type, m));
+}
 
 }  // namespace pccl

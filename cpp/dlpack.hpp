@@ -78,6 +78,9 @@ private:
 class HostBuffer : public std::enable_shared_from_this<HostBuffer> {
 public:
     HostBuffer(std::vector<int64_t> shape, int dtype_code);
+    // Adopts memory the core allocated (64-byte aligned, at least the shape's bytes).
+    HostBuffer(std::vector<int64_t> shape, int dtype_code, std::shared_ptr<uint8_t> data, size_t nbytes)
+        : shape_(std::move(shape)), dtype_(dtype_code), nbytes_(nbytes), data_(std::move(data)) {}
     // The same memory seen as another dtype of the same width (bfloat16 words as uint16 for NumPy).
     static std::shared_ptr<HostBuffer> alias(const std::shared_ptr<HostBuffer>& other, int dtype_code);
     uintptr_t data() const { return reinterpret_cast<uintptr_t>(data_.get()); }

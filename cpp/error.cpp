@@ -16,6 +16,7 @@ const char* error_kind_name(ErrorKind kind) {
         case ErrorKind::kState: return "state";
         case ErrorKind::kNetwork: return "network";
         case ErrorKind::kTimeout: return "timeout";
+        case ErrorKind::kSharedState: return "shared_state";
     }
     return "unknown";
 }

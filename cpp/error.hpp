@@ -19,6 +19,7 @@ enum class ErrorKind : uint8_t {
     kState = 8,            // call made in the wrong state (not connected, closed, ...)
     kNetwork = 9,          // local socket failure that is not attributable to a peer (bind, listen)
     kTimeout = 10,         // a wait the caller bounded ran out
+    kSharedState = 11,     // a shared-state sync refused this peer: layout, revision or strategy rules
 };
 
 const char* error_kind_name(ErrorKind kind);

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "state_election.hpp"
+
 namespace pccl {
 
 using wire::MsgType;
@@ -101,10 +103,15 @@ void MasterState::handle(uint64_t id, Conn& c, uint16_t type, const std::vector<
             return;
         case MsgType::kTopoRequest: {
             auto m = wire::decode_payload<wire::TopoRequest>(payload);
-            if (c.in_topo || !c.op_tags.empty())
+            if (c.in_topo || !c.op_tags.empty() || c.in_sync)
                 throw CoreError(ErrorKind::kProtocol, "update_topology with a collective in flight");
             c.in_topo = true;
             c.topo_seq = m.seq;
+            if (syncs_pending_.count(c.group))
+                fail_pending_sync(c.group,
+                                  describe(id) + " called update_topology() while others called sync_shared_state(): "
+                                                 "collectives must be called in the same order",
+                                  out);
             // Operations of its group that wait for this peer can never start now.
             for (auto op = ops_.begin(); op != ops_.end();) {
                 auto cur = op++;
@@ -139,8 +146,42 @@ void MasterState::handle(uint64_t id, Conn& c, uint16_t type, const std::vector<
             try_start(op, out);
             return;
         }
+        case MsgType::kSyncStart: {
+            auto m = wire::decode_payload<wire::SyncStart>(payload);
+            if (c.in_topo || !c.op_tags.empty() || c.in_sync)
+                throw CoreError(ErrorKind::kProtocol, "SYNC_START with a collective in flight");
+            c.in_sync = true;
+            auto& sync = syncs_pending_[c.group];
+            sync.group = c.group;
+            sync.started[id] = std::move(m);
+            // Operations that wait for this peer, which now waits for them: both fail, on every peer.
+            std::string conflict;
+            for (auto op = ops_.begin(); op != ops_.end();) {
+                auto cur = op++;
+                if (cur->second.group != c.group || cur->second.running) continue;
+                conflict = describe(id) + " called sync_shared_state() while others started all_reduce tag " +
+                           std::to_string(cur->second.tag) + ": collectives must be called in the same order";
+                fail_op(cur, ErrorKind::kMismatch, conflict, out);
+            }
+            if (!conflict.empty()) fail_pending_sync(c.group, conflict, out);
+            else try_start_sync(c.group, out);
+            return;
+        }
         case MsgType::kOpDone: {
             auto m = wire::decode_payload<wire::OpDone>(payload);
+            auto sync = syncs_running_.find(m.op_id);
+            if (sync != syncs_running_.end()) {
+                auto& members = sync->second.members;
+                if (std::find(members.begin(), members.end(), id) == members.end()) return;
+                if (!m.ok) {
+                    abort_sync(sync, ErrorKind(m.kind ? m.kind : uint8_t(ErrorKind::kPeerLost)),
+                               describe(id) + " reported: " + m.reason, out);
+                } else {
+                    sync->second.done.insert(id);
+                    if (sync->second.done.size() == members.size()) finish_sync(sync, out);
+                }
+                return;
+            }
             for (auto op = ops_.begin(); op != ops_.end(); ++op) {
                 if (!op->second.running || op->second.op_id != m.op_id) continue;
                 auto& members = op->second.members;
@@ -203,11 +244,14 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
     auto ring = group_ring(op.group);
     // A member inside update_topology() can never start this operation: fail it now, whatever the ring order.
     for (uint64_t id : ring) {
-        if (conns_.at(id).in_topo) {
-            fail_op(it, ErrorKind::kMismatch,
-                    describe(id) + " is in update_topology() while others started all_reduce tag " +
-                        std::to_string(op.tag) + ": collectives must be called in the same order",
-                    out);
+        const Conn& m = conns_.at(id);
+        if (m.in_topo || m.in_sync) {
+            const std::string why = describe(id) + " is in " + (m.in_topo ? "update_topology()" : "sync_shared_state()") +
+                                    " while others started all_reduce tag " + std::to_string(op.tag) +
+                                    ": collectives must be called in the same order";
+            const uint32_t group = op.group;
+            fail_op(it, ErrorKind::kMismatch, why, out);
+            if (m.in_sync) fail_pending_sync(group, why, out);  // the sync waits for them: it fails too
             return;
         }
     }
@@ -265,6 +309,98 @@ void MasterState::fail_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator 
     ops_.erase(it);
 }
 
+void MasterState::try_start_sync(uint32_t group, Actions& out) {
+    auto it = syncs_pending_.find(group);
+    if (it == syncs_pending_.end()) return;
+    if (it->second.started.empty()) {
+        syncs_pending_.erase(it);
+        return;
+    }
+    const auto ring = group_ring(group);
+    for (uint64_t id : ring) {
+        const Conn& m = conns_.at(id);
+        if (m.in_topo || !m.op_tags.empty()) {
+            fail_pending_sync(group,
+                              describe(id) + " is in " + (m.in_topo ? "update_topology()" : "all_reduce") +
+                                  " while others called sync_shared_state(): collectives must be called in the same order",
+                              out);
+            return;
+        }
+    }
+    for (uint64_t id : ring)
+        if (!it->second.started.count(id)) return;  // still waiting for this peer
+    std::vector<SyncPeer> peers;
+    bool state_exists = false;
+    for (uint64_t id : ring) {
+        const Conn& m = conns_.at(id);
+        peers.push_back(SyncPeer{id, m.admitted_seq, m.synced, m.connections, m.info, std::move(it->second.started[id])});
+        state_exists |= m.synced;
+    }
+    syncs_pending_.erase(it);
+    std::optional<uint64_t> last;
+    auto rev = group_revision_.find(group);
+    if (state_exists && rev != group_revision_.end()) last = rev->second;
+    SyncDecision d = elect_state(peers, last);
+    Sync sync;
+    sync.group = group;
+    sync.id = next_op_id_++;
+    sync.revision = d.revision;
+    sync.members = d.members;
+    for (auto& [id, plan] : d.plans) {
+        plan.sync_id = sync.id;
+        if (!plan.ok) {
+            conns_.at(id).in_sync = false;
+            stats_.syncs_refused++;
+        }
+        plan.commit_now = d.moves ? 0 : 1;
+        send(out, id, MsgType::kSyncPlan, plan);
+    }
+    if (sync.members.empty()) return;
+    auto running = syncs_running_.emplace(sync.id, std::move(sync)).first;
+    if (!d.moves) finish_sync(running, out);  // the plan already told them: nothing else to send
+}
+
+void MasterState::fail_pending_sync(uint32_t group, const std::string& reason, Actions& out) {
+    auto it = syncs_pending_.find(group);
+    if (it == syncs_pending_.end()) return;
+    for (const auto& [id, start] : it->second.started) {
+        if (!conns_.count(id)) continue;
+        wire::SyncPlan plan;
+        plan.ok = 0;
+        plan.kind = uint8_t(ErrorKind::kMismatch);
+        plan.reason = reason;
+        send(out, id, MsgType::kSyncPlan, plan);
+        conns_.at(id).in_sync = false;
+    }
+    stats_.syncs_aborted++;
+    syncs_pending_.erase(it);
+}
+
+void MasterState::finish_sync(std::map<uint64_t, Sync>::iterator it, Actions& out) {
+    Sync& sync = it->second;
+    const bool announced = sync.done.size() == sync.members.size();  // else: committed by its plan
+    for (uint64_t id : sync.members) {
+        Conn& m = conns_.at(id);
+        if (announced) send(out, id, MsgType::kOpCommit, wire::OpCommit{sync.id});
+        m.in_sync = false;
+        m.synced = true;
+    }
+    group_revision_[sync.group] = sync.revision;
+    stats_.syncs_committed++;
+    syncs_running_.erase(it);
+}
+
+void MasterState::abort_sync(std::map<uint64_t, Sync>::iterator it, ErrorKind kind, const std::string& reason,
+                             Actions& out) {
+    for (uint64_t id : it->second.members) {
+        if (!conns_.count(id)) continue;
+        send(out, id, MsgType::kOpAbort, wire::OpAbort{it->second.id, uint8_t(kind), reason});
+        conns_.at(id).in_sync = false;
+    }
+    stats_.syncs_aborted++;
+    syncs_running_.erase(it);
+}
+
 void MasterState::remove(uint64_t id, const std::string& reason, Actions& out) {
     auto it = conns_.find(id);
     if (it == conns_.end()) return;
@@ -283,6 +419,17 @@ void MasterState::remove(uint64_t id, const std::string& reason, Actions& out) {
             cur->second.started.erase(id);
             try_start(cur, out);  // the group shrank: the others may be complete now
         }
+    }
+    for (auto sync = syncs_running_.begin(); sync != syncs_running_.end();) {
+        auto cur = sync++;
+        auto& m = cur->second.members;
+        if (std::find(m.begin(), m.end(), id) != m.end())
+            abort_sync(cur, ErrorKind::kPeerLost, "peer " + std::to_string(id) + " lost: " + reason, out);
+    }
+    auto pending = syncs_pending_.find(group);
+    if (pending != syncs_pending_.end()) {
+        pending->second.started.erase(id);
+        try_start_sync(group, out);  // the group shrank: the others may be complete now
     }
     if (was_accepted) try_complete_topology(out);
     uint32_t world = 0;

@@ -16,6 +16,12 @@
 // - Commit. Each member reports OP_DONE. When all report success, OP_COMMIT tells them to publish the result;
 //   a failure report, or a member that disconnects or is evicted, turns the operation into OP_ABORT for all, so
 //   no peer ever keeps a result that another peer threw away.
+// - Shared state. Each peer of a group announces SYNC_START(revision, strategy, entries with hashes). When all
+//   have, state_election.hpp decides who is refused, who fetches what from which holders; SYNC_PLAN tells each
+//   peer. If nothing moves the plan commits the sync at once; otherwise members report OP_DONE for the sync id
+//   and get OP_COMMIT / OP_ABORT as for an operation. Peers that completed a sync hold the group's state
+//   (`synced`): only they can win later elections. A sync and an all-reduce or update_topology() called in
+//   different orders by different peers fail instead of waiting for each other.
 // - Liveness. Any frame from a peer counts as a heartbeat. A peer silent for longer than peer_timeout is
 //   evicted (told KICKED, then disconnected); a connection that does not say HELLO within handshake_timeout is
 //   dropped.
@@ -45,6 +51,7 @@ struct MasterAction {
 struct MasterStats {
     uint64_t peers_accepted = 0, peers_pending = 0, ops_committed = 0, ops_aborted = 0, ops_rejected = 0;
     uint64_t evictions = 0, dropped_connections = 0, topology_updates = 0;
+    uint64_t syncs_committed = 0, syncs_aborted = 0, syncs_refused = 0;
     std::vector<std::string> recent_drops;  // reasons of the last dropped connections
 };
 
@@ -73,6 +80,15 @@ private:
         bool in_topo = false;            // inside update_topology()
         uint64_t topo_seq = 0;
         std::set<uint64_t> op_tags;      // operations this peer has started and not yet seen end
+        bool in_sync = false;            // inside sync_shared_state()
+        bool synced = false;             // completed a sync of its group: holds the group's state
+    };
+    struct Sync {
+        uint32_t group = 0;
+        uint64_t id = 0, revision = 0;
+        std::map<uint64_t, wire::SyncStart> started;  // while collecting announcements
+        std::vector<uint64_t> members;                // peers taking part, once running
+        std::set<uint64_t> done;
     };
     struct Op {
         uint32_t group = 0;
@@ -94,6 +110,10 @@ private:
     void finish_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator it, Actions& out);
     void fail_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator it, ErrorKind kind, const std::string& reason,
                  Actions& out);
+    void try_start_sync(uint32_t group, Actions& out);
+    void fail_pending_sync(uint32_t group, const std::string& reason, Actions& out);
+    void finish_sync(std::map<uint64_t, Sync>::iterator it, Actions& out);
+    void abort_sync(std::map<uint64_t, Sync>::iterator it, ErrorKind kind, const std::string& reason, Actions& out);
     std::vector<uint64_t> group_ring(uint32_t group) const;
     std::vector<wire::PeerInfo> ring_infos(const std::vector<uint64_t>& ids) const;
     uint32_t pending_count() const;
@@ -106,6 +126,9 @@ private:
     MasterConfig config_;
     std::map<uint64_t, Conn> conns_;
     std::map<std::pair<uint32_t, uint64_t>, Op> ops_;  // by (group, tag)
+    std::map<uint32_t, Sync> syncs_pending_;      // by group: collecting SYNC_START
+    std::map<uint64_t, Sync> syncs_running_;      // by sync id: moving state
+    std::map<uint32_t, uint64_t> group_revision_;  // revision of the group's last committed sync
     uint64_t next_admitted_ = 1, next_op_id_ = 1;
     MasterStats stats_;
 };

@@ -13,7 +13,7 @@ void store32(uint8_t* p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = uint8_
 void store16(uint8_t* p, uint16_t v) { p[0] = uint8_t(v); p[1] = uint8_t(v >> 8); }
 }  // namespace
 
-bool is_known_type(uint16_t t) { return (t >= 1 && t <= 16) || t == 32 || t == 33; }
+bool is_known_type(uint16_t t) { return (t >= 1 && t <= 18) || t == 32 || t == 33; }
 
 Header decode_header(const uint8_t* b) {
     if (load32(b) != kMagic) bad("bad magic");
@@ -25,7 +25,9 @@ Header decode_header(const uint8_t* b) {
     h.length = load32(b + 8);
     if (!is_known_type(h.type)) bad("unknown message type " + std::to_string(h.type));
     if (load32(b + 12) != 0) bad("reserved bits set");
-    uint32_t limit = h.type == uint16_t(MsgType::kData) ? kMaxDataPayload + kDataHeaderSize : kMaxControlPayload;
+    uint32_t limit = kMaxControlPayload;
+    if (h.type == uint16_t(MsgType::kData)) limit = kMaxDataPayload + kDataHeaderSize;
+    if (h.type == uint16_t(MsgType::kSyncStart) || h.type == uint16_t(MsgType::kSyncPlan)) limit = kMaxStatePayload;
     if (h.length > limit) bad("payload length " + std::to_string(h.length) + " over the limit " + std::to_string(limit));
     return h;
 }
@@ -132,6 +134,37 @@ void encode(Writer& w, const PendingReply& m) { w.u32(m.pending); }
 void encode(Writer& w, const Kicked& m) { w.str(m.reason); }
 void encode(Writer& w, const PeerHello& m) { w.u64(m.from); w.u64(m.to); w.u32(m.index); w.u32(m.slot); }
 void encode(Writer& w, const DataHeader& m) { w.u64(m.op_id); w.u32(m.step); w.u32(m.stripe); w.u64(m.offset); }
+void encode(Writer& w, const StateEntry& m) {
+    w.str(m.name);
+    w.u8(m.dtype);
+    w.u32(uint32_t(m.shape.size()));
+    for (uint64_t d : m.shape) w.u64(d);
+    w.u64(m.nbytes);
+    w.u64(m.hash);
+    w.u8(m.tolerate);
+}
+void encode(Writer& w, const SyncStart& m) {
+    w.u64(m.revision);
+    w.u8(m.strategy);
+    w.u32(uint32_t(m.entries.size()));
+    for (const auto& e : m.entries) encode(w, e);
+}
+static void encode_u32s(Writer& w, const std::vector<uint32_t>& v) {
+    w.u32(uint32_t(v.size()));
+    for (uint32_t x : v) w.u32(x);
+}
+void encode(Writer& w, const SyncPlan& m) {
+    w.u64(m.sync_id); w.u8(m.ok); w.u8(m.kind); w.str(m.reason); w.u64(m.revision); w.u8(m.commit_now);
+    encode_u32s(w, m.fetch);
+    w.u32(uint32_t(m.expect.size()));
+    for (uint64_t h : m.expect) w.u64(h);
+    w.u32(uint32_t(m.sends.size()));
+    for (const auto& s : m.sends) {
+        encode(w, s.to); encode_u32s(w, s.fetch); w.u64(s.begin); w.u64(s.end); w.u32(s.stripes);
+    }
+    w.u32(uint32_t(m.recvs.size()));
+    for (const auto& r : m.recvs) { w.u64(r.from); w.u64(r.begin); w.u64(r.end); w.u32(r.stripes); }
+}
 
 static std::vector<PeerInfo> decode_ring(Reader& r);
 
@@ -233,6 +266,57 @@ template <> DataHeader decode<DataHeader>(Reader& r) {
     m.step = r.u32();
     m.stripe = r.u32();
     m.offset = r.u64();
+    return m;
+}
+template <> StateEntry decode<StateEntry>(Reader& r) {
+    StateEntry m;
+    m.name = r.str();
+    m.dtype = r.u8();
+    const size_t ndim = r.count(kMaxDims);
+    for (size_t i = 0; i < ndim; i++) m.shape.push_back(r.u64());
+    m.nbytes = r.u64();
+    m.hash = r.u64();
+    m.tolerate = r.u8();
+    if (m.tolerate > 1) bad("tolerate flag " + std::to_string(m.tolerate));
+    return m;
+}
+template <> SyncStart decode<SyncStart>(Reader& r) {
+    SyncStart m;
+    m.revision = r.u64();
+    m.strategy = r.u8();
+    if (m.strategy > uint8_t(SyncStrategy::kSendOnly)) bad("sync strategy " + std::to_string(m.strategy));
+    const size_t n = r.count(kMaxStateEntries);
+    m.entries.reserve(n);
+    for (size_t i = 0; i < n; i++) m.entries.push_back(decode<StateEntry>(r));
+    return m;
+}
+static std::vector<uint32_t> decode_u32s(Reader& r) {
+    const size_t n = r.count(kMaxStateEntries);
+    std::vector<uint32_t> v(n);
+    for (auto& x : v) x = r.u32();
+    return v;
+}
+template <> SyncPlan decode<SyncPlan>(Reader& r) {
+    SyncPlan m;
+    m.sync_id = r.u64(); m.ok = r.u8(); m.kind = r.u8(); m.reason = r.str(); m.revision = r.u64(); m.commit_now = r.u8();
+    m.fetch = decode_u32s(r);
+    const size_t ne = r.count(kMaxStateEntries);
+    for (size_t i = 0; i < ne; i++) m.expect.push_back(r.u64());
+    if (m.expect.size() != m.fetch.size()) bad("a hash for every fetched entry");
+    const size_t ns = r.count(kMaxPeers);
+    for (size_t i = 0; i < ns; i++) {
+        SyncSend s;
+        s.to = decode<PeerInfo>(r); s.fetch = decode_u32s(r); s.begin = r.u64(); s.end = r.u64(); s.stripes = r.u32();
+        if (s.begin > s.end || s.stripes == 0) bad("sync range");
+        m.sends.push_back(std::move(s));
+    }
+    const size_t nr = r.count(kMaxPeers);
+    for (size_t i = 0; i < nr; i++) {
+        SyncRecv v;
+        v.from = r.u64(); v.begin = r.u64(); v.end = r.u64(); v.stripes = r.u32();
+        if (v.begin > v.end || v.stripes == 0) bad("sync range");
+        m.recvs.push_back(v);
+    }
     return m;
 }
 

@@ -20,12 +20,16 @@ constexpr uint32_t kMaxControlPayload = 1u << 20;  // control frames: membership
 constexpr uint32_t kMaxDataPayload = 64u << 20;    // one piece of an operation
 constexpr size_t kMaxString = 4096;
 constexpr size_t kMaxPeers = 65536;
+constexpr uint32_t kMaxStatePayload = 16u << 20;  // SYNC_START / SYNC_PLAN: entry lists of large models
+constexpr size_t kMaxStateEntries = 65536;
+constexpr size_t kMaxDims = 32;
 
 enum class MsgType : uint16_t {
     // peer <-> master
     kHello = 1, kWelcome = 2, kHeartbeat = 3, kHeartbeatAck = 4, kTopoRequest = 5, kTopoResult = 6,
     kOpStart = 7, kOpGo = 8, kOpReject = 9, kOpDone = 10, kOpCommit = 11, kOpAbort = 12,
     kPendingRequest = 13, kPendingReply = 14, kLeave = 15, kKicked = 16,
+    kSyncStart = 17, kSyncPlan = 18,  // shared state: ends with OP_DONE, OP_COMMIT / OP_ABORT of the sync id
     // peer <-> peer
     kPeerHello = 32, kData = 33,
 };
@@ -102,6 +106,34 @@ struct OpAbort { uint64_t op_id = 0; uint8_t kind = 0; std::string reason; };
 struct PendingReply { uint32_t pending = 0; };
 struct Kicked { std::string reason; };
 struct PeerHello { uint64_t from = 0; uint64_t to = 0; uint32_t index = 0; uint32_t slot = 0; };
+// Shared state (docs/shared_state.md). One entry of a peer's state as it announces it.
+struct StateEntry {
+    std::string name;
+    uint8_t dtype = 0;
+    std::vector<uint64_t> shape;
+    uint64_t nbytes = 0;
+    uint64_t hash = 0;
+    uint8_t tolerate = 0;  // content may differ between peers holding state
+    bool operator==(const StateEntry&) const = default;
+};
+enum class SyncStrategy : uint8_t { kEnforcePopular = 0, kReceiveOnly = 1, kSendOnly = 2 };
+struct SyncStart { uint64_t revision = 0; uint8_t strategy = 0; std::vector<StateEntry> entries; };
+// A source sends bytes [begin, end) of the receiver's stream (its fetched entries, concatenated in fetch order)
+// over `stripes` connections.
+struct SyncSend { PeerInfo to; std::vector<uint32_t> fetch; uint64_t begin = 0, end = 0; uint32_t stripes = 1; };
+struct SyncRecv { uint64_t from = 0; uint64_t begin = 0, end = 0; uint32_t stripes = 1; };
+struct SyncPlan {
+    uint64_t sync_id = 0;
+    uint8_t ok = 1, kind = 0;  // ok = 0: this peer is refused (kind, reason); it takes no further part
+    std::string reason;
+    uint64_t revision = 0;     // the group's revision after the sync
+    uint8_t commit_now = 0;    // nothing moves anywhere: the sync is committed by this plan
+    std::vector<uint32_t> fetch;   // entries this peer receives, in stream order
+    std::vector<uint64_t> expect;  // the hash each fetched entry must have
+    std::vector<SyncSend> sends;
+    std::vector<SyncRecv> recvs;
+};
+
 // Precedes each piece of payload on a data connection; the piece's length is the frame length minus this.
 struct DataHeader { uint64_t op_id = 0; uint32_t step = 0; uint32_t stripe = 0; uint64_t offset = 0; };
 constexpr size_t kDataHeaderSize = 24;
@@ -123,6 +155,9 @@ void encode(Writer& w, const PendingReply& m);
 void encode(Writer& w, const Kicked& m);
 void encode(Writer& w, const PeerHello& m);
 void encode(Writer& w, const DataHeader& m);
+void encode(Writer& w, const StateEntry& m);
+void encode(Writer& w, const SyncStart& m);
+void encode(Writer& w, const SyncPlan& m);
 
 template <class T> T decode(Reader& r);
 template <> PeerInfo decode<PeerInfo>(Reader& r);
@@ -142,6 +177,9 @@ template <> PendingReply decode<PendingReply>(Reader& r);
 template <> Kicked decode<Kicked>(Reader& r);
 template <> PeerHello decode<PeerHello>(Reader& r);
 template <> DataHeader decode<DataHeader>(Reader& r);
+template <> StateEntry decode<StateEntry>(Reader& r);
+template <> SyncStart decode<SyncStart>(Reader& r);
+template <> SyncPlan decode<SyncPlan>(Reader& r);
 
 // Decodes a whole payload as T and checks that nothing is left over.
 template <class T> T decode_payload(const std::vector<uint8_t>& payload) {

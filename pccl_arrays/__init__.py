@@ -13,14 +13,17 @@ from .errors import (
     PeerEvictedError,
     PeerLostError,
     ProtocolError,
+    SharedStateError,
     TooFewPeersError,
 )
 from .master import Master
 from .quantization import Quantization
+from .shared_state import SharedState, SyncInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AllReduceInfo", "Communicator", "Master", "Quantization", "errors", "PCCLError", "PeerLostError", "TooFewPeersError",
-    "MasterUnreachableError", "PeerEvictedError", "ProtocolError", "OperationMismatchError",
+    "MasterUnreachableError", "PeerEvictedError", "ProtocolError", "OperationMismatchError", "SharedState", "SyncInfo",
+    "SharedStateError",
 ]

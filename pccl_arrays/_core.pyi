@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import typing
 import typing_extensions
-__all__: list[str] = ['Communicator', 'DLView', 'HostBuffer', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'decode_frame', 'dequantize', 'encode_frame', 'finalize_avg', 'memcpy', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into']
+__all__: list[str] = ['Communicator', 'DLView', 'HostBuffer', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'content_hash', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'memcpy', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into']
 class MasterServer:
     def __init__(self, listen: str, peer_timeout: typing.SupportsFloat | typing.SupportsIndex, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex) -> None:
         ...
@@ -65,6 +65,8 @@ class Communicator:
     def connection_stats(self) -> list:
         ...
     def pending_peers(self) -> int:
+        ...
+    def sync_state(self, entries: list, data_ptrs: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], revision: typing.SupportsInt | typing.SupportsIndex, strategy: typing.SupportsInt | typing.SupportsIndex) -> dict:
         ...
     def update_topology(self) -> None:
         ...
@@ -147,11 +149,17 @@ class HostBuffer:
     @property
     def shape(self) -> list[int]:
         ...
+def content_hash(data_ptr: typing.SupportsInt | typing.SupportsIndex, nbytes: typing.SupportsInt | typing.SupportsIndex) -> int:
+    """
+    The 64-bit content hash of shared state (docs/shared_state.md).
+    """
 def decode_frame(frame: bytes) -> tuple[str, dict]:
     """
     Decodes one whole frame; raises ProtocolError on anything malformed.
     """
 def dequantize(q_ptr: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, out_ptr: typing.SupportsInt | typing.SupportsIndex, divide_by: typing.SupportsInt | typing.SupportsIndex = 1) -> None:
+    ...
+def elect_state(peers: list, group_revision: typing.Any = None) -> dict:
     ...
 def encode_frame(type: str, fields: dict) -> bytes:
     """

@@ -10,6 +10,7 @@ import numpy as np
 from . import _core, arrays
 from . import concurrent as _concurrent
 from . import quantization as _quantization
+from . import shared_state as _shared_state
 from . import tree as _tree
 from .quantization import Quantization
 from .dtypes import FLOAT_DTYPES, dtype_code, op_code
@@ -132,6 +133,36 @@ class Communicator:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # -- shared state -------------------------------------------------------------------------------------------
+    def sync_shared_state(self, state: "_shared_state.SharedState",
+                          strategy: str = "enforce_popular") -> "_shared_state.SyncInfo":
+        """Collective over the group: makes ``state`` bit-identical to the group's (docs/shared_state.md).
+
+        Every peer of the group must call it at the same point of its loop (a peer that has just connected
+        calls it first: its admission was the others' update_topology()).
+
+        Args:
+            state: the :class:`~pccl_arrays.SharedState` to sync; entries that differ from the elected content
+                are overwritten (mutable arrays in place, JAX arrays replaced) and ``state.revision`` becomes
+                the group's.
+            strategy: ``"enforce_popular"`` (default: take part in the election, adopt the winner),
+                ``"receive_only"`` (never offer content: a newcomer) or ``"send_only"`` (this peer's content
+                must win, else SharedStateError).
+        Returns:
+            a :class:`~pccl_arrays.SyncInfo`: the revision, the entries received, bytes sent and received (0 and
+            0 when every peer already held the same state), bytes per source peer.
+        Raises:
+            SharedStateError: this peer was refused (different names, dtypes or shapes; revision ahead of the
+                group by more than one; send-only without the group's state); its state is unchanged.
+            PeerLostError: a peer failed during the transfer; nothing was changed anywhere; retry.
+            OperationMismatchError: other peers called a different collective (all_reduce, update_topology).
+            CommunicatorStateError: all-reduces are in flight on this peer (wait for their handles first).
+        """
+        if self._concurrency.in_flight():
+            raise CommunicatorStateError(f"sync_shared_state() while {self._concurrency.in_flight()} async "
+                                         "all-reduce(s) are in flight: wait for their handles first")
+        return _shared_state.sync(self._core, state, strategy)
 
     # -- collectives --------------------------------------------------------------------------------------------
     def all_reduce(self, x: Any, op: str = "sum", out: Any = None, *, tag: int = 0, quantization=None,

@@ -64,6 +64,12 @@ class PCCLTimeoutError(PCCLError, TimeoutError):
     """A wait bounded by the caller ran out."""
 
 
+class SharedStateError(PCCLError):
+    """A shared-state sync refused this peer: its names, dtypes or shapes differ from the group's, its
+    revision ran ahead of the group's by more than one, it is send-only but does not hold the group's state, or
+    no peer offers state. The state was not changed (docs/shared_state.md)."""
+
+
 class InvalidArgumentError(PCCLError, ValueError):
     """An argument is invalid."""
 
@@ -83,6 +89,7 @@ _BY_KIND = {
     "state": CommunicatorStateError,
     "network": NetworkError,
     "timeout": PCCLTimeoutError,
+    "shared_state": SharedStateError,
 }
 
 

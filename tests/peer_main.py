@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import scenarios
+import state_scenarios
 
 
 def main() -> int:
@@ -25,7 +26,8 @@ def main() -> int:
     a = ap.parse_args()
     ctx = scenarios.Context(a.master, a.rank, a.world, Path(a.out), json.loads(a.args))
     try:
-        result = getattr(scenarios, a.scenario)(ctx)
+        module = state_scenarios if hasattr(state_scenarios, a.scenario) else scenarios
+        result = getattr(module, a.scenario)(ctx)
         status = 0
     except BaseException as e:  # the test reads the failure from the result file
         result = {"error": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}

@@ -28,8 +28,10 @@ MAX_PEERS = 65536
 TYPE_CODES = {
     "hello": 1, "welcome": 2, "heartbeat": 3, "heartbeat_ack": 4, "topo_request": 5, "topo_result": 6,
     "op_start": 7, "op_go": 8, "op_reject": 9, "op_done": 10, "op_commit": 11, "op_abort": 12,
-    "pending_request": 13, "pending_reply": 14, "leave": 15, "kicked": 16, "peer_hello": 32, "data": 33,
+    "pending_request": 13, "pending_reply": 14, "leave": 15, "kicked": 16, "sync_start": 17, "sync_plan": 18,
+    "peer_hello": 32, "data": 33,
 }
+MAX_STATE = 16 << 20  # SYNC_START / SYNC_PLAN
 EMPTY_TYPES = {"heartbeat", "leave"}
 
 RING = [{"id": 7, "host": "10.0.0.7", "port": 4000}, {"id": 2**64 - 1, "host": "hôte-ü", "port": 65535}]
@@ -53,6 +55,13 @@ SAMPLES = {
     "pending_reply": {"pending": 2},
     "leave": {},
     "kicked": {"reason": "silent for more than 10 s"},
+    "sync_start": {"revision": 2**40 + 1, "strategy": 2, "entries": [
+        {"name": "layer.0.weight", "dtype": 10, "shape": [4096, 1024], "nbytes": 2**24, "hash": 2**64 - 2, "tolerate": 0},
+        {"name": "rng", "dtype": 7, "shape": [], "nbytes": 8, "hash": 5, "tolerate": 1}]},
+    "sync_plan": {"sync_id": 9, "ok": 1, "kind": 0, "reason": "", "revision": 12, "commit_now": 0, "fetch": [3, 1],
+                  "expect": [2**63, 7],
+                  "sends": [{"to": RING[0], "fetch": [0, 2], "begin": 10, "end": 2**40, "stripes": 4}],
+                  "recvs": [{"from": 5, "begin": 0, "end": 10, "stripes": 2}]},
     "peer_hello": {"from": 3, "to": 4, "index": 2, "slot": 5},
     "data": {"op_id": 17, "step": 3, "stripe": 1, "offset": 2**33, "payload": b"\x00\x01\xfe\xff" * 5},
 }
@@ -112,6 +121,26 @@ def expected_payload(type_name: str, f: dict) -> bytes:
             return struct.pack("<QB", f["op_id"], f["kind"]) + wstr(f["reason"])
         case "kicked":
             return wstr(f["reason"])
+        case "sync_start":
+            out = struct.pack("<QBI", f["revision"], f["strategy"], len(f["entries"]))
+            for e in f["entries"]:
+                out += wstr(e["name"]) + struct.pack("<BI", e["dtype"], len(e["shape"]))
+                out += struct.pack(f"<{len(e['shape'])}Q", *e["shape"])
+                out += struct.pack("<QQB", e["nbytes"], e["hash"], e["tolerate"])
+            return out
+        case "sync_plan":
+            def u32s(v):
+                return struct.pack(f"<I{len(v)}I", len(v), *v)
+            out = struct.pack("<QBB", f["sync_id"], f["ok"], f["kind"]) + wstr(f["reason"])
+            out += struct.pack("<QB", f["revision"], f["commit_now"]) + u32s(f["fetch"])
+            out += struct.pack(f"<I{len(f['expect'])}Q", len(f["expect"]), *f["expect"])
+            out += struct.pack("<I", len(f["sends"]))
+            for x in f["sends"]:
+                out += wring([x["to"]])[4:] + u32s(x["fetch"]) + struct.pack("<QQI", x["begin"], x["end"], x["stripes"])
+            out += struct.pack("<I", len(f["recvs"]))
+            for x in f["recvs"]:
+                out += struct.pack("<QQQI", x["from"], x["begin"], x["end"], x["stripes"])
+            return out
         case "peer_hello":
             return struct.pack("<QQII", f["from"], f["to"], f["index"], f["slot"])
         case "data":
@@ -225,7 +254,7 @@ def test_wrong_protocol_version(version):
     assert_protocol_error(header(TYPE_CODES["heartbeat"], 0, version=version), "version")
 
 
-@pytest.mark.parametrize("code", [0, 17, 18, 31, 34, 0x0100, 0xFFFF])
+@pytest.mark.parametrize("code", [0, 19, 20, 31, 34, 0x0100, 0xFFFF])
 def test_unknown_type(code):
     assert_protocol_error(header(code, 0), "unknown message type")
 
@@ -406,13 +435,26 @@ FIELDS = {
     "pending_reply": {"pending": u32},
     "leave": {},
     "kicked": {"reason": text},
+    "sync_start": {"revision": u64, "strategy": st.integers(0, 2), "entries": st.lists(st.fixed_dictionaries(
+        {"name": text, "dtype": u8, "shape": st.lists(u64, max_size=4), "nbytes": u64, "hash": u64,
+         "tolerate": st.integers(0, 1)}), max_size=4)},
+    "sync_plan": st.lists(st.tuples(u32, u64), max_size=4).flatmap(lambda fetch: st.fixed_dictionaries({
+        "sync_id": u64, "ok": u8, "kind": u8, "reason": text, "revision": u64, "commit_now": u8,
+        "fetch": st.just([f for f, _ in fetch]), "expect": st.just([h for _, h in fetch]),
+        "sends": st.lists(st.tuples(peer, st.lists(u32, max_size=3), u64, u64, st.integers(1, 2**32 - 1)).map(
+            lambda t: {"to": t[0], "fetch": t[1], "begin": min(t[2], t[3]), "end": max(t[2], t[3]), "stripes": t[4]}),
+            max_size=3),
+        "recvs": st.lists(st.tuples(u64, u64, u64, st.integers(1, 2**32 - 1)).map(
+            lambda t: {"from": t[0], "begin": min(t[1], t[2]), "end": max(t[1], t[2]), "stripes": t[3]}),
+            max_size=3)})),
     "peer_hello": {"from": u64, "to": u64, "index": u32, "slot": u32},
     "data": {"op_id": u64, "step": u32, "stripe": u32, "offset": u64, "payload": st.binary(max_size=64)},
 }
 assert set(FIELDS) == set(TYPE_CODES)
 
 messages = st.sampled_from(sorted(FIELDS)).flatmap(
-    lambda t: st.tuples(st.just(t), st.fixed_dictionaries(FIELDS[t])))
+    lambda t: st.tuples(st.just(t), FIELDS[t] if isinstance(FIELDS[t], st.SearchStrategy)
+                        else st.fixed_dictionaries(FIELDS[t])))
 
 
 def decode_or_protocol_error(frame: bytes):
@@ -467,7 +509,7 @@ RAW_FIELDS = {
             st.lists(st.fixed_dictionaries({"id": u64, "host": st.binary(max_size=12), "port": u16}), max_size=3)
             if v is ring else v)
         for k, v in fields.items()}
-    for t, fields in FIELDS.items()
+    for t, fields in FIELDS.items() if not isinstance(fields, st.SearchStrategy)  # sync_plan: no strings inside lists
 }
 
 
@@ -509,3 +551,31 @@ def mutated_frames(draw):
 @given(mutated_frames())
 def test_fuzz_mutated_valid_frames(frame):
     decode_or_protocol_error(frame)
+
+
+def test_state_frames_have_their_own_length_limit():
+    # Entry lists of large models exceed the 1 MiB control limit; they get 16 MiB and not a byte more.
+    for name in ("sync_start", "sync_plan"):
+        assert_protocol_error(header(TYPE_CODES[name], MAX_STATE), "does not match")
+        assert_protocol_error(header(TYPE_CODES[name], MAX_STATE + 1), "over the limit")
+    entries = [{"name": f"layer.{i}.weight" + "x" * 100, "dtype": 10, "shape": [1024, 1024], "nbytes": 4 << 20,
+                "hash": i, "tolerate": 0} for i in range(20000)]
+    frame = _core.encode_frame("sync_start", {"revision": 1, "strategy": 0, "entries": entries})
+    assert MAX_CONTROL < len(frame) < MAX_STATE
+    assert _core.decode_frame(frame)[1]["entries"] == entries
+
+
+@pytest.mark.parametrize("fields,needle", [
+    ({"strategy": 3}, "sync strategy"),
+    ({"entries": [{"name": "x", "tolerate": 2}]}, "tolerate flag"),
+])
+def test_bad_sync_start_fields_are_protocol_errors(fields, needle):
+    assert_protocol_error(_core.encode_frame("sync_start", fields), needle)
+
+
+def test_bad_sync_plans_are_protocol_errors():
+    assert_protocol_error(_core.encode_frame("sync_plan", {"fetch": [1, 2], "expect": [5]}), "a hash for every")
+    assert_protocol_error(_core.encode_frame("sync_plan", {"recvs": [{"from": 1, "begin": 5, "end": 4}]}), "sync range")
+    assert_protocol_error(_core.encode_frame("sync_plan", {"recvs": [{"from": 1, "stripes": 0}]}), "sync range")
+    dims = struct.pack("<QBI", 0, 0, 1) + wstr("x") + struct.pack("<BI", 10, 33)  # more dimensions than allowed
+    assert_protocol_error(frame_of("sync_start", dims + bytes(33 * 8 + 17)), "element count")

@@ -1,0 +1,174 @@
+// The peer's side of a shared-state sync (docs/shared_state.md):
+//   1. SYNC_START(revision, strategy, entries with hashes) to the master; wait for SYNC_PLAN.
+//   2. A refused peer raises the plan's reason. A plan that commits at once (nothing moves) returns.
+//   3. Otherwise every send and receive of the plan runs at once, one thread per stripe (state_transfer.hpp);
+//      received bytes land in fresh buffers, never in the caller's arrays, and each fetched entry's hash is
+//      checked against the winner's.
+//   4. OP_DONE to the master; OP_COMMIT publishes (the caller copies the buffers into its arrays), OP_ABORT raises.
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "communicator.hpp"
+#include "hash.hpp"
+#include "state_transfer.hpp"
+
+namespace pccl {
+
+using wire::MsgType;
+
+static std::shared_ptr<uint8_t> aligned_buffer(size_t n) {
+    auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, std::max<size_t>(64, (n + 63) / 64 * 64)));
+    if (!p) throw std::bad_alloc();
+    return std::shared_ptr<uint8_t>(p, [](uint8_t* q) { std::free(q); });
+}
+
+SyncOutcome Communicator::sync_state(const std::vector<wire::StateEntry>& entries, const std::vector<const uint8_t*>& data,
+                                     uint64_t revision, uint8_t strategy) {
+    if (entries.size() != data.size()) throw CoreError(ErrorKind::kInvalidArgument, "one data pointer per entry");
+    if (entries.size() > wire::kMaxStateEntries)
+        throw CoreError(ErrorKind::kInvalidArgument, "at most " + std::to_string(wire::kMaxStateEntries) + " entries");
+    if (strategy > uint8_t(wire::SyncStrategy::kSendOnly)) throw CoreError(ErrorKind::kInvalidArgument, "unknown strategy");
+    require_accepted();
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        if (in_flight_ > 0)
+            throw CoreError(ErrorKind::kState, "sync_shared_state() while " + std::to_string(in_flight_.load()) +
+                                                   " all-reduce(s) are in flight: wait for them first");
+        if (syncing_) throw CoreError(ErrorKind::kState, "sync_shared_state() is already running on this peer");
+        syncing_ = true;
+    }
+    struct Syncing {
+        Communicator* c;
+        ~Syncing() {
+            std::lock_guard<std::mutex> g(c->mu_);
+            c->syncing_ = false;
+        }
+    } syncing_guard{this};
+    const double t0 = net::now_seconds();
+    send_master(MsgType::kSyncStart, wire::SyncStart{revision, strategy, entries});
+    Frame f = wait_frame([](const Frame& f) { return f.type == uint16_t(MsgType::kSyncPlan); }, -1,
+                         "the shared-state plan");
+    const auto plan = wire::decode_payload<wire::SyncPlan>(f.payload);
+    if (!plan.ok) throw CoreError(ErrorKind(plan.kind), plan.reason);
+    SyncOutcome out;
+    out.sync_id = plan.sync_id;
+    out.revision = plan.revision;
+    out.fetched = plan.fetch;
+    out.world_size = group_world_size_;
+    for (uint32_t i : plan.fetch) {
+        if (i >= entries.size()) throw CoreError(ErrorKind::kProtocol, "the plan fetches an entry that does not exist");
+        out.buffers.push_back(aligned_buffer(entries[i].nbytes));
+    }
+    auto stream_of = [&](const std::vector<uint32_t>& fetch, bool receiving) {
+        Stream s;
+        for (size_t k = 0; k < fetch.size(); k++) {
+            if (fetch[k] >= entries.size()) throw CoreError(ErrorKind::kProtocol, "the plan sends an entry that does not exist");
+            s.data.push_back(receiving ? out.buffers[k].get() : const_cast<uint8_t*>(data[fetch[k]]));
+            s.sizes.push_back(entries[fetch[k]].nbytes);
+        }
+        return s;
+    };
+    if (plan.commit_now) {
+        if (!plan.fetch.empty()) throw CoreError(ErrorKind::kProtocol, "a plan that commits at once fetches nothing");
+        out.seconds = net::now_seconds() - t0;
+        return out;
+    }
+
+    OpControl ctl(plan.sync_id);
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        active_[plan.sync_id] = &ctl;
+        if (state_ == State::kBroken) ctl.fail(broken_kind_, broken_why_);
+        for (const auto& fr : inbox_) {  // an abort that raced ahead of us
+            if (fr.type != uint16_t(MsgType::kOpAbort)) continue;
+            auto m = wire::decode_payload<wire::OpAbort>(fr.payload);
+            if (m.op_id == plan.sync_id) ctl.fail(ErrorKind(m.kind), m.reason);
+        }
+    }
+    const Stream mine = stream_of(plan.fetch, true);
+    std::vector<Stream> outgoing;
+    for (const auto& snd : plan.sends) outgoing.push_back(stream_of(snd.fetch, false));
+    std::vector<std::atomic<uint64_t>> sent(plan.sends.size()), received(plan.recvs.size());
+    std::vector<std::thread> threads;
+    for (size_t t = 0; t < plan.sends.size(); t++) {
+        const auto& snd = plan.sends[t];
+        const uint32_t stripes = stripes_for(snd.end - snd.begin, snd.stripes);
+        for (uint32_t j = 0; j < stripes; j++) {
+            threads.emplace_back([&, t, j, stripes] {
+                uint64_t b, e;
+                stripe_range(snd.begin, snd.end, stripes, j, &b, &e);
+                TransferLink link{&pool_, snd.to, j, cfg_.connect_timeout, cfg_.data_timeout, cfg_.piece_bytes};
+                send_stream(outgoing[t], b, e, link, ctl, &sent[t]);
+            });
+        }
+    }
+    for (size_t t = 0; t < plan.recvs.size(); t++) {
+        const auto& rcv = plan.recvs[t];
+        const uint32_t stripes = stripes_for(rcv.end - rcv.begin, rcv.stripes);
+        for (uint32_t j = 0; j < stripes; j++) {
+            threads.emplace_back([&, t, j, stripes] {
+                uint64_t b, e;
+                stripe_range(rcv.begin, rcv.end, stripes, j, &b, &e);
+                TransferLink link{&pool_, wire::PeerInfo{rcv.from, "", 0}, j, cfg_.connect_timeout, cfg_.data_timeout,
+                                  cfg_.piece_bytes};
+                recv_stream(mine, b, e, link, ctl, &received[t]);
+            });
+        }
+    }
+    for (auto& th : threads) th.join();
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        active_.erase(plan.sync_id);
+    }
+    for (size_t t = 0; t < plan.sends.size(); t++) {
+        out.sent_to[plan.sends[t].to.id] += sent[t];
+        out.bytes_sent += sent[t];
+    }
+    for (size_t t = 0; t < plan.recvs.size(); t++) {
+        out.received_from[plan.recvs[t].from] += received[t];
+        out.bytes_received += received[t];
+    }
+    ErrorKind kind;
+    std::string why;
+    if (!ctl.failed(&kind, &why)) {
+        for (size_t k = 0; k < plan.fetch.size(); k++) {
+            const auto& e = entries[plan.fetch[k]];
+            const uint64_t h = content_hash(out.buffers[k].get(), e.nbytes);
+            if (h != plan.expect[k]) {
+                ctl.fail(ErrorKind::kSharedState,
+                         "entry '" + e.name + "' arrived with hash " + std::to_string(h) + ", the group's is " +
+                             std::to_string(plan.expect[k]) + ": a holder changed it during the sync, or it was corrupted");
+                break;
+            }
+        }
+    }
+    if (ctl.failed(&kind, &why)) {
+        pool_.clear_slot(kStateSlot);
+        send_master(MsgType::kOpDone, wire::OpDone{plan.sync_id, 0, uint8_t(kind), why});
+        f = wait_frame(
+            [&plan](const Frame& f) {
+                return f.type == uint16_t(MsgType::kOpAbort) && wire::decode_payload<wire::OpAbort>(f.payload).op_id == plan.sync_id;
+            },
+            net::now_seconds() + cfg_.master_timeout, "the master's verdict on a failed sync");
+        auto m = wire::decode_payload<wire::OpAbort>(f.payload);
+        throw CoreError(ErrorKind(m.kind), m.reason + (m.reason.find(why) == std::string::npos ? " (seen here: " + why + ")" : ""));
+    }
+    send_master(MsgType::kOpDone, wire::OpDone{plan.sync_id, 1, 0, ""});
+    f = wait_frame(
+        [&plan](const Frame& f) {
+            if (f.type == uint16_t(MsgType::kOpCommit)) return wire::decode_payload<wire::OpCommit>(f.payload).op_id == plan.sync_id;
+            if (f.type == uint16_t(MsgType::kOpAbort)) return wire::decode_payload<wire::OpAbort>(f.payload).op_id == plan.sync_id;
+            return false;
+        },
+        -1, "the master's commit of the sync");
+    if (f.type == uint16_t(MsgType::kOpAbort)) {
+        pool_.clear_slot(kStateSlot);
+        auto m = wire::decode_payload<wire::OpAbort>(f.payload);
+        throw CoreError(ErrorKind(m.kind), m.reason);
+    }
+    out.seconds = net::now_seconds() - t0;
+    return out;
+}
+
+}  // namespace pccl
