@@ -93,6 +93,7 @@ class Communicator:
         if self._concurrency.in_flight():
             raise CommunicatorStateError(f"update_topology() while {self._concurrency.in_flight()} async "
                                          "all-reduce(s) are in flight: wait for their handles first")
+        self._concurrency.restart_auto_tags()
         self._core.update_topology()
 
     def are_peers_pending(self) -> bool:
@@ -162,6 +163,7 @@ class Communicator:
         if self._concurrency.in_flight():
             raise CommunicatorStateError(f"sync_shared_state() while {self._concurrency.in_flight()} async "
                                          "all-reduce(s) are in flight: wait for their handles first")
+        self._concurrency.restart_auto_tags()
         return _shared_state.sync(self._core, state, strategy)
 
     # -- collectives --------------------------------------------------------------------------------------------
@@ -259,7 +261,8 @@ class Communicator:
 
         Many may be in flight (tested with 16) while Python keeps computing. Every peer must start the same
         operations with the same tags; without ``tag`` a per-communicator counter assigns one, which agrees
-        across peers when they start their async operations in the same order. Do not touch ``x`` (or ``out``)
+        across peers when they start their async operations in the same order since the last
+        :meth:`update_topology` or :meth:`sync_shared_state` (where the counter restarts, so that newcomers agree). Do not touch ``x`` (or ``out``)
         until the handle is done. ``update_topology()`` refuses to run while operations are in flight.
 
         Raises:

@@ -5,7 +5,9 @@ pool (the core releases the GIL while it waits, so Python keeps computing). Oper
 every peer must issue the same operations with the same tags, in any order; the master matches them by tag and
 gives each running one its own connection slot, so concurrent operations never share a connection and one
 cannot starve another. Without an explicit tag, a counter assigns one, which agrees across peers as long as
-they issue their async calls in the same order.
+they issue their async calls in the same order. The counter restarts at every update_topology() and
+sync_shared_state() (points every peer of the group passes with nothing in flight), so a newcomer, whose
+counter starts fresh, agrees with peers that have run for hours.
 
 all_reduce_many keeps at most ``max_in_flight`` operations running; an array whose operation fails with a
 retryable error (a peer was lost) is run again, with the same tag, on the smaller ring, and arrays that already
@@ -56,6 +58,11 @@ class Concurrency:
         self._lock = threading.Lock()
         self._tags: set[int] = set()
         self._next = AUTO_TAG_BASE
+
+    def restart_auto_tags(self) -> None:
+        """Called with nothing in flight at the group's synchronisation points (see the module docstring)."""
+        with self._lock:
+            self._next = AUTO_TAG_BASE
 
     def submit(self, x: Any, op: str, out: Any, tag: Optional[int], quantization) -> AllReduceHandle:
         with self._lock:

@@ -281,6 +281,29 @@ def _sleep_until(t: float) -> None:
         time.sleep(min(left, 0.05))
 
 
+def check_no_hang(h: Harness, catch_up_s: float = 8.0) -> None:
+    """Between consecutive harness events, every peer running throughout made a step; a peer spawned or resumed
+    made its first step within ``catch_up_s`` of that event (and counts as running from then on). Peers record
+    steps as progress lines with ``kind="step"``; raises AssertionError naming the peer and the interval."""
+    log = [e for e in h.events if e[0] >= h.run_started]
+    steps = {i: [p["t"] for p in h.progress(i) if p["kind"] == "step"] for i in h.procs}
+    running = {i for i in h.procs if h.spawned_at(i) < h.run_started}
+    catching_up: dict[int, float] = {}  # peer -> time of its spawn / resume
+    for (ta, action, target), (tb, _, _) in zip(log, log[1:]):
+        if action in ("kill", "stall"):
+            running.discard(target)
+        elif action in ("spawn", "resume"):
+            catching_up[target] = ta
+        for i in sorted(running):
+            assert any(ta <= t <= tb for t in steps[i]), f"peer {i} made no step in [{ta:.2f}, {tb:.2f}]: {log}"
+        for i, since in list(catching_up.items()):
+            first = next((t for t in steps[i] if t >= since), None)
+            assert first is not None and first - since <= catch_up_s, f"peer {i} did not catch up: {log}"
+            if first <= tb:
+                running.add(i)
+                del catching_up[i]
+
+
 @atexit.register
 def _kill_leftovers() -> None:
     for h in list(_LIVE_HARNESSES):

@@ -7,7 +7,7 @@ import collections
 
 import pytest
 
-from pccl_arrays.testing import Harness, Schedule
+from pccl_arrays.testing import Harness, Schedule, check_no_hang
 
 PEER_TIMEOUT = 2.0  # the master evicts a stalled peer after this much silence
 CATCH_UP_S = 8.0  # a spawned or resumed peer records a step within this long (start-up, admission, rejoin)
@@ -45,33 +45,11 @@ def _check(h: Harness, schedule: Schedule) -> None:
     for i, res in results.items():
         steps = [p["step"] for p in h.progress(i) if p["kind"] == "step"]
         assert [r[0] for r in res["records"]] == steps, i
-    _check_no_hang(h)
+    check_no_hang(h, CATCH_UP_S)
     # A stalled peer (stalled longer than the master's peer_timeout) was evicted and joined again.
     for e in schedule.events:
         if e.action == "stall":
             assert results[e.target]["rejoins"] >= 1, results[e.target]
-
-
-def _check_no_hang(h: Harness) -> None:
-    """Between consecutive harness events, every peer running throughout made a step; a peer spawned or resumed
-    made its first step within CATCH_UP_S of that event (and counts as running from then on)."""
-    log = [e for e in h.events if e[0] >= h.run_started]
-    steps = {i: [p["t"] for p in h.progress(i) if p["kind"] == "step"] for i in h.procs}
-    running = {i for i in h.procs if h.spawned_at(i) < h.run_started}
-    catching_up: dict[int, float] = {}  # peer -> time of its spawn / resume
-    for (ta, action, target), (tb, _, _) in zip(log, log[1:]):
-        if action in ("kill", "stall"):
-            running.discard(target)
-        elif action in ("spawn", "resume"):
-            catching_up[target] = ta
-        for i in sorted(running):
-            assert any(ta <= t <= tb for t in steps[i]), f"peer {i} made no step in [{ta:.2f}, {tb:.2f}]: {log}"
-        for i, since in list(catching_up.items()):
-            first = next((t for t in steps[i] if t >= since), None)
-            assert first is not None and first - since <= CATCH_UP_S, f"peer {i} did not catch up: {log}"
-            if first <= tb:
-                running.add(i)
-                del catching_up[i]
 
 
 @pytest.mark.timeout(60)

@@ -107,3 +107,31 @@ def test_all_reduce_many_survives_a_killed_peer_without_partial_results(master, 
         assert value in (with_victim, without), (i, value)  # never a partial or mixed result
         retried += value == without
     assert retried >= 1, "the kill landed after every operation: nothing was retried"
+
+
+@pytest.mark.timeout(60)
+def test_automatic_tags_agree_with_a_newcomer_after_update_topology(master):
+    """The automatic tag counter restarts at update_topology() and sync_shared_state(): a newcomer's fresh
+    counter matches the old peers' (without the restart their next async all-reduces would wait for each other
+    forever)."""
+    import pccl_arrays as pa
+    from test_shared_state import admit, collective
+
+    a = pa.Communicator(master.address, connections=2).connect(timeout=20)
+    b = admit([a], master.address)
+    try:
+        for _ in range(3):  # the old peers' counters move on
+            collective([lambda c=c: c.all_reduce_async(np.ones(10)).wait(20) for c in (a, b)])
+        c = admit([a, b], master.address)
+        try:
+            results = collective([lambda c=c: c.all_reduce_async(np.ones(10)).wait(20) for c in (a, b, c)])
+            assert all(not isinstance(r, BaseException) and np.all(r == 3) for r in results), results
+            state = [pa.SharedState({"x": np.zeros(3)}) for _ in range(3)]
+            collective([lambda c=c, s=s: c.sync_shared_state(s) for c, s in zip((a, b, c), state)])
+            results = collective([lambda c=c: c.all_reduce_async(np.ones(10)).wait(20) for c in (a, b, c)])
+            assert all(not isinstance(r, BaseException) and np.all(r == 3) for r in results), results
+        finally:
+            c.close()
+    finally:
+        a.close()
+        b.close()

@@ -367,3 +367,30 @@ def test_shared_state_refuses_bad_input():
     s = pa.SharedState({"x": np.ones(2)})
     with pytest.raises(errors.InvalidArgumentError, match="not an entry"):
         s["y"] = np.ones(2)
+
+
+@pytest.mark.timeout(60)
+def test_device_entries_are_hashed_through_host_staging_and_written_back_in_place(master, monkeypatch):
+    import contextlib
+    import sys
+    import types
+
+    from test_frameworks import _FakeCudaArray
+
+    fake = types.ModuleType("cupy")
+    fake.ndarray = _FakeCudaArray
+    fake.asarray = lambda a: a if isinstance(a, _FakeCudaArray) else _FakeCudaArray(np.asarray(a))
+    fake.cuda = types.SimpleNamespace(Device=lambda i: contextlib.nullcontext())
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+
+    def fn(rank, c):
+        x = _FakeCudaArray(np.arange(1000, dtype=np.float32) * (1 if rank == 0 else 0))
+        state = pa.SharedState({"x": x, "h": np.full(4, rank)})
+        info = c.sync_shared_state(state, "enforce_popular" if rank == 0 else "receive_only")
+        return info, x, state
+
+    (i0, x0, s0), (i1, x1, s1) = run_peers(master, 2, fn)
+    assert i0.fetched == () and set(i1.fetched) == {"x", "h"}
+    assert s1["x"] is x1 and x1.staged >= 1, "the device array itself is updated, through host staging"
+    assert np.array_equal(x1._mem, np.arange(1000, dtype=np.float32)) and list(s1["h"]) == [0, 0, 0, 0]
+    assert s0.hashes() == s1.hashes()

@@ -1,0 +1,140 @@
+"""Shared-state soak: the churn test's DiLoCo-style loop for minutes, with more churn, and its figures.
+
+    PYTHONPATH=. python benchmarks/soak_state.py              # 5 minutes, seed 11
+    PYTHONPATH=. python benchmarks/soak_state.py --quick      # 40 s
+    PYTHONPATH=. python benchmarks/soak_state.py --minutes 20 --seed 4 --max-peers 8
+
+Peers run pccl_arrays.testing_state.state_loop (update_topology, sync_shared_state, async all-reduce overlapping
+Python work, deterministic update) while a seeded schedule kills (SIGKILL), stalls (SIGSTOP past the master's
+deadline) and spawns peers. The run is checked exactly as tests/test_churn_state.py checks it (identical state
+hash at every revision on every peer, exact results only, 0 bytes of state for peers that stayed, no hang) and
+reports throughput, how fast newcomers caught up, and what state syncs cost. Every peer shares this machine's
+cores, so absolute rates say more about the machine than about the library; the checks are what matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from allreduce import print_footer, save_and_report  # noqa: E402
+
+from pccl_arrays import _core  # noqa: E402
+from pccl_arrays.testing import Harness, Schedule  # noqa: E402
+from pccl_arrays.testing_state import check_state_run  # noqa: E402
+
+
+def hash_speed() -> float:
+    """GB/s of the content hash over 256 MiB (one core)."""
+    buf = np.random.default_rng(0).integers(0, 255, 256 << 20, dtype=np.uint8)
+    _core.content_hash(buf.ctypes.data, 1 << 20)
+    t0 = time.perf_counter()
+    _core.content_hash(buf.ctypes.data, buf.nbytes)
+    return buf.nbytes / (time.perf_counter() - t0) / 1e9
+
+
+def figures_of(h: Harness) -> dict:
+    """Catch-up times and sync costs from the peers' progress files."""
+    catch_up, newcomer_rates, stable_ms, steps_per_s = [], [], [], []
+    for i in h.procs:
+        prog = h.progress(i)
+        steps = [p for p in prog if p["kind"] == "step"]
+        syncs = [p for p in prog if p["kind"] == "sync"]
+        if h.spawned_at(i) >= h.run_started and steps:
+            catch_up.append(steps[0]["t"] - h.spawned_at(i))
+        for s in syncs:
+            if s["received"] > 0:
+                newcomer_rates.append(s["received"] / max(s["seconds"], 1e-9) / 1e6)
+            else:
+                stable_ms.append(s["seconds"] * 1e3)
+        if len(steps) > 1:
+            steps_per_s.append((len(steps) - 1) / (steps[-1]["t"] - steps[0]["t"]))
+    return {
+        "catch_up_s": {"median": statistics.median(catch_up), "max": max(catch_up)} if catch_up else None,
+        "receiving_sync_MBps": {"median": statistics.median(newcomer_rates), "min": min(newcomer_rates)}
+        if newcomer_rates else None,
+        "stable_sync_ms": {"median": statistics.median(stable_ms), "p99": float(np.percentile(stable_ms, 99))}
+        if stable_ms else None,
+        "steps_per_s_per_peer": statistics.median(steps_per_s) if steps_per_s else None,
+    }
+
+
+def report(doc: dict) -> None:
+    c = doc["config"]
+    print(f"\nShared-state soak: {c['duration_s']:.0f} s, seed {c['seed']}, {c['initial']} initial peers "
+          f"({c['min_peers']}..{c['max_peers']} live), state {c['state_MiB']:.1f} MiB, on {doc['machine']}")
+    print(f"events: {doc['events']}")
+    ch, f = doc["checks"], doc["figures"]
+    if ch:
+        print(f"revisions {ch['revisions']}, steps recorded {ch['steps']} (all exact, one state hash per revision)")
+        print(f"peers that stayed: {ch['stayed']}, their {ch['stable_syncs']} syncs after the first moved 0 bytes")
+        print(f"newcomer syncs: {ch['newcomer_syncs']}, {ch['newcomer_bytes'] / 2**20:.1f} MiB received, "
+              f"sources per sync {ch['newcomer_sources']}")
+        print(f"rejoins after a stall: {ch['rejoins']}, steps restarted after a lost peer: {ch['peer_lost']}")
+    if f.get("catch_up_s"):
+        print(f"newcomer spawn -> first step: median {f['catch_up_s']['median']:.2f} s, max {f['catch_up_s']['max']:.2f} s"
+              " (includes starting Python and importing numpy)")
+    if f.get("receiving_sync_MBps"):
+        print(f"syncs that received state: median {f['receiving_sync_MBps']['median']:.0f} MB/s")
+    if f.get("stable_sync_ms"):
+        print(f"syncs that moved nothing: median {f['stable_sync_ms']['median']:.2f} ms, "
+              f"p99 {f['stable_sync_ms']['p99']:.2f} ms")
+    if f.get("steps_per_s_per_peer"):
+        print(f"steps per second per peer: {f['steps_per_s_per_peer']:.1f}")
+    print(f"content hash: {doc['hash_GBps']:.1f} GB/s on one core")
+    print_footer(doc)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--quick", action="store_true", help="40 s")
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--initial", type=int, default=5)
+    ap.add_argument("--min-peers", type=int, default=3)
+    ap.add_argument("--max-peers", type=int, default=7)
+    ap.add_argument("--n", type=int, default=1 << 20, help="float32 elements per state entry (two such entries)")
+    ap.add_argument("--out", default="benchmarks/results/soak_state.json")
+    a = ap.parse_args(argv)
+    t_start = time.monotonic()
+    duration = 40.0 if a.quick else a.minutes * 60
+    schedule = Schedule.random(a.seed, duration, a.initial, a.min_peers, a.max_peers, kill_rate=0.2,
+                               stall_rate=0.08, spawn_rate=0.22, min_gap=2.5, stall_s=3.0, start=2.0)
+    import os
+    doc = {"benchmark": "soak_state", "machine": f"{os.cpu_count()} cores", "hash_GBps": hash_speed(),
+           "config": {"duration_s": duration, "seed": a.seed, "initial": a.initial, "min_peers": a.min_peers,
+                      "max_peers": a.max_peers, "state_MiB": 2 * a.n * 4 / 2**20},
+           "events": {k: sum(e.action == k for e in schedule.events) for k in ("kill", "stall", "spawn")},
+           "schedule": schedule.as_list(), "checks": None, "figures": {}, "goals": [], "errors": [], "notes": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness({"peer_timeout": 2.0, "handshake_timeout": 2.0}, "pccl_arrays.testing_state:state_loop",
+                    {"n": a.n, "busy_ms": 20.0}, tmp)
+        try:
+            h.start(a.initial)
+            print(f"running {duration:.0f} s of churn: {doc['events']} ...", flush=True)
+            h.run(schedule)
+            h.wait_all(30.0)
+            try:
+                doc["checks"] = check_state_run(h, schedule, catch_up_s=15.0)
+            except AssertionError as e:
+                doc["errors"].append(f"check failed: {str(e)[:2000]}")
+            doc["figures"] = figures_of(h)
+        finally:
+            h.close()
+    doc["goals"] = [{"text": "every check of the churn test holds for the whole soak", "met": not doc["errors"]}]
+    doc["notes"].append(f"{a.max_peers} peer processes and the master share {doc['machine']}: rates are "
+                        "oversubscribed; compare them only within one run")
+    save_and_report(doc, a.out, t_start, report)
+    return 1 if doc["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
