@@ -326,6 +326,32 @@ class PeerContext:
     def stop_requested(self) -> bool:
         return (self.out / "STOP").exists()
 
+    def connect(self):
+        """A connected Communicator (``args``: connections, data_timeout), retrying in short waits so that a
+        STOP is noticed; None when asked to stop first."""
+        from . import errors
+        from .communicator import Communicator
+
+        while not self.stop_requested():
+            comm = Communicator(self.master, connections=self.args.get("connections", 2), connect_timeout=5.0,
+                                heartbeat_interval=0.2, master_timeout=5.0,
+                                data_timeout=self.args.get("data_timeout", 10.0))
+            try:
+                return comm.connect(timeout=2.0)
+            except errors.PCCLTimeoutError:
+                comm.close()
+        return None
+
+    def admit_initial(self, comm) -> None:
+        """The peers started together (``args["initial"]``) vote each other in; then records "joined"."""
+        initial = self.args.get("initial")
+        while initial and comm.world_size < initial:
+            if comm.are_peers_pending():
+                comm.update_topology()
+            else:
+                time.sleep(0.005)
+        self.progress(kind="joined", world=comm.world_size)
+
 
 def allreduce_loop(ctx: PeerContext) -> dict:
     """The user pattern of the README under churn. Each step: ``update_topology()``; all-reduce (op max) of
@@ -340,34 +366,17 @@ def allreduce_loop(ctx: PeerContext) -> dict:
     import numpy as np
 
     from . import errors
-    from .communicator import Communicator
 
     a = ctx.args
     n, max_steps = a.get("n", 1024), a.get("max_steps", 1 << 62)
     counts = {"rejoins": 0, "peer_lost": 0, "too_few": 0}
     records: list = []
 
-    def new_comm() -> Optional[Communicator]:
-        """Connects, retrying in short waits so that a STOP is noticed; None when asked to stop first."""
-        while not ctx.stop_requested():
-            comm = Communicator(ctx.master, connections=a.get("connections", 2), connect_timeout=5.0,
-                                heartbeat_interval=0.2, master_timeout=5.0, data_timeout=a.get("data_timeout", 10.0))
-            try:
-                return comm.connect(timeout=2.0)
-            except errors.PCCLTimeoutError:
-                comm.close()
-        return None
-
-    comm = new_comm()
+    comm = ctx.connect()
     if comm is None:
         return {"records": records, **counts, "stopped_before_join": True}
     initial = a.get("initial")
-    while initial and comm.world_size < initial:  # the initial peers admit each other (like tests' ctx.join)
-        if comm.are_peers_pending():
-            comm.update_topology()
-        else:
-            time.sleep(0.005)
-    ctx.progress(kind="joined", world=comm.world_size)
+    ctx.admit_initial(comm)
     vote = initial is not None  # a newcomer was admitted inside the others' vote of this step: no vote
     step = 0
     while True:
@@ -396,7 +405,7 @@ def allreduce_loop(ctx: PeerContext) -> dict:
                 comm.close()
             except errors.PCCLError:
                 pass
-            comm = new_comm()
+            comm = ctx.connect()
             if comm is None:
                 return {"records": records, **counts}
             vote = False

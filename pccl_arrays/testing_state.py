@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Optional
 
 import numpy as np
 
 from . import errors
-from .communicator import Communicator
 from .shared_state import SharedState
 from .testing import check_no_hang
 
@@ -62,26 +60,11 @@ def state_loop(ctx) -> dict:
     if a.get("initial"):  # the initial peers start from the same state
         state["w"][...] = 0.0
 
-    def new_comm() -> Optional[Communicator]:
-        while not ctx.stop_requested():
-            comm = Communicator(ctx.master, connections=a.get("connections", 2), connect_timeout=5.0,
-                                heartbeat_interval=0.2, master_timeout=5.0, data_timeout=a.get("data_timeout", 10.0))
-            try:
-                return comm.connect(timeout=2.0)
-            except errors.PCCLTimeoutError:
-                comm.close()
-        return None
-
-    comm = new_comm()
+    comm = ctx.connect()
     if comm is None:
         return {**counts, "stopped_before_join": True}
     initial = a.get("initial")
-    while initial and comm.world_size < initial:
-        if comm.are_peers_pending():
-            comm.update_topology()
-        else:
-            time.sleep(0.005)
-    ctx.progress(kind="joined", world=comm.world_size)
+    ctx.admit_initial(comm)
     vote = initial is not None
     while True:
         try:
@@ -113,7 +96,7 @@ def state_loop(ctx) -> dict:
                 comm.close()
             except errors.PCCLError:
                 pass
-            comm = new_comm()
+            comm = ctx.connect()
             if comm is None:
                 return counts
             vote = False

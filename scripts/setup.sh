@@ -17,5 +17,7 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # its interpreter, TRITON_INTERPRET=1). torch 2.13.0 is a CPU build (on Python 3.11 pip finds it
 # on this kind of machine's disk); a plain 'torch' would fetch GBs of CUDA libraries.
 "${PIP[@]}" torch==2.13.0 "jax[cpu]" triton
+# optax: the JAX DiLoCo example's optimizers (examples/jax_diloco; its test is part of the suite).
+"${PIP[@]}" optax
 for extra in "$@"; do "${PIP[@]}" "$extra"; done
 "${PIP[@]}" --no-build-isolation .

@@ -242,8 +242,8 @@ class _FakeCudaArray:
         return self._mem.nbytes
 
 
-@pytest.mark.timeout(60)
-def test_device_arrays_are_staged_to_host_and_back_to_their_device(master, monkeypatch):
+def install_fake_cupy(monkeypatch) -> None:
+    """Makes ``sys.modules["cupy"]`` a module whose arrays are _FakeCudaArray (for the staging path)."""
     import contextlib
     import sys
     import types
@@ -253,6 +253,11 @@ def test_device_arrays_are_staged_to_host_and_back_to_their_device(master, monke
     fake.asarray = lambda a: a if isinstance(a, _FakeCudaArray) else _FakeCudaArray(np.asarray(a))
     fake.cuda = types.SimpleNamespace(Device=lambda i: contextlib.nullcontext())
     monkeypatch.setitem(sys.modules, "cupy", fake)
+
+
+@pytest.mark.timeout(60)
+def test_device_arrays_are_staged_to_host_and_back_to_their_device(master, monkeypatch):
+    install_fake_cupy(monkeypatch)
 
     def fn(rank, c):
         x = _FakeCudaArray(np.arange(6, dtype=np.float32) * (rank + 1))

@@ -371,17 +371,9 @@ def test_shared_state_refuses_bad_input():
 
 @pytest.mark.timeout(60)
 def test_device_entries_are_hashed_through_host_staging_and_written_back_in_place(master, monkeypatch):
-    import contextlib
-    import sys
-    import types
+    from test_frameworks import _FakeCudaArray, install_fake_cupy
 
-    from test_frameworks import _FakeCudaArray
-
-    fake = types.ModuleType("cupy")
-    fake.ndarray = _FakeCudaArray
-    fake.asarray = lambda a: a if isinstance(a, _FakeCudaArray) else _FakeCudaArray(np.asarray(a))
-    fake.cuda = types.SimpleNamespace(Device=lambda i: contextlib.nullcontext())
-    monkeypatch.setitem(sys.modules, "cupy", fake)
+    install_fake_cupy(monkeypatch)
 
     def fn(rank, c):
         x = _FakeCudaArray(np.arange(1000, dtype=np.float32) * (1 if rank == 0 else 0))
