@@ -218,6 +218,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("group_world_size", &Communicator::group_world_size)
         .def_property_readonly("connected", &Communicator::connected)
         .def_property_readonly("data_address", &Communicator::data_address)
+        .def_property_readonly("data_port", &Communicator::data_port)
         .def_property_readonly("dropped_data_connections", &Communicator::dropped_data_connections)
         .def("connection_stats", [](const Communicator& c) {
             py::list out;

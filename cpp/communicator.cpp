@@ -47,6 +47,7 @@ void Communicator::connect(double admission_timeout) {
     if (state_ != State::kNew) throw CoreError(ErrorKind::kState, "connect() may be called once; make a new Communicator to rejoin");
     net::Address listen = net::parse_address(cfg_.listen);
     const uint16_t data_port = pool_.start(listen.host, listen.port, cfg_.connect_timeout);
+    data_port_ = data_port;
     try {
         master_fd_ = net::connect_to(net::parse_address(cfg_.master), cfg_.connect_timeout);
     } catch (const CoreError& e) {

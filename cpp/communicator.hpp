@@ -94,6 +94,7 @@ public:
     uint32_t group_world_size() const { return group_world_size_; }
     bool connected() const { return state_ == State::kAccepted; }
     std::string data_address() const { return advertised_.host + ":" + std::to_string(advertised_.port); }
+    uint16_t data_port() const { return data_port_; }  // the port this peer listens on (0 before connect)
     std::vector<ConnStat> connection_stats() const { return pool_.stats(); }
     uint64_t dropped_data_connections() const { return pool_.dropped(); }
 
@@ -117,6 +118,7 @@ private:
     ConnPool pool_;
     int master_fd_ = -1;
     wire::PeerInfo advertised_;
+    uint16_t data_port_ = 0;
     std::atomic<uint64_t> peer_id_{0};
     std::atomic<uint32_t> world_size_{0}, group_world_size_{0};
     std::atomic<State> state_{State::kNew};

@@ -77,6 +77,9 @@ class Communicator:
     def data_address(self) -> str:
         ...
     @property
+    def data_port(self) -> int:
+        ...
+    @property
     def dropped_data_connections(self) -> int:
         ...
     @property

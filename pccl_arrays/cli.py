@@ -1,4 +1,10 @@
-"""The ``pccl-arrays`` command: ``pccl-arrays master --listen HOST:PORT`` runs a master until interrupted."""
+"""The ``pccl-arrays`` command.
+
+    pccl-arrays master --listen HOST:PORT                 runs a master until interrupted
+    pccl-arrays wan-relay --target HOST:PORT [--profile continent] [--listen HOST:PORT]
+                                                          runs a WAN-emulating relay until interrupted
+                                                          (pccl_arrays.wan; point a peer's advertise at it)
+"""
 
 from __future__ import annotations
 
@@ -10,22 +16,49 @@ import threading
 from .master import Master
 
 
+def _wait_for_signal() -> None:
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="pccl-arrays", description=__doc__)
+    from . import wan
+
+    parser = argparse.ArgumentParser(prog="pccl-arrays", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("master", help="run a master until interrupted")
     m.add_argument("--listen", default="0.0.0.0:48148", help="host:port to listen on (port 0: the OS chooses)")
     m.add_argument("--peer-timeout", type=float, default=10.0, help="seconds of silence before a peer is evicted")
     m.add_argument("--handshake-timeout", type=float, default=5.0, help="seconds for a new connection to say HELLO")
+    r = sub.add_parser("wan-relay", help="forward connections to a target through an emulated WAN path")
+    r.add_argument("--target", required=True, help="host:port to forward to (a peer's data port)")
+    r.add_argument("--listen", default="127.0.0.1:0", help="host:port to listen on (port 0: the OS chooses)")
+    r.add_argument("--profile", default="continent", choices=sorted(wan.PROFILES))
+    r.add_argument("--rtt-ms", type=float, help="override the profile's round-trip time")
+    r.add_argument("--conn-mbps", type=float, help="override the per-connection cap (Mbit/s; 0: none)")
+    r.add_argument("--link-mbps", type=float, help="override the shared link cap (Mbit/s; 0: none)")
     args = parser.parse_args(argv)
 
-    master = Master(args.listen, peer_timeout=args.peer_timeout, handshake_timeout=args.handshake_timeout).start()
-    print(f"pccl-arrays master listening on {master.address}", flush=True)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    master.stop()
+    if args.command == "master":
+        master = Master(args.listen, peer_timeout=args.peer_timeout, handshake_timeout=args.handshake_timeout).start()
+        print(f"pccl-arrays master listening on {master.address}", flush=True)
+        _wait_for_signal()
+        master.stop()
+        return 0
+    p = wan.PROFILES[args.profile]
+
+    def rate(mbps, default):
+        return default if mbps is None else (mbps * 1e6 / 8 or None)
+
+    profile = wan.Profile(p.name, p.rtt_s if args.rtt_ms is None else args.rtt_ms / 1e3,
+                          rate(args.conn_mbps, p.conn_Bps), rate(args.link_mbps, p.link_Bps))
+    relay = wan.Relay(args.target, profile, listen=args.listen).start()
+    print(f"pccl-arrays wan-relay listening on {relay.address} -> {args.target} ({profile.describe()})", flush=True)
+    _wait_for_signal()
+    relay.stop()
     return 0
 
 

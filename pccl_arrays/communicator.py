@@ -119,6 +119,11 @@ class Communicator:
         """``host:port`` other peers dial to reach this peer's data port."""
         return self._core.data_address
 
+    @property
+    def data_port(self) -> int:
+        """The port this peer's data socket listens on (it differs from ``data_address`` behind a relay or NAT)."""
+        return self._core.data_port
+
     def connection_stats(self) -> list:
         """Per pooled connection: peer, index, direction ('send' or 'recv') and bytes moved (diagnostics)."""
         return self._core.connection_stats()

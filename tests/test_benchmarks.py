@@ -35,3 +35,33 @@ def test_shared_state_soak_runs_its_checks_and_writes_valid_json(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["errors"] == [] and doc["checks"]["revisions"] >= 20 and doc["hash_GBps"] > 0
     assert "moved 0 bytes" in proc.stdout
+
+
+@pytest.mark.timeout(240)
+def test_wan_benchmark_quick_mode_writes_valid_json(tmp_path):
+    """Peers advertise their relay's address, so every byte between them crosses the emulated path."""
+    out = tmp_path / "wan.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wan.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=230, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == []
+    kinds = {(r["profile"], r["k"], r["kind"]) for r in doc["rows"]}
+    assert len(kinds) == 2 * 6 * 2
+    for r in doc["rows"]:
+        assert r["seconds"] > 0 and r["wire_MBps"] > 0 and r["stripes"] >= 1
+    assert {row["profile"] for row in doc["extrapolation_1B"]} == {"continent", "transatlantic"}
+
+
+@pytest.mark.timeout(120)
+def test_gpu_quant_wan_benchmark_runs_the_host_path_and_says_so(tmp_path):
+    out = tmp_path / "gq.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_quant_wan.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=110, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == [] and doc["effective_MBps"] > 0
+    assert doc["stages_s"]["wan_transfer"] > 0 and doc["stages_s"]["quantize"] > 0
+    if doc["path"] == "host":
+        assert "device_to_host" not in doc["stages_s"]
+        assert "device stages were not measured" in proc.stdout and "--size 256MiB" in proc.stdout
