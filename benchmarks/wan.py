@@ -18,7 +18,6 @@ would take a second to fill the pipeline).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
