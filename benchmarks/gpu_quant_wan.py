@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _procs  # noqa: E402
 from allreduce import import_pccl_arrays, parse_size, print_footer, save_and_report  # noqa: E402
-from wan import PIECE  # noqa: E402
+from wan import join_behind_relay  # noqa: E402
 
 MINMAX, BLOCK = 1, 1024
 GPU_COMMAND = "PYTHONPATH=. python benchmarks/gpu_quant_wan.py --size 256MiB  # on a machine with a CUDA GPU"
@@ -52,20 +52,10 @@ def _clock(torch, fn):
 def worker(a) -> dict:
     import numpy as np
 
-    import pccl_arrays as pa
-    from pccl_arrays import _core, wan
+    from pccl_arrays import _core
 
     torch = _cuda()
-    relay = wan.Relay(None, a.profile).start()
-    c = pa.Communicator(a.master, connections=a.k, listen="127.0.0.1:0", advertise=relay.address,
-                        piece_bytes=PIECE, data_timeout=60.0)
-    c.connect(timeout=60)
-    relay.set_target(f"127.0.0.1:{c.data_port}")
-    while c.world_size < a.world:
-        if c.are_peers_pending():
-            c.update_topology()
-        else:
-            time.sleep(0.005)
+    c, relay = join_behind_relay(a.master, a.world, a.k, a.profile)
     n = a.size // 4
     qbytes = _core.quantized_bytes(n, BLOCK)
     q_out = np.zeros(qbytes, np.uint8)

@@ -35,22 +35,29 @@ U8_SCALE = 4  # uint8 operations reduce 4x larger arrays, so they too last about
 
 
 # -- worker side ---------------------------------------------------------------------------------------------------
-def worker(a) -> dict:
-    import numpy as np
-
+def join_behind_relay(master: str, world: int, k: int, profile: str):
+    """A peer whose data port sits behind its own relay (others dial the relay), joined into a group of `world`;
+    returns (communicator, relay)."""
     import pccl_arrays as pa
     from pccl_arrays import wan
 
-    relay = wan.Relay(None, a.profile).start()
-    c = pa.Communicator(a.master, connections=a.k, listen="127.0.0.1:0", advertise=relay.address,
-                        piece_bytes=PIECE, data_timeout=60.0)
+    relay = wan.Relay(None, profile).start()
+    c = pa.Communicator(master, connections=k, listen="127.0.0.1:0", advertise=relay.address, piece_bytes=PIECE,
+                        data_timeout=60.0)
     c.connect(timeout=60)
-    relay.set_target(f"127.0.0.1:{c.data_port}")
-    while c.world_size < a.world:
+    relay.set_target(f"127.0.0.1:{c.data_port}")  # known once the data port is bound
+    while c.world_size < world:
         if c.are_peers_pending():
             c.update_topology()
         else:
             time.sleep(0.005)
+    return c, relay
+
+
+def worker(a) -> dict:
+    import numpy as np
+
+    c, relay = join_behind_relay(a.master, a.world, a.k, a.profile)
     rows = []
     for kind in ("float32", "uint8"):
         quant = "minmax" if kind == "uint8" else None

@@ -342,6 +342,18 @@ class PeerContext:
                 comm.close()
         return None
 
+    def rejoin(self, comm, error: BaseException):
+        """After an eviction (a stall past the master's deadline) the communicator is unusable: records the
+        event, closes it and joins again as a new peer (None when asked to stop)."""
+        from . import errors
+
+        self.progress(kind="rejoin", error=type(error).__name__)
+        try:
+            comm.close()
+        except errors.PCCLError:
+            pass
+        return self.connect()
+
     def admit_initial(self, comm) -> None:
         """The peers started together (``args["initial"]``) vote each other in; then records "joined"."""
         initial = self.args.get("initial")
@@ -398,14 +410,8 @@ def allreduce_loop(ctx: PeerContext) -> dict:
             time.sleep(0.05)
             continue
         except (errors.PeerEvictedError, errors.MasterUnreachableError) as e:
-            # A stalled peer was evicted: the old communicator is unusable; join again as a new peer.
             counts["rejoins"] += 1
-            ctx.progress(kind="rejoin", error=type(e).__name__)
-            try:
-                comm.close()
-            except errors.PCCLError:
-                pass
-            comm = ctx.connect()
+            comm = ctx.rejoin(comm, e)
             if comm is None:
                 return {"records": records, **counts}
             vote = False

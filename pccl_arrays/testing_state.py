@@ -91,12 +91,7 @@ def state_loop(ctx) -> dict:
             continue
         except (errors.PeerEvictedError, errors.MasterUnreachableError) as e:
             counts["rejoins"] += 1
-            ctx.progress(kind="rejoin", error=type(e).__name__)
-            try:
-                comm.close()
-            except errors.PCCLError:
-                pass
-            comm = ctx.connect()
+            comm = ctx.rejoin(comm, e)
             if comm is None:
                 return counts
             vote = False
