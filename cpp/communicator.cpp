@@ -305,15 +305,8 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
         auto& r = slots_[go.slot];
         if (!r) r = std::make_unique<SlotResources>();
         res = r.get();
-        active_[go.op_id] = &ctl;
-        if (state_ == State::kBroken) ctl.fail(broken_kind_, broken_why_);
-        for (const auto& fr : inbox_) {  // an abort that raced ahead of us
-            if (fr.type == uint16_t(MsgType::kOpAbort)) {
-                auto m = wire::decode_payload<wire::OpAbort>(fr.payload);
-                if (m.op_id == go.op_id) ctl.fail(ErrorKind(m.kind), m.reason);
-            }
-        }
     }
+    track(ctl);
     // The master may hand this slot to our next operation as soon as it commits this one, while we still copy
     // the result out of the slot's scratch: the next one waits here for that copy.
     std::unique_lock<std::mutex> slot_lock(res->mu);
@@ -348,42 +341,60 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
             info.bytes_received += b.received;
         }
     }
-    {
-        std::lock_guard<std::mutex> g(mu_);
-        active_.erase(go.op_id);
-    }
+    untrack(ctl);
     ErrorKind kind;
     std::string why;
-    if (ctl.failed(&kind, &why)) {
-        pool_.clear_slot(go.slot);
-        // Report the local failure, then wait for the master's verdict: it names the root cause (which peer was
-        // lost) and is the same on every peer. A broken link (eviction, lost master) raises from the wait.
-        send_master(MsgType::kOpDone, wire::OpDone{go.op_id, 0, uint8_t(kind), why});
-        f = wait_frame(
-            [&go](const Frame& f) {
-                return f.type == uint16_t(MsgType::kOpAbort) && wire::decode_payload<wire::OpAbort>(f.payload).op_id == go.op_id;
-            },
-            net::now_seconds() + cfg_.master_timeout, "the master's verdict on a failed operation");
-        auto m = wire::decode_payload<wire::OpAbort>(f.payload);
-        throw CoreError(ErrorKind(m.kind), m.reason + (m.reason.find(why) == std::string::npos ? " (seen here: " + why + ")" : ""));
-    }
-    if (op == ReduceOp::kAvg && count && !quant.enabled()) finalize_avg(dtype, result, count, world);
-    send_master(MsgType::kOpDone, wire::OpDone{go.op_id, 1, 0, ""});
-    f = wait_frame(
-        [&go](const Frame& f) {
-            if (f.type == uint16_t(MsgType::kOpCommit)) return wire::decode_payload<wire::OpCommit>(f.payload).op_id == go.op_id;
-            if (f.type == uint16_t(MsgType::kOpAbort)) return wire::decode_payload<wire::OpAbort>(f.payload).op_id == go.op_id;
-            return false;
-        },
-        -1, "the master's commit");
-    if (f.type == uint16_t(MsgType::kOpAbort)) {
-        pool_.clear_slot(go.slot);
-        auto m = wire::decode_payload<wire::OpAbort>(f.payload);
-        throw CoreError(ErrorKind(m.kind), m.reason);
-    }
+    if (op == ReduceOp::kAvg && count && !quant.enabled() && !ctl.failed(&kind, &why))
+        finalize_avg(dtype, result, count, world);
+    settle(ctl, go.slot);
     if (result != output && total_bytes) std::memcpy(output, result, total_bytes);
     info.seconds = net::now_seconds() - t0;
     return info;
+}
+
+void Communicator::track(OpControl& ctl) {
+    std::lock_guard<std::mutex> g(mu_);
+    active_[ctl.op_id()] = &ctl;
+    if (state_ == State::kBroken) ctl.fail(broken_kind_, broken_why_);
+    for (const auto& fr : inbox_) {  // an abort that raced ahead of us
+        if (fr.type != uint16_t(MsgType::kOpAbort)) continue;
+        auto m = wire::decode_payload<wire::OpAbort>(fr.payload);
+        if (m.op_id == ctl.op_id()) ctl.fail(ErrorKind(m.kind), m.reason);
+    }
+}
+
+void Communicator::untrack(const OpControl& ctl) {
+    std::lock_guard<std::mutex> g(mu_);
+    active_.erase(ctl.op_id());
+}
+
+void Communicator::settle(OpControl& ctl, uint32_t slot) {
+    const uint64_t id = ctl.op_id();
+    auto verdict_for = [id](bool abort_only) {
+        return [id, abort_only](const Frame& f) {
+            if (!abort_only && f.type == uint16_t(MsgType::kOpCommit)) return wire::decode_payload<wire::OpCommit>(f.payload).op_id == id;
+            if (f.type == uint16_t(MsgType::kOpAbort)) return wire::decode_payload<wire::OpAbort>(f.payload).op_id == id;
+            return false;
+        };
+    };
+    ErrorKind kind;
+    std::string why;
+    if (ctl.failed(&kind, &why)) {
+        pool_.clear_slot(slot);
+        // Report the local failure, then wait for the master's verdict: it names the root cause (which peer was
+        // lost) and is the same on every peer. A broken link (eviction, lost master) raises from the wait.
+        send_master(MsgType::kOpDone, wire::OpDone{id, 0, uint8_t(kind), why});
+        Frame f = wait_frame(verdict_for(true), net::now_seconds() + cfg_.master_timeout, "the master's verdict on a failure");
+        auto m = wire::decode_payload<wire::OpAbort>(f.payload);
+        throw CoreError(ErrorKind(m.kind), m.reason + (m.reason.find(why) == std::string::npos ? " (seen here: " + why + ")" : ""));
+    }
+    send_master(MsgType::kOpDone, wire::OpDone{id, 1, 0, ""});
+    Frame f = wait_frame(verdict_for(false), -1, "the master's commit");
+    if (f.type == uint16_t(MsgType::kOpAbort)) {
+        pool_.clear_slot(slot);
+        auto m = wire::decode_payload<wire::OpAbort>(f.payload);
+        throw CoreError(ErrorKind(m.kind), m.reason);
+    }
 }
 
 void Communicator::close() {

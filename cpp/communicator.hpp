@@ -113,6 +113,14 @@ private:
     // deadline (steady seconds, negative: none) passes.
     template <class Match> Frame wait_frame(Match match, double deadline, const char* what);
     void apply_topology(const wire::TopoResult& r);
+    // The two-phase end of an operation or a sync: OP_DONE with the local outcome (ctl's failure, if any), then
+    // the master's verdict. Returns on OP_COMMIT; on OP_ABORT (or a local failure) clears the slot's
+    // connections and throws the verdict's error, the same on every peer.
+    void settle(OpControl& ctl, uint32_t slot);
+    // Registers a running operation or sync so that OP_ABORT, KICKED and a lost master stop it (also one that
+    // arrived before it was registered); untrack() when its data phase is over.
+    void track(OpControl& ctl);
+    void untrack(const OpControl& ctl);
 
     CommConfig cfg_;
     ConnPool pool_;

@@ -76,51 +76,38 @@ SyncOutcome Communicator::sync_state(const std::vector<wire::StateEntry>& entrie
     }
 
     OpControl ctl(plan.sync_id);
-    {
-        std::lock_guard<std::mutex> g(mu_);
-        active_[plan.sync_id] = &ctl;
-        if (state_ == State::kBroken) ctl.fail(broken_kind_, broken_why_);
-        for (const auto& fr : inbox_) {  // an abort that raced ahead of us
-            if (fr.type != uint16_t(MsgType::kOpAbort)) continue;
-            auto m = wire::decode_payload<wire::OpAbort>(fr.payload);
-            if (m.op_id == plan.sync_id) ctl.fail(ErrorKind(m.kind), m.reason);
-        }
-    }
+    track(ctl);
     const Stream mine = stream_of(plan.fetch, true);
     std::vector<Stream> outgoing;
     for (const auto& snd : plan.sends) outgoing.push_back(stream_of(snd.fetch, false));
     std::vector<std::atomic<uint64_t>> sent(plan.sends.size()), received(plan.recvs.size());
+    // One thread per stripe of every send and receive; both ends cut a range into the same stripes.
     std::vector<std::thread> threads;
+    auto per_stripe = [&](uint64_t begin, uint64_t end, uint32_t connections, auto&& body) {
+        const uint32_t stripes = stripes_for(end - begin, connections);
+        for (uint32_t j = 0; j < stripes; j++) {
+            uint64_t b, e;
+            stripe_range(begin, end, stripes, j, &b, &e);
+            threads.emplace_back([=] { body(j, b, e); });
+        }
+    };
     for (size_t t = 0; t < plan.sends.size(); t++) {
         const auto& snd = plan.sends[t];
-        const uint32_t stripes = stripes_for(snd.end - snd.begin, snd.stripes);
-        for (uint32_t j = 0; j < stripes; j++) {
-            threads.emplace_back([&, t, j, stripes] {
-                uint64_t b, e;
-                stripe_range(snd.begin, snd.end, stripes, j, &b, &e);
-                TransferLink link{&pool_, snd.to, j, cfg_.connect_timeout, cfg_.data_timeout, cfg_.piece_bytes};
-                send_stream(outgoing[t], b, e, link, ctl, &sent[t]);
-            });
-        }
+        per_stripe(snd.begin, snd.end, snd.stripes, [&, t](uint32_t j, uint64_t b, uint64_t e) {
+            TransferLink link{&pool_, snd.to, j, cfg_.connect_timeout, cfg_.data_timeout, cfg_.piece_bytes};
+            send_stream(outgoing[t], b, e, link, ctl, &sent[t]);
+        });
     }
     for (size_t t = 0; t < plan.recvs.size(); t++) {
         const auto& rcv = plan.recvs[t];
-        const uint32_t stripes = stripes_for(rcv.end - rcv.begin, rcv.stripes);
-        for (uint32_t j = 0; j < stripes; j++) {
-            threads.emplace_back([&, t, j, stripes] {
-                uint64_t b, e;
-                stripe_range(rcv.begin, rcv.end, stripes, j, &b, &e);
-                TransferLink link{&pool_, wire::PeerInfo{rcv.from, "", 0}, j, cfg_.connect_timeout, cfg_.data_timeout,
-                                  cfg_.piece_bytes};
-                recv_stream(mine, b, e, link, ctl, &received[t]);
-            });
-        }
+        per_stripe(rcv.begin, rcv.end, rcv.stripes, [&, t](uint32_t j, uint64_t b, uint64_t e) {
+            TransferLink link{&pool_, wire::PeerInfo{rcv.from, "", 0}, j, cfg_.connect_timeout, cfg_.data_timeout,
+                              cfg_.piece_bytes};
+            recv_stream(mine, b, e, link, ctl, &received[t]);
+        });
     }
     for (auto& th : threads) th.join();
-    {
-        std::lock_guard<std::mutex> g(mu_);
-        active_.erase(plan.sync_id);
-    }
+    untrack(ctl);
     for (size_t t = 0; t < plan.sends.size(); t++) {
         out.sent_to[plan.sends[t].to.id] += sent[t];
         out.bytes_sent += sent[t];
@@ -143,30 +130,7 @@ SyncOutcome Communicator::sync_state(const std::vector<wire::StateEntry>& entrie
             }
         }
     }
-    if (ctl.failed(&kind, &why)) {
-        pool_.clear_slot(kStateSlot);
-        send_master(MsgType::kOpDone, wire::OpDone{plan.sync_id, 0, uint8_t(kind), why});
-        f = wait_frame(
-            [&plan](const Frame& f) {
-                return f.type == uint16_t(MsgType::kOpAbort) && wire::decode_payload<wire::OpAbort>(f.payload).op_id == plan.sync_id;
-            },
-            net::now_seconds() + cfg_.master_timeout, "the master's verdict on a failed sync");
-        auto m = wire::decode_payload<wire::OpAbort>(f.payload);
-        throw CoreError(ErrorKind(m.kind), m.reason + (m.reason.find(why) == std::string::npos ? " (seen here: " + why + ")" : ""));
-    }
-    send_master(MsgType::kOpDone, wire::OpDone{plan.sync_id, 1, 0, ""});
-    f = wait_frame(
-        [&plan](const Frame& f) {
-            if (f.type == uint16_t(MsgType::kOpCommit)) return wire::decode_payload<wire::OpCommit>(f.payload).op_id == plan.sync_id;
-            if (f.type == uint16_t(MsgType::kOpAbort)) return wire::decode_payload<wire::OpAbort>(f.payload).op_id == plan.sync_id;
-            return false;
-        },
-        -1, "the master's commit of the sync");
-    if (f.type == uint16_t(MsgType::kOpAbort)) {
-        pool_.clear_slot(kStateSlot);
-        auto m = wire::decode_payload<wire::OpAbort>(f.payload);
-        throw CoreError(ErrorKind(m.kind), m.reason);
-    }
+    settle(ctl, kStateSlot);
     out.seconds = net::now_seconds() - t0;
     return out;
 }

@@ -159,33 +159,35 @@ def run_peer(a) -> dict:
     quant = a.quantization if a.quantization != "none" else None
     momentum = jax.tree_util.tree_map(jnp.zeros_like, params)
     state = state_of(params, momentum, 0)
-    n = ravel_pytree(params)[0].size
-    _, unravel = ravel_pytree(params)
+    flat0, unravel = ravel_pytree(params)
+    n = flat0.size
     lr, mu = jnp.float32(a.outer_lr), jnp.float32(a.outer_momentum)
     totals = {"bytes_sent": 0, "bytes_received": 0, "state_bytes_received": 0, "compute_s": 0.0, "comm_wait_s": 0.0,
               "allreduce_s": 0.0, "allreduce_wait_s": 0.0, "sync_s": 0.0, "dropped_rounds": 0, "retries": 0}
 
+    synced = False  # a newcomer's first sync is receive_only
+
     def boundary(vote: bool):
         """Admit newcomers and sync the shared state; returns (params, momentum, round)."""
+        nonlocal synced
         while True:
             try:
                 if vote:
                     comm.update_topology()
                 t0 = time.perf_counter()
-                info = comm.sync_shared_state(state, "receive_only" if newcomer and not boundary.synced
+                info = comm.sync_shared_state(state, "receive_only" if newcomer and not synced
                                               else "enforce_popular")
                 totals["comm_wait_s"] += time.perf_counter() - t0
                 totals["sync_s"] += time.perf_counter() - t0
                 totals["state_bytes_received"] += info.bytes_received
                 totals["bytes_sent"] += info.bytes_sent
                 totals["bytes_received"] += info.bytes_received
-                boundary.synced = True
+                synced = True
                 return (tree_from_state(state, "params", params), tree_from_state(state, "momentum", momentum),
                         int(state["round"][0]))
             except errors.PeerLostError:
                 totals["retries"] += 1
                 vote = True  # after a failure every peer goes through the vote again
-    boundary.synced = False
 
     def average(delta_flat: np.ndarray, weight: float, handle=None):
         """The committed average of the peers' deltas (retrying on the smaller ring); None to drop the round."""
