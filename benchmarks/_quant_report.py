@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import allreduce as _ar  # sizes and formatting shared with the all-reduce benchmark
+import _common
 
 
 def print_report(doc: dict) -> None:
@@ -16,7 +16,7 @@ def print_report(doc: dict) -> None:
         print("CPU used by other processes during each section (cores, approximate): " + ", ".join(busy))
     kern = doc.get("kernels")
     if kern:
-        print(f"\n1. C++ kernels, one thread, {_ar.fmt_size(kern['float32_bytes'])} float32, median [min-max] of "
+        print(f"\n1. C++ kernels, one thread, {_common.fmt_size(kern['float32_bytes'])} float32, median [min-max] of "
               f"{kern['repeats']} (GB/s of float32 bytes)")
         mc = next(r for r in kern["rows"] if r["op"] == "memcpy")["GBps"]
         print(f"   memcpy: {mc['median']:.2f} [{mc['min']:.2f}-{mc['max']:.2f}]")
@@ -97,11 +97,11 @@ def print_report(doc: dict) -> None:
             print(f"   NOT MEASURED: {tr['why']}.")
             print(f"   On a machine with a CUDA GPU (torch with CUDA, triton): {tr['command']}")
         else:
-            print(f"   {tr['device']}, {_ar.fmt_size(tr['elements'] * 4)} float32, GB/s median [min-max]")
+            print(f"   {tr['device']}, {_common.fmt_size(tr['elements'] * 4)} float32, GB/s median [min-max]")
             for r in tr["rows"]:
                 g = r["GBps"]
                 same = {True: "  (same bytes as the C++ kernel)", False: "  DIFFERENT BYTES from the C++ kernel",
                         None: ""}[r.get("same_bytes_as_host")]
                 print(f"   {r['op']:<10} {r['kind'] or '':<9} {r['block'] or '':>5}: {g['median']:.1f} "
                       f"[{g['min']:.1f}-{g['max']:.1f}]{same}")
-    _ar.print_footer(doc)
+    _common.print_footer(doc)

@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
-import re
 import socket
 import statistics
 import sys
@@ -46,6 +44,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
+from _common import (cpu_model, fmt_size, import_pccl_arrays, parse_size, print_footer,  # noqa: E402,F401
+                     save_and_report, spread)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 FULL_SIZES = [4 * KiB, 1 * MiB, 16 * MiB, 64 * MiB, 256 * MiB]
@@ -57,24 +57,6 @@ GOAL_VS_GLOO, GOAL_VS_BOUND, GOAL_LATENCY = 1.1, 0.8, 2.0
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)(i?B?)\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4KiB, 16MiB, 4096)")
-    mult = {"": 1, "K": KiB, "M": MiB, "G": GiB}[m.group(2).upper()]
-    n = int(float(m.group(1)) * mult)
-    if n < 4 or n % 4:
-        raise argparse.ArgumentTypeError(f"size {text!r} must be a positive multiple of 4 bytes (float32)")
-    return n
-
-
-def fmt_size(n: int) -> str:
-    for unit, m in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if n >= m and n % m == 0:
-            return f"{n // m} {unit}"
-    return f"{n} B"
-
-
 def default_repeats(n: int, quick: bool) -> int:
     if quick:
         return 3
@@ -83,20 +65,6 @@ def default_repeats(n: int, quick: bool) -> int:
     if n <= 16 * MiB:
         return 10
     return 5
-
-
-def spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -309,18 +277,6 @@ def measure_loopback(total: int, rounds: int, streams: int, chunk: int, timeout:
             "samples_GBps": gbps, "GBps": spread(gbps)}
 
 
-def import_pccl_arrays():
-    """pccl_arrays as installed (or on PYTHONPATH), else from this checkout; workers get the same one."""
-    try:
-        import pccl_arrays
-    except ImportError:
-        sys.path.insert(1, str(HERE.parent))
-        sys.modules.pop("pccl_arrays", None)
-        import pccl_arrays
-    _procs.EXTRA_PATHS[:] = [str(Path(pccl_arrays.__file__).resolve().parents[1])]
-    return pccl_arrays
-
-
 def run_pccl(world: int, sizes, repeats, connections: int, piece_bytes: int, timeout: float) -> list[dict]:
     import pccl_arrays as pa
     m = pa.Master("127.0.0.1:0").start()
@@ -432,28 +388,6 @@ def print_table(doc: dict) -> None:
             ratio_b = f"{p['algbw_GBps']['median'] / bound:10.3g}" if p and bound else f"{'-':>10}"
             print(f"{n:>2} {fmt_size(s):>8} {reps:>4} | {cell(p)} | {cell(g)} | {ratio_g} {ratio_b}")
     print_footer(doc)
-
-
-def print_footer(doc: dict) -> None:
-    """Goals, errors and notes: the end of every benchmark's report."""
-    if doc["goals"]:
-        print("\nGoals (on this machine):")
-        for g in doc["goals"]:
-            print(f"  [{'met ' if g['met'] else 'MISS'}] {g['text']}")
-    for e in doc["errors"]:
-        print(f"ERROR: {e}")
-    for note in doc["notes"]:
-        print(f"NOTE: {note}")
-
-
-def save_and_report(doc: dict, out_path: str, t_start: float, report) -> None:
-    """Stamps the runtime, writes the JSON document and prints the report."""
-    doc["runtime_s"] = time.monotonic() - t_start
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
-    report(doc)
-    print(f"\nsaved {out} (runtime {doc['runtime_s']:.1f} s)")
 
 
 def evaluate_goals(doc: dict) -> list[dict]:

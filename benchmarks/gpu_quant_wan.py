@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _procs  # noqa: E402
-from allreduce import import_pccl_arrays, parse_size, print_footer, save_and_report  # noqa: E402
+from _common import import_pccl_arrays, parse_size, print_footer, save_and_report  # noqa: E402
 from wan import join_behind_relay  # noqa: E402
 
 MINMAX, BLOCK = 1, 1024

@@ -65,6 +65,7 @@ sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
 from _quant_sim import error_stats, find_ring_order, simulate_baseline, simulate_ours  # noqa: E402
+import _common  # noqa: E402
 import allreduce as _ar  # noqa: E402
 from _quant_report import print_report  # noqa: E402  (helpers: sizes, spread, machine, pattern data, pccl_arrays import)
 
@@ -374,10 +375,10 @@ def bench_kernels(n: int, repeats: int, blocks: list[int], kinds: list[str], log
         op = parts[0]
         row = {"op": op, "kind": parts[1] if len(parts) > 1 else None,
                "block": int(parts[2]) if len(parts) > 2 else None, "elements": n, "float32_bytes": fbytes,
-               "seconds": ts, "GBps": _ar.spread([fbytes / t / 1e9 for t in ts])}
+               "seconds": ts, "GBps": _common.spread([fbytes / t / 1e9 for t in ts])}
         if op == "reduce_hop":
             qb = _core.quantized_bytes(n, row["block"])
-            row["wire_GBps"] = _ar.spread([qb / t / 1e9 for t in ts])  # quantized bytes received per second
+            row["wire_GBps"] = _common.spread([qb / t / 1e9 for t in ts])  # quantized bytes received per second
         rows.append(row)
     return {"elements": n, "float32_bytes": fbytes, "repeats": repeats, "threads": 1, "rows": rows,
             "definition": "GB/s = float32 bytes of the array / time (1e9 B/s), median [min-max] of the repeats; "
@@ -410,14 +411,14 @@ def bench_allreduce(peers, sizes, reps_per_round, rounds, kind, block, connectio
             runs.setdefault(n, []).append(res)
             busy = meter.stop()
             others.append({"round": rnd + 1, "peers": n, **busy})
-            summary = ", ".join(f"{_ar.fmt_size(r['bytes'])}: " + " / ".join(
+            summary = ", ".join(f"{_common.fmt_size(r['bytes'])}: " + " / ".join(
                 f"{statistics.median(r[m]['seconds']) * 1e3:.1f}" for m in MODES) + " ms" for r in res[0]["rows"])
             log(f"  N={n} [{time.monotonic() - t:.1f} s, other processes used {busy['others_cores']:.2f} cores] "
                 f"peer 0 median {' / '.join(MODES)}: {summary}")
     rows = []
     for n, rnds in runs.items():
         for i, size in enumerate(sizes):
-            row = {"peers": n, "bytes": size, "size": _ar.fmt_size(size)}
+            row = {"peers": n, "bytes": size, "size": _common.fmt_size(size)}
             for m in MODES:
                 per_peer = [sum((rnd[p]["rows"][i][m]["seconds"] for rnd in rnds), []) for p in range(n)]
                 core = [sum((rnd[p]["rows"][i][m]["core_seconds"] for rnd in rnds), []) for p in range(n)]
@@ -426,9 +427,9 @@ def bench_allreduce(peers, sizes, reps_per_round, rounds, kind, block, connectio
                 # the same result bytes on every peer (per check point: warm-up and last repeat, per round)
                 same = all(len({rnd[p]["rows"][i][m]["checks"][j]["sha"] for p in range(n)}) == 1
                            for rnd in rnds for j in range(len(rnd[0]["rows"][i][m]["checks"])))
-                row[m] = {"repeats": len(worst), "algbw_GBps": _ar.spread([size / t / 1e9 for t in worst]),
-                          "latency_ms": _ar.spread([t * 1e3 for t in worst]),
-                          "core_ms_peer0": _ar.spread([t * 1e3 for t in core[0]]),
+                row[m] = {"repeats": len(worst), "algbw_GBps": _common.spread([size / t / 1e9 for t in worst]),
+                          "latency_ms": _common.spread([t * 1e3 for t in worst]),
+                          "core_ms_peer0": _common.spread([t * 1e3 for t in core[0]]),
                           "bytes_sent_peer0": rnds[0][0]["rows"][i][m]["bytes_sent"],
                           "correct": all(ch["ok"] for ch in checks) and same, "identical_on_peers": same,
                           "seconds_per_peer": per_peer}
@@ -602,7 +603,7 @@ def bench_triton(n: int, repeats: int, blocks: list[int], kinds: list[str], log)
         t = cuda_time(lambda: x.clone())
         if rep:
             ts.append(t)
-    rows.append({"op": "clone", "kind": None, "block": None, "GBps": _ar.spread([n * 4 / t / 1e9 for t in ts])})
+    rows.append({"op": "clone", "kind": None, "block": None, "GBps": _common.spread([n * 4 / t / 1e9 for t in ts])})
     for kind in kinds:
         for b in blocks:
             q = k.quantize(x, KINDS[kind], b)
@@ -621,9 +622,9 @@ def bench_triton(n: int, repeats: int, blocks: list[int], kinds: list[str], log)
             _core.quantize(xh.ctypes.data, F32, n, KINDS[kind], b, qh.ctypes.data)
             same = bool(np.array_equal(q.cpu().numpy(), qh))
             rows.append({"op": "quantize", "kind": kind, "block": b, "same_bytes_as_host": same,
-                         "GBps": _ar.spread([n * 4 / t / 1e9 for t in tq])})
+                         "GBps": _common.spread([n * 4 / t / 1e9 for t in tq])})
             rows.append({"op": "dequantize", "kind": kind, "block": b,
-                         "GBps": _ar.spread([n * 4 / t / 1e9 for t in td])})
+                         "GBps": _common.spread([n * 4 / t / 1e9 for t in td])})
             log(f"  triton {kind} B={b}: quantize {rows[-2]['GBps']['median']:.1f}, dequantize "
                 f"{rows[-1]['GBps']['median']:.1f} GB/s")
     return {"measured": True, "device": torch.cuda.get_device_name(), "elements": n, "repeats": repeats,
@@ -693,7 +694,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 peers, few repeats (CI smoke test)")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS, help="what to run (default: all)")
     ap.add_argument("--peers", type=int, nargs="+", help="peer counts of the bandwidth test (default 2 3; 2 quick)")
-    ap.add_argument("--sizes", type=_ar.parse_size, nargs="+", help="all-reduce sizes (default 1 16 64 256 MiB)")
+    ap.add_argument("--sizes", type=_common.parse_size, nargs="+", help="all-reduce sizes (default 1 16 64 256 MiB)")
     ap.add_argument("--repeats", type=int, help="timed repeats per size and mode (default: 21 up to 1 MiB, 12 up to "
                                                 "16 MiB, 6 above; 3 with --quick)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds of the bandwidth test (default 3, 1 quick)")
@@ -732,7 +733,7 @@ def main(argv=None) -> int:
     import numpy as np
     errors, notes = [], []
     try:
-        pccl_arrays = _ar.import_pccl_arrays()
+        pccl_arrays = _common.import_pccl_arrays()
         pv = pccl_arrays.__version__
     except Exception as e:
         print(f"ERROR: pccl_arrays cannot be imported ({type(e).__name__}: {e})", flush=True)
@@ -741,7 +742,7 @@ def main(argv=None) -> int:
         "benchmark": "quant",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": ["python", os.path.relpath(__file__), *argv],
-        "machine": {"nproc": os.cpu_count(), "cpu": _ar.cpu_model(), "platform": platform.platform(),
+        "machine": {"nproc": os.cpu_count(), "cpu": _common.cpu_model(), "platform": platform.platform(),
                     "python": platform.python_version(), "numpy": np.__version__, "pccl_arrays": pv,
                     "pccl_arrays_path": str(Path(pccl_arrays.__file__).resolve().parent)},
         "config": {"quick": a.quick, "sections": a.sections, "kinds": list(KINDS), "blocks": BLOCKS,
@@ -757,14 +758,14 @@ def main(argv=None) -> int:
     if "kernels" in a.sections:
         wait_for_quiet("kernels", log)
         t, meter = time.monotonic(), CpuMeter()
-        log(f"-- kernels: {_ar.fmt_size(kernel_n * 4)} float32, blocks {BLOCKS}, {cfg['kernel_repeats']} repeats")
+        log(f"-- kernels: {_common.fmt_size(kernel_n * 4)} float32, blocks {BLOCKS}, {cfg['kernel_repeats']} repeats")
         doc["kernels"] = bench_kernels(kernel_n, cfg["kernel_repeats"], BLOCKS, list(KINDS), log)
         doc["kernels"]["runtime_s"] = time.monotonic() - t
         doc["kernels"]["other_processes"] = doc["kernels"].get("other_processes", []) + [{"section": meter.stop()}]
         doc["load_average"].append(("after kernels", os.getloadavg()))
     if "allreduce" in a.sections:
         t, meter = time.monotonic(), CpuMeter()
-        log(f"-- all-reduce: peers {peers}, sizes {[_ar.fmt_size(s) for s in sizes]}, repeats {repeats} per mode")
+        log(f"-- all-reduce: peers {peers}, sizes {[_common.fmt_size(s) for s in sizes]}, repeats {repeats} per mode")
         doc["allreduce"] = bench_allreduce(peers, sizes, reps_per_round, rounds, a.kind, a.block, a.connections,
                                            timeout, log, errors)
         doc["allreduce"]["runtime_s"] = time.monotonic() - t
@@ -791,7 +792,7 @@ def main(argv=None) -> int:
     doc["load_average"].append(("end", os.getloadavg()))
     doc["quiet_waits"] = QUIET_WAIT["waits"]
     doc["goals"] = evaluate_goals(doc)
-    _ar.save_and_report(doc, a.out, t_start, print_report)
+    _common.save_and_report(doc, a.out, t_start, print_report)
     return 1 if errors else 0
 
 

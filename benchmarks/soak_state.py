@@ -15,7 +15,6 @@ cores, so absolute rates say more about the machine than about the library; the 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from allreduce import print_footer, save_and_report  # noqa: E402
+from _common import print_footer, save_and_report  # noqa: E402
 
 from pccl_arrays import _core  # noqa: E402
 from pccl_arrays.testing import Harness, Schedule  # noqa: E402

@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _procs  # noqa: E402
-from allreduce import import_pccl_arrays, print_footer, save_and_report  # noqa: E402
+from _common import import_pccl_arrays, print_footer, save_and_report  # noqa: E402
 
 MiB = 1 << 20
 KS = [1, 2, 4, 8, 16, 32]

@@ -1,6 +1,7 @@
 // The master's decisions, as a pure state machine: every event (a frame from a peer, a disconnect, a clock
 // tick) goes in with the current time, and the actions (frames to send, connections to close) come out. No
-// sockets, threads or clocks live here, so tests drive it with a fake clock (see tests/test_master_state.py and tests/test_master_sync.py).
+// sockets, threads or clocks live here, so tests drive it with a fake clock (tests/test_master_state.py,
+// tests/test_master_sync.py).
 //
 // How it decides:
 // - Membership. A peer says HELLO and waits as "pending". Pending peers are admitted when every accepted peer
