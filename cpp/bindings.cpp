@@ -9,6 +9,7 @@
 #include "codec.hpp"
 #include "dlpack.hpp"
 #include "hash.hpp"
+#include "log.hpp"
 #include "master_server.hpp"
 #include "master_state.hpp"
 #include "reduce.hpp"
@@ -42,11 +43,44 @@ py::list actions_list(const std::vector<MasterAction>& actions) {
             out.append(py::make_tuple("close", a.conn, a.reason));
             continue;
         }
+        if (a.kind == MasterAction::kProbe) {
+            out.append(py::make_tuple("probe", a.conn, a.probe.host + ":" + std::to_string(a.probe.port)));
+            continue;
+        }
         wire::Header h = wire::decode_header(a.frame.data());
         std::vector<uint8_t> payload(a.frame.begin() + wire::kHeaderSize, a.frame.end());
         out.append(py::make_tuple("send", a.conn, codec_type_name(h.type), codec_decode(h.type, payload)));
     }
     return out;
+}
+
+// Ctrl-C during a blocking call. Python's C signal handler only sets a flag; the core's waits call this (on
+// the main thread only: no other thread runs signal handlers) so that the Python handler runs and its
+// exception (KeyboardInterrupt) is kept until the core has cleaned up and the call returns.
+unsigned long g_main_thread = 0;
+thread_local PyObject *t_pending_type = nullptr, *t_pending_value = nullptr, *t_pending_tb = nullptr;
+
+bool python_interrupt_check() {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() == 0) return false;
+    PyErr_Fetch(&t_pending_type, &t_pending_value, &t_pending_tb);
+    return true;
+}
+
+// Held around every blocking call: enables the check on the main thread, for the call's duration.
+struct InterruptScope {
+    InterruptCheck saved = t_interrupt_check;
+    InterruptScope() {
+        if (PyThread_get_thread_ident() == g_main_thread) t_interrupt_check = &python_interrupt_check;
+    }
+    ~InterruptScope() { t_interrupt_check = saved; }
+};
+
+// Runs a blocking core call without the GIL, interruptible by Ctrl-C.
+template <class F> auto blocking(F&& f) {
+    InterruptScope scope;
+    py::gil_scoped_release release;
+    return f();
 }
 
 std::vector<uint8_t> bytes_of(const py::bytes& b) {
@@ -63,11 +97,22 @@ PYBIND11_MODULE(_core, m) {
         try {
             if (p) std::rethrow_exception(p);
         } catch (const CoreError& e) {
+            if (e.kind() == ErrorKind::kInterrupted) {  // what the signal handler raised, else KeyboardInterrupt
+                if (t_pending_type) {
+                    PyErr_Restore(t_pending_type, t_pending_value, t_pending_tb);
+                    t_pending_type = t_pending_value = t_pending_tb = nullptr;
+                } else {
+                    PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
+                }
+                return;
+            }
             py::object errors = py::module_::import("pccl_arrays.errors");
             py::object cls = errors.attr("error_class")(error_kind_name(e.kind()));
             PyErr_SetString(cls.ptr(), e.what());
         }
     });
+
+    g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
 
     py::class_<MasterServer>(m, "MasterServer")
         .def(py::init([](const std::string& listen, double peer_timeout, double handshake_timeout) {
@@ -83,10 +128,13 @@ PYBIND11_MODULE(_core, m) {
     // The master's pure decision logic, for tests with a fake clock. Frames are given and returned as
     // (type name, dict) pairs through the codec.
     py::class_<MasterState>(m, "MasterState")
-        .def(py::init([](double peer_timeout, double handshake_timeout) {
-                 return new MasterState(MasterConfig{peer_timeout, handshake_timeout});
+        .def(py::init([](double peer_timeout, double handshake_timeout, bool probe_addresses) {
+                 return new MasterState(MasterConfig{peer_timeout, handshake_timeout, probe_addresses});
              }),
-             py::arg("peer_timeout") = 10.0, py::arg("handshake_timeout") = 5.0)
+             py::arg("peer_timeout") = 10.0, py::arg("handshake_timeout") = 5.0, py::arg("probe_addresses") = false)
+        .def("on_probe_result", [](MasterState& s, uint64_t conn, bool reachable, const std::string& reason, double now) {
+            return actions_list(s.on_probe_result(conn, reachable, reason, now));
+        }, py::arg("conn"), py::arg("reachable"), py::arg("reason"), py::arg("now"))
         .def("on_connect", [](MasterState& s, uint64_t conn, const std::string& addr, double now) {
             return actions_list(s.on_connect(conn, addr, now));
         }, py::arg("conn"), py::arg("addr"), py::arg("now"))
@@ -145,6 +193,15 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("frame"), "Decodes one whole frame; raises ProtocolError on anything malformed.");
     m.attr("PROTOCOL_VERSION") = wire::kVersion;
 
+    // The core's log lines, for pccl_arrays.log's drain thread (the only caller).
+    m.def("log_attach_drain", &log_attach_drain);
+    m.def("log_take", [](double timeout) { return blocking([&] { return log_take(timeout); }); }, py::arg("timeout"));
+    m.def("log_level", &log_level);
+    m.def("log_for_tests", [](int level, const std::string& text) {
+        if (level == 0) log_debug(text); else if (level == 1) log_info(text); else if (level == 2) log_warn(text);
+        else log_error(text);
+    }, py::arg("level"), py::arg("text"), "Emits one core log line (tests of the logging bridge).");
+
     py::class_<OpInfo>(m, "OpInfo")
         .def_readonly("op_id", &OpInfo::op_id)
         .def_readonly("world_size", &OpInfo::world_size)
@@ -156,7 +213,8 @@ PYBIND11_MODULE(_core, m) {
     py::class_<Communicator>(m, "Communicator")
         .def(py::init([](const std::string& master, uint32_t group, uint32_t connections, const std::string& listen,
                          const std::string& advertise, double connect_timeout, double heartbeat_interval,
-                         double master_timeout, double data_timeout, size_t piece_bytes) {
+                         double master_timeout, double data_timeout, size_t piece_bytes, double op_timeout,
+                         uint32_t min_world) {
                  CommConfig c;
                  c.master = master;
                  c.peer_group = group;
@@ -168,37 +226,40 @@ PYBIND11_MODULE(_core, m) {
                  c.master_timeout = master_timeout;
                  c.data_timeout = data_timeout;
                  c.piece_bytes = piece_bytes;
+                 c.op_timeout = op_timeout;
+                 c.min_world = min_world;
                  return new Communicator(c);
              }),
              py::arg("master"), py::arg("peer_group"), py::arg("connections"), py::arg("listen"), py::arg("advertise"),
              py::arg("connect_timeout"), py::arg("heartbeat_interval"), py::arg("master_timeout"),
-             py::arg("data_timeout"), py::arg("piece_bytes"))
-        .def("connect", &Communicator::connect, py::arg("admission_timeout"), py::call_guard<py::gil_scoped_release>())
-        .def("update_topology", &Communicator::update_topology, py::call_guard<py::gil_scoped_release>())
-        .def("pending_peers", &Communicator::pending_peers, py::call_guard<py::gil_scoped_release>())
+             py::arg("data_timeout"), py::arg("piece_bytes"), py::arg("op_timeout") = 1800.0, py::arg("min_world") = 1)
+        .def("connect", [](Communicator& c, double t) { blocking([&] { c.connect(t); }); }, py::arg("admission_timeout"))
+        .def("update_topology", [](Communicator& c, double t) { blocking([&] { c.update_topology(t); }); },
+             py::arg("timeout") = -1.0)
+        .def("pending_peers", [](Communicator& c) { return blocking([&] { return c.pending_peers(); }); })
         .def("all_reduce",
              [](Communicator& c, uintptr_t input, uintptr_t output, uint64_t count, uint8_t dtype, uint8_t op, uint64_t tag,
-                uint8_t qkind, uint32_t qblock, uint8_t qround, uint32_t qseed, uintptr_t exact) {
+                uint8_t qkind, uint32_t qblock, uint8_t qround, uint32_t qseed, uintptr_t exact,
+                std::vector<uint64_t> shape, uint64_t structure, std::string structure_text, double timeout) {
                  QuantConfig q{QuantKind(qkind), qblock, Rounding(qround), qseed};
-                 py::gil_scoped_release release;
-                 return c.all_reduce(reinterpret_cast<const void*>(input), reinterpret_cast<void*>(output), count,
-                                     DType(dtype), ReduceOp(op), tag, q, reinterpret_cast<const void*>(exact));
+                 CallOptions o{std::move(shape), structure, std::move(structure_text), timeout};
+                 return blocking([&] {
+                     return c.all_reduce(reinterpret_cast<const void*>(input), reinterpret_cast<void*>(output), count,
+                                         DType(dtype), ReduceOp(op), tag, q, reinterpret_cast<const void*>(exact), o);
+                 });
              },
              py::arg("input_ptr"), py::arg("output_ptr"), py::arg("count"), py::arg("dtype"), py::arg("op"), py::arg("tag"),
              py::arg("qkind") = 0, py::arg("qblock") = 0, py::arg("qround") = 0, py::arg("qseed") = 0,
-             py::arg("exact_ptr") = 0)
+             py::arg("exact_ptr") = 0, py::arg("shape") = std::vector<uint64_t>{}, py::arg("structure") = 0,
+             py::arg("structure_text") = "", py::arg("timeout") = -1.0)
         .def("sync_state",
              [](Communicator& c, const py::list& entries, const std::vector<uintptr_t>& ptrs, uint64_t revision,
-                uint8_t strategy) {
+                uint8_t strategy, double timeout) {
                  std::vector<wire::StateEntry> es;
                  std::vector<const uint8_t*> data;
                  for (auto item : entries) es.push_back(sync_start_of(py::dict(py::arg("entries") = py::list(py::make_tuple(item)))).entries[0]);
                  for (uintptr_t p : ptrs) data.push_back(reinterpret_cast<const uint8_t*>(p));
-                 SyncOutcome o;
-                 {
-                     py::gil_scoped_release release;
-                     o = c.sync_state(es, data, revision, strategy);
-                 }
+                 SyncOutcome o = blocking([&] { return c.sync_state(es, data, revision, strategy, timeout); });
                  py::list buffers;
                  for (size_t k = 0; k < o.fetched.size(); k++) {
                      const auto& e = es[o.fetched[k]];
@@ -211,8 +272,10 @@ PYBIND11_MODULE(_core, m) {
                  d["received_from"] = o.received_from; d["world_size"] = o.world_size; d["seconds"] = o.seconds;
                  return d;
              },
-             py::arg("entries"), py::arg("data_ptrs"), py::arg("revision"), py::arg("strategy"))
+             py::arg("entries"), py::arg("data_ptrs"), py::arg("revision"), py::arg("strategy"), py::arg("timeout") = -1.0)
         .def("close", &Communicator::close, py::call_guard<py::gil_scoped_release>())
+        .def("abandon", &Communicator::abandon, py::arg("why"), py::call_guard<py::gil_scoped_release>(),
+             "Leaves the job because of an interrupt the core did not see; later calls raise `why`.")
         .def_property_readonly("peer_id", &Communicator::peer_id)
         .def_property_readonly("world_size", &Communicator::world_size)
         .def_property_readonly("group_world_size", &Communicator::group_world_size)

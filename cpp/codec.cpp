@@ -47,9 +47,13 @@ std::vector<wire::PeerInfo> ring_of(const py::dict& d) {
 }
 
 wire::OpDesc desc_of(const py::dict& d) {
-    return wire::OpDesc{get<uint64_t>(d, "count", 0), get<uint8_t>(d, "dtype", 0), get<uint8_t>(d, "op", 0),
-                        get<uint8_t>(d, "quant", 0),  get<uint32_t>(d, "qblock", 0), get<uint8_t>(d, "qround", 0),
-                        get<uint32_t>(d, "qseed", 0)};
+    wire::OpDesc m{get<uint64_t>(d, "count", 0), get<uint8_t>(d, "dtype", 0), get<uint8_t>(d, "op", 0),
+                   get<uint8_t>(d, "quant", 0),  get<uint32_t>(d, "qblock", 0), get<uint8_t>(d, "qround", 0),
+                   get<uint32_t>(d, "qseed", 0)};
+    m.shape = get<std::vector<uint64_t>>(d, "shape", {m.count});
+    m.structure = get<uint64_t>(d, "structure", 0);
+    m.structure_text = get<std::string>(d, "structure_text", "");
+    return m;
 }
 
 template <class T> std::vector<uint8_t> bytes_of(const T& m) {
@@ -61,7 +65,8 @@ template <class T> std::vector<uint8_t> bytes_of(const T& m) {
 }  // namespace
 
 wire::SyncStart sync_start_of(const py::dict& d) {
-    wire::SyncStart m{get<uint64_t>(d, "revision", 0), get<uint8_t>(d, "strategy", 0), {}};
+    wire::SyncStart m{get<uint64_t>(d, "revision", 0), get<uint8_t>(d, "strategy", 0), get<uint32_t>(d, "timeout_ms", 0),
+                      get<uint32_t>(d, "min_world", 0), {}};
     if (d.contains("entries"))
         for (auto item : d["entries"].cast<py::list>()) {
             auto e = item.cast<py::dict>();
@@ -77,7 +82,8 @@ py::dict sync_start_dict(const wire::SyncStart& m) {
     for (const auto& e : m.entries)
         entries.append(py::dict(py::arg("name") = e.name, py::arg("dtype") = e.dtype, py::arg("shape") = e.shape,
                                 py::arg("nbytes") = e.nbytes, py::arg("hash") = e.hash, py::arg("tolerate") = e.tolerate));
-    return py::dict(py::arg("revision") = m.revision, py::arg("strategy") = m.strategy, py::arg("entries") = entries);
+    return py::dict(py::arg("revision") = m.revision, py::arg("strategy") = m.strategy, py::arg("timeout_ms") = m.timeout_ms,
+                    py::arg("min_world") = m.min_world, py::arg("entries") = entries);
 }
 
 wire::SyncPlan sync_plan_of(const py::dict& d) {
@@ -146,11 +152,15 @@ std::pair<uint16_t, std::vector<uint8_t>> codec_encode(const std::string& type, 
         case MsgType::kHeartbeat: case MsgType::kLeave: return {uint16_t(t), {}};
         case MsgType::kHeartbeatAck: return {uint16_t(t), bytes_of(wire::HeartbeatAck{get<uint32_t>(d, "pending", 0)})};
         case MsgType::kTopoRequest: case MsgType::kPendingRequest:
-            return {uint16_t(t), bytes_of(wire::TopoRequest{get<uint64_t>(d, "seq", 0)})};
+            return {uint16_t(t), bytes_of(wire::TopoRequest{get<uint64_t>(d, "seq", 0), get<uint32_t>(d, "timeout_ms", 0),
+                                                            get<uint32_t>(d, "min_world", 0)})};
         case MsgType::kTopoResult:
             return {uint16_t(t), bytes_of(wire::TopoResult{get<uint64_t>(d, "seq", 0), get<uint32_t>(d, "world_size", 0),
-                                                           get<uint32_t>(d, "pending", 0), ring_of(d)})};
-        case MsgType::kOpStart: return {uint16_t(t), bytes_of(wire::OpStart{get<uint64_t>(d, "tag", 0), desc_of(d)})};
+                                                           get<uint32_t>(d, "pending", 0), ring_of(d),
+                                                           get<uint8_t>(d, "kind", 0), get<std::string>(d, "reason", "")})};
+        case MsgType::kOpStart:
+            return {uint16_t(t), bytes_of(wire::OpStart{get<uint64_t>(d, "tag", 0), desc_of(d), get<uint32_t>(d, "timeout_ms", 0),
+                                                        get<uint32_t>(d, "min_world", 0)})};
         case MsgType::kOpGo:
             return {uint16_t(t), bytes_of(wire::OpGo{get<uint64_t>(d, "tag", 0), get<uint64_t>(d, "op_id", 0),
                                                      get<uint32_t>(d, "stripes", 1), ring_of(d), get<uint32_t>(d, "slot", 0)})};
@@ -196,16 +206,23 @@ py::dict codec_decode(uint16_t type, const std::vector<uint8_t>& p) {
             if (!p.empty()) throw CoreError(ErrorKind::kProtocol, "malformed frame: payload on an empty message");
             break;
         case MsgType::kHeartbeatAck: d["pending"] = decode_payload<wire::HeartbeatAck>(p).pending; break;
-        case MsgType::kTopoRequest: case MsgType::kPendingRequest: d["seq"] = decode_payload<wire::TopoRequest>(p).seq; break;
+        case MsgType::kTopoRequest: case MsgType::kPendingRequest: {
+            auto m = decode_payload<wire::TopoRequest>(p);
+            d["seq"] = m.seq; d["timeout_ms"] = m.timeout_ms; d["min_world"] = m.min_world;
+            break;
+        }
         case MsgType::kTopoResult: {
             auto m = decode_payload<wire::TopoResult>(p);
             d["seq"] = m.seq; d["world_size"] = m.world_size; d["pending"] = m.pending; d["ring"] = ring_list(m.ring);
+            d["kind"] = m.kind; d["reason"] = m.reason;
             break;
         }
         case MsgType::kOpStart: {
             auto m = decode_payload<wire::OpStart>(p);
             d["tag"] = m.tag; d["count"] = m.desc.count; d["dtype"] = m.desc.dtype; d["op"] = m.desc.op; d["quant"] = m.desc.quant;
-            d["qblock"] = m.desc.qblock; d["qround"] = m.desc.qround; d["qseed"] = m.desc.qseed;
+            d["qblock"] = m.desc.qblock; d["qround"] = m.desc.qround; d["qseed"] = m.desc.qseed; d["shape"] = m.desc.shape;
+            d["structure"] = m.desc.structure; d["structure_text"] = m.desc.structure_text;
+            d["timeout_ms"] = m.timeout_ms; d["min_world"] = m.min_world;
             break;
         }
         case MsgType::kOpGo: {

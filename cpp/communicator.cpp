@@ -1,6 +1,7 @@
 #include "communicator.hpp"
 
 #include <algorithm>
+#include <thread>
 #include <arpa/inet.h>
 #include <cstring>
 #include <netinet/in.h>
@@ -22,6 +23,8 @@ Communicator::Communicator(CommConfig config) : cfg_(std::move(config)) {
     cfg_.piece_bytes = cfg_.piece_bytes / 64 * 64;  // whole elements of every dtype
     for (double t : {cfg_.connect_timeout, cfg_.heartbeat_interval, cfg_.master_timeout, cfg_.data_timeout})
         if (!(t > 0)) throw CoreError(ErrorKind::kInvalidArgument, "timeouts must be positive");
+    if (!(cfg_.op_timeout >= 0)) throw CoreError(ErrorKind::kInvalidArgument, "op_timeout must be positive (0: no bound)");
+    if (cfg_.min_world == 0) throw CoreError(ErrorKind::kInvalidArgument, "min_world_size must be at least 1");
     net::parse_address(cfg_.master);
 }
 
@@ -48,11 +51,30 @@ void Communicator::connect(double admission_timeout) {
     net::Address listen = net::parse_address(cfg_.listen);
     const uint16_t data_port = pool_.start(listen.host, listen.port, cfg_.connect_timeout);
     data_port_ = data_port;
-    try {
-        master_fd_ = net::connect_to(net::parse_address(cfg_.master), cfg_.connect_timeout);
-    } catch (const CoreError& e) {
-        pool_.stop();
-        throw CoreError(ErrorKind::kMasterUnreachable, e.what());
+    // The master may not be up yet (started at the same moment as the peers): retry with backoff until
+    // connect_timeout, each attempt bounded so that Ctrl-C is noticed.
+    const net::Address master = net::parse_address(cfg_.master);
+    const double give_up = net::now_seconds() + cfg_.connect_timeout;
+    for (double backoff = 0.05;; backoff = std::min(backoff * 2, 1.0)) {
+        try {
+            master_fd_ = net::connect_to(master, std::clamp(give_up - net::now_seconds(), 0.05, 1.0));
+            break;
+        } catch (const CoreError& e) {
+            const double retry_at = net::now_seconds() + backoff;
+            if (retry_at >= give_up) {
+                pool_.stop();
+                throw CoreError(ErrorKind::kMasterUnreachable,
+                                std::string(e.what()) + "; gave up after connect_timeout (" +
+                                    std::to_string(cfg_.connect_timeout) + " s) of retries");
+            }
+            while (net::now_seconds() < retry_at) {
+                if (interrupt_requested()) {
+                    pool_.stop();
+                    throw CoreError(ErrorKind::kInterrupted, "interrupted (KeyboardInterrupt) while connecting to the master");
+                }
+                std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            }
+        }
     }
     advertised_.port = data_port;
     advertised_.host = (listen.host == "0.0.0.0" || listen.host == "::" || listen.host.empty()) ? local_host_of(master_fd_)
@@ -82,7 +104,17 @@ void Communicator::connect(double admission_timeout) {
             return f.type == uint16_t(MsgType::kTopoResult) && wire::decode_payload<wire::TopoResult>(f.payload).seq == 0;
         },
         deadline, "admission (the other peers' next update_topology())");
-    apply_topology(wire::decode_payload<wire::TopoResult>(f.payload));
+    const auto admitted = wire::decode_payload<wire::TopoResult>(f.payload);
+    if (admitted.kind) {  // refused (an unreachable data address): the master closes our link
+        const CoreError refusal(ErrorKind(admitted.kind), admitted.reason);
+        {
+            std::lock_guard<std::mutex> g(mu_);
+            closed_why_ = std::string("this communicator was refused by the master: ") + admitted.reason;
+        }
+        close();
+        throw refusal;
+    }
+    apply_topology(admitted);
     state_ = State::kAccepted;
 }
 
@@ -97,8 +129,27 @@ void Communicator::apply_topology(const wire::TopoResult& r) {
 
 void Communicator::require_accepted() const {
     std::lock_guard<std::mutex> g(mu_);
-    if (state_ == State::kBroken) throw CoreError(broken_kind_, broken_why_);
-    if (state_ != State::kAccepted) throw CoreError(ErrorKind::kState, "communicator is not connected");
+    if (state_ == State::kBroken || state_ == State::kClosed) throw unusable_error();
+    if (state_ != State::kAccepted) throw CoreError(ErrorKind::kState, "communicator is not connected: call connect() first");
+}
+
+CoreError Communicator::unusable_error() const {
+    if (state_ == State::kBroken) return CoreError(broken_kind_, broken_why_);
+    return CoreError(ErrorKind::kState, closed_why_);
+}
+
+uint32_t Communicator::timeout_ms(double timeout) const {
+    const double t = timeout < 0 ? cfg_.op_timeout : timeout;
+    if (t <= 0) return 0;  // no bound
+    return uint32_t(std::clamp(t * 1000.0, 1.0, 4.0e9));
+}
+
+void Communicator::abandon(const std::string& why) {
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        closed_why_ = why + ": this communicator left the job; make a new Communicator to rejoin";
+    }
+    close();
 }
 
 
@@ -113,7 +164,7 @@ void Communicator::send_raw(const std::vector<uint8_t>& bytes) {
     lk.unlock();
     mark_broken(ErrorKind::kMasterUnreachable, errno_text("sending to the master failed", err));
     lk.lock();
-    throw CoreError(broken_kind_, broken_why_);
+    throw unusable_error();
 }
 
 void Communicator::mark_broken(ErrorKind kind, const std::string& why) {
@@ -185,7 +236,7 @@ void Communicator::link_loop() {
     }
 }
 
-void Communicator::update_topology() {
+void Communicator::update_topology(double timeout) {
     require_accepted();
     {
         std::lock_guard<std::mutex> g(mu_);
@@ -195,13 +246,18 @@ void Communicator::update_topology() {
         if (syncing_) throw CoreError(ErrorKind::kState, "update_topology() while sync_shared_state() runs");
     }
     const uint64_t seq = ++topo_seq_;
-    send_master(MsgType::kTopoRequest, wire::TopoRequest{seq});
+    const uint32_t ms = timeout_ms(timeout);
+    send_master(MsgType::kTopoRequest, wire::TopoRequest{seq, ms, cfg_.min_world});
+    // The master ends the wait (a result, or its timeout error); our own bound only covers a master that
+    // stops answering while it stays connected.
     Frame f = wait_frame(
         [seq](const Frame& f) {
             return f.type == uint16_t(MsgType::kTopoResult) && wire::decode_payload<wire::TopoResult>(f.payload).seq == seq;
         },
-        -1, "the topology vote");
-    apply_topology(wire::decode_payload<wire::TopoResult>(f.payload));
+        ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1, "the topology vote");
+    const auto r = wire::decode_payload<wire::TopoResult>(f.payload);
+    if (r.kind) throw CoreError(ErrorKind(r.kind), r.reason);
+    apply_topology(r);
 }
 
 uint32_t Communicator::pending_peers() {
@@ -231,7 +287,11 @@ static Fold make_fold(DType dtype, ReduceOp op, const QuantConfig& quant, uint64
 }
 
 OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
-                                const QuantConfig& quant, const void* exact) {
+                                const QuantConfig& quant, const void* exact, const CallOptions& options) {
+    if (options.shape.size() > wire::kMaxDims)
+        throw CoreError(ErrorKind::kInvalidArgument, "at most " + std::to_string(wire::kMaxDims) + " dimensions");
+    if (options.structure_text.size() > wire::kMaxString)
+        throw CoreError(ErrorKind::kInvalidArgument, "the structure summary is longer than 4096 bytes");
     if (uint8_t(dtype) >= kDTypeCount) throw CoreError(ErrorKind::kInvalidArgument, "unknown dtype code");
     if (uint8_t(op) >= kReduceOpCount) throw CoreError(ErrorKind::kInvalidArgument, "unknown reduce op code");
     if (op == ReduceOp::kAvg && !dtype_is_float(dtype))
@@ -259,6 +319,7 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
             std::lock_guard<std::mutex> g(c->mu_);
             c->tags_in_flight_.erase(tag);
             c->in_flight_--;
+            c->cv_.notify_all();
         }
     } in_flight_guard{this, tag};
     const double t0 = net::now_seconds();
@@ -279,14 +340,18 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
         desc.qround = uint8_t(quant.rounding);
         desc.qseed = quant.seed;
     }
-    send_master(MsgType::kOpStart, wire::OpStart{tag, desc});
+    desc.shape = options.shape.empty() ? std::vector<uint64_t>{count} : options.shape;
+    desc.structure = options.structure;
+    desc.structure_text = options.structure_text;
+    const uint32_t ms = timeout_ms(options.timeout);
+    send_master(MsgType::kOpStart, wire::OpStart{tag, desc, ms, cfg_.min_world});
     Frame f = wait_frame(
         [tag](const Frame& f) {
             if (f.type == uint16_t(MsgType::kOpGo)) return wire::decode_payload<wire::OpGo>(f.payload).tag == tag;
             if (f.type == uint16_t(MsgType::kOpReject)) return wire::decode_payload<wire::OpReject>(f.payload).tag == tag;
             return false;
         },
-        -1, "the operation to start");
+        ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1, "the other peers to start the all-reduce");
     if (f.type == uint16_t(MsgType::kOpReject)) {
         auto r = wire::decode_payload<wire::OpReject>(f.payload);
         throw CoreError(ErrorKind(r.kind), r.reason);
@@ -382,10 +447,15 @@ void Communicator::settle(OpControl& ctl, uint32_t slot) {
     if (ctl.failed(&kind, &why)) {
         pool_.clear_slot(slot);
         // Report the local failure, then wait for the master's verdict: it names the root cause (which peer was
-        // lost) and is the same on every peer. A broken link (eviction, lost master) raises from the wait.
-        send_master(MsgType::kOpDone, wire::OpDone{id, 0, uint8_t(kind), why});
+        // lost) and is the same on every peer. A broken link (eviction, lost master) raises from the wait. To the
+        // others an interrupted peer is a lost one: their retry runs without it.
+        const bool interrupted = kind == ErrorKind::kInterrupted;
+        send_master(MsgType::kOpDone,
+                    wire::OpDone{id, 0, uint8_t(interrupted ? ErrorKind::kPeerLost : kind),
+                                 interrupted ? "peer " + std::to_string(peer_id_.load()) + " was interrupted (Ctrl-C)" : why});
         Frame f = wait_frame(verdict_for(true), net::now_seconds() + cfg_.master_timeout, "the master's verdict on a failure");
         auto m = wire::decode_payload<wire::OpAbort>(f.payload);
+        if (interrupted) throw CoreError(ErrorKind::kInterrupted, why + "; the operation was aborted on every peer");
         throw CoreError(ErrorKind(m.kind), m.reason + (m.reason.find(why) == std::string::npos ? " (seen here: " + why + ")" : ""));
     }
     send_master(MsgType::kOpDone, wire::OpDone{id, 1, 0, ""});
@@ -406,6 +476,8 @@ void Communicator::close() {
     {
         std::lock_guard<std::mutex> g(mu_);  // from here on, the master closing our link is expected
         state_ = State::kClosed;
+        // Operations in flight stop now (their waits raise the closed error), never holding close() up.
+        for (auto& [id, ctl] : active_) ctl->fail(ErrorKind::kState, closed_why_);
         cv_.notify_all();
     }
     if (s == State::kAccepted || s == State::kJoining) {

@@ -5,12 +5,20 @@
 // one a connection slot of its own, so they never share a connection.
 //
 // Life of an all-reduce:
-//   1. OP_START(tag, descriptor) to the master; wait for OP_GO (ring, op id, stripes) or OP_REJECT.
+//   1. OP_START(tag, descriptor, timeout, min_world) to the master; wait for OP_GO (ring, op id, stripes) or
+//      OP_REJECT (different descriptors, too few peers, or the others did not start within the timeout).
 //   2. Run the stripes of the ring (ring.hpp) into a result buffer; the caller's input is never written.
 //   3. OP_DONE(ok) to the master; wait for OP_COMMIT (publish the result into the caller's output) or OP_ABORT
 //      (a peer failed somewhere: clear the pool and raise a retryable PeerLost error).
 // A local failure reports OP_DONE(failed) and raises at once. The master link thread routes OP_ABORT, KICKED
 // and a lost master to the running operation through its stop pipe, so no wait outlives its deadline.
+//
+// Interrupts and close. Every wait of a call made from Python's main thread checks for Ctrl-C every 100 ms
+// (error.hpp). Interrupted while data moves, the operation fails here, is reported to the master as a lost
+// peer (the others get a retryable error) and the call raises once the master has aborted it: the communicator
+// stays usable. Interrupted while waiting for the master or the other peers (to start a collective, to be
+// admitted), the communicator leaves the job, since its request cannot be taken back; later calls say so.
+// close() never waits for operations in flight: it stops them (they raise CommunicatorStateError) and leaves.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -44,6 +52,16 @@ struct CommConfig {
     double master_timeout = 10.0;    // silence from the master before it counts as unreachable
     double data_timeout = 30.0;      // no byte of progress on a data connection for this long fails the op
     size_t piece_bytes = 1 << 20;   // frame size of what this peer sends (a multiple of 64 bytes)
+    double op_timeout = 1800;        // default bound on waiting for the others to start a collective (0: none)
+    uint32_t min_world = 1;          // collectives with fewer peers in the group fail with kTooFewPeers
+};
+
+// Per call: what the master compares beyond count/dtype/op/quantization, and how long to wait for the others.
+struct CallOptions {
+    std::vector<uint64_t> shape;   // the caller's array shape (empty: one dimension of `count`)
+    uint64_t structure = 0;        // a pytree's structure fingerprint (0: a single array)
+    std::string structure_text;    // its readable summary, for mismatch messages
+    double timeout = -1;           // seconds to wait for the others to start; negative: CommConfig::op_timeout
 };
 
 struct OpInfo {
@@ -75,19 +93,22 @@ public:
     // Joins the job: waits for WELCOME, then for admission (the others' next update_topology()). A negative
     // timeout waits for admission without a bound (the master's liveness still bounds it).
     void connect(double admission_timeout);
-    void update_topology();
+    // A negative timeout: CommConfig::op_timeout. Raises kTimeout naming the peers that did not come.
+    void update_topology(double timeout = -1);
     uint32_t pending_peers();
     // Plain: input/output hold `count` elements of dtype (output may be input: in place). Quantized
     // (quant.enabled()): input/output are separate buffers of quantized_bytes(count, block) bytes, op is sum or
     // avg, and the caller dequantizes (dividing by world_size for avg). `exact`, when given, is the unquantized
     // input (count elements of dtype): each hop then adds it exactly instead of decoding our own blocks.
     OpInfo all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
-                      const QuantConfig& quant = {}, const void* exact = nullptr);
+                      const QuantConfig& quant = {}, const void* exact = nullptr, const CallOptions& options = {});
     // Collective shared-state sync (docs/shared_state.md): `entries` in name order with their hashes, `data` the
     // bytes of each (read while holders send). Throws for a refused peer or a failed sync; nothing is written.
     SyncOutcome sync_state(const std::vector<wire::StateEntry>& entries, const std::vector<const uint8_t*>& data,
-                           uint64_t revision, uint8_t strategy);
-    void close();  // graceful leave
+                           uint64_t revision, uint8_t strategy, double timeout = -1);
+    void close();  // graceful leave; operations in flight fail at once (see the top of this file)
+    // Leaves the job after an interrupt in a wait that cannot be taken back; later calls raise `why`.
+    void abandon(const std::string& why);
 
     uint64_t peer_id() const { return peer_id_; }
     uint32_t world_size() const { return world_size_; }
@@ -109,6 +130,9 @@ private:
     void link_loop();
     void mark_broken(ErrorKind kind, const std::string& why);
     void require_accepted() const;
+    uint32_t timeout_ms(double timeout) const;  // a call's timeout (negative: op_timeout) on the wire
+    // The error a call raises once the communicator is broken or closed; mu_ held.
+    CoreError unusable_error() const;
     // Waits for the first queued frame accepted by `match`, removing it; throws when the link breaks or the
     // deadline (steady seconds, negative: none) passes.
     template <class Match> Frame wait_frame(Match match, double deadline, const char* what);
@@ -139,6 +163,7 @@ private:
     std::deque<Frame> inbox_;
     ErrorKind broken_kind_ = ErrorKind::kMasterUnreachable;
     std::string broken_why_;
+    std::string closed_why_ = "the communicator is closed";
     std::map<uint64_t, OpControl*> active_;  // running operations by op id, stopped on OP_ABORT / KICKED / lost master
     // Per connection slot (one running operation each): threads for stripes 1..k-1, and the result buffer of
     // in-place operations, kept because fresh pages cost a fault each on first touch.
@@ -167,10 +192,15 @@ template <class Match> inline Communicator::Frame Communicator::wait_frame(Match
                 return f;
             }
         }
-        if (state_ == State::kBroken) throw CoreError(broken_kind_, broken_why_);
-        if (state_ == State::kClosed) throw CoreError(ErrorKind::kState, "communicator closed");
+        if (state_ == State::kBroken || state_ == State::kClosed) throw unusable_error();
         const double now = net::now_seconds();
         if (deadline >= 0 && now >= deadline) throw CoreError(ErrorKind::kTimeout, std::string("timed out waiting for ") + what);
+        if (interrupt_requested()) {
+            lk.unlock();
+            const std::string why = std::string("interrupted (KeyboardInterrupt) while waiting for ") + what;
+            abandon(why);
+            throw CoreError(ErrorKind::kInterrupted, why + "; this communicator left the job");
+        }
         cv_.wait_for(lk, std::chrono::milliseconds(100));
     }
 }

@@ -1,5 +1,6 @@
 #include "error.hpp"
 
+#include <chrono>
 #include <cstring>
 
 namespace pccl {
@@ -17,8 +18,24 @@ const char* error_kind_name(ErrorKind kind) {
         case ErrorKind::kNetwork: return "network";
         case ErrorKind::kTimeout: return "timeout";
         case ErrorKind::kSharedState: return "shared_state";
+        case ErrorKind::kInterrupted: return "interrupted";
     }
     return "unknown";
+}
+
+thread_local InterruptCheck t_interrupt_check = nullptr;
+
+bool interrupt_requested() {  // at most every 20 ms: each check takes the GIL for a moment
+    if (t_interrupt_check == nullptr) return false;
+    thread_local std::chrono::steady_clock::time_point next{};
+    const auto now = std::chrono::steady_clock::now();
+    if (now < next) return false;
+    next = now + std::chrono::milliseconds(20);
+    return t_interrupt_check();
+}
+
+void throw_if_interrupted(const char* during) {
+    if (interrupt_requested()) throw CoreError(ErrorKind::kInterrupted, std::string("interrupted ") + during);
 }
 
 std::string errno_text(const std::string& what, int err) {

@@ -20,7 +20,17 @@ enum class ErrorKind : uint8_t {
     kNetwork = 9,          // local socket failure that is not attributable to a peer (bind, listen)
     kTimeout = 10,         // a wait the caller bounded ran out
     kSharedState = 11,     // a shared-state sync refused this peer: layout, revision or strategy rules
+    kInterrupted = 12,     // the calling thread was interrupted (Ctrl-C): KeyboardInterrupt at the API
 };
+
+// The calling thread's interrupt check. The bindings set it, for the duration of a blocking call made from
+// Python's main thread, to a function that runs Python's signal handlers and says whether one raised
+// (Ctrl-C: KeyboardInterrupt). Everywhere else it is null and interrupt_requested() is false.
+using InterruptCheck = bool (*)();
+extern thread_local InterruptCheck t_interrupt_check;
+bool interrupt_requested();  // calls the check at most every 20 ms
+// Throws CoreError(kInterrupted) when interrupt_requested().
+void throw_if_interrupted(const char* during);
 
 const char* error_kind_name(ErrorKind kind);
 

@@ -30,6 +30,8 @@ void MasterServer::stop() {
     if (thread_.joinable()) thread_.join();
     for (auto& [id, link] : links_) net::close_fd(link.fd);
     links_.clear();
+    for (auto& [id, t] : probes_) t.join();  // each is bounded by handshake_timeout
+    probes_.clear();
     net::close_fd(listen_fd_);
 }
 
@@ -63,10 +65,48 @@ void MasterServer::apply(std::vector<MasterAction> actions) {
         if (a.kind == MasterAction::kSend) {
             it->second.out.insert(it->second.out.end(), a.frame.begin(), a.frame.end());
             flush(it->second);
+        } else if (a.kind == MasterAction::kProbe) {
+            start_probe(a.conn, a.probe);
         } else {
             log_info("master: closing " + it->second.addr + ": " + a.reason);
             close_link(a.conn);
         }
+    }
+}
+
+void MasterServer::start_probe(uint64_t conn, const wire::PeerInfo& where) {
+    const double timeout = config_.handshake_timeout;
+    probes_[conn] = std::thread([this, conn, where, timeout] {
+        ProbeResult r{conn, true, ""};
+        try {
+            int fd = net::connect_to(net::Address{where.host, where.port}, timeout);
+            net::close_fd(fd);
+        } catch (const CoreError& e) {
+            r.reachable = false;
+            r.reason = e.what();
+        }
+        {
+            std::lock_guard<std::mutex> g(probe_mu_);
+            probe_results_.push_back(std::move(r));
+        }
+        wake_.signal();
+    });
+}
+
+void MasterServer::collect_probes(double now) {
+    std::vector<ProbeResult> results;
+    {
+        std::lock_guard<std::mutex> g(probe_mu_);
+        results.swap(probe_results_);
+    }
+    for (auto& r : results) {
+        auto t = probes_.find(r.conn);
+        if (t != probes_.end()) {
+            t->second.join();  // it has pushed its result: it is ending
+            probes_.erase(t);
+        }
+        if (!r.reachable) log_warn("master: data address of connection " + std::to_string(r.conn) + " unreachable: " + r.reason);
+        apply(state_.on_probe_result(r.conn, r.reachable, r.reason, now));
     }
 }
 
@@ -86,6 +126,8 @@ void MasterServer::loop() {
         if (!running_) break;
         const double now = net::now_seconds();
         std::lock_guard<std::mutex> g(mu_);
+        if (pfds[0].revents & POLLIN) wake_.drain();
+        collect_probes(now);
         if (pfds[1].revents & POLLIN) {
             for (;;) {
                 std::string who;

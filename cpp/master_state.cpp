@@ -1,6 +1,9 @@
 #include "master_state.hpp"
 
 #include <algorithm>
+#include <cstdio>
+
+#include "dtype.hpp"
 
 #include "state_election.hpp"
 
@@ -9,13 +12,40 @@ namespace pccl {
 using wire::MsgType;
 
 namespace {
+std::string shape_text(const std::vector<uint64_t>& shape) {
+    std::string s = "(";
+    for (size_t i = 0; i < shape.size(); i++) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+// A descriptor in words: "sum of float32 (2, 4)", "... quantized minmax (block 1024, stochastic rounding, seed 3)".
 std::string desc_text(const wire::OpDesc& d) {
-    std::string s = "count=" + std::to_string(d.count) + " dtype=" + std::to_string(d.dtype) +
-                    " op=" + std::to_string(d.op) + " quant=" + std::to_string(d.quant);
+    std::string s = std::string(op_name(ReduceOp(d.op))) + " of " + dtype_name(DType(d.dtype)) + " " + shape_text(d.shape);
+    if (d.structure) s += " packed from the tree " + d.structure_text;
     if (d.quant)
-        s += " (block " + std::to_string(d.qblock) + ", rounding " + std::to_string(d.qround) + ", seed " +
+        s += std::string(" quantized ") + (d.quant == 1 ? "minmax" : d.quant == 2 ? "zeropoint" : "unknown") + " (block " +
+             std::to_string(d.qblock) + ", " + (d.qround ? "stochastic" : "nearest-even") + " rounding, seed " +
              std::to_string(d.qseed) + ")";
     return s;
+}
+
+// The first field in which two descriptors differ, in words.
+std::string desc_difference(const wire::OpDesc& a, const wire::OpDesc& b) {
+    if (a.dtype != b.dtype) return "dtypes differ";
+    if (a.op != b.op) return "ops differ";
+    if (a.structure != b.structure) return "tree structures differ (keys, order, leaf dtypes or shapes)";
+    if (a.shape != b.shape || a.count != b.count) return "shapes differ";
+    return "quantization settings differ";
+}
+
+const char* kSameOrder = ": collectives must be called in the same order on every peer";
+
+double deadline_of(uint32_t timeout_ms, double now) { return timeout_ms ? now + timeout_ms / 1000.0 : -1; }
+
+std::string seconds_text(double s) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%g s", s);
+    return buf;
 }
 }  // namespace
 
@@ -23,6 +53,19 @@ std::string MasterState::describe(uint64_t id) const {
     auto it = conns_.find(id);
     if (it == conns_.end()) return "peer " + std::to_string(id);
     return "peer " + std::to_string(id) + " (" + it->second.addr + ")";
+}
+
+std::string MasterState::describe_all(const std::vector<uint64_t>& ids) const {
+    std::string s;
+    for (size_t i = 0; i < ids.size(); i++) s += (i ? ", " : "") + describe(ids[i]);
+    return s.empty() ? "none" : s;
+}
+
+std::vector<uint64_t> MasterState::group_missing(uint32_t group, const std::set<uint64_t>& present) const {
+    std::vector<uint64_t> missing;
+    for (uint64_t id : group_ring(group))
+        if (!present.count(id)) missing.push_back(id);
+    return missing;
 }
 
 uint32_t MasterState::pending_count() const {
@@ -71,26 +114,13 @@ std::vector<MasterAction> MasterState::on_frame(uint64_t id, uint16_t type, cons
 
 void MasterState::handle(uint64_t id, Conn& c, uint16_t type, const std::vector<uint8_t>& payload, double now,
                          Actions& out) {
-    (void)now;
     const auto t = MsgType(type);
     if (!c.hello && t != MsgType::kHello)
         throw CoreError(ErrorKind::kProtocol, "message type " + std::to_string(type) + " before HELLO");
     if (c.hello && !c.accepted && t != MsgType::kHeartbeat && t != MsgType::kLeave && t != MsgType::kPendingRequest)
         throw CoreError(ErrorKind::kProtocol, "message type " + std::to_string(type) + " from a peer not yet admitted");
     switch (t) {
-        case MsgType::kHello: {
-            if (c.hello) throw CoreError(ErrorKind::kProtocol, "second HELLO");
-            auto m = wire::decode_payload<wire::Hello>(payload);
-            if (m.connections == 0 || m.connections > 1024)
-                throw CoreError(ErrorKind::kProtocol, "connection count " + std::to_string(m.connections));
-            c.hello = true;
-            c.group = m.group;
-            c.connections = m.connections;
-            c.info = wire::PeerInfo{id, m.host, m.port};
-            send(out, id, MsgType::kWelcome, wire::Welcome{id});
-            try_complete_topology(out);
-            return;
-        }
+        case MsgType::kHello: return on_hello(id, c, payload, out);
         case MsgType::kHeartbeat:
             send(out, id, MsgType::kHeartbeatAck, wire::HeartbeatAck{pending_count()});
             return;
@@ -98,108 +128,176 @@ void MasterState::handle(uint64_t id, Conn& c, uint16_t type, const std::vector<
             wire::decode_payload<wire::TopoRequest>(payload);
             send(out, id, MsgType::kPendingReply, wire::PendingReply{pending_count()});
             return;
-        case MsgType::kLeave:
-            remove(id, describe(id) + " left", out);
-            return;
-        case MsgType::kTopoRequest: {
-            auto m = wire::decode_payload<wire::TopoRequest>(payload);
-            if (c.in_topo || !c.op_tags.empty() || c.in_sync)
-                throw CoreError(ErrorKind::kProtocol, "update_topology with a collective in flight");
-            c.in_topo = true;
-            c.topo_seq = m.seq;
-            if (syncs_pending_.count(c.group))
-                fail_pending_sync(c.group,
-                                  describe(id) + " called update_topology() while others called sync_shared_state(): "
-                                                 "collectives must be called in the same order",
-                                  out);
-            // Operations of its group that wait for this peer can never start now.
-            for (auto op = ops_.begin(); op != ops_.end();) {
-                auto cur = op++;
-                if (cur->second.group == c.group && !cur->second.running)
-                    fail_op(cur, ErrorKind::kMismatch,
-                            describe(id) + " called update_topology() while others started all_reduce tag " +
-                                std::to_string(cur->second.tag) + ": collectives must be called in the same order",
-                            out);
-            }
-            try_complete_topology(out);
-            return;
-        }
-        case MsgType::kOpStart: {
-            auto m = wire::decode_payload<wire::OpStart>(payload);
-            auto key = std::make_pair(c.group, m.tag);
-            auto op = ops_.find(key);
-            if (op != ops_.end() && op->second.running) {  // refused for this peer only; the running op goes on
-                send(out, id, MsgType::kOpReject,
-                     wire::OpReject{m.tag, uint8_t(ErrorKind::kInvalidArgument),
-                                    "tag " + std::to_string(m.tag) + " is already in flight in this group"});
-                return;
-            }
-            if (c.in_topo) throw CoreError(ErrorKind::kProtocol, "OP_START during update_topology");
-            if (c.op_tags.count(m.tag)) throw CoreError(ErrorKind::kProtocol, "OP_START twice for one tag");
-            if (op == ops_.end()) {
-                op = ops_.emplace(key, Op{}).first;
-                op->second.group = c.group;
-                op->second.tag = m.tag;
-            }
-            c.op_tags.insert(m.tag);
-            op->second.started[id] = m.desc;
-            try_start(op, out);
-            return;
-        }
-        case MsgType::kSyncStart: {
-            auto m = wire::decode_payload<wire::SyncStart>(payload);
-            if (c.in_topo || !c.op_tags.empty() || c.in_sync)
-                throw CoreError(ErrorKind::kProtocol, "SYNC_START with a collective in flight");
-            c.in_sync = true;
-            auto& sync = syncs_pending_[c.group];
-            sync.group = c.group;
-            sync.started[id] = std::move(m);
-            // Operations that wait for this peer, which now waits for them: both fail, on every peer.
-            std::string conflict;
-            for (auto op = ops_.begin(); op != ops_.end();) {
-                auto cur = op++;
-                if (cur->second.group != c.group || cur->second.running) continue;
-                conflict = describe(id) + " called sync_shared_state() while others started all_reduce tag " +
-                           std::to_string(cur->second.tag) + ": collectives must be called in the same order";
-                fail_op(cur, ErrorKind::kMismatch, conflict, out);
-            }
-            if (!conflict.empty()) fail_pending_sync(c.group, conflict, out);
-            else try_start_sync(c.group, out);
-            return;
-        }
-        case MsgType::kOpDone: {
-            auto m = wire::decode_payload<wire::OpDone>(payload);
-            auto sync = syncs_running_.find(m.op_id);
-            if (sync != syncs_running_.end()) {
-                auto& members = sync->second.members;
-                if (std::find(members.begin(), members.end(), id) == members.end()) return;
-                if (!m.ok) {
-                    abort_sync(sync, ErrorKind(m.kind ? m.kind : uint8_t(ErrorKind::kPeerLost)),
-                               describe(id) + " reported: " + m.reason, out);
-                } else {
-                    sync->second.done.insert(id);
-                    if (sync->second.done.size() == members.size()) finish_sync(sync, out);
-                }
-                return;
-            }
-            for (auto op = ops_.begin(); op != ops_.end(); ++op) {
-                if (!op->second.running || op->second.op_id != m.op_id) continue;
-                auto& members = op->second.members;
-                if (std::find(members.begin(), members.end(), id) == members.end()) break;
-                if (!m.ok) {
-                    fail_op(op, ErrorKind(m.kind ? m.kind : uint8_t(ErrorKind::kPeerLost)),
-                            describe(id) + " reported: " + m.reason, out);
-                } else {
-                    op->second.done.insert(id);
-                    if (op->second.done.size() == members.size()) finish_op(op, out);
-                }
-                return;
-            }
-            return;  // an operation already aborted: the report is stale
-        }
+        case MsgType::kLeave: return remove(id, describe(id) + " left", out);
+        case MsgType::kTopoRequest: return on_topo_request(id, c, payload, now, out);
+        case MsgType::kOpStart: return on_op_start(id, c, payload, now, out);
+        case MsgType::kSyncStart: return on_sync_start(id, c, payload, now, out);
+        case MsgType::kOpDone: return on_op_done(id, payload, out);
         default:
             throw CoreError(ErrorKind::kProtocol, "unexpected message type " + std::to_string(type) + " at the master");
     }
+}
+
+void MasterState::on_hello(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, Actions& out) {
+    if (c.hello) throw CoreError(ErrorKind::kProtocol, "second HELLO");
+    auto m = wire::decode_payload<wire::Hello>(payload);
+    if (m.connections == 0 || m.connections > 1024)
+        throw CoreError(ErrorKind::kProtocol, "connection count " + std::to_string(m.connections));
+    c.hello = true;
+    c.group = m.group;
+    c.connections = m.connections;
+    c.info = wire::PeerInfo{id, m.host, m.port};
+    send(out, id, MsgType::kWelcome, wire::Welcome{id});
+    if (config_.probe_addresses) {
+        out.push_back(MasterAction{MasterAction::kProbe, id, {}, {}, c.info});
+        return;  // admitted once the probe succeeds (on_probe_result)
+    }
+    c.reachable = true;
+    try_complete_topology(out);
+}
+
+std::vector<MasterAction> MasterState::on_probe_result(uint64_t id, bool reachable, const std::string& reason, double now) {
+    (void)now;
+    Actions out;
+    auto it = conns_.find(id);
+    if (it == conns_.end() || it->second.accepted) return out;
+    Conn& c = it->second;
+    if (reachable) {
+        c.reachable = true;
+        try_complete_topology(out);
+        return out;
+    }
+    const std::string where = c.info.host + ":" + std::to_string(c.info.port);
+    wire::TopoResult refusal;
+    refusal.kind = uint8_t(ErrorKind::kNetwork);
+    refusal.reason = "the master could not connect to this peer's data address " + where + " (" + reason +
+                     "), so its ring neighbours could not either: open that port to the other peers, or pass "
+                     "Communicator(advertise='host[:port]') with an address they can reach";
+    send(out, id, MsgType::kTopoResult, refusal);
+    remove(id, describe(id) + " refused: its data address " + where + " is unreachable (" + reason + ")", out);
+    return out;
+}
+
+bool MasterState::group_in_collective(uint32_t group, uint64_t except) const {
+    for (const auto& [id, c] : conns_)
+        if (id != except && c.accepted && c.group == group && (!c.op_tags.empty() || c.in_sync)) return true;
+    return false;
+}
+
+void MasterState::answer_topology(uint64_t id, Conn& c, ErrorKind kind, const std::string& reason, Actions& out) {
+    wire::TopoResult r;
+    r.seq = c.topo_seq;
+    for (const auto& [cid, other] : conns_) r.world_size += other.accepted ? 1 : 0;
+    r.ring = ring_infos(group_ring(c.group));
+    r.pending = pending_count();
+    if (kind != ErrorKind(0)) {
+        r.kind = uint8_t(kind);
+        r.reason = reason;
+    }
+    send(out, id, MsgType::kTopoResult, r);
+    c.in_topo = false;
+}
+
+void MasterState::release_topology(uint32_t group, Actions& out) {
+    for (auto& [id, c] : conns_)
+        if (c.accepted && c.in_topo && c.group == group) answer_topology(id, c, ErrorKind(0), "", out);
+}
+
+void MasterState::on_topo_request(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out) {
+    auto m = wire::decode_payload<wire::TopoRequest>(payload);
+    if (c.in_topo || !c.op_tags.empty() || c.in_sync)
+        throw CoreError(ErrorKind::kProtocol, "update_topology with a collective in flight");
+    c.in_topo = true;
+    c.topo_seq = m.seq;
+    c.topo_deadline = deadline_of(m.timeout_ms, now);
+    c.topo_timeout = m.timeout_ms / 1000.0;
+    c.topo_min_world = m.min_world;
+    // Its group has moved on to a collective (this peer is a step behind, e.g. a newcomer's first call): the
+    // vote cannot complete now; the peer goes on to that collective and takes part in a later vote.
+    if (group_in_collective(c.group, id)) return answer_topology(id, c, ErrorKind(0), "", out);
+    try_complete_topology(out);
+}
+
+void MasterState::on_op_start(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out) {
+    auto m = wire::decode_payload<wire::OpStart>(payload);
+    auto key = std::make_pair(c.group, m.tag);
+    auto op = ops_.find(key);
+    if (op != ops_.end() && op->second.running) {  // refused for this peer only; the running op goes on
+        send(out, id, MsgType::kOpReject,
+             wire::OpReject{m.tag, uint8_t(ErrorKind::kInvalidArgument),
+                            "tag " + std::to_string(m.tag) + " is already in flight in this group"});
+        return;
+    }
+    if (c.in_topo) throw CoreError(ErrorKind::kProtocol, "OP_START during update_topology");
+    if (c.op_tags.count(m.tag)) throw CoreError(ErrorKind::kProtocol, "OP_START twice for one tag");
+    if (op == ops_.end()) {
+        op = ops_.emplace(key, Op{}).first;
+        op->second.group = c.group;
+        op->second.tag = m.tag;
+    }
+    c.op_tags.insert(m.tag);
+    Op& o = op->second;
+    o.started[id] = m.desc;
+    const double deadline = deadline_of(m.timeout_ms, now);
+    if (deadline >= 0 && (o.deadline < 0 || deadline < o.deadline)) {
+        o.deadline = deadline;
+        o.timeout = m.timeout_ms / 1000.0;
+    }
+    o.min_world = std::max(o.min_world, m.min_world);
+    release_topology(c.group, out);  // peers still in update_topology() come to this operation instead
+    try_start(op, out);
+}
+
+void MasterState::on_sync_start(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out) {
+    auto m = wire::decode_payload<wire::SyncStart>(payload);
+    if (c.in_topo || !c.op_tags.empty() || c.in_sync)
+        throw CoreError(ErrorKind::kProtocol, "SYNC_START with a collective in flight");
+    c.in_sync = true;
+    auto& sync = syncs_pending_[c.group];
+    sync.group = c.group;
+    const double deadline = deadline_of(m.timeout_ms, now);
+    if (deadline >= 0 && (sync.deadline < 0 || deadline < sync.deadline)) {
+        sync.deadline = deadline;
+        sync.timeout = m.timeout_ms / 1000.0;
+    }
+    sync.min_world = std::max(sync.min_world, m.min_world);
+    sync.started[id] = std::move(m);
+    release_topology(c.group, out);
+    // Operations that wait for this peer, which now waits for them: both fail, on every peer.
+    std::string conflict;
+    for (auto op = ops_.begin(); op != ops_.end();) {
+        auto cur = op++;
+        if (cur->second.group != c.group || cur->second.running) continue;
+        conflict = describe(id) + " called sync_shared_state() while others started all_reduce tag " +
+                   std::to_string(cur->second.tag) + kSameOrder;
+        fail_op(cur, ErrorKind::kMismatch, conflict, out);
+    }
+    if (!conflict.empty()) fail_pending_sync(c.group, ErrorKind::kMismatch, conflict, out);
+    else try_start_sync(c.group, out);
+}
+
+void MasterState::on_op_done(uint64_t id, const std::vector<uint8_t>& payload, Actions& out) {
+    auto m = wire::decode_payload<wire::OpDone>(payload);
+    const ErrorKind failure = ErrorKind(m.kind ? m.kind : uint8_t(ErrorKind::kPeerLost));
+    auto sync = syncs_running_.find(m.op_id);
+    if (sync != syncs_running_.end()) {
+        auto& members = sync->second.members;
+        if (std::find(members.begin(), members.end(), id) == members.end()) return;
+        if (!m.ok) return abort_sync(sync, failure, describe(id) + " reported: " + m.reason, out);
+        sync->second.done.insert(id);
+        if (sync->second.done.size() == members.size()) finish_sync(sync, out);
+        return;
+    }
+    for (auto op = ops_.begin(); op != ops_.end(); ++op) {
+        if (!op->second.running || op->second.op_id != m.op_id) continue;
+        auto& members = op->second.members;
+        if (std::find(members.begin(), members.end(), id) == members.end()) return;
+        if (!m.ok) return fail_op(op, failure, describe(id) + " reported: " + m.reason, out);
+        op->second.done.insert(id);
+        if (op->second.done.size() == members.size()) finish_op(op, out);
+        return;
+    }
+    // an operation already aborted: the report is stale
 }
 
 void MasterState::try_complete_topology(Actions& out) {
@@ -209,10 +307,18 @@ void MasterState::try_complete_topology(Actions& out) {
         accepted++;
         if (!c.in_topo) return;  // someone is still computing: the vote waits
     }
-    if (accepted == 0 && pending_count() == 0) return;
+    size_t ready = 0;
+    std::map<uint32_t, uint32_t> group_size;  // each group's size once the ready newcomers are in
+    for (const auto& [id, c] : conns_) {
+        if (c.hello && !c.accepted && c.reachable) ready++;
+        if (c.accepted || (c.hello && c.reachable)) group_size[c.group]++;
+    }
+    if (accepted == 0 && ready == 0) return;
+    for (const auto& [id, c] : conns_)
+        if (c.accepted && group_size[c.group] < c.topo_min_world) return;  // wait for newcomers (or the timeout)
     std::vector<uint64_t> newcomers;
     for (auto& [id, c] : conns_) {
-        if (c.hello && !c.accepted) {
+        if (c.hello && !c.accepted && c.reachable) {
             c.accepted = true;
             c.admitted_seq = next_admitted_++;
             newcomers.push_back(id);
@@ -227,7 +333,7 @@ void MasterState::try_complete_topology(Actions& out) {
         r.seq = c.in_topo ? c.topo_seq : 0;
         r.world_size = world;
         r.ring = ring_infos(group_ring(c.group));
-        r.pending = 0;
+        r.pending = pending_count();
         send(out, id, MsgType::kTopoResult, r);
         c.in_topo = false;
     }
@@ -242,16 +348,15 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
         return;
     }
     auto ring = group_ring(op.group);
-    // A member inside update_topology() can never start this operation: fail it now, whatever the ring order.
+    // A member inside sync_shared_state() can never start this operation: fail both now, whatever the ring order.
     for (uint64_t id : ring) {
         const Conn& m = conns_.at(id);
-        if (m.in_topo || m.in_sync) {
-            const std::string why = describe(id) + " is in " + (m.in_topo ? "update_topology()" : "sync_shared_state()") +
-                                    " while others started all_reduce tag " + std::to_string(op.tag) +
-                                    ": collectives must be called in the same order";
+        if (m.in_sync) {
+            const std::string why = describe(id) + " is in sync_shared_state() while others started all_reduce tag " +
+                                    std::to_string(op.tag) + kSameOrder;
             const uint32_t group = op.group;
             fail_op(it, ErrorKind::kMismatch, why, out);
-            if (m.in_sync) fail_pending_sync(group, why, out);  // the sync waits for them: it fails too
+            fail_pending_sync(group, ErrorKind::kMismatch, why, out);
             return;
         }
     }
@@ -261,8 +366,16 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
     for (const auto& [id, d] : op.started) {
         if (d == first) continue;
         fail_op(it, ErrorKind::kMismatch,
-                "peers started different operations for tag " + std::to_string(op.tag) + ": " + describe(first_id) +
-                    " has " + desc_text(first) + ", " + describe(id) + " has " + desc_text(d),
+                "peers started different operations for tag " + std::to_string(op.tag) + " (" +
+                    desc_difference(first, d) + "): " + describe(first_id) + " has " + desc_text(first) + ", " +
+                    describe(id) + " has " + desc_text(d),
+                out);
+        return;
+    }
+    if (ring.size() < op.min_world) {
+        fail_op(it, ErrorKind::kTooFewPeers,
+                "all_reduce tag " + std::to_string(op.tag) + " needs at least " + std::to_string(op.min_world) +
+                    " peers (min_world_size) and the group has " + std::to_string(ring.size()) + ": " + describe_all(ring),
                 out);
         return;
     }
@@ -319,26 +432,48 @@ void MasterState::try_start_sync(uint32_t group, Actions& out) {
     const auto ring = group_ring(group);
     for (uint64_t id : ring) {
         const Conn& m = conns_.at(id);
-        if (m.in_topo || !m.op_tags.empty()) {
-            fail_pending_sync(group,
-                              describe(id) + " is in " + (m.in_topo ? "update_topology()" : "all_reduce") +
-                                  " while others called sync_shared_state(): collectives must be called in the same order",
-                              out);
+        if (!m.op_tags.empty()) {
+            fail_pending_sync(group, ErrorKind::kMismatch,
+                              describe(id) + " is in all_reduce while others called sync_shared_state()" + kSameOrder, out);
             return;
         }
     }
     for (uint64_t id : ring)
         if (!it->second.started.count(id)) return;  // still waiting for this peer
+    if (ring.size() < it->second.min_world) {
+        fail_pending_sync(group, ErrorKind::kTooFewPeers,
+                          "sync_shared_state() needs at least " + std::to_string(it->second.min_world) +
+                              " peers (min_world_size) and the group has " + std::to_string(ring.size()) + ": " +
+                              describe_all(ring),
+                          out);
+        return;
+    }
     std::vector<SyncPeer> peers;
-    bool state_exists = false;
+    bool state_exists = false, offered = false;
     for (uint64_t id : ring) {
         const Conn& m = conns_.at(id);
-        peers.push_back(SyncPeer{id, m.admitted_seq, m.synced, m.connections, m.info, std::move(it->second.started[id])});
+        const auto& start = it->second.started[id];
+        peers.push_back(SyncPeer{id, m.admitted_seq, m.synced, m.connections, m.info, start});
         state_exists |= m.synced;
+        offered |= start.strategy == uint8_t(wire::SyncStrategy::kSendOnly);
+    }
+    auto rev = group_revision_.find(group);
+    if (!state_exists && rev != group_revision_.end()) {
+        // Every peer that held the group's state is gone. Starting over from whatever the newcomers hold would
+        // silently lose the model: refuse, unless a send-only peer offers the state (a checkpoint); then only
+        // send-only peers vote.
+        if (!offered) {
+            fail_pending_sync(group, ErrorKind::kSharedState,
+                              "the group's shared state is lost: no peer that held it remains (the last committed "
+                              "revision was " + std::to_string(rev->second) + "). Resume from a checkpoint: one "
+                              "peer calls sync_shared_state(state, strategy='send_only')",
+                              out);
+            return;
+        }
+        for (auto& p : peers) p.synced = p.start.strategy == uint8_t(wire::SyncStrategy::kSendOnly);
     }
     syncs_pending_.erase(it);
     std::optional<uint64_t> last;
-    auto rev = group_revision_.find(group);
     if (state_exists && rev != group_revision_.end()) last = rev->second;
     SyncDecision d = elect_state(peers, last);
     Sync sync;
@@ -360,14 +495,14 @@ void MasterState::try_start_sync(uint32_t group, Actions& out) {
     if (!d.moves) finish_sync(running, out);  // the plan already told them: nothing else to send
 }
 
-void MasterState::fail_pending_sync(uint32_t group, const std::string& reason, Actions& out) {
+void MasterState::fail_pending_sync(uint32_t group, ErrorKind kind, const std::string& reason, Actions& out) {
     auto it = syncs_pending_.find(group);
     if (it == syncs_pending_.end()) return;
     for (const auto& [id, start] : it->second.started) {
         if (!conns_.count(id)) continue;
         wire::SyncPlan plan;
         plan.ok = 0;
-        plan.kind = uint8_t(ErrorKind::kMismatch);
+        plan.kind = uint8_t(kind);
         plan.reason = reason;
         send(out, id, MsgType::kSyncPlan, plan);
         conns_.at(id).in_sync = false;
@@ -464,8 +599,46 @@ std::vector<MasterAction> MasterState::on_bad_frame(uint64_t id, const std::stri
     return out;
 }
 
+void MasterState::expire_waits(double now, Actions& out) {
+    for (auto op = ops_.begin(); op != ops_.end();) {
+        auto cur = op++;
+        const Op& o = cur->second;
+        if (o.running || o.deadline < 0 || now < o.deadline) continue;
+        std::set<uint64_t> present;
+        for (const auto& [id, d] : o.started) present.insert(id);
+        fail_op(cur, ErrorKind::kTimeout,
+                "all_reduce tag " + std::to_string(o.tag) + " timed out after " + seconds_text(o.timeout) +
+                    ": these peers did not start it: " + describe_all(group_missing(o.group, present)),
+                out);
+    }
+    std::vector<uint32_t> late_syncs;
+    for (const auto& [group, sync] : syncs_pending_)
+        if (sync.deadline >= 0 && now >= sync.deadline) late_syncs.push_back(group);
+    for (uint32_t group : late_syncs) {
+        const Sync& sync = syncs_pending_.at(group);
+        std::set<uint64_t> present;
+        for (const auto& [id, st] : sync.started) present.insert(id);
+        fail_pending_sync(group, ErrorKind::kTimeout,
+                          "sync_shared_state() timed out after " + seconds_text(sync.timeout) +
+                              ": these peers did not call it: " + describe_all(group_missing(group, present)),
+                          out);
+    }
+    for (auto& [id, c] : conns_) {
+        if (!c.in_topo || c.topo_deadline < 0 || now < c.topo_deadline) continue;
+        std::vector<uint64_t> absent;
+        for (const auto& [oid, other] : conns_)
+            if (other.accepted && !other.in_topo) absent.push_back(oid);
+        std::string why = "update_topology() timed out after " + seconds_text(c.topo_timeout) + ": ";
+        why += absent.empty() ? "the group stayed smaller than min_world_size (" + std::to_string(c.topo_min_world) +
+                                    " peers) and no newcomer arrived"
+                              : "these peers did not call it: " + describe_all(absent);
+        answer_topology(id, c, ErrorKind::kTimeout, why, out);
+    }
+}
+
 std::vector<MasterAction> MasterState::on_tick(double now) {
     Actions out;
+    expire_waits(now, out);
     std::vector<std::pair<uint64_t, std::string>> victims;
     for (const auto& [id, c] : conns_) {
         if (!c.hello && now - c.since > config_.handshake_timeout)

@@ -137,6 +137,11 @@ void ConnPool::accept_loop() {
         for (auto& h : shakes) {
             const size_t want = sizeof(h.buf) - h.got;
             ssize_t n = ::recv(h.fd, h.buf + h.got, want, MSG_DONTWAIT);
+            if (n == 0 && h.got == 0) {  // connected and closed without a byte: the master's reachability probe
+                log_debug("data port: " + h.who + " connected and closed (a reachability probe)");
+                net::close_fd(h.fd);
+                continue;
+            }
             if (n == 0) { reject(h, "closed during the handshake"); continue; }
             if (n < 0) {
                 if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) reject(h, errno_text("recv", errno));

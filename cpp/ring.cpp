@@ -81,6 +81,10 @@ public:
             bool progressed = false;
             if (r_step_ < steps_ && !receive(&progressed)) return;
             if (s_step_ < steps_ && !send(&progressed)) return;
+            if (interrupt_requested()) {  // only the calling thread has a check (Ctrl-C in Python's main thread)
+                ctl_.fail(ErrorKind::kInterrupted, "interrupted (KeyboardInterrupt) while data moved");
+                return;
+            }
             const double now = net::now_seconds();
             if (progressed) {
                 last_progress = now;

@@ -7,6 +7,8 @@
 //   4. OP_DONE to the master; OP_COMMIT publishes (the caller copies the buffers into its arrays), OP_ABORT raises.
 #include <cstdlib>
 #include <cstring>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include "communicator.hpp"
@@ -24,7 +26,7 @@ static std::shared_ptr<uint8_t> aligned_buffer(size_t n) {
 }
 
 SyncOutcome Communicator::sync_state(const std::vector<wire::StateEntry>& entries, const std::vector<const uint8_t*>& data,
-                                     uint64_t revision, uint8_t strategy) {
+                                     uint64_t revision, uint8_t strategy, double timeout) {
     if (entries.size() != data.size()) throw CoreError(ErrorKind::kInvalidArgument, "one data pointer per entry");
     if (entries.size() > wire::kMaxStateEntries)
         throw CoreError(ErrorKind::kInvalidArgument, "at most " + std::to_string(wire::kMaxStateEntries) + " entries");
@@ -46,9 +48,11 @@ SyncOutcome Communicator::sync_state(const std::vector<wire::StateEntry>& entrie
         }
     } syncing_guard{this};
     const double t0 = net::now_seconds();
-    send_master(MsgType::kSyncStart, wire::SyncStart{revision, strategy, entries});
-    Frame f = wait_frame([](const Frame& f) { return f.type == uint16_t(MsgType::kSyncPlan); }, -1,
-                         "the shared-state plan");
+    const uint32_t ms = timeout_ms(timeout);
+    send_master(MsgType::kSyncStart, wire::SyncStart{revision, strategy, ms, cfg_.min_world, entries});
+    Frame f = wait_frame([](const Frame& f) { return f.type == uint16_t(MsgType::kSyncPlan); },
+                         ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1,
+                         "the other peers to call sync_shared_state()");
     const auto plan = wire::decode_payload<wire::SyncPlan>(f.payload);
     if (!plan.ok) throw CoreError(ErrorKind(plan.kind), plan.reason);
     SyncOutcome out;
@@ -83,12 +87,23 @@ SyncOutcome Communicator::sync_state(const std::vector<wire::StateEntry>& entrie
     std::vector<std::atomic<uint64_t>> sent(plan.sends.size()), received(plan.recvs.size());
     // One thread per stripe of every send and receive; both ends cut a range into the same stripes.
     std::vector<std::thread> threads;
+    std::mutex done_mu;
+    std::condition_variable done_cv;
+    size_t running = 0;  // guarded by done_mu
     auto per_stripe = [&](uint64_t begin, uint64_t end, uint32_t connections, auto&& body) {
         const uint32_t stripes = stripes_for(end - begin, connections);
         for (uint32_t j = 0; j < stripes; j++) {
             uint64_t b, e;
             stripe_range(begin, end, stripes, j, &b, &e);
-            threads.emplace_back([=] { body(j, b, e); });
+            {
+                std::lock_guard<std::mutex> g(done_mu);
+                running++;
+            }
+            threads.emplace_back([=, &done_mu, &done_cv, &running] {
+                body(j, b, e);
+                std::lock_guard<std::mutex> g(done_mu);
+                if (--running == 0) done_cv.notify_all();
+            });
         }
     };
     for (size_t t = 0; t < plan.sends.size(); t++) {
@@ -105,6 +120,11 @@ SyncOutcome Communicator::sync_state(const std::vector<wire::StateEntry>& entrie
                               cfg_.piece_bytes};
             recv_stream(mine, b, e, link, ctl, &received[t]);
         });
+    }
+    {  // wait for every stripe, noticing Ctrl-C on the way (the stripes stop on ctl.fail)
+        std::unique_lock<std::mutex> lk(done_mu);
+        while (!done_cv.wait_for(lk, std::chrono::milliseconds(100), [&] { return running == 0; }))
+            if (interrupt_requested()) ctl.fail(ErrorKind::kInterrupted, "interrupted (KeyboardInterrupt) while state moved");
     }
     for (auto& th : threads) th.join();
     untrack(ctl);

@@ -114,17 +114,23 @@ std::vector<uint8_t> empty_frame(MsgType type) {
 void encode(Writer& w, const PeerInfo& m) { w.u64(m.id); w.str(m.host); w.u16(m.port); }
 void encode(Writer& w, const OpDesc& m) {
     w.u64(m.count); w.u8(m.dtype); w.u8(m.op); w.u8(m.quant); w.u32(m.qblock); w.u8(m.qround); w.u32(m.qseed);
+    w.u32(uint32_t(m.shape.size()));
+    for (uint64_t d : m.shape) w.u64(d);
+    w.u64(m.structure);
+    w.str(m.structure_text);
 }
 void encode(Writer& w, const Hello& m) { w.u32(m.group); w.u32(m.connections); w.str(m.host); w.u16(m.port); }
 void encode(Writer& w, const Welcome& m) { w.u64(m.peer_id); }
 void encode(Writer& w, const HeartbeatAck& m) { w.u32(m.pending); }
-void encode(Writer& w, const TopoRequest& m) { w.u64(m.seq); }
+void encode(Writer& w, const TopoRequest& m) { w.u64(m.seq); w.u32(m.timeout_ms); w.u32(m.min_world); }
 static void encode_ring(Writer& w, const std::vector<PeerInfo>& ring) {
     w.u32(uint32_t(ring.size()));
     for (const auto& p : ring) encode(w, p);
 }
-void encode(Writer& w, const TopoResult& m) { w.u64(m.seq); w.u32(m.world_size); w.u32(m.pending); encode_ring(w, m.ring); }
-void encode(Writer& w, const OpStart& m) { w.u64(m.tag); encode(w, m.desc); }
+void encode(Writer& w, const TopoResult& m) {
+    w.u64(m.seq); w.u32(m.world_size); w.u32(m.pending); encode_ring(w, m.ring); w.u8(m.kind); w.str(m.reason);
+}
+void encode(Writer& w, const OpStart& m) { w.u64(m.tag); encode(w, m.desc); w.u32(m.timeout_ms); w.u32(m.min_world); }
 void encode(Writer& w, const OpGo& m) { w.u64(m.tag); w.u64(m.op_id); w.u32(m.stripes); encode_ring(w, m.ring); w.u32(m.slot); }
 void encode(Writer& w, const OpReject& m) { w.u64(m.tag); w.u8(m.kind); w.str(m.reason); }
 void encode(Writer& w, const OpDone& m) { w.u64(m.op_id); w.u8(m.ok); w.u8(m.kind); w.str(m.reason); }
@@ -146,6 +152,8 @@ void encode(Writer& w, const StateEntry& m) {
 void encode(Writer& w, const SyncStart& m) {
     w.u64(m.revision);
     w.u8(m.strategy);
+    w.u32(m.timeout_ms);
+    w.u32(m.min_world);
     w.u32(uint32_t(m.entries.size()));
     for (const auto& e : m.entries) encode(w, e);
 }
@@ -191,6 +199,10 @@ template <> OpDesc decode<OpDesc>(Reader& r) {
     m.qblock = r.u32();
     m.qround = r.u8();
     m.qseed = r.u32();
+    const size_t ndim = r.count(kMaxDims);
+    for (size_t i = 0; i < ndim; i++) m.shape.push_back(r.u64());
+    m.structure = r.u64();
+    m.structure_text = r.str();
     return m;
 }
 template <> Hello decode<Hello>(Reader& r) {
@@ -203,19 +215,29 @@ template <> Hello decode<Hello>(Reader& r) {
 }
 template <> Welcome decode<Welcome>(Reader& r) { return Welcome{r.u64()}; }
 template <> HeartbeatAck decode<HeartbeatAck>(Reader& r) { return HeartbeatAck{r.u32()}; }
-template <> TopoRequest decode<TopoRequest>(Reader& r) { return TopoRequest{r.u64()}; }
+template <> TopoRequest decode<TopoRequest>(Reader& r) {
+    TopoRequest m;
+    m.seq = r.u64();
+    m.timeout_ms = r.u32();
+    m.min_world = r.u32();
+    return m;
+}
 template <> TopoResult decode<TopoResult>(Reader& r) {
     TopoResult m;
     m.seq = r.u64();
     m.world_size = r.u32();
     m.pending = r.u32();
     m.ring = decode_ring(r);
+    m.kind = r.u8();
+    m.reason = r.str();
     return m;
 }
 template <> OpStart decode<OpStart>(Reader& r) {
     OpStart m;
     m.tag = r.u64();
     m.desc = decode<OpDesc>(r);
+    m.timeout_ms = r.u32();
+    m.min_world = r.u32();
     return m;
 }
 template <> OpGo decode<OpGo>(Reader& r) {
@@ -285,6 +307,8 @@ template <> SyncStart decode<SyncStart>(Reader& r) {
     m.revision = r.u64();
     m.strategy = r.u8();
     if (m.strategy > uint8_t(SyncStrategy::kSendOnly)) bad("sync strategy " + std::to_string(m.strategy));
+    m.timeout_ms = r.u32();
+    m.min_world = r.u32();
     const size_t n = r.count(kMaxStateEntries);
     m.entries.reserve(n);
     for (size_t i = 0; i < n; i++) m.entries.push_back(decode<StateEntry>(r));

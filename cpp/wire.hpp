@@ -14,7 +14,7 @@
 namespace pccl::wire {
 
 constexpr uint32_t kMagic = 0x52414350;  // "PCAR" as little-endian bytes
-constexpr uint16_t kVersion = 1;
+constexpr uint16_t kVersion = 2;
 constexpr size_t kHeaderSize = 16;
 constexpr uint32_t kMaxControlPayload = 1u << 20;  // control frames: membership lists, reasons
 constexpr uint32_t kMaxDataPayload = 64u << 20;    // one piece of an operation
@@ -89,15 +89,23 @@ struct OpDesc {
     uint32_t qblock = 0;  // quantization block size
     uint8_t qround = 0;   // 0 nearest even, 1 stochastic
     uint32_t qseed = 0;   // stochastic rounding seed
+    std::vector<uint64_t> shape;  // the caller's array shape (a tree: the packed buffer's), at most kMaxDims
+    uint64_t structure = 0;       // a pytree's structure fingerprint (keys, order, leaf dtypes and shapes); 0: one array
+    std::string structure_text;   // its readable summary, for mismatch messages
     bool operator==(const OpDesc&) const = default;
 };
 
 struct Hello { uint32_t group = 0; uint32_t connections = 1; std::string host; uint16_t port = 0; };
 struct Welcome { uint64_t peer_id = 0; };
 struct HeartbeatAck { uint32_t pending = 0; };
-struct TopoRequest { uint64_t seq = 0; };
-struct TopoResult { uint64_t seq = 0; uint32_t world_size = 0; uint32_t pending = 0; std::vector<PeerInfo> ring; };
-struct OpStart { uint64_t tag = 0; OpDesc desc; };
+// timeout_ms: how long this peer waits for the others (0: no bound); min_world: the smallest group it accepts.
+struct TopoRequest { uint64_t seq = 0; uint32_t timeout_ms = 0; uint32_t min_world = 0; };
+// kind != 0: the request failed (a timeout; for seq 0, admission refused: the data address is unreachable).
+struct TopoResult {
+    uint64_t seq = 0; uint32_t world_size = 0; uint32_t pending = 0; std::vector<PeerInfo> ring;
+    uint8_t kind = 0; std::string reason;
+};
+struct OpStart { uint64_t tag = 0; OpDesc desc; uint32_t timeout_ms = 0; uint32_t min_world = 0; };
 struct OpGo { uint64_t tag = 0; uint64_t op_id = 0; uint32_t stripes = 1; std::vector<PeerInfo> ring; uint32_t slot = 0; };
 struct OpReject { uint64_t tag = 0; uint8_t kind = 0; std::string reason; };
 struct OpDone { uint64_t op_id = 0; uint8_t ok = 0; uint8_t kind = 0; std::string reason; };
@@ -117,7 +125,10 @@ struct StateEntry {
     bool operator==(const StateEntry&) const = default;
 };
 enum class SyncStrategy : uint8_t { kEnforcePopular = 0, kReceiveOnly = 1, kSendOnly = 2 };
-struct SyncStart { uint64_t revision = 0; uint8_t strategy = 0; std::vector<StateEntry> entries; };
+struct SyncStart {
+    uint64_t revision = 0; uint8_t strategy = 0; uint32_t timeout_ms = 0; uint32_t min_world = 0;
+    std::vector<StateEntry> entries;
+};
 // A source sends bytes [begin, end) of the receiver's stream (its fetched entries, concatenated in fetch order)
 // over `stripes` connections.
 struct SyncSend { PeerInfo to; std::vector<uint32_t> fetch; uint64_t begin = 0, end = 0; uint32_t stripes = 1; };

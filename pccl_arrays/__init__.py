@@ -4,7 +4,7 @@ Start a :class:`Master`, connect a :class:`Communicator` per peer, and all-reduc
 (:mod:`pccl_arrays.errors`); a :class:`~pccl_arrays.errors.PeerLostError` means "retry on the smaller ring".
 """
 
-from . import errors
+from . import errors, log
 from .communicator import AllReduceInfo, Communicator
 from .errors import (
     MasterUnreachableError,
@@ -21,6 +21,8 @@ from .quantization import Quantization
 from .shared_state import SharedState, SyncInfo
 
 __version__ = "0.1.0"
+
+log.start()
 
 __all__ = [
     "AllReduceInfo", "Communicator", "Master", "Quantization", "errors", "PCCLError", "PeerLostError", "TooFewPeersError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import typing
 import typing_extensions
-__all__: list[str] = ['Communicator', 'DLView', 'HostBuffer', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'content_hash', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'memcpy', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into']
+__all__: list[str] = ['Communicator', 'DLView', 'HostBuffer', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'content_hash', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'log_attach_drain', 'log_for_tests', 'log_level', 'log_take', 'memcpy', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into']
 class MasterServer:
     def __init__(self, listen: str, peer_timeout: typing.SupportsFloat | typing.SupportsIndex, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex) -> None:
         ...
@@ -22,13 +22,15 @@ class MasterServer:
     def running(self) -> bool:
         ...
 class MasterState:
-    def __init__(self, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0) -> None:
+    def __init__(self, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, probe_addresses: bool = False) -> None:
         ...
     def on_connect(self, conn: typing.SupportsInt | typing.SupportsIndex, addr: str, now: typing.SupportsFloat | typing.SupportsIndex) -> list:
         ...
     def on_disconnect(self, conn: typing.SupportsInt | typing.SupportsIndex, reason: str, now: typing.SupportsFloat | typing.SupportsIndex) -> list:
         ...
     def on_message(self, conn: typing.SupportsInt | typing.SupportsIndex, type: str, fields: dict, now: typing.SupportsFloat | typing.SupportsIndex) -> list:
+        ...
+    def on_probe_result(self, conn: typing.SupportsInt | typing.SupportsIndex, reachable: bool, reason: str, now: typing.SupportsFloat | typing.SupportsIndex) -> list:
         ...
     def on_tick(self, now: typing.SupportsFloat | typing.SupportsIndex) -> list:
         ...
@@ -54,9 +56,13 @@ class OpInfo:
     def world_size(self) -> int:
         ...
 class Communicator:
-    def __init__(self, master: str, peer_group: typing.SupportsInt | typing.SupportsIndex, connections: typing.SupportsInt | typing.SupportsIndex, listen: str, advertise: str, connect_timeout: typing.SupportsFloat | typing.SupportsIndex, heartbeat_interval: typing.SupportsFloat | typing.SupportsIndex, master_timeout: typing.SupportsFloat | typing.SupportsIndex, data_timeout: typing.SupportsFloat | typing.SupportsIndex, piece_bytes: typing.SupportsInt | typing.SupportsIndex) -> None:
+    def __init__(self, master: str, peer_group: typing.SupportsInt | typing.SupportsIndex, connections: typing.SupportsInt | typing.SupportsIndex, listen: str, advertise: str, connect_timeout: typing.SupportsFloat | typing.SupportsIndex, heartbeat_interval: typing.SupportsFloat | typing.SupportsIndex, master_timeout: typing.SupportsFloat | typing.SupportsIndex, data_timeout: typing.SupportsFloat | typing.SupportsIndex, piece_bytes: typing.SupportsInt | typing.SupportsIndex, op_timeout: typing.SupportsFloat | typing.SupportsIndex = 1800.0, min_world: typing.SupportsInt | typing.SupportsIndex = 1) -> None:
         ...
-    def all_reduce(self, input_ptr: typing.SupportsInt | typing.SupportsIndex, output_ptr: typing.SupportsInt | typing.SupportsIndex, count: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex, tag: typing.SupportsInt | typing.SupportsIndex, qkind: typing.SupportsInt | typing.SupportsIndex = 0, qblock: typing.SupportsInt | typing.SupportsIndex = 0, qround: typing.SupportsInt | typing.SupportsIndex = 0, qseed: typing.SupportsInt | typing.SupportsIndex = 0, exact_ptr: typing.SupportsInt | typing.SupportsIndex = 0) -> OpInfo:
+    def abandon(self, why: str) -> None:
+        """
+        Leaves the job because of an interrupt the core did not see; later calls raise `why`.
+        """
+    def all_reduce(self, input_ptr: typing.SupportsInt | typing.SupportsIndex, output_ptr: typing.SupportsInt | typing.SupportsIndex, count: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex, tag: typing.SupportsInt | typing.SupportsIndex, qkind: typing.SupportsInt | typing.SupportsIndex = 0, qblock: typing.SupportsInt | typing.SupportsIndex = 0, qround: typing.SupportsInt | typing.SupportsIndex = 0, qseed: typing.SupportsInt | typing.SupportsIndex = 0, exact_ptr: typing.SupportsInt | typing.SupportsIndex = 0, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], structure: typing.SupportsInt | typing.SupportsIndex = 0, structure_text: str = '', timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0) -> OpInfo:
         ...
     def close(self) -> None:
         ...
@@ -66,9 +72,9 @@ class Communicator:
         ...
     def pending_peers(self) -> int:
         ...
-    def sync_state(self, entries: list, data_ptrs: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], revision: typing.SupportsInt | typing.SupportsIndex, strategy: typing.SupportsInt | typing.SupportsIndex) -> dict:
+    def sync_state(self, entries: list, data_ptrs: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], revision: typing.SupportsInt | typing.SupportsIndex, strategy: typing.SupportsInt | typing.SupportsIndex, timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0) -> dict:
         ...
-    def update_topology(self) -> None:
+    def update_topology(self, timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0) -> None:
         ...
     @property
     def connected(self) -> bool:
@@ -170,6 +176,16 @@ def encode_frame(type: str, fields: dict) -> bytes:
     """
 def finalize_avg(ptr: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, world: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...
+def log_attach_drain() -> None:
+    ...
+def log_for_tests(level: typing.SupportsInt | typing.SupportsIndex, text: str) -> None:
+    """
+    Emits one core log line (tests of the logging bridge).
+    """
+def log_level() -> int:
+    ...
+def log_take(timeout: typing.SupportsFloat | typing.SupportsIndex) -> list[tuple[int, str]]:
+    ...
 def memcpy(dst_ptr: typing.SupportsInt | typing.SupportsIndex, src_ptr: typing.SupportsInt | typing.SupportsIndex, nbytes: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
     Copies bytes between host buffers (packing pytrees).
@@ -188,4 +204,4 @@ def reduce_hop_exact(acc_ptr: typing.SupportsInt | typing.SupportsIndex, own_ptr
     """
 def reduce_into(acc_ptr: typing.SupportsInt | typing.SupportsIndex, local_ptr: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...
-PROTOCOL_VERSION: int = 1
+PROTOCOL_VERSION: int = 2

@@ -16,6 +16,8 @@ from .quantization import Quantization
 from .dtypes import FLOAT_DTYPES, dtype_code, op_code
 from .errors import CommunicatorStateError, InvalidArgumentError, PCCLError, UnsupportedDTypeError
 
+DEFAULT_OP_TIMEOUT = 1800.0  # seconds a collective waits for the other peers to start it (torch's default too)
+
 
 @dataclasses.dataclass(frozen=True)
 class AllReduceInfo:
@@ -44,6 +46,12 @@ class Communicator:
         master_timeout: seconds of silence from the master before it counts as unreachable.
         data_timeout: seconds without a byte of progress on a data connection before the operation fails.
         piece_bytes: size of the pieces an operation is pipelined in.
+        op_timeout: default bound, in seconds, on waiting for the other peers to *start* a collective
+            (all-reduce, sync, update_topology); each call may pass its own ``timeout``. None: no bound.
+        min_world_size: the smallest group a collective may run with; below it every peer gets
+            TooFewPeersError (never a result computed alone), and update_topology() waits for newcomers.
+
+    Used as a context manager (``with Communicator(...) as comm:``) it connects on entry and closes on exit.
     """
 
     def __init__(
@@ -59,42 +67,68 @@ class Communicator:
         master_timeout: float = 10.0,
         data_timeout: float = 30.0,
         piece_bytes: int = 1024 * 1024,
+        op_timeout: Optional[float] = DEFAULT_OP_TIMEOUT,
+        min_world_size: int = 1,
     ):
         if not isinstance(peer_group, int) or peer_group < 0 or peer_group >= 2**32:
             raise InvalidArgumentError(f"peer_group must be an int in [0, 2**32), not {peer_group!r}")
         if not isinstance(connections, int) or not 1 <= connections <= 1024:
             raise InvalidArgumentError(f"connections must be an int in [1, 1024], not {connections!r}")
+        if not isinstance(min_world_size, int) or isinstance(min_world_size, bool) or min_world_size < 1:
+            raise InvalidArgumentError(f"min_world_size must be an int >= 1, not {min_world_size!r}")
+        if op_timeout is not None and not (isinstance(op_timeout, (int, float)) and op_timeout > 0):
+            raise InvalidArgumentError(f"op_timeout must be a positive number of seconds or None, not {op_timeout!r}")
         self._core = _core.Communicator(
             master, peer_group, connections, listen, advertise or "", connect_timeout, heartbeat_interval,
-            master_timeout, data_timeout, piece_bytes,
+            master_timeout, data_timeout, piece_bytes, 0.0 if op_timeout is None else float(op_timeout),
+            min_world_size,
         )
+        self.min_world_size = min_world_size
         self.last_info: Optional[AllReduceInfo] = None
         self._concurrency = _concurrent.Concurrency(self)
+        _concurrent.track_open(self)
 
     # -- membership ---------------------------------------------------------------------------------------------
     def connect(self, timeout: Optional[float] = None) -> "Communicator":
         """Joins the job and waits to be admitted (at the other peers' next :meth:`update_topology`).
 
+        A master that is not up yet is retried with backoff for ``connect_timeout`` seconds. On a communicator
+        that is already connected (``with Communicator(...)`` connects on entry) it does nothing.
+
         Args:
             timeout: seconds to wait for admission; None waits as long as the master is alive.
+
         Raises:
-            MasterUnreachableError: the master cannot be reached or stops answering.
+            MasterUnreachableError: the master cannot be reached (after retries) or stops answering.
+            NetworkError: the master could not connect to this peer's data address (open the port to the other
+                peers or pass ``advertise=``); nobody else noticed.
             PCCLTimeoutError: not admitted within ``timeout``.
+            KeyboardInterrupt: Ctrl-C; the communicator has left the job.
         """
-        self._core.connect(-1.0 if timeout is None else float(timeout))
+        if not self._core.connected:
+            self._core.connect(-1.0 if timeout is None else _seconds(timeout, "timeout"))
         return self
 
-    def update_topology(self) -> None:
+    def update_topology(self, timeout: Optional[float] = None) -> None:
         """Collective over all accepted peers: admits pending peers and rewires the ring.
 
+        The vote completes when every accepted peer is inside update_topology(). If a peer of this group has
+        already started a collective (this peer is a step behind, as a newcomer is on its first call), it returns
+        at once with the current ring, and this peer goes on to that collective. While the group would have
+        fewer than ``min_world_size`` peers, it waits for newcomers.
+
+        Args:
+            timeout: seconds to wait for the others (default: the communicator's ``op_timeout``).
         Raises:
+            PCCLTimeoutError: the vote did not complete in time; the message names the peers that did not come.
             CommunicatorStateError: async operations are in flight (wait for their handles first).
+            KeyboardInterrupt: Ctrl-C; the communicator has left the job.
         """
         if self._concurrency.in_flight():
             raise CommunicatorStateError(f"update_topology() while {self._concurrency.in_flight()} async "
                                          "all-reduce(s) are in flight: wait for their handles first")
         self._concurrency.restart_auto_tags()
-        self._core.update_topology()
+        self._core.update_topology(_timeout_arg(timeout))
 
     def are_peers_pending(self) -> bool:
         """Whether peers wait for admission (so an :meth:`update_topology` would admit someone)."""
@@ -129,24 +163,37 @@ class Communicator:
         return self._core.connection_stats()
 
     def close(self) -> None:
-        """Leaves the job gracefully: the others see a smaller world, not an error. Waits for async
-        operations in flight to end first."""
-        self._concurrency.shutdown()
+        """Leaves the job gracefully: the others see a smaller world, not an error.
+
+        Returns within about a second even with operations in flight: they stop at once and raise
+        CommunicatorStateError (in their threads, or from their handles); to the other peers this peer is lost.
+        """
         self._core.close()
+        self._concurrency.shutdown()
+        _concurrent.untrack_open(self)
+
+    def _abandon(self, why: str) -> None:
+        """Leaves the job after a KeyboardInterrupt outside the core (in ``handle.wait()``)."""
+        self._core.abandon(why)
+        self._concurrency.shutdown()
+        _concurrent.untrack_open(self)
 
     def __enter__(self) -> "Communicator":
+        if not self._core.connected:
+            self.connect()
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     # -- shared state -------------------------------------------------------------------------------------------
-    def sync_shared_state(self, state: "_shared_state.SharedState",
-                          strategy: str = "enforce_popular") -> "_shared_state.SyncInfo":
+    def sync_shared_state(self, state: "_shared_state.SharedState", strategy: str = "enforce_popular", *,
+                          timeout: Optional[float] = None) -> "_shared_state.SyncInfo":
         """Collective over the group: makes ``state`` bit-identical to the group's (docs/shared_state.md).
 
         Every peer of the group must call it at the same point of its loop (a peer that has just connected
-        calls it first: its admission was the others' update_topology()).
+        may call it right after connect(), or run the same loop as the others from update_topology(), which returns at
+        once when the others have already started this sync).
 
         Args:
             state: the :class:`~pccl_arrays.SharedState` to sync; entries that differ from the elected content
@@ -154,26 +201,30 @@ class Communicator:
                 the group's.
             strategy: ``"enforce_popular"`` (default: take part in the election, adopt the winner),
                 ``"receive_only"`` (never offer content: a newcomer) or ``"send_only"`` (this peer's content
-                must win, else SharedStateError).
+                must win, else SharedStateError; also how a checkpoint resumes a group whose state was lost).
+            timeout: seconds to wait for the others to call it (default: the communicator's ``op_timeout``).
         Returns:
             a :class:`~pccl_arrays.SyncInfo`: the revision, the entries received, bytes sent and received (0 and
             0 when every peer already held the same state), bytes per source peer.
         Raises:
             SharedStateError: this peer was refused (different names, dtypes or shapes; revision ahead of the
-                group by more than one; send-only without the group's state); its state is unchanged.
+                group by more than one; send-only without the group's state), or every peer that held the
+                group's state is gone (the message names the last committed revision); its state is unchanged.
+            TooFewPeersError: the group has fewer than ``min_world_size`` peers.
+            PCCLTimeoutError: the others did not call it within ``timeout``; the message names them.
             PeerLostError: a peer failed during the transfer; nothing was changed anywhere; retry.
-            OperationMismatchError: other peers called a different collective (all_reduce, update_topology).
+            OperationMismatchError: other peers called all_reduce instead.
             CommunicatorStateError: all-reduces are in flight on this peer (wait for their handles first).
         """
         if self._concurrency.in_flight():
             raise CommunicatorStateError(f"sync_shared_state() while {self._concurrency.in_flight()} async "
                                          "all-reduce(s) are in flight: wait for their handles first")
         self._concurrency.restart_auto_tags()
-        return _shared_state.sync(self._core, state, strategy)
+        return _shared_state.sync(self._core, state, strategy, _timeout_arg(timeout))
 
     # -- collectives --------------------------------------------------------------------------------------------
     def all_reduce(self, x: Any, op: str = "sum", out: Any = None, *, tag: int = 0, quantization=None,
-                   return_info: bool = False):
+                   return_info: bool = False, timeout: Optional[float] = None):
         """All-reduces ``x`` over the peers of this group.
 
         Args:
@@ -187,15 +238,25 @@ class Communicator:
                 uint8 blocks instead of the dtype (about 4x fewer bytes than float32) for sum and avg of
                 floating arrays; every peer must use the same settings (docs/quantization.md).
             return_info: also return an :class:`AllReduceInfo` (it is always kept in :attr:`last_info`).
+            timeout: seconds to wait for the other peers to start it (default: the communicator's
+                ``op_timeout``); data-plane stalls are bounded by ``data_timeout`` separately.
         Returns:
             the result (``out`` when given), or ``(result, info)`` with ``return_info=True``.
         Raises:
             PeerLostError: a peer failed during the operation; ``x`` and ``out`` are unchanged; retry.
-            OperationMismatchError: peers started different operations; nothing was changed.
+            TooFewPeersError: the group has fewer than ``min_world_size`` peers; nothing was changed.
+            PCCLTimeoutError: some peers did not start it within ``timeout`` (named in the message).
+            OperationMismatchError: peers started different operations (dtype, op, shape, quantization, or the
+                packed tree's structure);
+                nothing was changed.
+            KeyboardInterrupt: Ctrl-C. While data moved, the operation was aborted on every peer (the others
+                get PeerLostError) and this communicator stays usable; while waiting for the others to start,
+                this communicator has left the job.
             UnsupportedDTypeError / InvalidArgumentError: bad input (also TypeError / ValueError).
         """
         fw = arrays.framework_of(x)
         name = arrays.dtype_name_of(x)
+        call = _CallArgs(tuple(int(d) for d in x.shape), _timeout_arg(timeout))
         dcode = dtype_code(name)
         ocode = op_code(op, name)
         if not isinstance(tag, int) or not 0 <= tag < 2**64:
@@ -216,7 +277,8 @@ class Communicator:
 
         on_device = arrays.device_of(x, fw)[0] not in arrays.HOST_DEVICES
         if quant is not None and (quant.path == "triton" or (quant.path == "auto" and on_device)):
-            return self._finish(*_device_path(self, x, fw, name, dcode, ocode, op, target, tag, quant), return_info)
+            return self._finish(*_device_path(self, x, fw, name, dcode, ocode, op, target, tag, quant, call),
+                                return_info)
         src, _host_x, host_fw, _ = arrays.compact_host_view(x, fw)
         if src.readonly and in_place:
             raise InvalidArgumentError("the output array is read-only; pass out=None for a new array")
@@ -228,14 +290,14 @@ class Communicator:
             buf = arrays.new_host_buffer(src.shape, name)
             dst = arrays.buffer_view(buf, name)
         if quant is None:
-            info = self._core.all_reduce(src.ptr, dst.ptr, src.count, dcode, ocode, tag)
+            info = self._core.all_reduce(src.ptr, dst.ptr, src.count, dcode, ocode, tag, **call.core)
         else:  # host path: C++ kernels quantize, the ring reduces blocks, the committed result decodes into dst
             kind, block, rounding, seed = quant.core_args
             q_in, q_out = self._quant_buffers(_core.quantized_bytes(src.count, block))
             _core.quantize(src.ptr, dcode, src.count, kind, block, q_in.data)
             # exact_ptr: each hop adds our unquantized values rather than our decoded blocks (less error)
             info = self._core.all_reduce(q_in.data, q_out.data, src.count, dcode, ocode, tag, kind, block, rounding,
-                                         seed, src.ptr)
+                                         seed, src.ptr, **call.core)
             _core.dequantize(q_out.data, src.count, kind, block, dcode, dst.ptr,
                              info.world_size if op.lower() == "avg" else 1)
         if target is None:
@@ -261,7 +323,7 @@ class Communicator:
         return (result, self.last_info) if return_info else result
 
     def all_reduce_async(self, x: Any, op: str = "sum", out: Any = None, *, tag: Optional[int] = None,
-                         quantization=None) -> "_concurrent.AllReduceHandle":
+                         quantization=None, timeout: Optional[float] = None) -> "_concurrent.AllReduceHandle":
         """Starts an all-reduce and returns at once; ``handle.wait()`` gives the result.
 
         Many may be in flight (tested with 16) while Python keeps computing. Every peer must start the same
@@ -270,13 +332,16 @@ class Communicator:
         :meth:`update_topology` or :meth:`sync_shared_state` (where the counter restarts, so that newcomers agree). Do not touch ``x`` (or ``out``)
         until the handle is done. ``update_topology()`` refuses to run while operations are in flight.
 
+        ``timeout`` bounds the wait for the others to start it, as for :meth:`all_reduce`; ``handle.wait(t)``
+        bounds the caller's wait (PCCLTimeoutError) without touching the operation.
+
         Raises:
             InvalidArgumentError: the tag is already in flight on this communicator.
         """
-        return self._concurrency.submit(x, op, out, tag, quantization)
+        return self._concurrency.submit(x, op, out, tag, quantization, timeout)
 
     def all_reduce_many(self, arrays, op: str = "sum", *, outs=None, max_in_flight: int = 4, retries: int = 3,
-                        tag_base: int = 1 << 48, quantization=None) -> list:
+                        tag_base: int = 1 << 48, quantization=None, timeout: Optional[float] = None) -> list:
         """All-reduces every array of a list, ``max_in_flight`` at a time, retrying the ones a lost peer
         failed (``retries`` times each, on the smaller ring) without redoing those that committed.
 
@@ -285,35 +350,42 @@ class Communicator:
         Raises:
             the first non-retryable error, or a retryable one after ``retries`` attempts of the same array.
         """
-        return self._concurrency.many(list(arrays), op, outs, max_in_flight, retries, tag_base, quantization)
+        return self._concurrency.many(list(arrays), op, outs, max_in_flight, retries, tag_base, quantization, timeout)
 
-    def all_reduce_tree(self, tree: Any, op: str = "sum", *, inplace: bool = False, tag: int = 0) -> Any:
+    def all_reduce_tree(self, tree: Any, op: str = "sum", *, inplace: bool = False, tag: int = 0,
+                        timeout: Optional[float] = None) -> Any:
         """All-reduces every leaf of a pytree: one operation per dtype, leaves packed into one buffer each.
 
         Args:
-            tree: a JAX pytree, or nested dicts / lists / tuples of torch, NumPy or CuPy arrays (mixed dtypes
-                and frameworks allowed); every peer must pass the same structure, shapes and dtypes.
+            tree: a JAX pytree, or nested dicts / OrderedDicts / lists / tuples / namedtuples of torch, NumPy or
+                CuPy arrays (mixed dtypes and frameworks allowed); every peer must pass the same structure,
+                shapes and dtypes, else every peer gets OperationMismatchError. Flattening order: dicts by sorted
+                key, OrderedDicts in their own order, sequences by position (docs/arrays.md).
             op: as for :meth:`all_reduce` (``avg`` needs every leaf to be floating).
             inplace: also write the results into mutable leaves (torch, NumPy, CuPy), after every dtype
                 group has committed; JAX leaves are always replaced.
-            tag: as for :meth:`all_reduce`.
+            tag, timeout: as for :meth:`all_reduce`.
         Returns:
             a tree of the same structure holding the results, each leaf in its own framework and device.
         Raises:
             PeerLostError: nothing was written; retry the whole call.
+            OperationMismatchError: the peers' trees differ (keys, order, leaf dtypes or shapes).
         """
-        return _tree.all_reduce_tree(self, tree, op, inplace=inplace, tag=tag)
+        return _tree.all_reduce_tree(self, tree, op, inplace=inplace, tag=tag, timeout=timeout)
 
-    def _reduce_buffers(self, src, dst, name: str, op: str, tag: int) -> None:
-        """All-reduces one core-owned host buffer into another (used by all_reduce_tree)."""
+    def _reduce_buffers(self, src, dst, name: str, op: str, tag: int, structure: tuple = (0, ""),
+                        timeout: Optional[float] = None) -> None:
+        """All-reduces one core-owned host buffer into another (used by all_reduce_tree); ``structure`` is the
+        tree's (fingerprint, summary)."""
         info = self._core.all_reduce(src.data, dst.data, int(np.prod(src.shape, dtype=np.int64)), dtype_code(name),
-                                     op_code(op, name), tag)
+                                     op_code(op, name), tag, shape=list(src.shape), structure=structure[0],
+                                     structure_text=structure[1], timeout=_timeout_arg(timeout))
         self.last_info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
                                        info.stripes, info.op_id)
 
 
 def _device_path(comm: Communicator, x: Any, fw: str, name: str, dcode: int, ocode: int, op: str, target: Any,
-                 tag: int, quant: Quantization):
+                 tag: int, quant: Quantization, call: "_CallArgs"):
     """Quantized all-reduce through the Triton kernels: quantize where x lives, move only the compact bytes to
     the host, reduce, move the result bytes back and decode them on x's device."""
     import torch
@@ -324,7 +396,7 @@ def _device_path(comm: Communicator, x: Any, fw: str, name: str, dcode: int, oco
     q_in = k.quantize(xt, kind, block).to("cpu").contiguous()  # the compact bytes cross to the host
     q_out = torch.empty_like(q_in)
     info = comm._core.all_reduce(q_in.data_ptr(), q_out.data_ptr(), xt.numel(), dcode, ocode, tag, kind, block,
-                                 rounding, seed)
+                                 rounding, seed, **call.core)
     divide_by = info.world_size if op.lower() == "avg" else 1
     q_dev = q_out.to(xt.device)
     if target is not None and fw == "torch" and target.is_contiguous():
@@ -336,6 +408,27 @@ def _device_path(comm: Communicator, x: Any, fw: str, name: str, dcode: int, oco
         arrays.copy_back(target, result, fw)
         return target, info
     return result, info
+
+
+class _CallArgs:
+    """What every all-reduce call hands the core besides its buffers: the shape the peers must agree on, and
+    how long to wait for them to start."""
+
+    def __init__(self, shape: tuple, timeout: float):
+        if len(shape) > 32:
+            raise InvalidArgumentError(f"arrays of at most 32 dimensions, not {len(shape)}")
+        self.core = {"shape": list(shape), "timeout": timeout}
+
+
+def _seconds(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidArgumentError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _timeout_arg(timeout: Optional[float]) -> float:
+    """A call's ``timeout`` for the core: -1 means the communicator's op_timeout."""
+    return -1.0 if timeout is None else _seconds(timeout, "timeout")
 
 
 def _check_out(x: Any, out: Any, fw: str) -> None:

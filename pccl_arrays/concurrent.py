@@ -12,15 +12,22 @@ counter starts fresh, agrees with peers that have run for hours.
 all_reduce_many keeps at most ``max_in_flight`` operations running; an array whose operation fails with a
 retryable error (a peer was lost) is run again, with the same tag, on the smaller ring, and arrays that already
 committed are not touched again. A result is returned only for an operation that committed on every peer.
+
+Ctrl-C in ``handle.wait()`` cannot reach the operation's thread, so the communicator leaves the job (its
+operations in flight fail at once, and the others see a lost peer) before the KeyboardInterrupt goes on; and
+at interpreter exit every communicator still open is closed before the pool's threads are joined, so an
+operation nobody waits for never holds the exit up.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor, wait, FIRST_COMPLETED
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Optional, Sequence
 
-from .errors import InvalidArgumentError, PCCLError
+from .errors import InvalidArgumentError, PCCLError, PCCLTimeoutError
 
 AUTO_TAG_BASE = 1 << 40  # automatic tags stay clear of small user tags
 
@@ -28,16 +35,30 @@ AUTO_TAG_BASE = 1 << 40  # automatic tags stay clear of small user tags
 class AllReduceHandle:
     """An all-reduce in flight. ``wait()`` returns its result (or raises its error); ``done()`` polls."""
 
-    def __init__(self, future: Future, tag: int):
+    def __init__(self, future: Future, tag: int, comm=None):
         self._future = future
         self.tag = tag
+        self._comm = comm
 
     def done(self) -> bool:
         return self._future.done()
 
     def wait(self, timeout: Optional[float] = None) -> Any:
-        """The result array; raises the operation's PCCLError, or TimeoutError if ``timeout`` passes first."""
-        result, _info = self._future.result(timeout)
+        """The result array; raises the operation's PCCLError, or PCCLTimeoutError (also a TimeoutError) if
+        ``timeout`` seconds pass first (the operation goes on: wait again or close the communicator).
+
+        Ctrl-C here makes the communicator leave the job (the operation cannot be interrupted from this
+        thread), then raises KeyboardInterrupt.
+        """
+        try:
+            result, _info = self._future.result(timeout)
+        except FutureTimeout:
+            raise PCCLTimeoutError(f"all-reduce tag {self.tag} did not finish within {timeout} s; it is still "
+                                   "running (wait again, or close() the communicator to stop it)") from None
+        except KeyboardInterrupt:
+            if self._comm is not None:
+                self._comm._abandon(f"interrupted (KeyboardInterrupt) in handle.wait() of all-reduce tag {self.tag}")
+            raise
         return result
 
     @property
@@ -64,7 +85,8 @@ class Concurrency:
         with self._lock:
             self._next = AUTO_TAG_BASE
 
-    def submit(self, x: Any, op: str, out: Any, tag: Optional[int], quantization) -> AllReduceHandle:
+    def submit(self, x: Any, op: str, out: Any, tag: Optional[int], quantization,
+               timeout: Optional[float] = None) -> AllReduceHandle:
         with self._lock:
             if tag is None:
                 tag = self._next
@@ -77,15 +99,16 @@ class Concurrency:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._max_threads, thread_name_prefix="pccl-arrays")
         try:
-            future = self._pool.submit(self._run, x, op, out, tag, quantization)
+            future = self._pool.submit(self._run, x, op, out, tag, quantization, timeout)
         except BaseException:
             self._release(tag)
             raise
-        return AllReduceHandle(future, tag)
+        return AllReduceHandle(future, tag, self._comm)
 
-    def _run(self, x, op, out, tag, quantization):
+    def _run(self, x, op, out, tag, quantization, timeout):
         try:
-            return self._comm.all_reduce(x, op, out, tag=tag, quantization=quantization, return_info=True)
+            return self._comm.all_reduce(x, op, out, tag=tag, quantization=quantization, return_info=True,
+                                         timeout=timeout)
         finally:
             self._release(tag)
 
@@ -103,7 +126,7 @@ class Concurrency:
             self._pool.shutdown(wait=True)
 
     def many(self, arrays: Sequence[Any], op: str, outs, max_in_flight: int, retries: int, tag_base: int,
-             quantization) -> list:
+             quantization, timeout: Optional[float] = None) -> list:
         if max_in_flight < 1:
             raise InvalidArgumentError("max_in_flight must be at least 1")
         if outs is not None and len(outs) != len(arrays):
@@ -116,7 +139,7 @@ class Concurrency:
             while todo and len(running) < max_in_flight:
                 i = todo.pop(0)
                 attempts[i] += 1
-                handle = self.submit(arrays[i], op, None if outs is None else outs[i], tag_base + i, quantization)
+                handle = self.submit(arrays[i], op, None if outs is None else outs[i], tag_base + i, quantization, timeout)
                 running[handle._future] = i
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -131,3 +154,27 @@ class Concurrency:
                         other.exception()
                     raise err
         return results
+
+
+_open: "weakref.WeakSet" = weakref.WeakSet()  # communicators not yet closed
+
+
+def track_open(comm) -> None:
+    _open.add(comm)
+
+
+def untrack_open(comm) -> None:
+    _open.discard(comm)
+
+
+def _close_at_exit() -> None:
+    for comm in list(_open):
+        try:
+            comm.close()
+        except Exception:  # exiting: nothing to report it to
+            pass
+
+
+# threading runs these (last registered first) before it joins non-daemon threads, so before the executor's
+# own exit hook waits for its workers.
+threading._register_atexit(_close_at_exit)

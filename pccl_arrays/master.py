@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import _core
+from .errors import InvalidArgumentError
 
 
 class Master:
@@ -11,12 +12,14 @@ class Master:
     Args:
         listen: ``host:port`` to listen on; port 0 lets the OS choose (read it back from :attr:`address`).
         peer_timeout: seconds of silence after which a peer is evicted (a stalled or vanished peer).
-        handshake_timeout: seconds a new connection has to say HELLO before it is dropped.
+        handshake_timeout: seconds a new connection has to say HELLO before it is dropped; also the bound on
+            probing a newcomer's data address before it is admitted.
     """
 
     def __init__(self, listen: str = "127.0.0.1:0", *, peer_timeout: float = 10.0, handshake_timeout: float = 5.0):
-        if peer_timeout <= 0 or handshake_timeout <= 0:
-            raise ValueError("timeouts must be positive")
+        for name, value in (("peer_timeout", peer_timeout), ("handshake_timeout", handshake_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise InvalidArgumentError(f"{name} must be a positive number of seconds, not {value!r}")
         self._server = _core.MasterServer(listen, peer_timeout, handshake_timeout)
 
     def start(self) -> "Master":

@@ -131,7 +131,7 @@ class SyncInfo:
     sync_id: int  #: the master's id of the sync
 
 
-def sync(core: Any, state: SharedState, strategy: str) -> SyncInfo:
+def sync(core: Any, state: SharedState, strategy: str, timeout: float = -1.0) -> SyncInfo:
     """The body of ``Communicator.sync_shared_state`` (see there)."""
     if not isinstance(state, SharedState):
         raise InvalidArgumentError(f"sync_shared_state takes a SharedState, not {type(state).__name__}")
@@ -147,7 +147,7 @@ def sync(core: Any, state: SharedState, strategy: str) -> SyncInfo:
                         "nbytes": view.nbytes, "hash": _core.content_hash(view.ptr, view.nbytes),
                         "tolerate": int(name in state.allow_content_inequality)})
         ptrs.append(view.ptr)
-    r = core.sync_state(entries, ptrs, state.revision, STRATEGIES[strategy])
+    r = core.sync_state(entries, ptrs, state.revision, STRATEGIES[strategy], timeout)
     fetched = []
     for index, buf in zip(r["fetched"], r["buffers"]):
         name = names[index]

@@ -1,10 +1,18 @@
 """All-reduce of a whole pytree (a JAX pytree, or nested dicts / lists / tuples of torch, NumPy or CuPy arrays).
 
-How this works. The leaves are flattened in a fixed order (JAX's tree_util when JAX is loaded, else dict keys
-sorted, then lists and tuples in order), grouped by dtype and packed, group by group in dtype-code order, into
-one contiguous core-owned host buffer each. Each buffer is all-reduced once, so a model of hundreds of tensors
-costs one operation per dtype, not one per tensor. The results are unpacked into arrays of each leaf's own
-framework and device, in the same structure.
+How this works. The tree is flattened in one canonical order, whatever frameworks the process has imported:
+optree's rules, which are also JAX's: a dict (and a defaultdict) by sorted key, an OrderedDict in its own key
+order (a torch ``state_dict()`` keeps its module order, the same on every peer), lists, tuples and namedtuples
+by position, ``None`` as an empty subtree. A node optree does not know but JAX does (a custom JAX pytree such
+as a flax struct) is flattened by JAX, when JAX is loaded. The structure (every leaf's path, dtype and shape) is
+summarised in a 64-bit fingerprint that travels in every operation's descriptor, so peers whose trees differ
+(renamed keys, another key order, a leaf of another shape) are refused on every peer instead of summing the
+wrong leaves together.
+
+The leaves are grouped by dtype and packed, group by group in dtype-code order, into one contiguous core-owned
+host buffer each. Each buffer is all-reduced once, so a model of hundreds of tensors costs one operation per
+dtype, not one per tensor. The results are unpacked into arrays of each leaf's own framework and device, in
+the same structure.
 
 All or nothing: every argument is checked before the first operation, and with ``inplace=True`` mutable
 leaves are written only after every group has committed, so a PeerLostError midway leaves the tree unchanged
@@ -13,49 +21,76 @@ and the whole call can simply be retried.
 
 from __future__ import annotations
 
+import hashlib
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
+import optree
 
 from . import _core, arrays
 from .dtypes import DTYPE_CODES, dtype_code, op_code
 
 _NAMES = {code: name for name, code in DTYPE_CODES.items()}
+_SUMMARY_CHARS = 400  # of the structure's description, in mismatch messages
 
 
-def flatten(tree: Any) -> tuple[list, Callable[[list], Any]]:
-    """Leaves in a deterministic order, and the function that rebuilds the structure from new leaves."""
+class Flat(NamedTuple):
+    leaves: list  #: the leaves, in the canonical order
+    paths: list  #: each leaf's path, as text
+    unflatten: Callable[[list], Any]  #: rebuilds the tree from new leaves
+
+
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "__dlpack__") or isinstance(x, np.ndarray)
+
+
+def flatten(tree: Any) -> Flat:
+    """The leaves of ``tree`` in the canonical order (see the module docstring), their paths, and the function
+    that rebuilds the tree from new leaves."""
+    paths, leaves, spec = optree.tree_flatten_with_path(tree, none_is_leaf=False)
     jax = sys.modules.get("jax")
-    if jax is not None:
-        leaves, treedef = jax.tree_util.tree_flatten(tree)
-        return leaves, treedef.unflatten
+    out_leaves: list = []
+    out_paths: list = []
+    rebuild: list = []  # per optree leaf: None (a leaf) or (JAX treedef, number of its leaves)
+    for path, leaf in zip(paths, leaves):
+        prefix = "".join(f"[{k!r}]" for k in path)
+        if jax is not None and not _is_array(leaf):
+            sub, treedef = jax.tree_util.tree_flatten_with_path(leaf)
+            if treedef.num_nodes > 1:  # a JAX custom node: its own leaves, in JAX's order
+                out_paths += [prefix + jax.tree_util.keystr(p) for p, _ in sub]
+                out_leaves += [x for _, x in sub]
+                rebuild.append((treedef, len(sub)))
+                continue
+        out_paths.append(prefix or "<root>")
+        out_leaves.append(leaf)
+        rebuild.append(None)
 
-    leaves: list = []
+    def unflatten(new: list) -> Any:
+        it = iter(new)
+        top = [next(it) if r is None else r[0].unflatten([next(it) for _ in range(r[1])]) for r in rebuild]
+        return optree.tree_unflatten(spec, top)
 
-    def walk(node):
-        if isinstance(node, dict):
-            keys = sorted(node)
-            subs = [walk(node[k]) for k in keys]
-            return lambda it: type(node)((k, s(it)) for k, s in zip(keys, subs))
-        if isinstance(node, (list, tuple)):
-            subs = [walk(v) for v in node]
-            if isinstance(node, tuple) and hasattr(node, "_fields"):  # namedtuple
-                return lambda it: type(node)(*(s(it) for s in subs))
-            return lambda it: type(node)(s(it) for s in subs)
-        if node is None:
-            return lambda it: None
-        leaves.append(node)
-        return lambda it: next(it)
-
-    build = walk(tree)
-    return leaves, lambda new: build(iter(new))
+    return Flat(out_leaves, out_paths, unflatten)
 
 
-def all_reduce_tree(comm, tree: Any, op: str = "sum", *, inplace: bool = False, tag: int = 0) -> Any:
+def structure_of(flat: Flat) -> tuple[int, str]:
+    """A 64-bit fingerprint of the tree's structure (leaf paths, dtypes, shapes) and a readable summary of it."""
+    parts = [f"{p}: {arrays.dtype_name_of(x)}{tuple(int(d) for d in x.shape)}" for p, x in zip(flat.paths, flat.leaves)]
+    text = "{" + ", ".join(parts) + "}"
+    fingerprint = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") or 1
+    if len(text) > _SUMMARY_CHARS:
+        text = text[:_SUMMARY_CHARS] + f"... ({len(parts)} leaves)"
+    return fingerprint, text
+
+
+def all_reduce_tree(comm, tree: Any, op: str = "sum", *, inplace: bool = False, tag: int = 0,
+                    timeout: float | None = None) -> Any:
     """See :meth:`pccl_arrays.Communicator.all_reduce_tree`."""
-    leaves, unflatten = flatten(tree)
+    flat = flatten(tree)
+    leaves = flat.leaves
     fws = [arrays.framework_of(leaf) for leaf in leaves]
+    structure = structure_of(flat)
     names = [arrays.dtype_name_of(leaf) for leaf in leaves]
     groups: dict[int, list[int]] = {}
     for i, name in enumerate(names):
@@ -82,7 +117,7 @@ def all_reduce_tree(comm, tree: Any, op: str = "sum", *, inplace: bool = False, 
             del keep
             offset += n
         reduced = arrays.new_host_buffer((sum(sizes),), name)
-        comm._reduce_buffers(packed, reduced, name, op, tag)
+        comm._reduce_buffers(packed, reduced, name, op, tag, structure, timeout)
         del packed
         flat_by_fw: dict[str, Any] = {}
         offset = 0
@@ -98,7 +133,7 @@ def all_reduce_tree(comm, tree: Any, op: str = "sum", *, inplace: bool = False, 
             if fw != "jax":
                 arrays.copy_back(leaves[i], results[i], fw)
                 results[i] = leaves[i]
-    return unflatten(results)
+    return flat.unflatten(results)
 
 
 def _to_leaf_device(piece: Any, leaf: Any, fw: str) -> Any:

@@ -12,7 +12,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # Pinned where generated output depends on the version (the stubs test compares with a committed copy).
-"${PIP[@]}" numpy ml_dtypes pytest pytest-timeout hypothesis scikit-build-core pybind11==3.1.0 pybind11-stubgen==3.0.0 ninja cmake
+"${PIP[@]}" numpy optree ml_dtypes pytest pytest-timeout hypothesis scikit-build-core pybind11==3.1.0 pybind11-stubgen==3.0.0 ninja cmake
 # The array frameworks the demo and the tests use, and Triton for the quantization kernels (on CPU they run in
 # its interpreter, TRITON_INTERPRET=1). torch 2.13.0 is a CPU build (on Python 3.11 pip finds it
 # on this kind of machine's disk); a plain 'torch' would fetch GBs of CUDA libraries.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+import contract_scenarios
 import scenarios
 import state_scenarios
 
@@ -26,7 +27,7 @@ def main() -> int:
     a = ap.parse_args()
     ctx = scenarios.Context(a.master, a.rank, a.world, Path(a.out), json.loads(a.args))
     try:
-        module = state_scenarios if hasattr(state_scenarios, a.scenario) else scenarios
+        module = next(m for m in (state_scenarios, contract_scenarios, scenarios) if hasattr(m, a.scenario))
         result = getattr(module, a.scenario)(ctx)
         status = 0
     except BaseException as e:  # the test reads the failure from the result file

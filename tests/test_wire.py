@@ -18,7 +18,7 @@ from pccl_arrays import _core
 from pccl_arrays.errors import InvalidArgumentError, PCCLError, ProtocolError
 
 MAGIC = 0x52414350
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct("<IHHII")  # magic, version, type, length, reserved
 MAX_CONTROL = 1 << 20
 MAX_DATA = (64 << 20) + 24  # one piece plus the data header
@@ -42,20 +42,21 @@ SAMPLES = {
     "welcome": {"peer_id": 0x0102030405060708},
     "heartbeat": {},
     "heartbeat_ack": {"pending": 4},
-    "topo_request": {"seq": 12},
-    "topo_result": {"seq": 12, "world_size": 5, "pending": 1, "ring": RING},
+    "topo_request": {"seq": 12, "timeout_ms": 30000, "min_world": 2},
+    "topo_result": {"seq": 12, "world_size": 5, "pending": 1, "ring": RING, "kind": 10, "reason": "timed out"},
     "op_start": {"tag": 99, "count": 2**40 + 3, "dtype": 9, "op": 1, "quant": 2, "qblock": 1024, "qround": 1,
-                 "qseed": 7},
+                 "qseed": 7, "shape": [2**20, 2**20 + 3], "structure": 2**63 + 5, "structure_text": "{'a': float32[3]}",
+                 "timeout_ms": 1800000, "min_world": 3},
     "op_go": {"tag": 99, "op_id": 17, "stripes": 4, "ring": RING, "slot": 3},
     "op_reject": {"tag": 99, "kind": 6, "reason": "peers started different operations"},
     "op_done": {"op_id": 17, "ok": 0, "kind": 2, "reason": "peer 3 lost"},
     "op_commit": {"op_id": 17},
     "op_abort": {"op_id": 17, "kind": 2, "reason": "peer 3 (1.2.3.4:5) lost"},
-    "pending_request": {"seq": 3},
+    "pending_request": {"seq": 3, "timeout_ms": 0, "min_world": 0},
     "pending_reply": {"pending": 2},
     "leave": {},
     "kicked": {"reason": "silent for more than 10 s"},
-    "sync_start": {"revision": 2**40 + 1, "strategy": 2, "entries": [
+    "sync_start": {"revision": 2**40 + 1, "strategy": 2, "timeout_ms": 5000, "min_world": 2, "entries": [
         {"name": "layer.0.weight", "dtype": 10, "shape": [4096, 1024], "nbytes": 2**24, "hash": 2**64 - 2, "tolerate": 0},
         {"name": "rng", "dtype": 7, "shape": [], "nbytes": 8, "hash": 5, "tolerate": 1}]},
     "sync_plan": {"sync_id": 9, "ok": 1, "kind": 0, "reason": "", "revision": 12, "commit_now": 0, "fetch": [3, 1],
@@ -103,12 +104,15 @@ def expected_payload(type_name: str, f: dict) -> bytes:
         case "heartbeat_ack" | "pending_reply":
             return struct.pack("<I", f["pending"])
         case "topo_request" | "pending_request":
-            return struct.pack("<Q", f["seq"])
+            return struct.pack("<QII", f["seq"], f["timeout_ms"], f["min_world"])
         case "topo_result":
-            return struct.pack("<QII", f["seq"], f["world_size"], f["pending"]) + wring(f["ring"])
+            return (struct.pack("<QII", f["seq"], f["world_size"], f["pending"]) + wring(f["ring"]) +
+                    struct.pack("<B", f["kind"]) + wstr(f["reason"]))
         case "op_start":
-            return struct.pack("<QQBBBIBI", f["tag"], f["count"], f["dtype"], f["op"], f["quant"], f["qblock"],
-                               f["qround"], f["qseed"])
+            return (struct.pack("<QQBBBIBI", f["tag"], f["count"], f["dtype"], f["op"], f["quant"], f["qblock"],
+                                f["qround"], f["qseed"]) +
+                    struct.pack(f"<I{len(f['shape'])}QQ", len(f["shape"]), *f["shape"], f["structure"]) +
+                    wstr(f["structure_text"]) + struct.pack("<II", f["timeout_ms"], f["min_world"]))
         case "op_go":
             return struct.pack("<QQI", f["tag"], f["op_id"], f["stripes"]) + wring(f["ring"]) + struct.pack("<I", f["slot"])
         case "op_reject":
@@ -122,7 +126,7 @@ def expected_payload(type_name: str, f: dict) -> bytes:
         case "kicked":
             return wstr(f["reason"])
         case "sync_start":
-            out = struct.pack("<QBI", f["revision"], f["strategy"], len(f["entries"]))
+            out = struct.pack("<QBIII", f["revision"], f["strategy"], f["timeout_ms"], f["min_world"], len(f["entries"]))
             for e in f["entries"]:
                 out += wstr(e["name"]) + struct.pack("<BI", e["dtype"], len(e["shape"]))
                 out += struct.pack(f"<{len(e['shape'])}Q", *e["shape"])
@@ -181,7 +185,7 @@ def test_header_layout_byte_by_byte():
     frame = _core.encode_frame("welcome", {"peer_id": 0x0102030405060708})
     assert len(frame) == 16 + 8
     assert frame[0:4] == bytes([0x50, 0x43, 0x41, 0x52]) == b"PCAR"  # magic 0x52414350, little-endian
-    assert frame[4:6] == bytes([0x01, 0x00])  # protocol version 1
+    assert frame[4:6] == bytes([0x02, 0x00])  # protocol version 2
     assert frame[6:8] == bytes([0x02, 0x00])  # type 2 = welcome
     assert frame[8:12] == bytes([0x08, 0x00, 0x00, 0x00])  # payload length 8
     assert frame[12:16] == bytes([0x00, 0x00, 0x00, 0x00])  # reserved, zero
@@ -209,9 +213,12 @@ def test_extreme_values_round_trip():
     ring = [{"id": 2**64 - 1, "host": "x" * MAX_STRING, "port": 65535}, {"id": 0, "host": "", "port": 0}]
     cases = {
         "hello": {"group": 2**32 - 1, "connections": 2**32 - 1, "host": "h" * MAX_STRING, "port": 65535},
-        "topo_result": {"seq": 2**64 - 1, "world_size": 2**32 - 1, "pending": 2**32 - 1, "ring": ring},
+        "topo_result": {"seq": 2**64 - 1, "world_size": 2**32 - 1, "pending": 2**32 - 1, "ring": ring, "kind": 255,
+                        "reason": "r" * MAX_STRING},
         "op_start": {"tag": 2**64 - 1, "count": 2**64 - 1, "dtype": 255, "op": 255, "quant": 255,
-                     "qblock": 2**32 - 1, "qround": 255, "qseed": 2**32 - 1},
+                     "qblock": 2**32 - 1, "qround": 255, "qseed": 2**32 - 1, "shape": [2**64 - 1] * 32,
+                     "structure": 2**64 - 1, "structure_text": "s" * MAX_STRING, "timeout_ms": 2**32 - 1,
+                     "min_world": 2**32 - 1},
         "op_go": {"tag": 0, "op_id": 2**64 - 1, "stripes": 2**32 - 1, "ring": [], "slot": 2**32 - 1},
         "kicked": {"reason": "é" * (MAX_STRING // 2)},  # 4096 bytes of UTF-8
         "data": {"op_id": 2**64 - 1, "step": 2**32 - 1, "stripe": 2**32 - 1, "offset": 2**64 - 1, "payload": b""},
@@ -221,10 +228,11 @@ def test_extreme_values_round_trip():
 
 
 def test_control_frame_exactly_at_the_length_limit_decodes():
-    # 20 bytes of fixed fields, then 255 peers with 4096-byte hosts and one with a 1004-byte host: 1 MiB exactly.
+    # 20 bytes of fixed fields, then 255 peers with 4096-byte hosts and one with a 1001-byte host, then the
+    # error kind and an empty reason (3 bytes): 1 MiB exactly.
     ring = [{"id": i, "host": "a" * MAX_STRING, "port": i} for i in range(255)]
-    ring.append({"id": 255, "host": "b" * 1004, "port": 255})
-    fields = {"seq": 1, "world_size": 256, "pending": 0, "ring": ring}
+    ring.append({"id": 255, "host": "b" * 1001, "port": 255})
+    fields = {"seq": 1, "world_size": 256, "pending": 0, "ring": ring, "kind": 0, "reason": ""}
     frame = _core.encode_frame("topo_result", fields)
     assert len(frame) == 16 + MAX_CONTROL
     assert _core.decode_frame(frame) == ("topo_result", fields)
@@ -249,7 +257,7 @@ def test_bad_magic(index):
     assert_protocol_error(bytes(frame), "magic")
 
 
-@pytest.mark.parametrize("version", [0, 2, 0x0100, 0xFFFF])
+@pytest.mark.parametrize("version", [0, 1, 3, 0x0100, 0xFFFF])
 def test_wrong_protocol_version(version):
     assert_protocol_error(header(TYPE_CODES["heartbeat"], 0, version=version), "version")
 
@@ -376,7 +384,7 @@ def test_hostile_inputs_under_a_memory_limit():
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         H = struct.Struct("<IHHII")
         def h(t, n):
-            return H.pack(0x52414350, 1, t, n, 0)
+            return H.pack(0x52414350, 2, t, n, 0)
         cases = [h(6, 2**32 - 1), h(33, 2**32 - 1), h(16, 2**31)]
         for t, fixed in ((6, struct.pack("<QII", 0, 0, 0)), (8, struct.pack("<QQI", 0, 0, 1))):
             for count in (2**32 - 1, 2**31, 2**20, 65536):
@@ -422,20 +430,22 @@ FIELDS = {
     "welcome": {"peer_id": u64},
     "heartbeat": {},
     "heartbeat_ack": {"pending": u32},
-    "topo_request": {"seq": u64},
-    "topo_result": {"seq": u64, "world_size": u32, "pending": u32, "ring": ring},
+    "topo_request": {"seq": u64, "timeout_ms": u32, "min_world": u32},
+    "topo_result": {"seq": u64, "world_size": u32, "pending": u32, "ring": ring, "kind": u8, "reason": text},
     "op_start": {"tag": u64, "count": u64, "dtype": u8, "op": u8, "quant": u8, "qblock": u32, "qround": u8,
-                 "qseed": u32},
+                 "qseed": u32, "shape": st.lists(u64, max_size=32), "structure": u64, "structure_text": text,
+                 "timeout_ms": u32, "min_world": u32},
     "op_go": {"tag": u64, "op_id": u64, "stripes": u32, "ring": ring, "slot": u32},
     "op_reject": {"tag": u64, "kind": u8, "reason": text},
     "op_done": {"op_id": u64, "ok": u8, "kind": u8, "reason": text},
     "op_commit": {"op_id": u64},
     "op_abort": {"op_id": u64, "kind": u8, "reason": text},
-    "pending_request": {"seq": u64},
+    "pending_request": {"seq": u64, "timeout_ms": u32, "min_world": u32},
     "pending_reply": {"pending": u32},
     "leave": {},
     "kicked": {"reason": text},
-    "sync_start": {"revision": u64, "strategy": st.integers(0, 2), "entries": st.lists(st.fixed_dictionaries(
+    "sync_start": {"revision": u64, "strategy": st.integers(0, 2), "timeout_ms": u32, "min_world": u32,
+                   "entries": st.lists(st.fixed_dictionaries(
         {"name": text, "dtype": u8, "shape": st.lists(u64, max_size=4), "nbytes": u64, "hash": u64,
          "tolerate": st.integers(0, 1)}), max_size=4)},
     "sync_plan": st.lists(st.tuples(u32, u64), max_size=4).flatmap(lambda fetch: st.fixed_dictionaries({
@@ -577,5 +587,5 @@ def test_bad_sync_plans_are_protocol_errors():
     assert_protocol_error(_core.encode_frame("sync_plan", {"fetch": [1, 2], "expect": [5]}), "a hash for every")
     assert_protocol_error(_core.encode_frame("sync_plan", {"recvs": [{"from": 1, "begin": 5, "end": 4}]}), "sync range")
     assert_protocol_error(_core.encode_frame("sync_plan", {"recvs": [{"from": 1, "stripes": 0}]}), "sync range")
-    dims = struct.pack("<QBI", 0, 0, 1) + wstr("x") + struct.pack("<BI", 10, 33)  # more dimensions than allowed
+    dims = struct.pack("<QBIII", 0, 0, 0, 0, 1) + wstr("x") + struct.pack("<BI", 10, 33)  # more dimensions than allowed
     assert_protocol_error(frame_of("sync_start", dims + bytes(33 * 8 + 17)), "element count")
