@@ -26,6 +26,8 @@ import threading
 import time
 from typing import Optional
 
+from .errors import InvalidArgumentError, NetworkError
+
 CHUNK = 64 * 1024
 
 
@@ -64,7 +66,15 @@ def profile_of(p) -> Profile:
     try:
         return PROFILES[p]
     except KeyError:
-        raise ValueError(f"unknown profile {p!r}; known: {', '.join(PROFILES)}") from None
+        raise InvalidArgumentError(f"unknown profile {p!r}; known: {', '.join(PROFILES)}") from None
+
+
+def _host_port(text: str, what: str) -> tuple[str, int]:
+    """``host:port`` as a (host, port) pair; anything else is an InvalidArgumentError naming the argument."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidArgumentError(f"{what} must be 'host:port', not {text!r}")
+    return host, int(port)
 
 
 class _Bucket:
@@ -83,6 +93,7 @@ class Relay:
 
     def __init__(self, target: Optional[str] = None, profile="continent", listen: str = "127.0.0.1:0"):
         self.profile = profile_of(profile)
+        _host_port(listen, "listen")
         self._listen = listen
         self._target: Optional[tuple[str, int]] = None
         self._target_set = threading.Event()
@@ -97,8 +108,7 @@ class Relay:
         self.connections = 0
 
     def set_target(self, target: str) -> None:
-        host, port = target.rsplit(":", 1)
-        self._target = (host, int(port))
+        self._target = _host_port(target, "target")
         self._target_set.set()
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -114,6 +124,10 @@ class Relay:
                     asyncio.start_server(self._handle, host, int(port), limit=4 * CHUNK))
                 sock = self._server.sockets[0].getsockname()
                 self.address = f"{host}:{sock[1]}"
+            except OSError as e:  # surfaced by start()
+                failure.append(NetworkError(f"the WAN relay cannot listen on {self._listen}: {e}"))
+                ready.set()
+                return
             except BaseException as e:  # surfaced by start()
                 failure.append(e)
                 ready.set()

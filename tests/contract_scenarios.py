@@ -266,3 +266,35 @@ def reachability(ctx: Context) -> dict:
             failures.append(f"{type(e).__name__}: {e}")
     comm.close()
     return {"ops": n, "failures": failures}
+
+
+def interrupted_membership(ctx: Context) -> dict:
+    """Ctrl-C while blocked on membership. `where`: "topology" (alone with min_world_size=2, update_topology()
+    waits for a newcomer that never comes), "connect" (rank 1 waits to be admitted by rank 0, which never
+    votes)."""
+    where = ctx.args["where"]
+    if where == "connect" and ctx.rank == 0:
+        comm = ctx.join(ctx.comm(), world=1)
+        ctx.event("idle")
+        _wait_for_file(ctx.out / "release", 60)
+        comm.close()
+        return {}
+    comm = ctx.comm(min_world_size=2)
+    res = {}
+    try:
+        if where == "topology":
+            comm.connect(timeout=30)
+            ctx.event("waiting")
+            comm.update_topology()
+        else:
+            ctx.event("waiting")
+            comm.connect()
+        res["error"] = None
+    except KeyboardInterrupt:
+        res.update(error="KeyboardInterrupt", t_interrupt=time.monotonic())
+    try:
+        comm.all_reduce(np.ones(2))
+    except errors.PCCLError as e:
+        res["after"] = {"error": type(e).__name__, "message": str(e)}
+    comm.close()
+    return res

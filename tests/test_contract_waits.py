@@ -57,6 +57,23 @@ def test_ctrl_c_while_waiting_for_the_others_leaves_the_job_and_exits(master, tm
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("where", ["topology", "connect"])
+def test_ctrl_c_in_update_topology_and_connect(master, tmp_path, where):
+    peers = [spawn(master.address, "interrupted_membership", 0, 2, tmp_path, where=where)]
+    if where == "connect":  # rank 1 comes once rank 0 is in, so it waits for rank 0's vote
+        peers[0].wait_event("idle", 60)
+        peers.append(spawn(master.address, "interrupted_membership", 1, 2, tmp_path, where=where))
+    t_signal = _interrupt_when(peers[-1], "waiting")
+    wait_all([peers[-1]], 20)
+    res = peers[-1].result()
+    assert peers[-1].proc.returncode == 0, peers[-1].stderr()[-2000:]
+    assert res["error"] == "KeyboardInterrupt" and res["t_interrupt"] - t_signal < 1.0, res
+    assert res["after"]["error"] == "CommunicatorStateError", res
+    (tmp_path / "release").write_text("")
+    wait_all(peers, 30)
+
+
+@pytest.mark.timeout(90)
 def test_ctrl_c_while_data_moves_aborts_the_operation_everywhere_and_both_go_on(master, tmp_path):
     peers = [spawn(master.address, "interrupted", r, 2, tmp_path, where="data", n=1 << 24) for r in range(2)]
     wait_all(peers, 60)
@@ -125,3 +142,11 @@ def test_every_deliberate_error_is_a_pccl_error():
         pa.Communicator("127.0.0.1:5", op_timeout=-1)
     with pytest.raises(errors.InvalidArgumentError):
         pa.Communicator("127.0.0.1:5", min_world_size=0)
+    from pccl_arrays import wan
+
+    for bad in ({"profile": "moon"}, {"listen": "nowhere"}, {"target": "host-without-port"}):
+        with pytest.raises(errors.InvalidArgumentError):
+            wan.Relay(**bad)
+    with wan.Relay("127.0.0.1:9") as relay:  # a port in use: the second relay cannot listen there
+        with pytest.raises(errors.NetworkError, match="cannot listen"):
+            wan.Relay("127.0.0.1:9", listen=relay.address).start()
