@@ -1,7 +1,8 @@
 // The master's decisions, as a pure state machine: every event (a frame from a peer, a disconnect, a clock
 // tick, the result of a reachability probe) goes in with the current time, and the actions (frames to send,
 // connections to close, addresses to probe) come out. No sockets, threads or clocks live here, so tests drive
-// it with a fake clock (tests/test_master_state.py, tests/test_master_sync.py, tests/test_master_contract.py).
+// it with a fake clock. master_state.cpp holds membership and operations, master_sync.cpp the shared-state
+// syncs (tests/test_master_state.py, tests/test_master_sync.py, tests/test_master_contract.py).
 //
 // How it decides:
 // - Membership. A peer says HELLO and waits as "pending". With probing on (the server's default), the master
