@@ -4,7 +4,7 @@ How this works. Core threads never touch Python: they queue their lines in C++. 
 (waiting without the GIL) and logs each at its level. ``PCCL_ARRAYS_LOG`` (debug, info, warn, error, off; any
 case) sets the core's level and this logger's; when it asks for debug or info and the program has configured
 no logging, a stderr handler is added so the lines are seen. At interpreter exit the thread is told to stop
-before threads are joined, so it never holds the exit up.
+before threads are joined, so it never holds the exit up; a forked child starts a drain of its own.
 """
 
 from __future__ import annotations
@@ -36,5 +36,10 @@ def start() -> None:
             handler.setFormatter(logging.Formatter("[pccl_arrays %(levelname)s] %(message)s"))
             logger.addHandler(handler)
     _core.log_attach_drain()
-    threading.Thread(target=_drain, name="pccl-arrays-log").start()
+    _start_drain()
     threading._register_atexit(_stop.set)
+    os.register_at_fork(after_in_child=_start_drain)
+
+
+def _start_drain() -> None:
+    threading.Thread(target=_drain, name="pccl-arrays-log").start()
