@@ -32,6 +32,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .errors import InvalidArgumentError
+
 ACTIONS = ("kill", "stall", "resume", "spawn")
 _LIVE_HARNESSES: "set[Harness]" = set()
 
@@ -51,7 +53,7 @@ class Schedule:
         self.events = sorted((e if isinstance(e, Event) else Event(*e) for e in events), key=lambda e: e.t)
         for e in self.events:
             if e.action not in ACTIONS:
-                raise ValueError(f"unknown action {e.action!r}; expected one of {ACTIONS}")
+                raise InvalidArgumentError(f"unknown action {e.action!r}; expected one of {ACTIONS}")
         self.duration = duration if duration is not None else (self.events[-1].t if self.events else 0.0)
 
     @classmethod
@@ -66,7 +68,7 @@ class Schedule:
         later with no other event in between). Peers are numbered as the harness spawns them (0..initial-1 first).
         """
         if not 1 <= min_peers <= initial <= max_peers:
-            raise ValueError("need 1 <= min_peers <= initial <= max_peers")
+            raise InvalidArgumentError("need 1 <= min_peers <= initial <= max_peers")
         rng = random.Random(seed)
         live, next_index = list(range(initial)), initial
         events: list[Event] = []
