@@ -4,8 +4,19 @@ Start a :class:`Master`, connect a :class:`Communicator` per peer, and all-reduc
 (:mod:`pccl_arrays.errors`); a :class:`~pccl_arrays.errors.PeerLostError` means "retry on the smaller ring".
 """
 
-from . import errors, log
-from .communicator import AllReduceInfo, Communicator
+from ._version import __version__
+
+try:
+    from . import _core  # noqa: F401  (the C++ extension)
+except ImportError as e:  # a source checkout that was never built, or a build for another Python
+    _why = "it is not built here" if "cannot import name" in str(e) else f"it does not load: {e}"
+    raise ImportError(
+        f"pccl_arrays' C++ extension (pccl_arrays._core) is missing: {_why}. Install the package "
+        "(`pip install .` builds it with CMake and a C++20 compiler) or run `bash scripts/setup.sh`, and import "
+        "pccl_arrays from outside the source tree.") from None
+
+from . import errors, log  # noqa: E402
+from .communicator import AllReduceInfo, Communicator  # noqa: E402
 from .errors import (
     MasterUnreachableError,
     OperationMismatchError,
@@ -19,8 +30,6 @@ from .errors import (
 from .master import Master
 from .quantization import Quantization
 from .shared_state import SharedState, SyncInfo
-
-__version__ = "0.1.0"
 
 log.start()
 

@@ -1,5 +1,6 @@
 """The ``pccl-arrays`` command.
 
+    pccl-arrays --version
     pccl-arrays master --listen HOST:PORT                 runs a master until interrupted
     pccl-arrays wan-relay --target HOST:PORT [--profile continent] [--listen HOST:PORT]
                                                           runs a WAN-emulating relay until interrupted
@@ -13,7 +14,11 @@ import signal
 import sys
 import threading
 
+from ._version import __version__
+from .errors import PCCLError
 from .master import Master
+
+_LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 
 def _wait_for_signal() -> None:
@@ -28,6 +33,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="pccl-arrays", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pccl-arrays {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("master", help="run a master until interrupted")
     m.add_argument("--listen", default="0.0.0.0:48148", help="host:port to listen on (port 0: the OS chooses)")
@@ -41,10 +47,20 @@ def main(argv=None) -> int:
     r.add_argument("--conn-mbps", type=float, help="override the per-connection cap (Mbit/s; 0: none)")
     r.add_argument("--link-mbps", type=float, help="override the shared link cap (Mbit/s; 0: none)")
     args = parser.parse_args(argv)
+    try:
+        return _run(args, wan)
+    except PCCLError as e:  # a bad address, a port in use, a bad target: one line, as argparse says it
+        parser.error(f"{args.command}: {e}")
 
+
+def _run(args, wan) -> int:
     if args.command == "master":
         master = Master(args.listen, peer_timeout=args.peer_timeout, handshake_timeout=args.handshake_timeout).start()
         print(f"pccl-arrays master listening on {master.address}", flush=True)
+        if not master.address.startswith(_LOOPBACK):
+            print(f"pccl-arrays: warning: the master listens on {master.address}, beyond this machine; anyone who "
+                  "can reach that port can join the run (there is no authentication yet)", file=sys.stderr,
+                  flush=True)
         _wait_for_signal()
         master.stop()
         return 0
