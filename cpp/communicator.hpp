@@ -141,6 +141,25 @@ private:
     // the master's verdict. Returns on OP_COMMIT; on OP_ABORT (or a local failure) clears the slot's
     // connections and throws the verdict's error, the same on every peer.
     void settle(OpControl& ctl, uint32_t slot);
+    // The steps of an all-reduce (communicator.cpp): OP_START and the wait for OP_GO; the slot's resources; the
+    // stripes of the ring into `result`.
+    struct SlotResources;
+    wire::OpGo start_op(uint64_t tag, const wire::OpDesc& desc, double timeout);
+    SlotResources& slot_resources(uint32_t slot);
+    OpInfo run_ring(RingPlan plan, const wire::OpGo& go, const Fold& fold, const void* input, uint8_t* result,
+                    OpControl& ctl, SlotResources& res);
+    // Registers an all-reduce call (its tag, the in-flight count) for as long as it lives.
+    class InFlightCall {
+    public:
+        InFlightCall(Communicator* c, uint64_t tag);
+        ~InFlightCall();
+        InFlightCall(const InFlightCall&) = delete;
+        InFlightCall& operator=(const InFlightCall&) = delete;
+
+    private:
+        Communicator* c_;
+        uint64_t tag_;
+    };
     // Registers a running operation or sync so that OP_ABORT, KICKED and a lost master stop it (also one that
     // arrived before it was registered); untrack() when its data phase is over.
     void track(OpControl& ctl);
@@ -172,6 +191,7 @@ private:
         Workers workers;
         std::unique_ptr<uint8_t[]> scratch;
         size_t scratch_bytes = 0;
+        uint8_t* scratch_for(size_t bytes);  // grown on demand, kept between operations
     };
     std::map<uint32_t, std::unique_ptr<SlotResources>> slots_;
     std::atomic<uint32_t> in_flight_{0};     // all_reduce calls between OP_START and their end
