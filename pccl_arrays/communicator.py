@@ -13,8 +13,8 @@ from . import quantization as _quantization
 from . import shared_state as _shared_state
 from . import tree as _tree
 from .quantization import Quantization
-from .dtypes import FLOAT_DTYPES, dtype_code, op_code
-from .errors import CommunicatorStateError, InvalidArgumentError, PCCLError, UnsupportedDTypeError
+from .dtypes import dtype_code, op_code
+from .errors import CommunicatorStateError, InvalidArgumentError, PCCLError
 
 DEFAULT_OP_TIMEOUT = 1800.0  # seconds a collective waits for the other peers to start it (torch's default too)
 
@@ -256,33 +256,22 @@ class Communicator:
         """
         fw = arrays.framework_of(x)
         name = arrays.dtype_name_of(x)
-        call = _CallArgs(tuple(int(d) for d in x.shape), _timeout_arg(timeout))
-        dcode = dtype_code(name)
-        ocode = op_code(op, name)
+        call = _CallArgs(tuple(int(d) for d in x.shape), _timeout_arg(timeout)).core
+        dcode, ocode = dtype_code(name), op_code(op, name)
         if not isinstance(tag, int) or not 0 <= tag < 2**64:
             raise InvalidArgumentError(f"tag must be an int in [0, 2**64), not {tag!r}")
-        in_place = out is x
-        if in_place and fw == "jax":
-            raise InvalidArgumentError("JAX arrays are immutable: use the returned array (out=None)")
-        if out is not None and not in_place:
-            _check_out(x, out, fw)
-        target = x if in_place else out
-        if target is not None and fw == "numpy" and not target.flags.writeable:
-            raise InvalidArgumentError("the output array is read-only; pass out=None for a new array")
+        target = _target_of(x, out, fw)
         quant = Quantization.of(quantization)
         if quant is not None:
-            if name not in FLOAT_DTYPES or op.lower() not in ("sum", "avg"):
-                raise UnsupportedDTypeError(f"quantized all-reduce is for sum and avg of floating arrays, not {op} "
-                                            f"of {name}")
-
+            quant.check_for(name, op)
         on_device = arrays.device_of(x, fw)[0] not in arrays.HOST_DEVICES
-        if quant is not None and (quant.path == "triton" or (quant.path == "auto" and on_device)):
-            return self._finish(*_device_path(self, x, fw, name, dcode, ocode, op, target, tag, quant, call),
-                                return_info)
-        src, _host_x, host_fw, _ = arrays.compact_host_view(x, fw)
-        if src.readonly and in_place:
-            raise InvalidArgumentError("the output array is read-only; pass out=None for a new array")
+        if quant is not None and quant.on_device_path(on_device):
+            result, info = _quantization.device_all_reduce(self, x, fw, dcode, ocode, op, target, tag, quant, call)
+            return self._finish(result, info, return_info)
 
+        src, _host_x, host_fw, _ = arrays.compact_host_view(x, fw)
+        if src.readonly and out is x:
+            raise InvalidArgumentError("the output array is read-only; pass out=None for a new array")
         buf = None
         if target is not None and not on_device and (dst := arrays.host_view(target, fw)).compact:
             pass  # the result lands straight in the caller's memory (in place: the core keeps x until the commit)
@@ -290,16 +279,9 @@ class Communicator:
             buf = arrays.new_host_buffer(src.shape, name)
             dst = arrays.buffer_view(buf, name)
         if quant is None:
-            info = self._core.all_reduce(src.ptr, dst.ptr, src.count, dcode, ocode, tag, **call.core)
-        else:  # host path: C++ kernels quantize, the ring reduces blocks, the committed result decodes into dst
-            kind, block, rounding, seed = quant.core_args
-            q_in, q_out = self._quant_buffers(_core.quantized_bytes(src.count, block))
-            _core.quantize(src.ptr, dcode, src.count, kind, block, q_in.data)
-            # exact_ptr: each hop adds our unquantized values rather than our decoded blocks (less error)
-            info = self._core.all_reduce(q_in.data, q_out.data, src.count, dcode, ocode, tag, kind, block, rounding,
-                                         seed, src.ptr, **call.core)
-            _core.dequantize(q_out.data, src.count, kind, block, dcode, dst.ptr,
-                             info.world_size if op.lower() == "avg" else 1)
+            info = self._core.all_reduce(src.ptr, dst.ptr, src.count, dcode, ocode, tag, **call)
+        else:
+            info = _quantization.host_all_reduce(self, src, dst, dcode, ocode, op, tag, quant, call)
         if target is None:
             result = arrays.wrap(buf, name, fw, like=x)
         else:
@@ -307,15 +289,6 @@ class Communicator:
                 arrays.copy_back(target, arrays.wrap(buf, name, host_fw if fw != "cupy" else "numpy"), fw)
             result = target
         return self._finish(result, info, return_info)
-
-    def _quant_buffers(self, nbytes: int):
-        """Two host buffers of at least nbytes for the quantized ring, kept between calls: fresh pages cost a
-        fault each on first touch (about 80 ms per 256 MiB here)."""
-        bufs = getattr(self, "_qbufs", None)
-        if bufs is None or bufs[0].nbytes < nbytes:
-            u8 = dtype_code("uint8")
-            bufs = self._qbufs = (_core.HostBuffer([nbytes], u8), _core.HostBuffer([nbytes], u8))
-        return bufs
 
     def _finish(self, result: Any, info: Any, return_info: bool):
         self.last_info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
@@ -384,32 +357,6 @@ class Communicator:
                                        info.stripes, info.op_id)
 
 
-def _device_path(comm: Communicator, x: Any, fw: str, name: str, dcode: int, ocode: int, op: str, target: Any,
-                 tag: int, quant: Quantization, call: "_CallArgs"):
-    """Quantized all-reduce through the Triton kernels: quantize where x lives, move only the compact bytes to
-    the host, reduce, move the result bytes back and decode them on x's device."""
-    import torch
-
-    k = _quantization.kernels()
-    kind, block, rounding, seed = quant.core_args
-    xt = _quantization.as_device_tensor(x, fw).contiguous().reshape(-1)
-    q_in = k.quantize(xt, kind, block).to("cpu").contiguous()  # the compact bytes cross to the host
-    q_out = torch.empty_like(q_in)
-    info = comm._core.all_reduce(q_in.data_ptr(), q_out.data_ptr(), xt.numel(), dcode, ocode, tag, kind, block,
-                                 rounding, seed, **call.core)
-    divide_by = info.world_size if op.lower() == "avg" else 1
-    q_dev = q_out.to(xt.device)
-    if target is not None and fw == "torch" and target.is_contiguous():
-        k.dequantize(q_dev, xt.numel(), kind, block, xt.dtype, divide_by, out=target.detach().reshape(-1))
-        return target, info
-    r = k.dequantize(q_dev, xt.numel(), kind, block, xt.dtype, divide_by).reshape(tuple(x.shape))
-    result = _quantization.from_device_tensor(r, fw)
-    if target is not None:
-        arrays.copy_back(target, result, fw)
-        return target, info
-    return result, info
-
-
 class _CallArgs:
     """What every all-reduce call hands the core besides its buffers: the shape the peers must agree on, and
     how long to wait for them to start."""
@@ -429,6 +376,18 @@ def _seconds(value: Any, name: str) -> float:
 def _timeout_arg(timeout: Optional[float]) -> float:
     """A call's ``timeout`` for the core: -1 means the communicator's op_timeout."""
     return -1.0 if timeout is None else _seconds(timeout, "timeout")
+
+
+def _target_of(x: Any, out: Any, fw: str) -> Any:
+    """Where the result goes: None (a new array), x itself (in place) or a checked ``out``."""
+    if out is x:
+        if fw == "jax":
+            raise InvalidArgumentError("JAX arrays are immutable: use the returned array (out=None)")
+    elif out is not None:
+        _check_out(x, out, fw)
+    if out is not None and fw == "numpy" and not out.flags.writeable:
+        raise InvalidArgumentError("the output array is read-only; pass out=None for a new array")
+    return out
 
 
 def _check_out(x: Any, out: Any, fw: str) -> None:

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .errors import InvalidArgumentError
+from . import _core, arrays
+from .dtypes import FLOAT_DTYPES, dtype_code
+from .errors import InvalidArgumentError, UnsupportedDTypeError
 
 KINDS = {"minmax": 1, "uint8": 1, "zeropoint": 2}
 ROUNDINGS = {"nearest": 0, "stochastic": 1}
@@ -71,6 +73,66 @@ class Quantization:
     def core_args(self) -> tuple[int, int, int, int]:
         """(kind, block, rounding, seed) as the core's all_reduce takes them."""
         return KINDS[self.kind], self.block, ROUNDINGS[self.rounding], self.seed
+
+    def check_for(self, dtype_name: str, op: str) -> None:
+        """Quantization is for sum and avg of floating arrays."""
+        if dtype_name not in FLOAT_DTYPES or op.lower() not in ("sum", "avg"):
+            raise UnsupportedDTypeError(f"quantized all-reduce is for sum and avg of floating arrays, not {op} "
+                                        f"of {dtype_name}")
+
+    def on_device_path(self, array_on_device: bool) -> bool:
+        """Whether an array goes through the Triton kernels (else the C++ host kernels)."""
+        return self.path == "triton" or (self.path == "auto" and array_on_device)
+
+
+def host_all_reduce(comm: Any, src: Any, dst: Any, dcode: int, ocode: int, op: str, tag: int, quant: Quantization,
+                    call: dict) -> Any:
+    """The host path: the C++ kernels quantize ``src``, the ring reduces blocks, the committed result decodes
+    into ``dst`` (both host views). Each hop adds this peer's unquantized values (``exact_ptr``) rather than its
+    decoded blocks: less error."""
+    kind, block, rounding, seed = quant.core_args
+    q_in, q_out = _host_buffers(comm, _core.quantized_bytes(src.count, block))
+    _core.quantize(src.ptr, dcode, src.count, kind, block, q_in.data)
+    info = comm._core.all_reduce(q_in.data, q_out.data, src.count, dcode, ocode, tag, kind, block, rounding, seed,
+                                 src.ptr, **call)
+    _core.dequantize(q_out.data, src.count, kind, block, dcode, dst.ptr, info.world_size if op.lower() == "avg" else 1)
+    return info
+
+
+def _host_buffers(comm: Any, nbytes: int):
+    """Two host buffers of at least nbytes for the quantized ring, kept on the communicator between calls: fresh
+    pages cost a fault each on first touch (about 80 ms per 256 MiB here)."""
+    bufs = getattr(comm, "_qbufs", None)
+    if bufs is None or bufs[0].nbytes < nbytes:
+        u8 = dtype_code("uint8")
+        bufs = comm._qbufs = (_core.HostBuffer([nbytes], u8), _core.HostBuffer([nbytes], u8))
+    return bufs
+
+
+def device_all_reduce(comm: Any, x: Any, fw: str, dcode: int, ocode: int, op: str, target: Any, tag: int,
+                      quant: Quantization, call: dict) -> tuple[Any, Any]:
+    """The device path: quantize where x lives, move only the compact bytes to the host, reduce, move the result
+    bytes back and decode them on x's device. Returns (result, the core's info)."""
+    import torch
+
+    k = kernels()
+    kind, block, rounding, seed = quant.core_args
+    xt = as_device_tensor(x, fw).contiguous().reshape(-1)
+    q_in = k.quantize(xt, kind, block).to("cpu").contiguous()  # the compact bytes cross to the host
+    q_out = torch.empty_like(q_in)
+    info = comm._core.all_reduce(q_in.data_ptr(), q_out.data_ptr(), xt.numel(), dcode, ocode, tag, kind, block,
+                                 rounding, seed, **call)
+    divide_by = info.world_size if op.lower() == "avg" else 1
+    q_dev = q_out.to(xt.device)
+    if target is not None and fw == "torch" and target.is_contiguous():
+        k.dequantize(q_dev, xt.numel(), kind, block, xt.dtype, divide_by, out=target.detach().reshape(-1))
+        return target, info
+    r = k.dequantize(q_dev, xt.numel(), kind, block, xt.dtype, divide_by).reshape(tuple(x.shape))
+    result = from_device_tensor(r, fw)
+    if target is not None:
+        arrays.copy_back(target, result, fw)
+        return target, info
+    return result, info
 
 
 _kernels = None
