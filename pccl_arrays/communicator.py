@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core, arrays
-from . import concurrent as _concurrent
+from . import in_flight as _in_flight
 from . import quantization as _quantization
 from . import shared_state as _shared_state
 from . import tree as _tree
@@ -85,8 +85,8 @@ class Communicator:
         )
         self.min_world_size = min_world_size
         self.last_info: Optional[AllReduceInfo] = None
-        self._concurrency = _concurrent.Concurrency(self)
-        _concurrent.track_open(self)
+        self._concurrency = _in_flight.Concurrency(self)
+        _in_flight.track_open(self)
 
     # -- membership ---------------------------------------------------------------------------------------------
     def connect(self, timeout: Optional[float] = None) -> "Communicator":
@@ -170,13 +170,13 @@ class Communicator:
         """
         self._core.close()
         self._concurrency.shutdown()
-        _concurrent.untrack_open(self)
+        _in_flight.untrack_open(self)
 
     def _abandon(self, why: str) -> None:
         """Leaves the job after a KeyboardInterrupt outside the core (in ``handle.wait()``)."""
         self._core.abandon(why)
         self._concurrency.shutdown()
-        _concurrent.untrack_open(self)
+        _in_flight.untrack_open(self)
 
     def __enter__(self) -> "Communicator":
         if not self._core.connected:
@@ -296,7 +296,7 @@ class Communicator:
         return (result, self.last_info) if return_info else result
 
     def all_reduce_async(self, x: Any, op: str = "sum", out: Any = None, *, tag: Optional[int] = None,
-                         quantization=None, timeout: Optional[float] = None) -> "_concurrent.AllReduceHandle":
+                         quantization=None, timeout: Optional[float] = None) -> "_in_flight.AllReduceHandle":
         """Starts an all-reduce and returns at once; ``handle.wait()`` gives the result.
 
         Many may be in flight (tested with 16) while Python keeps computing. Every peer must start the same
