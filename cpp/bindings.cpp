@@ -193,6 +193,33 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("frame"), "Decodes one whole frame; raises ProtocolError on anything malformed.");
     m.attr("PROTOCOL_VERSION") = wire::kVersion;
 
+    // The one table of codes the wire and the core use; the Python package reads its names from here.
+    {
+        py::dict codes, dtypes, ops, errors_by_name;
+        for (uint8_t c = 0; c < kDTypeCount; c++) dtypes[dtype_name(DType(c))] = c;
+        for (uint8_t c = 0; c < kReduceOpCount; c++) ops[op_name(ReduceOp(c))] = c;
+        for (uint8_t c = 1; c <= uint8_t(ErrorKind::kInterrupted); c++) errors_by_name[error_kind_name(ErrorKind(c))] = c;
+        codes["dtype"] = dtypes;
+        codes["op"] = ops;
+        codes["quant_kind"] = py::dict(py::arg("none") = uint8_t(QuantKind::kNone), py::arg("minmax") = uint8_t(QuantKind::kMinMax),
+                                       py::arg("zeropoint") = uint8_t(QuantKind::kZeroPoint));
+        codes["rounding"] = py::dict(py::arg("nearest") = uint8_t(Rounding::kNearest),
+                                     py::arg("stochastic") = uint8_t(Rounding::kStochastic));
+        codes["sync_strategy"] = py::dict(py::arg("enforce_popular") = uint8_t(wire::SyncStrategy::kEnforcePopular),
+                                          py::arg("receive_only") = uint8_t(wire::SyncStrategy::kReceiveOnly),
+                                          py::arg("send_only") = uint8_t(wire::SyncStrategy::kSendOnly));
+        codes["error_kind"] = errors_by_name;
+        m.attr("CODES") = codes;
+        const MasterConfig master;
+        const CommConfig comm;
+        m.attr("DEFAULTS") = py::dict(
+            py::arg("peer_timeout") = master.peer_timeout, py::arg("handshake_timeout") = master.handshake_timeout,
+            py::arg("connections") = comm.connections, py::arg("connect_timeout") = comm.connect_timeout,
+            py::arg("heartbeat_interval") = comm.heartbeat_interval, py::arg("master_timeout") = comm.master_timeout,
+            py::arg("data_timeout") = comm.data_timeout, py::arg("piece_bytes") = comm.piece_bytes,
+            py::arg("op_timeout") = comm.op_timeout);
+    }
+
     // The core's log lines, for pccl_arrays.log's drain thread (the only caller).
     m.def("log_attach_drain", &log_attach_drain);
     m.def("log_take", [](double timeout) { return blocking([&] { return log_take(timeout); }); }, py::arg("timeout"));

@@ -16,7 +16,8 @@ from .quantization import Quantization
 from .dtypes import dtype_code, op_code
 from .errors import CommunicatorStateError, InvalidArgumentError, PCCLError
 
-DEFAULT_OP_TIMEOUT = 1800.0  # seconds a collective waits for the other peers to start it (torch's default too)
+_DEFAULTS = _core.DEFAULTS  # the core's defaults, written once (cpp/communicator.hpp, cpp/master_state.hpp)
+DEFAULT_OP_TIMEOUT = _DEFAULTS["op_timeout"]  # 30 minutes to wait for the others to start (torch's default too)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,15 +59,15 @@ class Communicator:
         self,
         master: str,
         peer_group: int = 0,
-        connections: int = 4,
+        connections: int = _DEFAULTS["connections"],
         *,
         listen: str = "0.0.0.0:0",
         advertise: Optional[str] = None,
-        connect_timeout: float = 10.0,
-        heartbeat_interval: float = 0.5,
-        master_timeout: float = 10.0,
-        data_timeout: float = 30.0,
-        piece_bytes: int = 1024 * 1024,
+        connect_timeout: float = _DEFAULTS["connect_timeout"],
+        heartbeat_interval: float = _DEFAULTS["heartbeat_interval"],
+        master_timeout: float = _DEFAULTS["master_timeout"],
+        data_timeout: float = _DEFAULTS["data_timeout"],
+        piece_bytes: int = _DEFAULTS["piece_bytes"],
         op_timeout: Optional[float] = DEFAULT_OP_TIMEOUT,
         min_world_size: int = 1,
     ):

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from . import _core
 from .errors import InvalidArgumentError, UnsupportedDTypeError
 
-# dtype name -> core code. bfloat16 is ml_dtypes' NumPy dtype, recognised by name without importing ml_dtypes.
-DTYPE_CODES = {
-    "int8": 0, "uint8": 1, "int16": 2, "uint16": 3, "int32": 4, "uint32": 5, "int64": 6, "uint64": 7,
-    "float16": 8, "bfloat16": 9, "float32": 10, "float64": 11,
-}
+# dtype name -> core code (the core's table). bfloat16 is ml_dtypes' NumPy dtype, recognised by name without
+# importing ml_dtypes.
+DTYPE_CODES: dict = dict(_core.CODES["dtype"])
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
-OP_CODES = {"sum": 0, "avg": 1, "prod": 2, "max": 3, "min": 4}
+OP_CODES: dict = dict(_core.CODES["op"])
 
 
 def dtype_code(name: str) -> int:

@@ -93,6 +93,9 @@ _BY_KIND = {
 }
 
 
+# Kept in step with the core's table (_core.CODES["error_kind"]) by tests/test_wire.py.
+
+
 def error_class(kind: str) -> type[PCCLError]:
     """The exception class for an error kind of the C++ core (used by the bindings)."""
     return _BY_KIND.get(kind, PCCLError)

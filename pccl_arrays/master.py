@@ -16,7 +16,8 @@ class Master:
             probing a newcomer's data address before it is admitted.
     """
 
-    def __init__(self, listen: str = "127.0.0.1:0", *, peer_timeout: float = 10.0, handshake_timeout: float = 5.0):
+    def __init__(self, listen: str = "127.0.0.1:0", *, peer_timeout: float = _core.DEFAULTS["peer_timeout"],
+                 handshake_timeout: float = _core.DEFAULTS["handshake_timeout"]):
         for name, value in (("peer_timeout", peer_timeout), ("handshake_timeout", handshake_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InvalidArgumentError(f"{name} must be a positive number of seconds, not {value!r}")

@@ -23,8 +23,9 @@ from . import _core, arrays
 from .dtypes import FLOAT_DTYPES, dtype_code
 from .errors import InvalidArgumentError, UnsupportedDTypeError
 
-KINDS = {"minmax": 1, "uint8": 1, "zeropoint": 2}
-ROUNDINGS = {"nearest": 0, "stochastic": 1}
+_KIND_CODES = _core.CODES["quant_kind"]
+KINDS = {"minmax": _KIND_CODES["minmax"], "uint8": _KIND_CODES["minmax"], "zeropoint": _KIND_CODES["zeropoint"]}
+ROUNDINGS: dict = dict(_core.CODES["rounding"])
 PATHS = ("auto", "host", "triton")
 
 

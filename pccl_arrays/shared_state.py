@@ -21,7 +21,7 @@ from . import _core, arrays
 from .dtypes import dtype_code
 from .errors import InvalidArgumentError
 
-STRATEGIES = {"enforce_popular": 0, "receive_only": 1, "send_only": 2}
+STRATEGIES: dict = dict(_core.CODES["sync_strategy"])
 
 
 class SharedState:

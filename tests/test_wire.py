@@ -165,6 +165,22 @@ def test_protocol_version_is_exported():
     assert issubclass(ProtocolError, PCCLError)
 
 
+def test_the_code_table_is_the_documented_protocol():
+    # The package reads every code from _core.CODES; these are the values docs/protocol.md pins.
+    codes = _core.CODES
+    assert codes["dtype"] == {"int8": 0, "uint8": 1, "int16": 2, "uint16": 3, "int32": 4, "uint32": 5, "int64": 6,
+                              "uint64": 7, "float16": 8, "bfloat16": 9, "float32": 10, "float64": 11}
+    assert codes["op"] == {"sum": 0, "avg": 1, "prod": 2, "max": 3, "min": 4}
+    assert codes["quant_kind"] == {"none": 0, "minmax": 1, "zeropoint": 2}
+    assert codes["rounding"] == {"nearest": 0, "stochastic": 1}
+    assert codes["sync_strategy"] == {"enforce_popular": 0, "receive_only": 1, "send_only": 2}
+    assert list(codes["error_kind"].values()) == list(range(1, 13))
+    from pccl_arrays.errors import error_class
+
+    for name in codes["error_kind"]:  # every kind the core raises has its own class (interrupted: KeyboardInterrupt)
+        assert name == "interrupted" or error_class(name) is not PCCLError, name
+
+
 @pytest.mark.parametrize("type_name", sorted(SAMPLES))
 def test_every_message_round_trips(type_name):
     fields = SAMPLES[type_name]
