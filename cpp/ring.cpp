@@ -1,12 +1,9 @@
 #include "ring.hpp"
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <poll.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
 
+#include "data_link.hpp"
 
 namespace pccl {
 
@@ -56,9 +53,7 @@ bool OpControl::failed(ErrorKind* kind, std::string* message) {
 
 namespace {
 
-constexpr size_t kFrameHead = wire::kHeaderSize + wire::kDataHeaderSize;
-
-// The state of one stripe's two directions, advanced by non-blocking socket calls.
+// The state of one stripe's two directions, advanced by non-blocking calls of the data link.
 class Stripe {
 public:
     Stripe(const RingPlan& plan, uint32_t j, const Fold& fold, const uint8_t* input, uint8_t* result,
@@ -126,86 +121,78 @@ private:
         while (*step < steps_ && region_len(*step, step == &s_step_) == 0) (*step)++;
     }
 
-    // A receive-side connection ended. Before any byte of this operation arrived on it, it is a leftover from an
-    // aborted operation (the predecessor has closed it and will open a fresh one): wait for the replacement.
-    bool lost_incoming(const std::string& why) {
-        if (in_bytes_ == 0) {
+    // A receive-side connection failed. A leftover of an aborted operation (nothing of this one arrived on it)
+    // is dropped: the predecessor has closed it and will open a fresh one. Otherwise the operation fails.
+    bool lost_incoming(ErrorKind kind, const std::string& why) {
+        if (in_left_.is_leftover()) {
             links_.pool->discard(in_);
             in_.reset();
-            r_have_ = 0;
+            rx_.reset();
             return true;
         }
-        ctl_.fail(ErrorKind::kPeerLost, "connection " + std::to_string(j_) + " from peer " +
-                                            std::to_string(links_.prev.id) + " (" + links_.prev.host + ":" +
-                                            std::to_string(links_.prev.port) + ") broke: " + why);
+        ctl_.fail(kind, "connection " + std::to_string(j_) + " from peer " + std::to_string(links_.prev.id) + " (" +
+                            links_.prev.host + ":" + std::to_string(links_.prev.port) + ") broke: " + why);
         return false;
     }
 
     bool receive(bool* progressed) {
         if (!in_) {
             in_ = links_.pool->incoming(links_.prev.id, links_.slot, j_);
-            in_bytes_ = 0;
+            in_left_.replaced();
             if (!in_) return true;
         }
         for (int rounds = 0; rounds < 64 && r_step_ < steps_; rounds++) {
-            ssize_t n;
-            if (r_have_ < kFrameHead) {
-                n = ::recv(in_->fd, r_head_ + r_have_, kFrameHead - r_have_, MSG_DONTWAIT);
-            } else {
-                uint8_t* dst = result_ + (region_begin(r_step_, false) + r_off_ + (r_have_ - kFrameHead));
-                n = ::recv(in_->fd, dst, r_piece_ - (r_have_ - kFrameHead), MSG_DONTWAIT);
+            size_t n;
+            int err = 0;
+            const auto st = rx_.pump(in_->fd, &n, &err);
+            if (n) {
+                *progressed = true;
+                in_->bytes += n;
+                bytes_->received += n;
             }
-            if (n == 0) return lost_incoming("closed by the other side");
-            if (n < 0) {
-                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return true;
-                return lost_incoming(errno_text("recv", errno));
-            }
-            *progressed = true;
-            const bool had_head = r_have_ >= kFrameHead;
-            r_have_ += size_t(n);
-            if (!had_head) {
-                if (r_have_ < kFrameHead) continue;
-                if (!check_head()) return false;
-                if (!in_) return true;  // stale connection discarded
-            }
-            in_bytes_ += size_t(n);
-            in_->bytes += size_t(n);
-            bytes_->received += size_t(n);
-            if (r_have_ - kFrameHead < r_piece_) continue;
-            // A whole piece is here: fold our own input into it on reduce-scatter steps.
-            const size_t at = region_begin(r_step_, false) + r_off_;
-            if (plan_.reducing(r_step_)) {
-                const size_t first = region_unit(r_step_, false) + r_off_ / plan_.unit_bytes;
-                const size_t n_units = (r_piece_ + plan_.unit_bytes - 1) / plan_.unit_bytes;
-                fold_(result_ + at, input_ + at, first, n_units, r_step_);
-            }
-            r_off_ += r_piece_;
-            r_have_ = 0;
-            if (r_off_ == region_len(r_step_, false)) {
-                r_off_ = 0;
-                r_step_++;
-                skip_empty(&r_step_);
+            switch (st) {
+                case PieceReceiver::kAgain: return true;
+                case PieceReceiver::kProgress: break;
+                case PieceReceiver::kClosed: return lost_incoming(ErrorKind::kPeerLost, "closed by the other side");
+                case PieceReceiver::kFailed: return lost_incoming(ErrorKind::kPeerLost, errno_text("recv", err));
+                case PieceReceiver::kBadFrame:
+                    if (in_left_.is_leftover()) return lost_incoming(ErrorKind::kProtocol, rx_.why());
+                    ctl_.fail(ErrorKind::kProtocol,
+                              "data connection from peer " + std::to_string(links_.prev.id) + ": " + rx_.why());
+                    return false;
+                case PieceReceiver::kHeader:
+                    if (!check_head()) return false;
+                    if (!in_) return true;  // a leftover, discarded
+                    in_left_.arrived(kPieceHead);
+                    rx_.accept(result_ + region_begin(r_step_, false) + r_off_);
+                    break;
+                case PieceReceiver::kPiece: {
+                    in_left_.arrived(rx_.piece_len());
+                    // A whole piece is here: fold our own input into it on reduce-scatter steps.
+                    const size_t at = region_begin(r_step_, false) + r_off_;
+                    if (plan_.reducing(r_step_)) {
+                        const size_t first = region_unit(r_step_, false) + r_off_ / plan_.unit_bytes;
+                        const size_t n_units = (rx_.piece_len() + plan_.unit_bytes - 1) / plan_.unit_bytes;
+                        fold_(result_ + at, input_ + at, first, n_units, r_step_);
+                    }
+                    r_off_ += rx_.piece_len();
+                    if (r_off_ == region_len(r_step_, false)) {
+                        r_off_ = 0;
+                        r_step_++;
+                        skip_empty(&r_step_);
+                    }
+                    break;
+                }
             }
         }
         return true;
     }
 
+    // The header of the next piece must be this operation's, at the step, stripe and offset we expect.
     bool check_head() {
-        wire::Header h;
-        wire::DataHeader d;
-        try {
-            h = wire::decode_header(r_head_);
-            if (h.type != uint16_t(wire::MsgType::kData))
-                throw CoreError(ErrorKind::kProtocol, "expected a data frame, got type " + std::to_string(h.type));
-            wire::Reader r(r_head_ + wire::kHeaderSize, wire::kDataHeaderSize);
-            d = wire::decode<wire::DataHeader>(r);
-        } catch (const CoreError& e) {
-            if (in_bytes_ == 0) return lost_incoming(e.what());
-            ctl_.fail(ErrorKind::kProtocol, std::string("data connection from peer ") + std::to_string(links_.prev.id) + ": " + e.what());
-            return false;
-        }
+        const wire::DataHeader& d = rx_.header();
         if (d.op_id != ctl_.op_id()) {
-            if (in_bytes_ == 0) return lost_incoming("bytes of operation " + std::to_string(d.op_id));
+            if (in_left_.is_leftover()) return lost_incoming(ErrorKind::kProtocol, "bytes of operation " + std::to_string(d.op_id));
             ctl_.fail(ErrorKind::kProtocol, "frame of operation " + std::to_string(d.op_id) + " inside operation " +
                                                 std::to_string(ctl_.op_id()));
             return false;
@@ -213,7 +200,7 @@ private:
         // The piece size is the sender's choice (peers may be configured differently): any whole number of
         // units up to what is left of the region is fine (the region's end may hold a short last unit).
         const size_t left = region_len(r_step_, false) - r_off_;
-        const size_t piece = h.length - wire::kDataHeaderSize;
+        const size_t piece = rx_.piece_len();
         const bool whole = piece % plan_.unit_bytes == 0 || piece == left;
         if (d.step != r_step_ || d.stripe != j_ || d.offset != r_off_ || piece == 0 || piece > left || !whole) {
             ctl_.fail(ErrorKind::kProtocol, "unexpected data frame (step " + std::to_string(d.step) + ", stripe " +
@@ -222,7 +209,6 @@ private:
                                                 std::to_string(r_off_));
             return false;
         }
-        r_piece_ = piece;
         return true;
     }
 
@@ -231,47 +217,35 @@ private:
         sender_blocked_ = false;
         for (int rounds = 0; rounds < 64 && s_step_ < steps_; rounds++) {
             const size_t len = region_len(s_step_, true);
-            if (!s_in_piece_) {
+            if (!tx_.in_piece()) {
                 // Bytes of step s are ready once the same bytes of step s-1 arrived (and were reduced).
                 size_t ready = len;
                 if (s_step_ > 0 && r_step_ <= s_step_ - 1) ready = r_step_ == s_step_ - 1 ? r_off_ : 0;
                 const size_t piece = std::min(per_piece, len - s_off_);
                 if (s_off_ + piece > ready) return true;
-                wire::encode_header(s_head_, wire::MsgType::kData, uint32_t(wire::kDataHeaderSize + piece));
-                wire::Writer w;
-                wire::encode(w, wire::DataHeader{ctl_.op_id(), s_step_, j_, s_off_});
-                std::memcpy(s_head_ + wire::kHeaderSize, w.bytes().data(), wire::kDataHeaderSize);
+                const uint8_t* src = (s_step_ == 0 ? input_ : result_) + region_begin(s_step_, true) + s_off_;
+                tx_.start(wire::DataHeader{ctl_.op_id(), s_step_, j_, s_off_}, src, piece);
                 s_piece_ = piece;
-                s_sent_ = 0;
-                s_in_piece_ = true;
             }
-            const uint8_t* src = (s_step_ == 0 ? input_ : result_) + region_begin(s_step_, true) + s_off_;
-            iovec iov[2];
-            int cnt = 0;
-            if (s_sent_ < kFrameHead) iov[cnt++] = {s_head_ + s_sent_, kFrameHead - s_sent_};
-            const size_t pay_done = s_sent_ > kFrameHead ? s_sent_ - kFrameHead : 0;
-            iov[cnt++] = {const_cast<uint8_t*>(src) + pay_done, s_piece_ - pay_done};
-            msghdr msg{};
-            msg.msg_iov = iov;
-            msg.msg_iovlen = size_t(cnt);
-            ssize_t n = ::sendmsg(out_->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-            if (n < 0) {
-                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-                    sender_blocked_ = true;
-                    return true;
-                }
+            size_t n;
+            int err = 0;
+            const auto st = tx_.pump(out_->fd, &n, &err);
+            if (n) {
+                *progressed = true;
+                out_->bytes += n;
+                bytes_->sent += n;
+            }
+            if (st == PieceSender::kBlocked) {
+                sender_blocked_ = true;
+                return true;
+            }
+            if (st == PieceSender::kFailed) {
                 ctl_.fail(ErrorKind::kPeerLost, errno_text("sending to peer " + std::to_string(links_.next.id) + " (" +
                                                                links_.next.host + ":" + std::to_string(links_.next.port) +
                                                                ") on connection " + std::to_string(j_) + " failed",
-                                                           errno));
+                                                           err));
                 return false;
             }
-            *progressed = true;
-            s_sent_ += size_t(n);
-            out_->bytes += size_t(n);
-            bytes_->sent += size_t(n);
-            if (s_sent_ < kFrameHead + s_piece_) continue;
-            s_in_piece_ = false;
             s_off_ += s_piece_;
             if (s_off_ == len) {
                 s_off_ = 0;
@@ -292,16 +266,16 @@ private:
     StripeBytes* bytes_;
     const uint32_t steps_;
     ConnPtr out_, in_;
-    uint64_t in_bytes_ = 0;  // bytes of this operation received on in_
+    Leftover in_left_;  // bytes of this operation received on in_
     // send side
+    PieceSender tx_;
     uint32_t s_step_ = 0;
-    size_t s_off_ = 0, s_piece_ = 0, s_sent_ = 0;
-    bool s_in_piece_ = false, sender_blocked_ = false;
-    uint8_t s_head_[kFrameHead] = {};
+    size_t s_off_ = 0, s_piece_ = 0;
+    bool sender_blocked_ = false;
     // receive side
+    PieceReceiver rx_;
     uint32_t r_step_ = 0;
-    size_t r_off_ = 0, r_piece_ = 0, r_have_ = 0;
-    uint8_t r_head_[kFrameHead] = {};
+    size_t r_off_ = 0;
 };
 
 }  // namespace

@@ -4,13 +4,12 @@
 #include <cerrno>
 #include <cstring>
 #include <poll.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
+
+#include "data_link.hpp"
 
 namespace pccl {
 
 namespace {
-constexpr size_t kFrameHead = wire::kHeaderSize + wire::kDataHeaderSize;
 
 // The entry holding stream offset `off`, and the offset inside it.
 void locate(const Stream& s, uint64_t off, size_t* entry, uint64_t* inner) {
@@ -48,6 +47,7 @@ void send_stream(const Stream& s, uint64_t begin, uint64_t end, const TransferLi
         ctl.fail(ErrorKind::kPeerLost, e.what());
         return;
     }
+    PieceSender tx;
     uint64_t off = begin;
     double last_progress = net::now_seconds();
     while (off < end) {
@@ -55,39 +55,27 @@ void send_stream(const Stream& s, uint64_t begin, uint64_t end, const TransferLi
         uint64_t inner;
         locate(s, off, &k, &inner);
         const uint64_t piece = std::min<uint64_t>({link.piece_bytes, end - off, s.sizes[k] - inner});
-        uint8_t head[kFrameHead];
-        wire::encode_header(head, wire::MsgType::kData, uint32_t(wire::kDataHeaderSize + piece));
-        wire::Writer w;
-        wire::encode(w, wire::DataHeader{ctl.op_id(), 0, link.stripe, off});
-        std::memcpy(head + wire::kHeaderSize, w.bytes().data(), wire::kDataHeaderSize);
-        size_t sent = 0;
-        while (sent < kFrameHead + piece) {
+        tx.start(wire::DataHeader{ctl.op_id(), 0, link.stripe, off}, s.data[k] + inner, size_t(piece));
+        for (;;) {
             if (ctl.stopped()) return;
-            iovec iov[2];
-            int cnt = 0;
-            if (sent < kFrameHead) iov[cnt++] = {head + sent, kFrameHead - sent};
-            const size_t done = sent > kFrameHead ? sent - kFrameHead : 0;
-            iov[cnt++] = {s.data[k] + inner + done, size_t(piece) - done};
-            msghdr msg{};
-            msg.msg_iov = iov;
-            msg.msg_iovlen = size_t(cnt);
-            ssize_t n = ::sendmsg(out->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-            if (n < 0) {
-                if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                    ctl.fail(ErrorKind::kPeerLost, errno_text("sending state to " + who(link.peer) + " failed", errno));
-                    return;
-                }
-                if (net::now_seconds() - last_progress > link.progress_timeout) {
-                    ctl.fail(ErrorKind::kPeerLost, who(link.peer) + " stopped reading state for " +
-                                                       std::to_string(link.progress_timeout) + " s");
-                    return;
-                }
-                if (!wait_ready(out->fd, POLLOUT, ctl, 100)) return;
-                continue;
+            size_t n;
+            int err = 0;
+            const auto st = tx.pump(out->fd, &n, &err);
+            if (n) {
+                out->bytes += n;
+                last_progress = net::now_seconds();
             }
-            sent += size_t(n);
-            out->bytes += size_t(n);
-            last_progress = net::now_seconds();
+            if (st == PieceSender::kSent) break;
+            if (st == PieceSender::kFailed) {
+                ctl.fail(ErrorKind::kPeerLost, errno_text("sending state to " + who(link.peer) + " failed", err));
+                return;
+            }
+            if (net::now_seconds() - last_progress > link.progress_timeout) {
+                ctl.fail(ErrorKind::kPeerLost, who(link.peer) + " stopped reading state for " +
+                                                   std::to_string(link.progress_timeout) + " s");
+                return;
+            }
+            if (!wait_ready(out->fd, POLLOUT, ctl, 100)) return;
         }
         *bytes += piece;
         off += piece;
@@ -98,21 +86,19 @@ void recv_stream(const Stream& s, uint64_t begin, uint64_t end, const TransferLi
                  std::atomic<uint64_t>* bytes) {
     if (begin >= end) return;
     ConnPtr in;
-    uint64_t got_here = 0;  // bytes of this sync read from `in`
+    Leftover left;  // bytes of this sync read from `in`
+    PieceReceiver rx;
     uint64_t off = begin;
     double last_progress = net::now_seconds();
-    uint8_t head[kFrameHead];
-    size_t have = 0, piece = 0, piece_got = 0;
-    uint8_t* dst = nullptr;
     auto fail = [&](ErrorKind kind, const std::string& why) {
         ctl.fail(kind, "receiving state from " + who(link.peer) + " on connection " + std::to_string(link.stripe) + ": " + why);
     };
-    // Before any byte of this sync arrived, a broken or foreign connection is a leftover: wait for a fresh one.
+    // A leftover of an aborted sync is dropped, and we wait for the holder's fresh connection (data_link.hpp).
     auto lost = [&](ErrorKind kind, const std::string& why) {
-        if (got_here == 0) {
+        if (left.is_leftover()) {
             link.pool->discard(in);
             in.reset();
-            have = 0;
+            rx.reset();
             return true;
         }
         fail(kind, why);
@@ -126,71 +112,58 @@ void recv_stream(const Stream& s, uint64_t begin, uint64_t end, const TransferLi
         }
         if (!in) {
             in = link.pool->incoming(link.peer.id, kStateSlot, link.stripe);
-            got_here = 0;
+            left.replaced();
             if (!in) {
                 wait_ready(-1, 0, ctl, 5);
                 continue;
             }
         }
-        ssize_t n;
-        if (have < kFrameHead) n = ::recv(in->fd, head + have, kFrameHead - have, MSG_DONTWAIT);
-        else n = ::recv(in->fd, dst + piece_got, piece - piece_got, MSG_DONTWAIT);
-        if (n == 0) {
-            if (!lost(ErrorKind::kPeerLost, "connection closed by the other side")) return;
-            continue;
+        size_t n;
+        int err = 0;
+        const auto st = rx.pump(in->fd, &n, &err);
+        if (n) {
+            last_progress = net::now_seconds();
+            in->bytes += n;
         }
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-                wait_ready(in->fd, POLLIN, ctl, 100);
-                continue;
+        switch (st) {
+            case PieceReceiver::kAgain: wait_ready(in->fd, POLLIN, ctl, 100); break;
+            case PieceReceiver::kProgress: break;
+            case PieceReceiver::kClosed:
+                if (!lost(ErrorKind::kPeerLost, "connection closed by the other side")) return;
+                break;
+            case PieceReceiver::kFailed:
+                if (!lost(ErrorKind::kPeerLost, errno_text("recv", err))) return;
+                break;
+            case PieceReceiver::kBadFrame:
+                if (!lost(ErrorKind::kProtocol, rx.why())) return;
+                break;
+            case PieceReceiver::kHeader: {
+                const wire::DataHeader& d = rx.header();
+                if (d.op_id != ctl.op_id()) {
+                    if (!lost(ErrorKind::kProtocol, "bytes of sync " + std::to_string(d.op_id))) return;
+                    break;
+                }
+                size_t k;
+                uint64_t inner;
+                locate(s, off, &k, &inner);
+                const size_t piece = rx.piece_len();
+                if (d.stripe != link.stripe || d.offset != off || d.step != 0 || piece == 0 || piece > end - off ||
+                    piece > s.sizes[k] - inner) {
+                    fail(ErrorKind::kProtocol, "unexpected state frame (stripe " + std::to_string(d.stripe) + ", offset " +
+                                                   std::to_string(d.offset) + ", " + std::to_string(piece) +
+                                                   " bytes), expected offset " + std::to_string(off));
+                    return;
+                }
+                rx.accept(s.data[k] + inner);
+                left.arrived(kPieceHead);
+                break;
             }
-            if (!lost(ErrorKind::kPeerLost, errno_text("recv", errno))) return;
-            continue;
+            case PieceReceiver::kPiece:
+                left.arrived(rx.piece_len());
+                *bytes += rx.piece_len();
+                off += rx.piece_len();
+                break;
         }
-        last_progress = net::now_seconds();
-        if (have < kFrameHead) {
-            have += size_t(n);
-            if (have < kFrameHead) continue;
-            wire::DataHeader d;
-            uint32_t length = 0;
-            try {
-                wire::Header h = wire::decode_header(head);
-                if (h.type != uint16_t(wire::MsgType::kData))
-                    throw CoreError(ErrorKind::kProtocol, "expected a data frame, got type " + std::to_string(h.type));
-                wire::Reader r(head + wire::kHeaderSize, wire::kDataHeaderSize);
-                d = wire::decode<wire::DataHeader>(r);
-                length = h.length;
-            } catch (const CoreError& e) {
-                if (!lost(ErrorKind::kProtocol, e.what())) return;
-                continue;
-            }
-            if (d.op_id != ctl.op_id()) {
-                if (!lost(ErrorKind::kProtocol, "bytes of sync " + std::to_string(d.op_id))) return;
-                continue;
-            }
-            size_t k;
-            uint64_t inner;
-            locate(s, off, &k, &inner);
-            piece = length - wire::kDataHeaderSize;
-            if (d.stripe != link.stripe || d.offset != off || d.step != 0 || piece == 0 || piece > end - off ||
-                piece > s.sizes[k] - inner) {
-                fail(ErrorKind::kProtocol, "unexpected state frame (stripe " + std::to_string(d.stripe) + ", offset " +
-                                               std::to_string(d.offset) + ", " + std::to_string(piece) +
-                                               " bytes), expected offset " + std::to_string(off));
-                return;
-            }
-            dst = s.data[k] + inner;
-            piece_got = 0;
-            got_here += kFrameHead;
-            continue;
-        }
-        piece_got += size_t(n);
-        got_here += size_t(n);
-        in->bytes += size_t(n);
-        if (piece_got < piece) continue;
-        *bytes += piece;
-        off += piece;
-        have = 0;
     }
 }
 

@@ -9,7 +9,8 @@
 //
 // Failure. Every wait polls the sync's stop pipe (OpControl) and has a progress deadline. A connection that
 // ends, or shows bytes of another sync, before it delivered a byte of this one is a leftover of an aborted
-// sync: the receiver drops it and waits for the holder's fresh connection, as the ring does.
+// sync: the receiver drops it and waits for the holder's fresh connection, as the ring does. Frames are written
+// and read by the data link (data_link.hpp).
 #pragma once
 #include <atomic>
 #include <cstdint>
