@@ -1,6 +1,6 @@
 """The committed type stubs of the C++ module match what pybind11-stubgen generates from the built module.
 
-Regenerate after changing cpp/bindings.cpp:  PCCL_REGEN_STUBS=1 pytest tests/test_stubs.py
+Regenerate after changing cpp/python/:  PCCL_REGEN_STUBS=1 pytest tests/test_stubs.py
 """
 
 from __future__ import annotations

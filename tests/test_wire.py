@@ -1,5 +1,5 @@
-"""The wire format: every message round-trips through the codec, the byte layout of the header and of each
-payload is pinned (the format docs/protocol.md describes), and the decoder answers anything malformed with
+"""The wire format: every message round-trips through the dict converter (cpp/python/dicts.hpp), the byte
+layout of the header and of each payload is pinned (the format docs/protocol.md describes), and the decoder answers anything malformed with
 ProtocolError — never a crash, a hang, a huge allocation or another exception — including under fuzzing."""
 
 from __future__ import annotations

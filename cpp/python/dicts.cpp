@@ -1,4 +1,4 @@
-#include "codec.hpp"
+#include "dicts.hpp"
 
 #include <pybind11/stl.h>
 
@@ -132,13 +132,13 @@ py::dict sync_plan_dict(const wire::SyncPlan& m) {
     return d;
 }
 
-std::string codec_type_name(uint16_t type) {
+std::string frame_type_name(uint16_t type) {
     for (const auto& [t, n] : names())
         if (uint16_t(t) == type) return n;
     return "unknown_" + std::to_string(type);
 }
 
-std::pair<uint16_t, std::vector<uint8_t>> codec_encode(const std::string& type, const py::dict& d) {
+std::pair<uint16_t, std::vector<uint8_t>> frame_from_dict(const std::string& type, const py::dict& d) {
     MsgType t{};
     bool found = false;
     for (const auto& [code, n] : names())
@@ -192,7 +192,7 @@ std::pair<uint16_t, std::vector<uint8_t>> codec_encode(const std::string& type, 
     throw py::value_error("unknown message type");
 }
 
-py::dict codec_decode(uint16_t type, const std::vector<uint8_t>& p) {
+py::dict dict_from_frame(uint16_t type, const std::vector<uint8_t>& p) {
     using wire::decode_payload;
     py::dict d;
     switch (MsgType(type)) {
@@ -264,6 +264,22 @@ py::dict codec_decode(uint16_t type, const std::vector<uint8_t>& p) {
         }
         default: throw CoreError(ErrorKind::kProtocol, "malformed frame: unknown message type " + std::to_string(type));
     }
+    return d;
+}
+
+py::dict master_stats_dict(const MasterStats& s) {
+    py::dict d;
+    d["peers_accepted"] = s.peers_accepted;
+    d["ops_committed"] = s.ops_committed;
+    d["ops_aborted"] = s.ops_aborted;
+    d["ops_rejected"] = s.ops_rejected;
+    d["evictions"] = s.evictions;
+    d["dropped_connections"] = s.dropped_connections;
+    d["topology_updates"] = s.topology_updates;
+    d["syncs_committed"] = s.syncs_committed;
+    d["syncs_aborted"] = s.syncs_aborted;
+    d["syncs_refused"] = s.syncs_refused;
+    d["recent_drops"] = s.recent_drops;
     return d;
 }
 

@@ -1,12 +1,13 @@
-// The one bindings file: converts types, releases the GIL around every blocking call and maps the core's error
-// kinds to the exception classes of pccl_arrays.errors. No Python object crosses into core threads.
+// The runtime bindings: converts types, releases the GIL around every blocking call (Ctrl-C still reaches it)
+// and maps the core's error kinds to the exception classes of pccl_arrays.errors. No Python object crosses
+// into core threads. What exists only for tests and tools is bound in test_seams.cpp.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstring>
 
 #include "communicator.hpp"
-#include "codec.hpp"
+#include "dicts.hpp"
 #include "dlpack.hpp"
 #include "hash.hpp"
 #include "log.hpp"
@@ -19,40 +20,6 @@ namespace py = pybind11;
 using namespace pccl;
 
 namespace {
-
-py::dict stats_dict(const MasterStats& s) {
-    py::dict d;
-    d["peers_accepted"] = s.peers_accepted;
-    d["ops_committed"] = s.ops_committed;
-    d["ops_aborted"] = s.ops_aborted;
-    d["ops_rejected"] = s.ops_rejected;
-    d["evictions"] = s.evictions;
-    d["dropped_connections"] = s.dropped_connections;
-    d["topology_updates"] = s.topology_updates;
-    d["syncs_committed"] = s.syncs_committed;
-    d["syncs_aborted"] = s.syncs_aborted;
-    d["syncs_refused"] = s.syncs_refused;
-    d["recent_drops"] = s.recent_drops;
-    return d;
-}
-
-py::list actions_list(const std::vector<MasterAction>& actions) {
-    py::list out;
-    for (const auto& a : actions) {
-        if (a.kind == MasterAction::kClose) {
-            out.append(py::make_tuple("close", a.conn, a.reason));
-            continue;
-        }
-        if (a.kind == MasterAction::kProbe) {
-            out.append(py::make_tuple("probe", a.conn, a.probe.host + ":" + std::to_string(a.probe.port)));
-            continue;
-        }
-        wire::Header h = wire::decode_header(a.frame.data());
-        std::vector<uint8_t> payload(a.frame.begin() + wire::kHeaderSize, a.frame.end());
-        out.append(py::make_tuple("send", a.conn, codec_type_name(h.type), codec_decode(h.type, payload)));
-    }
-    return out;
-}
 
 // Ctrl-C during a blocking call. Python's C signal handler only sets a flag; the core's waits call this (on
 // the main thread only: no other thread runs signal handlers) so that the Python handler runs and its
@@ -83,11 +50,6 @@ template <class F> auto blocking(F&& f) {
     return f();
 }
 
-std::vector<uint8_t> bytes_of(const py::bytes& b) {
-    std::string s = b;
-    return std::vector<uint8_t>(s.begin(), s.end());
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -113,6 +75,7 @@ PYBIND11_MODULE(_core, m) {
     });
 
     g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+    bind_test_seams(m);  // test_seams.cpp: the pure decision functions and raw kernels, for tests and tools
 
     py::class_<MasterServer>(m, "MasterServer")
         .def(py::init([](const std::string& listen, double peer_timeout, double handshake_timeout) {
@@ -123,74 +86,13 @@ PYBIND11_MODULE(_core, m) {
         .def("stop", &MasterServer::stop, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("address", &MasterServer::address)
         .def_property_readonly("running", &MasterServer::running)
-        .def("stats", [](const MasterServer& s) { return stats_dict(s.stats()); });
+        .def("stats", [](const MasterServer& s) { return master_stats_dict(s.stats()); });
 
-    // The master's pure decision logic, for tests with a fake clock. Frames are given and returned as
-    // (type name, dict) pairs through the codec.
-    py::class_<MasterState>(m, "MasterState")
-        .def(py::init([](double peer_timeout, double handshake_timeout, bool probe_addresses) {
-                 return new MasterState(MasterConfig{peer_timeout, handshake_timeout, probe_addresses});
-             }),
-             py::arg("peer_timeout") = 10.0, py::arg("handshake_timeout") = 5.0, py::arg("probe_addresses") = false)
-        .def("on_probe_result", [](MasterState& s, uint64_t conn, bool reachable, const std::string& reason, double now) {
-            return actions_list(s.on_probe_result(conn, reachable, reason, now));
-        }, py::arg("conn"), py::arg("reachable"), py::arg("reason"), py::arg("now"))
-        .def("on_connect", [](MasterState& s, uint64_t conn, const std::string& addr, double now) {
-            return actions_list(s.on_connect(conn, addr, now));
-        }, py::arg("conn"), py::arg("addr"), py::arg("now"))
-        .def("on_message", [](MasterState& s, uint64_t conn, const std::string& type, const py::dict& fields, double now) {
-            auto [code, payload] = codec_encode(type, fields);
-            return actions_list(s.on_frame(conn, code, payload, now));
-        }, py::arg("conn"), py::arg("type"), py::arg("fields"), py::arg("now"))
-        .def("on_disconnect", [](MasterState& s, uint64_t conn, const std::string& reason, double now) {
-            return actions_list(s.on_disconnect(conn, reason, now));
-        }, py::arg("conn"), py::arg("reason"), py::arg("now"))
-        .def("on_tick", [](MasterState& s, double now) { return actions_list(s.on_tick(now)); }, py::arg("now"))
-        .def("stats", [](const MasterState& s) { return stats_dict(s.stats()); });
-
-    // The election of a shared-state sync as a pure function, for tests of its rules.
-    m.def("elect_state", [](const py::list& peers, py::object group_revision) {
-        std::vector<SyncPeer> in;
-        for (auto item : peers) {
-            auto p = item.cast<py::dict>();
-            SyncPeer s;
-            s.id = p["id"].cast<uint64_t>();
-            s.seniority = p.contains("seniority") ? p["seniority"].cast<uint64_t>() : s.id;
-            s.synced = p.contains("synced") && p["synced"].cast<bool>();
-            s.connections = p.contains("connections") ? p["connections"].cast<uint32_t>() : 1;
-            s.info = wire::PeerInfo{s.id, "127.0.0.1", uint16_t(1000 + s.id)};
-            s.start = sync_start_of(p);
-            in.push_back(std::move(s));
-        }
-        std::optional<uint64_t> rev;
-        if (!group_revision.is_none()) rev = group_revision.cast<uint64_t>();
-        SyncDecision d = elect_state(in, rev);
-        py::dict plans;
-        for (const auto& [id, plan] : d.plans) plans[py::int_(id)] = sync_plan_dict(plan);
-        return py::dict(py::arg("revision") = d.revision, py::arg("members") = d.members, py::arg("moves") = d.moves,
-                        py::arg("plans") = plans);
-    }, py::arg("peers"), py::arg("group_revision") = py::none());
     m.def("content_hash", [](uintptr_t data, size_t n) {
         py::gil_scoped_release release;
         return content_hash(reinterpret_cast<const void*>(data), n);
     }, py::arg("data_ptr"), py::arg("nbytes"), "The 64-bit content hash of shared state (docs/shared_state.md).");
 
-    m.def("encode_frame", [](const std::string& type, const py::dict& fields) {
-        auto [code, payload] = codec_encode(type, fields);
-        std::vector<uint8_t> out(wire::kHeaderSize);
-        wire::encode_header(out.data(), wire::MsgType(code), uint32_t(payload.size()));
-        out.insert(out.end(), payload.begin(), payload.end());
-        return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
-    }, py::arg("type"), py::arg("fields"), "Header + payload of one message, for tests and tools.");
-    m.def("decode_frame", [](const py::bytes& frame) {
-        auto bytes = bytes_of(frame);
-        if (bytes.size() < wire::kHeaderSize) throw CoreError(ErrorKind::kProtocol, "malformed frame: shorter than a header");
-        wire::Header h = wire::decode_header(bytes.data());
-        if (bytes.size() != wire::kHeaderSize + h.length)
-            throw CoreError(ErrorKind::kProtocol, "malformed frame: length field does not match the bytes");
-        std::vector<uint8_t> payload(bytes.begin() + wire::kHeaderSize, bytes.end());
-        return py::make_tuple(codec_type_name(h.type), codec_decode(h.type, payload));
-    }, py::arg("frame"), "Decodes one whole frame; raises ProtocolError on anything malformed.");
     m.attr("PROTOCOL_VERSION") = wire::kVersion;
 
     // The one table of codes the wire and the core use; the Python package reads its names from here.
@@ -224,11 +126,6 @@ PYBIND11_MODULE(_core, m) {
     m.def("log_attach_drain", &log_attach_drain);
     m.def("log_take", [](double timeout) { return blocking([&] { return log_take(timeout); }); }, py::arg("timeout"));
     m.def("log_level", &log_level);
-    m.def("log_for_tests", [](int level, const std::string& text) {
-        if (level == 0) log_debug(text); else if (level == 1) log_info(text); else if (level == 2) log_warn(text);
-        else log_error(text);
-    }, py::arg("level"), py::arg("text"), "Emits one core log line (tests of the logging bridge).");
-
     py::class_<OpInfo>(m, "OpInfo")
         .def_readonly("op_id", &OpInfo::op_id)
         .def_readonly("world_size", &OpInfo::world_size)
@@ -379,33 +276,4 @@ PYBIND11_MODULE(_core, m) {
         dequantize(reinterpret_cast<const uint8_t*>(qb), n, q, DType(dtype), reinterpret_cast<void*>(out), divide_by);
     }, py::arg("q_ptr"), py::arg("n"), py::arg("kind"), py::arg("block"), py::arg("dtype"), py::arg("out_ptr"),
        py::arg("divide_by") = 1);
-    m.def("reduce_hop", [](uintptr_t acc, uintptr_t own, size_t first_block, size_t n_blocks, size_t n, uint8_t kind,
-                           uint32_t block, uint8_t rounding, uint32_t seed, uint64_t op_id, uint32_t step) {
-        QuantConfig q{QuantKind(kind), block, Rounding(rounding), seed};
-        check_quant_config(q);
-        py::gil_scoped_release release;
-        reduce_hop(reinterpret_cast<uint8_t*>(acc), reinterpret_cast<const uint8_t*>(own), first_block, n_blocks, n, q,
-                   op_id, step);
-    }, py::arg("acc_ptr"), py::arg("own_ptr"), py::arg("first_block"), py::arg("n_blocks"), py::arg("n"), py::arg("kind"),
-       py::arg("block"), py::arg("rounding") = 0, py::arg("seed") = 0, py::arg("op_id") = 0, py::arg("step") = 0,
-       "One ring hop over whole blocks: acc = Q(D(acc) + D(own)).");
-    m.def("reduce_hop_exact", [](uintptr_t acc, uintptr_t own_x, uint8_t dtype, size_t first_block, size_t n_blocks,
-                                 size_t n, uint8_t kind, uint32_t block, uint8_t rounding, uint32_t seed, uint64_t op_id,
-                                 uint32_t step) {
-        QuantConfig q{QuantKind(kind), block, Rounding(rounding), seed};
-        check_quant_config(q);
-        py::gil_scoped_release release;
-        reduce_hop_exact(reinterpret_cast<uint8_t*>(acc), reinterpret_cast<const void*>(own_x), DType(dtype), first_block,
-                         n_blocks, n, q, op_id, step);
-    }, py::arg("acc_ptr"), py::arg("own_ptr"), py::arg("dtype"), py::arg("first_block"), py::arg("n_blocks"), py::arg("n"),
-       py::arg("kind"), py::arg("block"), py::arg("rounding") = 0, py::arg("seed") = 0, py::arg("op_id") = 0,
-       py::arg("step") = 0, "One ring hop adding our own unquantized values: acc = Q(D(acc) + float32(own)).");
-
-    // Reduction kernels on raw buffers, so tests can hold them to NumPy element by element.
-    m.def("reduce_into", [](uintptr_t acc, uintptr_t local, size_t n, uint8_t dtype, uint8_t op) {
-        reduce_into(DType(dtype), ReduceOp(op), reinterpret_cast<void*>(acc), reinterpret_cast<const void*>(local), n);
-    }, py::arg("acc_ptr"), py::arg("local_ptr"), py::arg("n"), py::arg("dtype"), py::arg("op"));
-    m.def("finalize_avg", [](uintptr_t buf, size_t n, uint8_t dtype, uint32_t world) {
-        finalize_avg(DType(dtype), reinterpret_cast<void*>(buf), n, world);
-    }, py::arg("ptr"), py::arg("n"), py::arg("dtype"), py::arg("world"));
 }

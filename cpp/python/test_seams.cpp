@@ -1,0 +1,144 @@
+// Test seams of pccl_arrays._core: the master's decisions and the shared-state election as pure functions
+// driven from Python with a fake clock, frames encoded and decoded through dicts, the reduction and
+// quantization hop kernels on raw buffers, and a log line on demand. The runtime never calls these.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "dicts.hpp"
+#include "log.hpp"
+#include "master_state.hpp"
+#include "quant.hpp"
+#include "reduce.hpp"
+#include "state_election.hpp"
+
+namespace py = pybind11;
+
+namespace pccl {
+
+namespace {
+py::list actions_list(const std::vector<MasterAction>& actions) {
+    py::list out;
+    for (const auto& a : actions) {
+        if (a.kind == MasterAction::kClose) {
+            out.append(py::make_tuple("close", a.conn, a.reason));
+            continue;
+        }
+        if (a.kind == MasterAction::kProbe) {
+            out.append(py::make_tuple("probe", a.conn, a.probe.host + ":" + std::to_string(a.probe.port)));
+            continue;
+        }
+        wire::Header h = wire::decode_header(a.frame.data());
+        std::vector<uint8_t> payload(a.frame.begin() + wire::kHeaderSize, a.frame.end());
+        out.append(py::make_tuple("send", a.conn, frame_type_name(h.type), dict_from_frame(h.type, payload)));
+    }
+    return out;
+}
+
+std::vector<uint8_t> bytes_of(const py::bytes& b) {
+    std::string s = b;
+    return std::vector<uint8_t>(s.begin(), s.end());
+}
+}  // namespace
+
+void bind_test_seams(py::module_& m) {
+    // The master's pure decision logic, for tests with a fake clock. Frames are given and returned as
+    // (type name, dict) pairs (dicts.hpp).
+    py::class_<MasterState>(m, "MasterState")
+        .def(py::init([](double peer_timeout, double handshake_timeout, bool probe_addresses) {
+                 return new MasterState(MasterConfig{peer_timeout, handshake_timeout, probe_addresses});
+             }),
+             py::arg("peer_timeout") = 10.0, py::arg("handshake_timeout") = 5.0, py::arg("probe_addresses") = false)
+        .def("on_probe_result", [](MasterState& s, uint64_t conn, bool reachable, const std::string& reason, double now) {
+            return actions_list(s.on_probe_result(conn, reachable, reason, now));
+        }, py::arg("conn"), py::arg("reachable"), py::arg("reason"), py::arg("now"))
+        .def("on_connect", [](MasterState& s, uint64_t conn, const std::string& addr, double now) {
+            return actions_list(s.on_connect(conn, addr, now));
+        }, py::arg("conn"), py::arg("addr"), py::arg("now"))
+        .def("on_message", [](MasterState& s, uint64_t conn, const std::string& type, const py::dict& fields, double now) {
+            auto [code, payload] = frame_from_dict(type, fields);
+            return actions_list(s.on_frame(conn, code, payload, now));
+        }, py::arg("conn"), py::arg("type"), py::arg("fields"), py::arg("now"))
+        .def("on_disconnect", [](MasterState& s, uint64_t conn, const std::string& reason, double now) {
+            return actions_list(s.on_disconnect(conn, reason, now));
+        }, py::arg("conn"), py::arg("reason"), py::arg("now"))
+        .def("on_tick", [](MasterState& s, double now) { return actions_list(s.on_tick(now)); }, py::arg("now"))
+        .def("stats", [](const MasterState& s) { return master_stats_dict(s.stats()); });
+
+    // The election of a shared-state sync as a pure function, for tests of its rules.
+    m.def("elect_state", [](const py::list& peers, py::object group_revision) {
+        std::vector<SyncPeer> in;
+        for (auto item : peers) {
+            auto p = item.cast<py::dict>();
+            SyncPeer s;
+            s.id = p["id"].cast<uint64_t>();
+            s.seniority = p.contains("seniority") ? p["seniority"].cast<uint64_t>() : s.id;
+            s.synced = p.contains("synced") && p["synced"].cast<bool>();
+            s.connections = p.contains("connections") ? p["connections"].cast<uint32_t>() : 1;
+            s.info = wire::PeerInfo{s.id, "127.0.0.1", uint16_t(1000 + s.id)};
+            s.start = sync_start_of(p);
+            in.push_back(std::move(s));
+        }
+        std::optional<uint64_t> rev;
+        if (!group_revision.is_none()) rev = group_revision.cast<uint64_t>();
+        SyncDecision d = elect_state(in, rev);
+        py::dict plans;
+        for (const auto& [id, plan] : d.plans) plans[py::int_(id)] = sync_plan_dict(plan);
+        return py::dict(py::arg("revision") = d.revision, py::arg("members") = d.members, py::arg("moves") = d.moves,
+                        py::arg("plans") = plans);
+    }, py::arg("peers"), py::arg("group_revision") = py::none());
+
+    m.def("encode_frame", [](const std::string& type, const py::dict& fields) {
+        auto [code, payload] = frame_from_dict(type, fields);
+        std::vector<uint8_t> out(wire::kHeaderSize);
+        wire::encode_header(out.data(), wire::MsgType(code), uint32_t(payload.size()));
+        out.insert(out.end(), payload.begin(), payload.end());
+        return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+    }, py::arg("type"), py::arg("fields"), "Header + payload of one message, for tests and tools.");
+    m.def("decode_frame", [](const py::bytes& frame) {
+        auto bytes = bytes_of(frame);
+        if (bytes.size() < wire::kHeaderSize) throw CoreError(ErrorKind::kProtocol, "malformed frame: shorter than a header");
+        wire::Header h = wire::decode_header(bytes.data());
+        if (bytes.size() != wire::kHeaderSize + h.length)
+            throw CoreError(ErrorKind::kProtocol, "malformed frame: length field does not match the bytes");
+        std::vector<uint8_t> payload(bytes.begin() + wire::kHeaderSize, bytes.end());
+        return py::make_tuple(frame_type_name(h.type), dict_from_frame(h.type, payload));
+    }, py::arg("frame"), "Decodes one whole frame; raises ProtocolError on anything malformed.");
+
+    m.def("log_for_tests", [](int level, const std::string& text) {
+        if (level == 0) log_debug(text); else if (level == 1) log_info(text); else if (level == 2) log_warn(text);
+        else log_error(text);
+    }, py::arg("level"), py::arg("text"), "Emits one core log line (tests of the logging bridge).");
+
+
+    m.def("reduce_hop", [](uintptr_t acc, uintptr_t own, size_t first_block, size_t n_blocks, size_t n, uint8_t kind,
+                           uint32_t block, uint8_t rounding, uint32_t seed, uint64_t op_id, uint32_t step) {
+        QuantConfig q{QuantKind(kind), block, Rounding(rounding), seed};
+        check_quant_config(q);
+        py::gil_scoped_release release;
+        reduce_hop(reinterpret_cast<uint8_t*>(acc), reinterpret_cast<const uint8_t*>(own), first_block, n_blocks, n, q,
+                   op_id, step);
+    }, py::arg("acc_ptr"), py::arg("own_ptr"), py::arg("first_block"), py::arg("n_blocks"), py::arg("n"), py::arg("kind"),
+       py::arg("block"), py::arg("rounding") = 0, py::arg("seed") = 0, py::arg("op_id") = 0, py::arg("step") = 0,
+       "One ring hop over whole blocks: acc = Q(D(acc) + D(own)).");
+    m.def("reduce_hop_exact", [](uintptr_t acc, uintptr_t own_x, uint8_t dtype, size_t first_block, size_t n_blocks,
+                                 size_t n, uint8_t kind, uint32_t block, uint8_t rounding, uint32_t seed, uint64_t op_id,
+                                 uint32_t step) {
+        QuantConfig q{QuantKind(kind), block, Rounding(rounding), seed};
+        check_quant_config(q);
+        py::gil_scoped_release release;
+        reduce_hop_exact(reinterpret_cast<uint8_t*>(acc), reinterpret_cast<const void*>(own_x), DType(dtype), first_block,
+                         n_blocks, n, q, op_id, step);
+    }, py::arg("acc_ptr"), py::arg("own_ptr"), py::arg("dtype"), py::arg("first_block"), py::arg("n_blocks"), py::arg("n"),
+       py::arg("kind"), py::arg("block"), py::arg("rounding") = 0, py::arg("seed") = 0, py::arg("op_id") = 0,
+       py::arg("step") = 0, "One ring hop adding our own unquantized values: acc = Q(D(acc) + float32(own)).");
+
+    // Reduction kernels on raw buffers, so tests can hold them to NumPy element by element.
+    m.def("reduce_into", [](uintptr_t acc, uintptr_t local, size_t n, uint8_t dtype, uint8_t op) {
+        reduce_into(DType(dtype), ReduceOp(op), reinterpret_cast<void*>(acc), reinterpret_cast<const void*>(local), n);
+    }, py::arg("acc_ptr"), py::arg("local_ptr"), py::arg("n"), py::arg("dtype"), py::arg("op"));
+    m.def("finalize_avg", [](uintptr_t buf, size_t n, uint8_t dtype, uint32_t world) {
+        finalize_avg(DType(dtype), reinterpret_cast<void*>(buf), n, world);
+    }, py::arg("ptr"), py::arg("n"), py::arg("dtype"), py::arg("world"));
+}
+
+}  // namespace pccl
