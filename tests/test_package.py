@@ -63,3 +63,41 @@ def test_importing_an_unbuilt_source_checkout_says_what_to_do():
                          timeout=30)
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 1 and "not built" in last and "pip install ." in last, out.stderr
+
+
+@pytest.mark.timeout(900)
+def test_the_sdist_builds_a_wheel_that_installs_and_runs_in_a_clean_venv(tmp_path):
+    """What `pip install <sdist>` does, step by step: an sdist from the tree, a wheel built from the unpacked sdist
+    (so nothing outside it is needed), the wheel's contents, and a fresh venv that installs it and all-reduces."""
+    import tarfile
+    import zipfile
+
+    def run(*cmd, cwd=None):
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=800)
+        assert out.returncode == 0, f"{cmd}: {out.stdout[-2000:]} {out.stderr[-4000:]}"
+        return out
+
+    dist = tmp_path / "dist"
+    run(sys.executable, "-c", f"from scikit_build_core.build import build_sdist; build_sdist({str(dist)!r})", cwd=REPO)
+    (sdist,) = dist.glob("*.tar.gz")
+    with tarfile.open(sdist) as t:
+        names = t.getnames()
+    for needed in ("CMakeLists.txt", "LICENSE", "pyproject.toml", "cpp/python/bindings.cpp", "kernels/quantize.py",
+                   "pccl_arrays/_version.py"):
+        assert any(n.endswith("/" + needed) for n in names), needed
+    assert not any("/.venv/" in n or "/build/" in n for n in names)
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(sdist), "-w", str(dist))
+    (wheel,) = dist.glob("*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        files = z.namelist()
+    assert any(f.startswith("pccl_arrays/_core") and f.endswith(".so") for f in files)
+    assert "pccl_arrays/kernels/quantize.py" in files and any(f.endswith(".dist-info/licenses/LICENSE") for f in files)
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", str(venv))
+    py = str(venv / "bin" / "python")
+    run(py, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel))
+    smoke = ("import numpy as np, pccl_arrays as pa\n"
+             "with pa.Master() as m, pa.Communicator(m.address) as c:\n"
+             "    assert c.all_reduce(np.arange(4.0))[3] == 3.0\n"
+             "print(pa.__version__)")
+    assert run(py, "-c", smoke, cwd="/").stdout.strip() == pccl_arrays.__version__
