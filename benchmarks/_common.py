@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import statistics
@@ -82,3 +83,70 @@ def save_and_report(doc: dict, out_path: str, t_start: float, report) -> None:
     out.write_text(json.dumps(doc, indent=1) + "\n")
     report(doc)
     print(f"\nsaved {out} (runtime {doc['runtime_s']:.1f} s)")
+
+
+def pattern(n: int, rank: int):
+    """A peer's float32 array: i % 7 + rank (small integers: sums are exact in any order)."""
+    import numpy as np
+    return (np.arange(n, dtype=np.int32) % 7).astype(np.float32) + np.float32(rank)
+
+
+def expected_sum(n: int, world: int):
+    import numpy as np
+    # sum over ranks r of (i % 7 + r): small integers, exact in float32 whatever the order of the additions
+    base = (np.arange(n, dtype=np.int32) % 7).astype(np.float32)
+    return base * np.float32(world) + np.float32(world * (world - 1) // 2)
+
+
+class CpuMeter:
+    """CPU time used on this machine by processes other than this benchmark and its children (approximate):
+    busy user + nice + system time of /proc/stat minus this process's and its waited-for children's time.
+    Other work on the machine (another test suite, a build) shows here; the benchmark's own softirq time does
+    not count as busy."""
+
+    def __init__(self):
+        self.t0, self.busy0, self.own0 = time.monotonic(), self._busy(), self._own()
+
+    @staticmethod
+    def _busy() -> float:
+        try:
+            with open("/proc/stat") as f:
+                v = f.readline().split()[1:]
+            return (int(v[0]) + int(v[1]) + int(v[2])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return float("nan")
+
+    @staticmethod
+    def _own() -> float:
+        import resource
+        s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+    def stop(self) -> dict:
+        wall = time.monotonic() - self.t0
+        others = max(0.0, (self._busy() - self.busy0) - (self._own() - self.own0))
+        return {"wall_s": wall, "others_cpu_s": others, "others_cores": others / wall if wall > 0 else 0.0}
+
+
+QUIET_WAIT = {"limit_s": 0.0, "waits": []}  # --quiet-wait: see wait_for_quiet
+
+
+def wait_for_quiet(label: str, log, threshold: float = 0.15, window: float = 2.0) -> None:
+    """Waits (up to --quiet-wait seconds, 0: not at all) until other processes use less than `threshold` cores
+    over a `window`-second sample, so that a group of peers or a section does not start while another job runs."""
+    limit = QUIET_WAIT["limit_s"]
+    if limit <= 0:
+        return
+    t0 = time.monotonic()
+    while True:
+        m = CpuMeter()
+        time.sleep(window)
+        busy = m.stop()["others_cores"]
+        waited = time.monotonic() - t0
+        if busy < threshold or waited >= limit:
+            QUIET_WAIT["waits"].append({"before": label, "waited_s": waited, "others_cores_last": busy,
+                                        "quiet": busy < threshold})
+            if waited > window + 0.5 or busy >= threshold:
+                log(f"  waited {waited:.0f} s for other processes to go quiet before {label} "
+                    f"({'quiet' if busy < threshold else f'still {busy:.2f} cores busy, going on'})")
+            return

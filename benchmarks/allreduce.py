@@ -44,8 +44,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
-from _common import (cpu_model, fmt_size, import_pccl_arrays, parse_size, print_footer,  # noqa: E402,F401
-                     save_and_report, spread)
+from _common import (cpu_model, expected_sum, fmt_size, import_pccl_arrays, parse_size,  # noqa: E402,F401
+                     pattern, print_footer, save_and_report, spread)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 FULL_SIZES = [4 * KiB, 1 * MiB, 16 * MiB, 64 * MiB, 256 * MiB]
@@ -69,27 +69,15 @@ def default_repeats(n: int, quick: bool) -> int:
 
 # ---------------------------------------------------------------------------------------------------------------
 # workers (each runs in its own process: `python allreduce.py _worker KIND ...`)
-def _pattern(n: int, rank: int):
-    import numpy as np
-    return (np.arange(n, dtype=np.int32) % 7).astype(np.float32) + np.float32(rank)
-
-
-def _expected(n: int, world: int):
-    import numpy as np
-    # sum over ranks r of (i % 7 + r): small integers, exact in float32 whatever the order of the additions
-    base = (np.arange(n, dtype=np.int32) % 7).astype(np.float32)
-    return base * np.float32(world) + np.float32(world * (world - 1) // 2)
-
-
 def _measure(sizes, repeats, world, rank, barrier, prepare) -> list[dict]:
     """The timing loop shared by both systems. prepare(x) -> (reset, run, result, info)."""
     import numpy as np
     rows = []
     for size, reps in zip(sizes, repeats):
         n = size // 4
-        x = _pattern(n, rank)
+        x = pattern(n, rank)
         reset, run, result, info = prepare(x)
-        expected = _expected(n, world)
+        expected = expected_sum(n, world)
         reset()
         barrier()
         run()  # untimed warm-up, checked

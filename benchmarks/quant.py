@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import math
 import os
 import platform
@@ -63,15 +62,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import _procs  # noqa: E402
 from _quant_sim import error_stats, find_ring_order, simulate_baseline, simulate_ours  # noqa: E402
 import _common  # noqa: E402
-import allreduce as _ar  # noqa: E402
+from _common import CpuMeter, QUIET_WAIT, wait_for_quiet  # noqa: E402
+from _quant_workers import DATASETS, F32, KINDS, MODES, make_data, run_peers  # noqa: E402
 from _quant_report import print_report  # noqa: E402  (helpers: sizes, spread, machine, pattern data, pccl_arrays import)
 
 KiB, MiB = 1 << 10, 1 << 20
-F32 = 10  # pccl_arrays dtype code of float32 (pccl_arrays/dtypes.py)
-KINDS = {"minmax": 1, "zeropoint": 2}
 BLOCKS = [256, 512, 1024, 2048, 4096]
 HEADER = 8  # bytes of (p0, p1) per block
 MAX_OVERHEAD = 0.01  # the goal: metadata <= 1% of the codes
@@ -84,10 +81,6 @@ FULL = {"kernel_elems": 16 * MiB, "kernel_repeats": 7, "sizes": [1 * MiB, 16 * M
         "peers": [2, 3], "rounds": 3, "error_elems": 4 * MiB, "error_peers": [2, 3, 4]}
 QUICK = {"kernel_elems": 1 * MiB, "kernel_repeats": 3, "sizes": [1 * MiB, 16 * MiB],
          "peers": [2], "rounds": 1, "error_elems": 1 * MiB, "error_peers": [2]}
-DATASETS = {
-    "gauss+outliers": "N(0, 1) float32, plus 16 outliers per peer at random positions, +-U(20, 50)",
-    "gauss": "N(0, 1) float32",
-}
 SECTIONS = ["kernels", "allreduce", "error", "triton"]
 GPU_COMMAND = "python benchmarks/quant.py --sections triton --out benchmarks/results/quant_cuda.json"
 
@@ -100,224 +93,6 @@ def default_repeats(n: int, quick: bool) -> int:
     if n <= 16 * MiB:
         return 12
     return 6
-
-
-def sha(a) -> str:
-    return hashlib.sha256(memoryview(a).cast("B")).hexdigest()[:16]
-
-
-class CpuMeter:
-    """CPU time used on this machine by processes other than this benchmark and its children (approximate):
-    busy user + nice + system time of /proc/stat minus this process's and its waited-for children's time.
-    Other work on the machine (another test suite, a build) shows here; the benchmark's own softirq time does
-    not count as busy."""
-
-    def __init__(self):
-        self.t0, self.busy0, self.own0 = time.monotonic(), self._busy(), self._own()
-
-    @staticmethod
-    def _busy() -> float:
-        try:
-            with open("/proc/stat") as f:
-                v = f.readline().split()[1:]
-            return (int(v[0]) + int(v[1]) + int(v[2])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return float("nan")
-
-    @staticmethod
-    def _own() -> float:
-        import resource
-        s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
-
-    def stop(self) -> dict:
-        wall = time.monotonic() - self.t0
-        others = max(0.0, (self._busy() - self.busy0) - (self._own() - self.own0))
-        return {"wall_s": wall, "others_cpu_s": others, "others_cores": others / wall if wall > 0 else 0.0}
-
-
-QUIET_WAIT = {"limit_s": 0.0, "waits": []}  # --quiet-wait: see wait_for_quiet
-
-
-def wait_for_quiet(label: str, log, threshold: float = 0.15, window: float = 2.0) -> None:
-    """Waits (up to --quiet-wait seconds, 0: not at all) until other processes use less than `threshold` cores
-    over a `window`-second sample, so that a group of peers or a section does not start while another job runs."""
-    limit = QUIET_WAIT["limit_s"]
-    if limit <= 0:
-        return
-    t0 = time.monotonic()
-    while True:
-        m = CpuMeter()
-        time.sleep(window)
-        busy = m.stop()["others_cores"]
-        waited = time.monotonic() - t0
-        if busy < threshold or waited >= limit:
-            QUIET_WAIT["waits"].append({"before": label, "waited_s": waited, "others_cores_last": busy,
-                                        "quiet": busy < threshold})
-            if waited > window + 0.5 or busy >= threshold:
-                log(f"  waited {waited:.0f} s for other processes to go quiet before {label} "
-                    f"({'quiet' if busy < threshold else f'still {busy:.2f} cores busy, going on'})")
-            return
-
-
-def make_data(dataset: str, n: int, rank: int, seed: int):
-    """The float32 contribution of one peer, the same in every process for the same (dataset, n, rank, seed)."""
-    import numpy as np
-    rng = np.random.default_rng([seed, rank, list(DATASETS).index(dataset)])
-    x = rng.standard_normal(n, dtype=np.float32)
-    if dataset == "gauss+outliers":
-        k = 16
-        pos = rng.choice(n, size=k, replace=False)
-        x[pos] = (rng.uniform(20, 50, size=k) * rng.choice([-1.0, 1.0], size=k)).astype(np.float32)
-    return x
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# workers (each in its own process: `python quant.py _worker KIND ...`)
-def _connect(a):
-    import pccl_arrays as pa
-    c = pa.Communicator(a.master, connections=a.connections, listen="127.0.0.1:0")
-    c.connect(timeout=120)
-    while c.world_size < a.world:
-        c.update_topology()
-    return pa, c
-
-
-MODES = ("none", "quantized", "reused")  # "reused": diagnostic, see worker_bw
-
-
-def worker_bw(a) -> dict:
-    """All-reduces of each size in three modes, rotating repeat by repeat (ABC, CBA, ...):
-
-    - none: ``all_reduce(x, out=y)``;
-    - quantized: ``all_reduce(x, out=y, quantization=Quantization(kind, block))``, the public API;
-    - reused (diagnostic): the same host path as the API (``_core.quantize``, the core's quantized ring,
-      ``_core.dequantize``) with its two quantized buffers allocated once per size instead of per call; it must
-      give the same bytes as ``quantized``. The difference shows what the per-call allocation costs.
-    """
-    import numpy as np
-    from pccl_arrays import _core
-    pa, c = _connect(a)
-    q = pa.Quantization(kind=a.kind, block=a.block)
-    kc, blk = KINDS[a.kind], a.block
-    tiny, tiny_out = np.zeros(1, np.float32), np.zeros(1, np.float32)
-
-    def barrier():
-        c.all_reduce(tiny, out=tiny_out)
-
-    rows = []
-    for size, reps in zip(a.sizes, a.repeats):
-        n = size // 4
-        x = _ar._pattern(n, a.rank)  # i % 7 + rank: per block, every peer's range is 6 (blocks of >= 7 elements)
-        expected = _ar._expected(n, a.world)
-        out = np.zeros_like(x)
-        qbytes = _core.quantized_bytes(n, blk)
-        q_in, q_out = _core.HostBuffer([qbytes], 1), _core.HostBuffer([qbytes], 1)  # uint8, touched below
-
-        def run(mode):
-            if mode == "none":
-                return c.all_reduce(x, out=out, return_info=True)[1]
-            if mode == "quantized":
-                return c.all_reduce(x, out=out, quantization=q, return_info=True)[1]
-            _core.quantize(x.ctypes.data, F32, n, kc, blk, q_in.data)
-            info = c._core.all_reduce(q_in.data, q_out.data, n, F32, 0, 0, kc, blk, 0, 0, x.ctypes.data)
-            _core.dequantize(q_out.data, n, kc, blk, F32, out.ctypes.data, 1)
-            return info
-
-        res = {m: {"seconds": [], "core_seconds": [], "checks": []} for m in MODES}
-        order = list(MODES) if a.first == "none" else list(MODES)[::-1]
-        for m in order:  # untimed warm-up (touches the reused buffers), checked
-            barrier()
-            run(m)
-            res[m]["checks"].append(_check(m, out, expected, a.world))
-        for rep in range(reps):
-            for m in (order if rep % 2 == 0 else order[::-1]):
-                if rep == reps - 1:
-                    out.fill(0)  # a stale result must not pass the check (outside the timing)
-                barrier()
-                t0 = time.perf_counter()
-                info = run(m)
-                res[m]["seconds"].append(time.perf_counter() - t0)
-                res[m]["core_seconds"].append(info.seconds)
-                res[m]["bytes_sent"] = info.bytes_sent
-                if rep == reps - 1:
-                    res[m]["checks"].append(_check(m, out, expected, a.world))
-        rows.append({"bytes": size, **res})
-        del x, expected, out, q_in, q_out
-    c.close()
-    return {"rows": rows}
-
-
-def _check(mode: str, out, expected, world: int) -> dict:
-    """Unquantized: exact. Quantized: within the spec's bound; the sha lets the parent compare the peers."""
-    import numpy as np
-    if mode == "none":
-        return {"ok": bool(np.array_equal(out, expected)), "sha": sha(out)}
-    err = float(np.max(np.abs(out.astype(np.float64) - expected.astype(np.float64))))
-    s = world * 6.0 / 255.0  # sum of the peers' scales in every block (each peer's block spans 6)
-    m = sum(6.0 + r for r in range(world))  # sum of max |x_i|
-    bound = (world - 0.5) * s + 4 * world * 2.0 ** -24 * m
-    return {"ok": bool(err <= bound), "max_error": err, "bound": bound, "sha": sha(out)}
-
-
-def worker_err(a) -> dict:
-    """Quantized all-reduces of the error data; rank 0 writes each result to a file for the parent."""
-    import numpy as np
-    pa, c = _connect(a)
-    shas, files = {}, {}
-    for ds in a.datasets:
-        x = make_data(ds, a.n, a.rank, a.seed)
-        out = np.empty_like(x)
-        for kind in a.kinds:
-            for block in a.blocks:
-                c.all_reduce(x, out=out, quantization=pa.Quantization(kind=kind, block=block))
-                key = f"{ds}|{kind}|{block}"
-                shas[key] = sha(out)
-                if a.rank == 0:
-                    files[key] = f"{len(files)}.npy"
-                    np.save(Path(a.outdir) / files[key], out)
-    pid = c.peer_id
-    c.close()
-    return {"shas": shas, "files": files, "peer_id": pid}
-
-
-def worker_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="quant.py _worker")
-    ap.add_argument("job", choices=["bw", "err"])
-    ap.add_argument("--rank", type=int, default=0)
-    ap.add_argument("--world", type=int, default=1)
-    ap.add_argument("--master", default="")
-    ap.add_argument("--connections", type=int, default=4)
-    ap.add_argument("--sizes", default="")
-    ap.add_argument("--repeats", default="")
-    ap.add_argument("--kind", default="minmax")
-    ap.add_argument("--block", type=int, default=1024)
-    ap.add_argument("--first", default="none")
-    ap.add_argument("--n", type=int, default=0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--datasets", default="")
-    ap.add_argument("--kinds", default="")
-    ap.add_argument("--blocks", default="")
-    ap.add_argument("--outdir", default="")
-    a = ap.parse_args(argv)
-    a.sizes = [int(s) for s in a.sizes.split(",") if s]
-    a.repeats = [int(s) for s in a.repeats.split(",") if s]
-    a.datasets = [s for s in a.datasets.split(",") if s]
-    a.kinds = [s for s in a.kinds.split(",") if s]
-    a.blocks = [int(s) for s in a.blocks.split(",") if s]
-    _procs.report(worker_bw(a) if a.job == "bw" else worker_err(a))
-    return 0
-
-
-def run_peers(world: int, args: list[str], timeout: float) -> list[dict]:
-    import pccl_arrays as pa
-    m = pa.Master("127.0.0.1:0").start()
-    try:
-        argvs = [[__file__, "_worker", *args, "--master", m.address, "--rank", str(r), "--world", str(world)]
-                 for r in range(world)]
-        return _procs.run_group(argvs, timeout)
-    finally:
-        m.stop()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -688,8 +463,6 @@ def evaluate_goals(doc: dict) -> list[dict]:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "_worker":
-        return worker_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 peers, few repeats (CI smoke test)")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS, help="what to run (default: all)")

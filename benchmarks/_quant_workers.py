@@ -1,0 +1,191 @@
+"""The peer processes of benchmarks/quant.py: the bandwidth worker (unquantized, quantized and the reused-buffer
+diagnostic, rotating) and the error worker, the data they reduce, and how the parent starts a group of them.
+Each worker is `python _quant_workers.py _worker JOB ...` and reports one JSON result (_procs.py)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+import _common
+import _procs
+
+F32 = 10  # pccl_arrays dtype code of float32 (pccl_arrays/dtypes.py)
+KINDS = {"minmax": 1, "zeropoint": 2}
+
+DATASETS = {
+    "gauss+outliers": "N(0, 1) float32, plus 16 outliers per peer at random positions, +-U(20, 50)",
+    "gauss": "N(0, 1) float32",
+}
+
+
+def sha(a) -> str:
+    return hashlib.sha256(memoryview(a).cast("B")).hexdigest()[:16]
+
+
+def make_data(dataset: str, n: int, rank: int, seed: int):
+    """The float32 contribution of one peer, the same in every process for the same (dataset, n, rank, seed)."""
+    import numpy as np
+    rng = np.random.default_rng([seed, rank, list(DATASETS).index(dataset)])
+    x = rng.standard_normal(n, dtype=np.float32)
+    if dataset == "gauss+outliers":
+        k = 16
+        pos = rng.choice(n, size=k, replace=False)
+        x[pos] = (rng.uniform(20, 50, size=k) * rng.choice([-1.0, 1.0], size=k)).astype(np.float32)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# workers (each in its own process: `python quant.py _worker KIND ...`)
+def _connect(a):
+    import pccl_arrays as pa
+    c = pa.Communicator(a.master, connections=a.connections, listen="127.0.0.1:0")
+    c.connect(timeout=120)
+    while c.world_size < a.world:
+        c.update_topology()
+    return pa, c
+
+
+MODES = ("none", "quantized", "reused")  # "reused": diagnostic, see worker_bw
+
+
+def worker_bw(a) -> dict:
+    """All-reduces of each size in three modes, rotating repeat by repeat (ABC, CBA, ...):
+
+    - none: ``all_reduce(x, out=y)``;
+    - quantized: ``all_reduce(x, out=y, quantization=Quantization(kind, block))``, the public API;
+    - reused (diagnostic): the same host path as the API (``_core.quantize``, the core's quantized ring,
+      ``_core.dequantize``) with its two quantized buffers allocated once per size instead of per call; it must
+      give the same bytes as ``quantized``. The difference shows what the per-call allocation costs.
+    """
+    import numpy as np
+    from pccl_arrays import _core
+    pa, c = _connect(a)
+    q = pa.Quantization(kind=a.kind, block=a.block)
+    kc, blk = KINDS[a.kind], a.block
+    tiny, tiny_out = np.zeros(1, np.float32), np.zeros(1, np.float32)
+
+    def barrier():
+        c.all_reduce(tiny, out=tiny_out)
+
+    rows = []
+    for size, reps in zip(a.sizes, a.repeats):
+        n = size // 4
+        x = _common.pattern(n, a.rank)  # i % 7 + rank: per block, every peer's range is 6 (blocks of >= 7 elements)
+        expected = _common.expected_sum(n, a.world)
+        out = np.zeros_like(x)
+        qbytes = _core.quantized_bytes(n, blk)
+        q_in, q_out = _core.HostBuffer([qbytes], 1), _core.HostBuffer([qbytes], 1)  # uint8, touched below
+
+        def run(mode):
+            if mode == "none":
+                return c.all_reduce(x, out=out, return_info=True)[1]
+            if mode == "quantized":
+                return c.all_reduce(x, out=out, quantization=q, return_info=True)[1]
+            _core.quantize(x.ctypes.data, F32, n, kc, blk, q_in.data)
+            info = c._core.all_reduce(q_in.data, q_out.data, n, F32, 0, 0, kc, blk, 0, 0, x.ctypes.data)
+            _core.dequantize(q_out.data, n, kc, blk, F32, out.ctypes.data, 1)
+            return info
+
+        res = {m: {"seconds": [], "core_seconds": [], "checks": []} for m in MODES}
+        order = list(MODES) if a.first == "none" else list(MODES)[::-1]
+        for m in order:  # untimed warm-up (touches the reused buffers), checked
+            barrier()
+            run(m)
+            res[m]["checks"].append(_check(m, out, expected, a.world))
+        for rep in range(reps):
+            for m in (order if rep % 2 == 0 else order[::-1]):
+                if rep == reps - 1:
+                    out.fill(0)  # a stale result must not pass the check (outside the timing)
+                barrier()
+                t0 = time.perf_counter()
+                info = run(m)
+                res[m]["seconds"].append(time.perf_counter() - t0)
+                res[m]["core_seconds"].append(info.seconds)
+                res[m]["bytes_sent"] = info.bytes_sent
+                if rep == reps - 1:
+                    res[m]["checks"].append(_check(m, out, expected, a.world))
+        rows.append({"bytes": size, **res})
+        del x, expected, out, q_in, q_out
+    c.close()
+    return {"rows": rows}
+
+
+def _check(mode: str, out, expected, world: int) -> dict:
+    """Unquantized: exact. Quantized: within the spec's bound; the sha lets the parent compare the peers."""
+    import numpy as np
+    if mode == "none":
+        return {"ok": bool(np.array_equal(out, expected)), "sha": sha(out)}
+    err = float(np.max(np.abs(out.astype(np.float64) - expected.astype(np.float64))))
+    s = world * 6.0 / 255.0  # sum of the peers' scales in every block (each peer's block spans 6)
+    m = sum(6.0 + r for r in range(world))  # sum of max |x_i|
+    bound = (world - 0.5) * s + 4 * world * 2.0 ** -24 * m
+    return {"ok": bool(err <= bound), "max_error": err, "bound": bound, "sha": sha(out)}
+
+
+def worker_err(a) -> dict:
+    """Quantized all-reduces of the error data; rank 0 writes each result to a file for the parent."""
+    import numpy as np
+    pa, c = _connect(a)
+    shas, files = {}, {}
+    for ds in a.datasets:
+        x = make_data(ds, a.n, a.rank, a.seed)
+        out = np.empty_like(x)
+        for kind in a.kinds:
+            for block in a.blocks:
+                c.all_reduce(x, out=out, quantization=pa.Quantization(kind=kind, block=block))
+                key = f"{ds}|{kind}|{block}"
+                shas[key] = sha(out)
+                if a.rank == 0:
+                    files[key] = f"{len(files)}.npy"
+                    np.save(Path(a.outdir) / files[key], out)
+    pid = c.peer_id
+    c.close()
+    return {"shas": shas, "files": files, "peer_id": pid}
+
+
+def worker_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="_quant_workers.py _worker")
+    ap.add_argument("job", choices=["bw", "err"])
+    ap.add_argument("--rank", type=int, default=0)
+    ap.add_argument("--world", type=int, default=1)
+    ap.add_argument("--master", default="")
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--sizes", default="")
+    ap.add_argument("--repeats", default="")
+    ap.add_argument("--kind", default="minmax")
+    ap.add_argument("--block", type=int, default=1024)
+    ap.add_argument("--first", default="none")
+    ap.add_argument("--n", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--datasets", default="")
+    ap.add_argument("--kinds", default="")
+    ap.add_argument("--blocks", default="")
+    ap.add_argument("--outdir", default="")
+    a = ap.parse_args(argv)
+    a.sizes = [int(s) for s in a.sizes.split(",") if s]
+    a.repeats = [int(s) for s in a.repeats.split(",") if s]
+    a.datasets = [s for s in a.datasets.split(",") if s]
+    a.kinds = [s for s in a.kinds.split(",") if s]
+    a.blocks = [int(s) for s in a.blocks.split(",") if s]
+    _procs.report(worker_bw(a) if a.job == "bw" else worker_err(a))
+    return 0
+
+
+def run_peers(world: int, args: list[str], timeout: float) -> list[dict]:
+    import pccl_arrays as pa
+    m = pa.Master("127.0.0.1:0").start()
+    try:
+        argvs = [[__file__, "_worker", *args, "--master", m.address, "--rank", str(r), "--world", str(world)]
+                 for r in range(world)]
+        return _procs.run_group(argvs, timeout)
+    finally:
+        m.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_worker":
+        sys.exit(worker_main(sys.argv[2:]))
