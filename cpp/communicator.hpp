@@ -1,5 +1,6 @@
 // One peer's handle on the job: its link to the master (HELLO, heartbeats, votes, operation agreement and
-// commit), its connection pool, and the all-reduce entry point.
+// commit), its connection pool, and the all-reduce entry point. communicator.cpp holds the link, membership and
+// the two-phase end; all_reduce.cpp the life of an all-reduce; state_sync.cpp the shared-state sync.
 //
 // Many all-reduces may run at once (from different threads, with distinct tags); the master gives each running
 // one a connection slot of its own, so they never share a connection.

@@ -1,0 +1,191 @@
+// The life of one all-reduce on a peer (communicator.hpp has the overview): the arguments checked, the units
+// the ring moves, the descriptor every peer must announce alike, OP_START and the wait for OP_GO, the slot's
+// resources, the stripes of the ring, and the two-phase end (settle, in communicator.cpp, shared with syncs).
+#include <algorithm>
+#include <cstring>
+
+#include "communicator.hpp"
+#include "reduce.hpp"
+
+namespace pccl {
+
+using wire::MsgType;
+
+// How a reduce-scatter step folds our own contribution into what arrived: element-wise, or for quantized
+// blocks by decoding, adding (our exact input when we have it, else our own decoded blocks) and re-quantizing.
+static Fold make_fold(DType dtype, ReduceOp op, const QuantConfig& quant, uint64_t count, uint64_t op_id,
+                      const void* exact) {
+    if (!quant.enabled())
+        return [dtype, op](uint8_t* acc, const uint8_t* own, size_t, size_t n, uint32_t) { reduce_into(dtype, op, acc, own, n); };
+    if (exact) {
+        const auto* x = static_cast<const uint8_t*>(exact);
+        const size_t stride = size_t(quant.block) * dtype_size(dtype);
+        return [=](uint8_t* acc, const uint8_t*, size_t first, size_t n, uint32_t step) {
+            reduce_hop_exact(acc, x + first * stride, dtype, first, n, count, quant, op_id, step);
+        };
+    }
+    return [=](uint8_t* acc, const uint8_t* own, size_t first, size_t n, uint32_t step) {
+        reduce_hop(acc, own, first, n, count, quant, op_id, step);
+    };
+}
+
+// Arguments the core refuses before anything is sent.
+static void check_call(DType dtype, ReduceOp op, const QuantConfig& quant, const void* input, const void* output,
+                       const CallOptions& options) {
+    if (options.shape.size() > wire::kMaxDims)
+        throw CoreError(ErrorKind::kInvalidArgument, "at most " + std::to_string(wire::kMaxDims) + " dimensions");
+    if (options.structure_text.size() > wire::kMaxString)
+        throw CoreError(ErrorKind::kInvalidArgument, "the structure summary is longer than 4096 bytes");
+    if (uint8_t(dtype) >= kDTypeCount) throw CoreError(ErrorKind::kInvalidArgument, "unknown dtype code");
+    if (uint8_t(op) >= kReduceOpCount) throw CoreError(ErrorKind::kInvalidArgument, "unknown reduce op code");
+    if (op == ReduceOp::kAvg && !dtype_is_float(dtype))
+        throw CoreError(ErrorKind::kInvalidArgument,
+                        std::string("avg is defined for floating dtypes only, not ") + dtype_name(dtype) + "; use sum");
+    if (!quant.enabled()) return;
+    check_quant_config(quant);
+    if (!dtype_is_float(dtype) || (op != ReduceOp::kSum && op != ReduceOp::kAvg))
+        throw CoreError(ErrorKind::kInvalidArgument, "quantized all-reduce is for sum and avg of floating dtypes");
+    if (input == output) throw CoreError(ErrorKind::kInvalidArgument, "quantized buffers must be distinct");
+}
+
+// What the ring moves: elements, or whole quantized blocks.
+static RingPlan ring_units(uint64_t count, DType dtype, const QuantConfig& quant) {
+    RingPlan plan;
+    if (quant.enabled()) {
+        plan.units = quant_blocks(count, quant.block);
+        plan.unit_bytes = quant.block + kQuantHeader;
+        plan.last_unit_bytes = (count % quant.block ? count % quant.block : quant.block) + kQuantHeader;
+    } else {
+        plan.units = count;
+        plan.unit_bytes = plan.last_unit_bytes = dtype_size(dtype);
+    }
+    return plan;
+}
+
+// What every peer of the operation must announce identically.
+static wire::OpDesc descriptor_of(uint64_t count, DType dtype, ReduceOp op, const QuantConfig& quant,
+                                  const CallOptions& options) {
+    wire::OpDesc desc{count, uint8_t(dtype), uint8_t(op), uint8_t(quant.kind), 0, 0, 0};
+    if (quant.enabled()) {
+        desc.qblock = quant.block;
+        desc.qround = uint8_t(quant.rounding);
+        desc.qseed = quant.seed;
+    }
+    desc.shape = options.shape.empty() ? std::vector<uint64_t>{count} : options.shape;
+    desc.structure = options.structure;
+    desc.structure_text = options.structure_text;
+    return desc;
+}
+
+Communicator::InFlightCall::InFlightCall(Communicator* c, uint64_t tag) : c_(c), tag_(tag) {
+    std::lock_guard<std::mutex> g(c_->mu_);
+    if (c_->syncing_) throw CoreError(ErrorKind::kState, "all_reduce() while sync_shared_state() runs on this peer");
+    if (!c_->tags_in_flight_.insert(tag).second)
+        throw CoreError(ErrorKind::kInvalidArgument,
+                        "tag " + std::to_string(tag) + " is already in flight on this communicator: use distinct tags");
+    c_->in_flight_++;
+}
+
+Communicator::InFlightCall::~InFlightCall() {
+    std::lock_guard<std::mutex> g(c_->mu_);
+    c_->tags_in_flight_.erase(tag_);
+    c_->in_flight_--;
+    c_->cv_.notify_all();
+}
+
+wire::OpGo Communicator::start_op(uint64_t tag, const wire::OpDesc& desc, double timeout) {
+    const uint32_t ms = timeout_ms(timeout);
+    send_master(MsgType::kOpStart, wire::OpStart{tag, desc, ms, cfg_.min_world});
+    Frame f = wait_frame(
+        [tag](const Frame& f) {
+            if (f.type == uint16_t(MsgType::kOpGo)) return wire::decode_payload<wire::OpGo>(f.payload).tag == tag;
+            if (f.type == uint16_t(MsgType::kOpReject)) return wire::decode_payload<wire::OpReject>(f.payload).tag == tag;
+            return false;
+        },
+        ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1, "the other peers to start the all-reduce");
+    if (f.type == uint16_t(MsgType::kOpReject)) {
+        auto r = wire::decode_payload<wire::OpReject>(f.payload);
+        throw CoreError(ErrorKind(r.kind), r.reason);
+    }
+    auto go = wire::decode_payload<wire::OpGo>(f.payload);
+    group_world_size_ = uint32_t(go.ring.size());
+    return go;
+}
+
+Communicator::SlotResources& Communicator::slot_resources(uint32_t slot) {
+    std::lock_guard<std::mutex> g(mu_);
+    auto& r = slots_[slot];
+    if (!r) r = std::make_unique<SlotResources>();
+    return *r;
+}
+
+uint8_t* Communicator::SlotResources::scratch_for(size_t bytes) {
+    if (scratch_bytes < bytes) {
+        scratch.reset(new uint8_t[bytes]);
+        scratch_bytes = bytes;
+    }
+    return scratch.get();
+}
+
+OpInfo Communicator::run_ring(RingPlan plan, const wire::OpGo& go, const Fold& fold, const void* input, uint8_t* result,
+                              OpControl& ctl, SlotResources& res) {
+    const uint32_t world = uint32_t(go.ring.size());
+    auto me = std::find_if(go.ring.begin(), go.ring.end(), [this](const wire::PeerInfo& p) { return p.id == peer_id_; });
+    if (me == go.ring.end()) throw CoreError(ErrorKind::kProtocol, "the master started an operation without this peer");
+    const uint32_t rank = uint32_t(me - go.ring.begin());
+    const size_t total_bytes = plan.byte_len(0, plan.units);
+    OpInfo info;
+    info.op_id = go.op_id;
+    info.world_size = world;
+    info.stripes = stripes_for(total_bytes, go.stripes);
+    if (world == 1) {
+        if (total_bytes) std::memcpy(result, input, total_bytes);
+        return info;
+    }
+    plan.world = world;
+    plan.rank = rank;
+    plan.stripes = info.stripes;
+    plan.piece_bytes = cfg_.piece_bytes;
+    RingLinks links{&pool_, go.slot, go.ring[(rank + 1) % world], go.ring[(rank + world - 1) % world],
+                    cfg_.connect_timeout, cfg_.data_timeout};
+    std::vector<StripeBytes> bytes(info.stripes);
+    const auto* in = static_cast<const uint8_t*>(input);
+    res.workers.run(info.stripes, [&](uint32_t j) { run_stripe(plan, j, fold, in, result, links, ctl, &bytes[j]); });
+    for (const auto& b : bytes) {
+        info.bytes_sent += b.sent;
+        info.bytes_received += b.received;
+    }
+    return info;
+}
+
+OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
+                                const QuantConfig& quant, const void* exact, const CallOptions& options) {
+    check_call(dtype, op, quant, input, output, options);
+    require_accepted();
+    InFlightCall in_flight(this, tag);
+    const double t0 = net::now_seconds();
+    const RingPlan plan = ring_units(count, dtype, quant);
+    const size_t total_bytes = plan.byte_len(0, plan.units);
+    const auto go = start_op(tag, descriptor_of(count, dtype, op, quant, options), options.timeout);
+
+    OpControl ctl(go.op_id);
+    SlotResources& res = slot_resources(go.slot);
+    track(ctl);
+    // The master may hand this slot to our next operation as soon as it commits this one, while we still copy
+    // the result out of the slot's scratch: the next one waits here for that copy.
+    std::unique_lock<std::mutex> slot_lock(res.mu);
+    // In place, the input stays intact until the commit: the result goes to the slot's scratch first.
+    uint8_t* result = output == input && total_bytes ? res.scratch_for(total_bytes) : static_cast<uint8_t*>(output);
+    OpInfo info = run_ring(plan, go, make_fold(dtype, op, quant, count, go.op_id, exact), input, result, ctl, res);
+    untrack(ctl);
+    ErrorKind kind;
+    std::string why;
+    if (op == ReduceOp::kAvg && count && !quant.enabled() && !ctl.failed(&kind, &why))
+        finalize_avg(dtype, result, count, info.world_size);
+    settle(ctl, go.slot);
+    if (result != output && total_bytes) std::memcpy(output, result, total_bytes);
+    info.seconds = net::now_seconds() - t0;
+    return info;
+}
+
+}  // namespace pccl
