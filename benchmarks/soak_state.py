@@ -6,7 +6,7 @@
 
 Peers run pccl_arrays.testing_state.state_loop (update_topology, sync_shared_state, async all-reduce overlapping
 Python work, deterministic update) while a seeded schedule kills (SIGKILL), stalls (SIGSTOP past the master's
-deadline) and spawns peers. The run is checked exactly as tests/test_churn_state.py checks it (identical state
+deadline) and spawns peers. The run is checked exactly as tests/test_state_churn.py checks it (identical state
 hash at every revision on every peer, exact results only, 0 bytes of state for peers that stayed, no hang) and
 reports throughput, how fast newcomers caught up, and what state syncs cost. Every peer shares this machine's
 cores, so absolute rates say more about the machine than about the library; the checks are what matters.

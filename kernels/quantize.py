@@ -4,7 +4,7 @@ How this works: one program quantizes one block. A first pass over the block's e
 finds lo and hi and whether any element is NaN or infinite; the program then computes the block's scale (and,
 for zeropoint, its zero), writes the 8-byte header p0, p1, and a second pass writes one code per element.
 Everything is float32 arithmetic with one rounding per operation, exactly as the spec spells it out, so the
-bytes equal those of the C++ host kernels and the NumPy reference (tests/quant_reference.py):
+bytes equal those of the C++ host kernels and the NumPy reference (tests/helpers/quant_reference.py):
 
 - division is `tl.math.div_rn` (PTX div.rn.f32), never `/`, which Triton 3.9 lowers to the approximate
   div.full.f32 (up to 2 ulp) on NVIDIA GPUs;

@@ -93,7 +93,7 @@ _BY_KIND = {
 }
 
 
-# Kept in step with the core's table (_core.CODES["error_kind"]) by tests/test_wire.py.
+# Kept in step with the core's table (_core.CODES["error_kind"]) by tests/test_protocol_wire.py.
 
 
 def error_class(kind: str) -> type[PCCLError]:

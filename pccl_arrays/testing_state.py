@@ -111,7 +111,7 @@ def state_loop(ctx) -> dict:
 
 
 def check_state_run(h, schedule, catch_up_s: float = 8.0) -> dict:
-    """The assertions of the shared-state churn test (tests/test_churn_state.py) and the soak benchmark
+    """The assertions of the shared-state churn test (tests/test_state_churn.py) and the soak benchmark
     (benchmarks/soak_state.py) over a finished Harness run of :func:`state_loop`; returns figures."""
     results = h.results()
     killed = {e.target for e in schedule.events if e.action == "kill"}

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))  # procs, scenarios, data, references
 
 # Without a GPU, Triton kernels can only run in its interpreter, which must be chosen before any kernel is
 # decorated (peer processes inherit this too).

@@ -16,7 +16,7 @@ import pccl_arrays as pa
 from pccl_arrays import errors
 
 
-def run_peers(master, n, fn, **kw):  # also used by test_frameworks.py
+def run_peers(master, n, fn, **kw):  # also used by test_arrays_frameworks.py
     """Connects n communicators (threads), runs fn(rank, comm) on each, returns the results in rank order."""
     comms = [pa.Communicator(master.address, connections=2, **kw) for _ in range(n)]
     results, failures = [None] * n, []

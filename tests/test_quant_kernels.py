@@ -1,5 +1,5 @@
 """The C++ quantization kernels produce exactly the bytes and floats of the NumPy reference of
-docs/quantization.md (tests/quant_reference.py), which the Triton kernels are held to as well."""
+docs/quantization.md (tests/helpers/quant_reference.py), which the Triton kernels are held to as well."""
 
 from __future__ import annotations
 

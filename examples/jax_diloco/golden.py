@@ -1,5 +1,5 @@
 """A short deterministic single-process DiLoCo trajectory, the golden fixture that locks the numerics of the
-outer step (tests/test_diloco_example.py compares against it).
+outer step (tests/test_example_diloco.py compares against it).
 
     python golden.py              # print the trajectory
     python golden.py --regenerate # rewrite tests/golden/diloco_trajectory.json (after an intended change)

@@ -1,6 +1,6 @@
 """Shared state with bit parity: elections, revisions, strategies, dirty-entry transfers striped over every
 holder, newcomers that never win, layout mismatches and refusals, against a real master with peers in threads.
-Process-level failures (a holder killed mid-transfer) are in test_shared_state_failures.py."""
+Process-level failures (a holder killed mid-transfer) are in test_state_failures.py."""
 
 from __future__ import annotations
 
@@ -371,7 +371,7 @@ def test_shared_state_refuses_bad_input():
 
 @pytest.mark.timeout(60)
 def test_device_entries_are_hashed_through_host_staging_and_written_back_in_place(master, monkeypatch):
-    from test_frameworks import _FakeCudaArray, install_fake_cupy
+    from test_arrays_frameworks import _FakeCudaArray, install_fake_cupy
 
     install_fake_cupy(monkeypatch)
 

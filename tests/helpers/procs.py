@@ -1,8 +1,8 @@
 """Runs real peer processes for multi-process tests.
 
 A test starts a master (in this process, or as a `pccl-arrays master` subprocess when it must be killed), then
-peers with :func:`spawn`: each peer is `python tests/peer_main.py SCENARIO ...`, which connects to the master,
-waits until the group has the expected size, runs one function of tests/scenarios.py and writes what it saw to
+peers with :func:`spawn`: each peer is `python tests/helpers/peer_main.py SCENARIO ...`, which connects to the master,
+waits until the group has the expected size, runs one function of tests/helpers/scenarios.py and writes what it saw to
 ``OUT/rank{R}.json`` (+ ``.npz`` for arrays). Peers print ``EVENT name`` lines that a test can wait for, so
 nothing depends on sleeping "long enough".
 """

@@ -187,7 +187,7 @@ def _probe(framework: str, n: int) -> dict:
     import sys
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent / "helpers"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     out = subprocess.run([sys.executable, str(here / "memory_probe.py"), framework, str(n)], capture_output=True,
                          text=True, timeout=120, env=env)

@@ -9,7 +9,7 @@ import pytest
 
 from pccl_arrays.testing import Harness, Schedule
 from pccl_arrays.testing_state import check_state_run
-from test_churn import CATCH_UP_S, EXIT_BOUND_S, PEER_TIMEOUT
+from test_faults_churn import CATCH_UP_S, EXIT_BOUND_S, PEER_TIMEOUT
 
 SCHEDULE = dict(seed=3, duration=62.0, initial=5, min_peers=4, max_peers=6, kill_rate=0.12, stall_rate=0.05,
                 spawn_rate=0.12, min_gap=4.0, stall_s=3.0, start=3.0)

@@ -1,4 +1,4 @@
-"""Run as a script by test_frameworks.py: two peers (threads) all-reduce large arrays of one framework and
+"""Run as a script by test_arrays_frameworks.py: two peers (threads) all-reduce large arrays of one framework and
 report how much the process's peak resident memory grew during each operation (Linux /proc)."""
 
 from __future__ import annotations

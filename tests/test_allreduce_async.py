@@ -115,7 +115,7 @@ def test_automatic_tags_agree_with_a_newcomer_after_update_topology(master):
     counter matches the old peers' (without the restart their next async all-reduces would wait for each other
     forever)."""
     import pccl_arrays as pa
-    from test_shared_state import admit, collective
+    from test_state_sync import admit, collective
 
     a = pa.Communicator(master.address, connections=2).connect(timeout=20)
     b = admit([a], master.address)

@@ -1,4 +1,4 @@
-"""Peer processes for the user-contract tests (test_contract_*.py): the README's loop run verbatim under churn,
+"""Peer processes for the user-contract tests (tests/test_contract_*.py): the README's loop run verbatim under churn,
 trees across peers with and without JAX imported, waits that time out, Ctrl-C, a minimum world, lost state and
 an unreachable newcomer. See procs.py for how they are started and how results come back."""
 
@@ -20,7 +20,7 @@ import pccl_arrays as pa
 from pccl_arrays import errors
 from scenarios import Context
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_loop_code() -> str:
