@@ -12,8 +12,10 @@ A :class:`Schedule` is a list of ``(t_seconds, action, target)`` events, ``actio
 The harness stops the job by creating ``OUT/STOP``; :func:`allreduce_loop` peers agree on it inside an
 all-reduce, so they all stop at the same step.
 
-No orphans: every child gets ``PR_SET_PDEATHSIG=SIGKILL`` (Linux; it dies with the thread that spawned it), the
-context manager SIGKILLs every child on exit (stalled ones included), and an ``atexit`` hook does the same.
+No orphans: every child sets ``PR_SET_PDEATHSIG=SIGKILL`` first thing (Linux; it dies with the thread that
+spawned it, and exits at once if that is already gone), the context manager SIGKILLs every child on exit
+(stalled ones included), and an ``atexit`` hook does the same. Children are started without a ``preexec_fn``:
+running Python between fork and exec can deadlock when the parent has threads (JAX, for one).
 """
 
 from __future__ import annotations
@@ -104,7 +106,10 @@ class Schedule:
 
 
 # -- the harness ----------------------------------------------------------------------------------------------------
-def _pdeathsig() -> None:  # runs in the child between fork and exec
+_PARENT_ENV = "PCCL_ARRAYS_TESTING_PARENT"
+
+
+def _pdeathsig() -> None:  # runs first in the child
     try:
         import ctypes
 
@@ -147,7 +152,7 @@ class Harness:
                json.dumps(args), str(self.out)]
         with open(self.out / f"peer{i}.log", "wb") as log:
             self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             cwd=self.out, preexec_fn=_pdeathsig)
+                                             cwd=self.out, env=dict(os.environ, **{_PARENT_ENV: str(os.getpid())}))
         self._log("spawn", i)
         return i
 
@@ -428,6 +433,9 @@ def allreduce_loop(ctx: PeerContext) -> dict:
 
 def _main(argv: list[str]) -> int:
     """``python -m pccl_arrays.testing TARGET MASTER INDEX ARGS_JSON OUT_DIR``: runs one peer."""
+    _pdeathsig()
+    if os.environ.get(_PARENT_ENV) and os.getppid() != int(os.environ[_PARENT_ENV]):
+        return 1  # the harness died before we could ask to die with it
     target, master, index, args, out = argv
     ctx = PeerContext(master, int(index), json.loads(args), Path(out))
     module, _, func = target.partition(":")
