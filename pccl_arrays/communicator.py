@@ -170,13 +170,15 @@ class Communicator:
         CommunicatorStateError (in their threads, or from their handles); to the other peers this peer is lost.
         """
         self._core.close()
-        self._concurrency.shutdown()
-        _in_flight.untrack_open(self)
+        self._after_leaving()
 
     def _abandon(self, why: str) -> None:
         """Leaves the job after a KeyboardInterrupt outside the core (in ``handle.wait()``)."""
         self._core.abandon(why)
-        self._concurrency.shutdown()
+        self._after_leaving()
+
+    def _after_leaving(self) -> None:
+        self._concurrency.shutdown()  # the operations in flight have already been stopped by the core
         _in_flight.untrack_open(self)
 
     def __enter__(self) -> "Communicator":
@@ -257,7 +259,7 @@ class Communicator:
         """
         fw = arrays.framework_of(x)
         name = arrays.dtype_name_of(x)
-        call = _CallArgs(tuple(int(d) for d in x.shape), _timeout_arg(timeout)).core
+        call = _call_args(x.shape, timeout)
         dcode, ocode = dtype_code(name), op_code(op, name)
         if not isinstance(tag, int) or not 0 <= tag < 2**64:
             raise InvalidArgumentError(f"tag must be an int in [0, 2**64), not {tag!r}")
@@ -352,20 +354,17 @@ class Communicator:
         """All-reduces one core-owned host buffer into another (used by all_reduce_tree); ``structure`` is the
         tree's (fingerprint, summary)."""
         info = self._core.all_reduce(src.data, dst.data, int(np.prod(src.shape, dtype=np.int64)), dtype_code(name),
-                                     op_code(op, name), tag, shape=list(src.shape), structure=structure[0],
-                                     structure_text=structure[1], timeout=_timeout_arg(timeout))
-        self.last_info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
-                                       info.stripes, info.op_id)
+                                     op_code(op, name), tag, structure=structure[0], structure_text=structure[1],
+                                     **_call_args(src.shape, timeout))
+        self._finish(None, info, False)
 
 
-class _CallArgs:
+def _call_args(shape, timeout: Optional[float]) -> dict:
     """What every all-reduce call hands the core besides its buffers: the shape the peers must agree on, and
     how long to wait for them to start."""
-
-    def __init__(self, shape: tuple, timeout: float):
-        if len(shape) > 32:
-            raise InvalidArgumentError(f"arrays of at most 32 dimensions, not {len(shape)}")
-        self.core = {"shape": list(shape), "timeout": timeout}
+    if len(shape) > 32:
+        raise InvalidArgumentError(f"arrays of at most 32 dimensions, not {len(shape)}")
+    return {"shape": [int(d) for d in shape], "timeout": _timeout_arg(timeout)}
 
 
 def _seconds(value: Any, name: str) -> float:
