@@ -13,10 +13,8 @@ Both paths produce the same bytes and the same decoded floats, so peers on eithe
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional, Union
 
 from . import _core, arrays
@@ -136,26 +134,13 @@ def device_all_reduce(comm: Any, x: Any, fw: str, dcode: int, ocode: int, op: st
     return result, info
 
 
-_kernels = None
-
-
 def kernels():
-    """The Triton kernels: ``pccl_arrays.kernels`` when installed, else ``kernels/`` of a source checkout."""
-    global _kernels
-    if _kernels is None:
-        try:
-            from . import kernels as k  # installed next to this file by the wheel
-        except ImportError:
-            src = Path(__file__).resolve().parent.parent / "kernels" / "__init__.py"
-            if not src.exists():
-                raise InvalidArgumentError("the Triton kernels are not installed with this pccl_arrays") from None
-            spec = importlib.util.spec_from_file_location("pccl_arrays.kernels", src,
-                                                          submodule_search_locations=[str(src.parent)])
-            k = importlib.util.module_from_spec(spec)
-            sys.modules["pccl_arrays.kernels"] = k
-            spec.loader.exec_module(k)
-        _kernels = k
-    return _kernels
+    """The Triton kernels, ``pccl_arrays.kernels`` (``kernels/`` of the source tree, mapped there by the wheel)."""
+    try:
+        from . import kernels as k
+    except ImportError as e:
+        raise InvalidArgumentError(f"the Triton kernels cannot be imported: {e}") from None
+    return k
 
 
 def as_device_tensor(x: Any, framework: str):

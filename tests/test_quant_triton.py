@@ -26,7 +26,7 @@ F32 = np.float32
 
 def _load_kernels():
     """(kernels, torch, why-not). Without CUDA the interpreter is switched on first: triton picks compiled or
-    interpreted kernels when @triton.jit decorates them, as kernels/ is imported."""
+    interpreted kernels when @triton.jit decorates them, as pccl_arrays.kernels is imported."""
     try:
         import torch
     except ImportError:
@@ -37,10 +37,7 @@ def _load_kernels():
         import triton  # noqa: F401
     except ImportError:
         return None, torch, "triton is not installed (pip install triton)"
-    root = str(Path(__file__).resolve().parent.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    import kernels
+    from pccl_arrays import kernels
 
     if not kernels.available():
         return None, torch, ("no CUDA device, and the Triton kernels were imported before TRITON_INTERPRET=1 "
@@ -538,8 +535,8 @@ import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import kernels
-quantize, dequantize = sys.modules["kernels.quantize"], sys.modules["kernels.dequantize"]
+import pccl_arrays.kernels
+quantize, dequantize = sys.modules["pccl_arrays.kernels.quantize"], sys.modules["pccl_arrays.kernels.dequantize"]
 
 def ptx(kernel, signature, constexprs):
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
@@ -569,11 +566,10 @@ def test_kernels_compile_to_correctly_rounded_ptx():
     import json
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    run = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=300)
+    # From the tests' folder, so that the installed package is imported, not the checkout's unbuilt one.
+    run = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], cwd=Path(__file__).resolve().parent, env=env,
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     ptx = json.loads(run.stdout.strip().splitlines()[-1])
     assert len(ptx) == 16
