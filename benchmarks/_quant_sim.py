@@ -4,10 +4,7 @@ the error baseline."""
 
 from __future__ import annotations
 
-
-
-F32 = 10  # pccl_arrays dtype code of float32 (pccl_arrays/dtypes.py)
-HEADER = 8  # bytes of (p0, p1) per block
+from _quant_workers import F32, HEADER
 
 
 def ring_chunks(units: int, world: int) -> list[tuple[int, int]]:

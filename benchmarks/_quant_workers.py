@@ -13,8 +13,10 @@ from pathlib import Path
 import _common
 import _procs
 
-F32 = 10  # pccl_arrays dtype code of float32 (pccl_arrays/dtypes.py)
-KINDS = {"minmax": 1, "zeropoint": 2}
+_core = _common.import_pccl_arrays()._core
+F32 = _core.CODES["dtype"]["float32"]
+KINDS = {name: code for name, code in _core.CODES["quant_kind"].items() if name != "none"}
+HEADER = _core.quantized_bytes(1, 1) - 1  # bytes of (p0, p1) per block
 
 DATASETS = {
     "gauss+outliers": "N(0, 1) float32, plus 16 outliers per peer at random positions, +-U(20, 50)",

@@ -215,7 +215,7 @@ def measure_loopback(total: int, rounds: int, streams: int, chunk: int, timeout:
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(streams)
     port = lsock.getsockname()[1]
-    group = _procs.Group([[__file__, "_worker", "tcpsend", "--port", str(port), "--bytes", str(total),
+    group = _procs.group([[__file__, "_worker", "tcpsend", "--port", str(port), "--bytes", str(total),
                            "--chunk", str(chunk), "--streams", str(streams), "--rounds", str(rounds)]])
     conns, errors = [], []
     try:
@@ -226,7 +226,7 @@ def measure_loopback(total: int, rounds: int, streams: int, chunk: int, timeout:
                 conn, _addr = lsock.accept()
             except socket.timeout:
                 if group.procs[0].poll() is not None or time.monotonic() > deadline:
-                    group.wait(0)  # raises with the sender's stderr
+                    group.wait(0)  # raises with the sender's output
                     raise RuntimeError("the loopback sender did not connect")
                 continue
             conn.settimeout(timeout)
@@ -256,7 +256,7 @@ def measure_loopback(total: int, rounds: int, streams: int, chunk: int, timeout:
         if errors:
             raise RuntimeError(f"loopback receiver failed: {errors}")
     finally:
-        group.kill()
+        group.close()
         for c in conns:
             c.close()
         lsock.close()

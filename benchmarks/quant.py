@@ -65,12 +65,11 @@ sys.path.insert(0, str(HERE))
 from _quant_sim import error_stats, find_ring_order, simulate_baseline, simulate_ours  # noqa: E402
 import _common  # noqa: E402
 from _common import CpuMeter, QUIET_WAIT, wait_for_quiet  # noqa: E402
-from _quant_workers import DATASETS, F32, KINDS, MODES, make_data, run_peers  # noqa: E402
+from _quant_workers import DATASETS, F32, HEADER, KINDS, MODES, make_data, run_peers  # noqa: E402
 from _quant_report import print_report  # noqa: E402  (helpers: sizes, spread, machine, pattern data, pccl_arrays import)
 
 KiB, MiB = 1 << 10, 1 << 20
 BLOCKS = [256, 512, 1024, 2048, 4096]
-HEADER = 8  # bytes of (p0, p1) per block
 MAX_OVERHEAD = 0.01  # the goal: metadata <= 1% of the codes
 GOAL_ERROR_RATIO = 0.25  # the goal: error <= 1/4 of the per-chunk baseline's
 GOAL_SPEED_RATIO = 1.0  # the goal: quantized algbw >= unquantized at >= 16 MiB

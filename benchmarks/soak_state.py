@@ -4,7 +4,7 @@
     PYTHONPATH=. python benchmarks/soak_state.py --quick      # 40 s
     PYTHONPATH=. python benchmarks/soak_state.py --minutes 20 --seed 4 --max-peers 8
 
-Peers run pccl_arrays.testing_state.state_loop (update_topology, sync_shared_state, async all-reduce overlapping
+Peers run pccl_arrays.testing.state_loop (update_topology, sync_shared_state, async all-reduce overlapping
 Python work, deterministic update) while a seeded schedule kills (SIGKILL), stalls (SIGSTOP past the master's
 deadline) and spawns peers. The run is checked exactly as tests/test_state_churn.py checks it (identical state
 hash at every revision on every peer, exact results only, 0 bytes of state for peers that stayed, no hang) and
@@ -28,7 +28,7 @@ from _common import print_footer, save_and_report  # noqa: E402
 
 from pccl_arrays import _core  # noqa: E402
 from pccl_arrays.testing import Harness, Schedule  # noqa: E402
-from pccl_arrays.testing_state import check_state_run  # noqa: E402
+from pccl_arrays.testing import check_state_run  # noqa: E402
 
 
 def hash_speed() -> float:
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
            "events": {k: sum(e.action == k for e in schedule.events) for k in ("kill", "stall", "spawn")},
            "schedule": schedule.as_list(), "checks": None, "figures": {}, "goals": [], "errors": [], "notes": []}
     with tempfile.TemporaryDirectory() as tmp:
-        h = Harness({"peer_timeout": 2.0, "handshake_timeout": 2.0}, "pccl_arrays.testing_state:state_loop",
+        h = Harness({"peer_timeout": 2.0, "handshake_timeout": 2.0}, "pccl_arrays.testing:state_loop",
                     {"n": a.n, "busy_ms": 20.0}, tmp)
         try:
             h.start(a.initial)

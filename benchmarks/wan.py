@@ -259,6 +259,7 @@ def main(argv=None) -> int:
     t_start = time.monotonic()
     pa = import_pccl_arrays()
     from pccl_arrays import wan
+    from pccl_arrays.testing import WorkerError
 
     profiles = [wan.profile_of(p) for p in a.profiles.split(",")]
     peers = [int(v) for v in (a.peers or ("2" if a.quick else "2,3,4")).split(",")]
@@ -276,7 +277,7 @@ def main(argv=None) -> int:
         bar.step(f"{p.name} {n} peers k={k}")
         try:
             doc["rows"] += run_config(pa, p, n, k, seconds, repeats)
-        except _procs.WorkerError as e:
+        except WorkerError as e:
             doc["errors"].append(f"{p.name} {n} peers k={k}: {str(e)[:1500]}")
     bar.close()
     evaluate(doc)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import signal
 import sys
@@ -46,6 +45,7 @@ from jax.flatten_util import ravel_pytree
 
 import pccl_arrays as pa
 from pccl_arrays import errors
+from pccl_arrays.testing import ProgressLog, die_with_parent, run_target, write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import task  # noqa: E402
@@ -128,11 +128,10 @@ def _die_mid_allreduce(comm: pa.Communicator) -> None:
 # -- the peer --------------------------------------------------------------------------------------------------------
 def run_peer(a) -> dict:
     out = Path(a.out)
-    progress = open(out / f"peer{a.rank}.progress", "a")
+    progress = ProgressLog(out / f"peer{a.rank}.progress")  # the launcher follows it
 
     def record(**fields):
-        progress.write(json.dumps({"t": time.time(), "rank": a.rank, **fields}) + "\n")
-        progress.flush()
+        progress.write(rank=a.rank, **fields)
 
     params = task.init_params(a.seed)  # a newcomer's values are replaced by the sync
     inner_opt, inner_step = make_inner(a.inner_lr, a.weight_decay)
@@ -290,17 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    if not die_with_parent():  # a launcher's child dies with it; run by hand, this does nothing
+        return 1
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        result = run_peer(a)
-        status = 0
-    except BaseException as e:  # the launcher reports it
-        import traceback
-
-        result = {"rank": a.rank, "error": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
-        status = 1
-    (out / f"peer{a.rank}.json").write_text(json.dumps(result))
+    result, status = run_target(run_peer, a)  # a failure is reported by the launcher
+    write_result(out / f"peer{a.rank}.json", dict(result, rank=a.rank))
     return status
 
 

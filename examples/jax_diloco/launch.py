@@ -23,15 +23,13 @@ import time
 from pathlib import Path
 
 import pccl_arrays as pa
+from pccl_arrays.testing import kill_and_reap, read_progress, read_result, spawn_child
 
 HERE = Path(__file__).resolve().parent
 
 
 def _progress(out: Path, rank: int) -> list[dict]:
-    path = out / f"peer{rank}.progress"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line]
+    return read_progress(out / f"peer{rank}.progress")
 
 
 def run(peers: int = 4, mode: str = "sync", rounds: int = 40, inner_steps: int = 25, quantization: str = "none",
@@ -57,7 +55,7 @@ def run(peers: int = 4, mode: str = "sync", rounds: int = 40, inner_steps: int =
             if rank == kill_rank:
                 args += ["--die-in-round", str(kill_round)]
             log = open(out_dir / f"peer{rank}.log", "wb")
-            procs[rank] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            procs[rank] = spawn_child(args, stdout=log, stderr=subprocess.STDOUT)  # dies with the launcher
 
         for r in range(peers):
             spawn(r, peers)
@@ -69,8 +67,7 @@ def run(peers: int = 4, mode: str = "sync", rounds: int = 40, inner_steps: int =
         deadline = time.time() + timeout
         while any(p.poll() is None for p in procs.values()):
             if time.time() > deadline:
-                for p in procs.values():
-                    p.kill()
+                kill_and_reap(procs.values())
                 raise RuntimeError(f"DiLoCo job still running after {timeout} s (see {out_dir})")
             live = sorted(r for r, p in procs.items() if p.poll() is None)
             rounds_seen = [p for p in _progress(out_dir, live[0]) if p["kind"] == "round"] if live else []
@@ -91,8 +88,7 @@ def run(peers: int = 4, mode: str = "sync", rounds: int = 40, inner_steps: int =
     wall = time.time() - t0
     results = {}
     for r in procs:
-        path = out_dir / f"peer{r}.json"
-        results[r] = json.loads(path.read_text()) if path.exists() else {"rank": r, "killed": True}
+        results[r] = read_result(out_dir / f"peer{r}.json") or {"rank": r, "killed": True}
     survivors = {r: res for r, res in results.items() if "params_hash" in res}
     errors = {r: res for r, res in results.items() if "error" in res}
     curves = {r: [p for p in _progress(out_dir, r) if p["kind"] == "round"] for r in procs}

@@ -1,4 +1,4 @@
-"""Entry point of one peer process in multi-process tests (see procs.py)."""
+"""Entry point of one peer process in multi-process tests (see procs.py); results in pccl_arrays.testing's format."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
+from pccl_arrays.testing import die_with_parent, run_target, write_result
 
 import contract_scenarios
 import scenarios
@@ -25,21 +25,14 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--args", default="{}")
     a = ap.parse_args()
+    if not die_with_parent():
+        return 1  # the test died before we could ask to die with it
     ctx = scenarios.Context(a.master, a.rank, a.world, Path(a.out), json.loads(a.args))
-    try:
-        module = next(m for m in (state_scenarios, contract_scenarios, scenarios) if hasattr(m, a.scenario))
-        result = getattr(module, a.scenario)(ctx)
-        status = 0
-    except BaseException as e:  # the test reads the failure from the result file
-        result = {"error": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
-        status = 1
+    module = next(m for m in (state_scenarios, contract_scenarios, scenarios) if hasattr(m, a.scenario))
+    result, status = run_target(getattr(module, a.scenario), ctx)  # a failure is read from the result file
     if ctx.arrays:
         np.savez(ctx.out / f"rank{a.rank}.npz", **ctx.arrays)
-    result = dict(result or {})
-    result["finished_at"] = time.time()
-    tmp = ctx.out / f"rank{a.rank}.json.tmp"
-    tmp.write_text(json.dumps(result))
-    tmp.rename(ctx.out / f"rank{a.rank}.json")
+    write_result(ctx.out / f"rank{a.rank}.json", dict(result, finished_at=time.time()))
     return status
 
 

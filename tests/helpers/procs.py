@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pccl_arrays.testing import read_result, spawn_child
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,10 +59,10 @@ class Peer:
         return path.read_text() if path.exists() else ""
 
     def result(self) -> dict:
-        path = self.out / f"rank{self.rank}.json"
-        if not path.exists():
+        result = read_result(self.out / f"rank{self.rank}.json")
+        if result is None:
             raise AssertionError(f"peer {self.rank} wrote no result (exit {self.proc.returncode}): {self.stderr()[-3000:]}")
-        return json.loads(path.read_text())
+        return result
 
     def arrays(self) -> dict:
         with np.load(self.out / f"rank{self.rank}.npz") as z:
@@ -79,7 +80,7 @@ def spawn(master: str, scenario: str, rank: int, world: int, out: Path, **args) 
     cmd = [sys.executable, str(HERE / "peer_main.py"), scenario, "--master", master, "--rank", str(rank),
            "--world", str(world), "--out", str(out), "--args", json.dumps(args)]
     stderr = open(out / f"rank{rank}.stderr", "wb")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL)
+    proc = spawn_child(cmd, stdout=subprocess.PIPE, stderr=stderr)
     stderr.close()
     return Peer(proc, rank, out)
 

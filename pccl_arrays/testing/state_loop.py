@@ -1,4 +1,4 @@
-"""The shared-state training loop of the churn test and the soak benchmark (run by pccl_arrays.testing.Harness).
+"""The shared-state training loop of the churn test and the soak benchmark (run by the churn harness).
 
 How this works. Each peer holds a SharedState (weights, momentum, a step counter) whose revision is the step.
 One step is the DiLoCo pattern with async communication:
@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
-from . import errors
-from .shared_state import SharedState
-from .testing import check_no_hang
+from .. import errors
+from ..shared_state import SharedState
+from .harness import check_no_hang
 
 
 def gradient(revision: int, n: int) -> np.ndarray:

@@ -1,0 +1,222 @@
+"""The churn harness: a master in this process, peers as child processes that are killed, stalled and spawned.
+
+How this works. :class:`Harness` starts a :class:`~pccl_arrays.Master` on port 0 and runs each peer as
+``python -m pccl_arrays.testing TARGET MASTER INDEX ARGS OUT`` (peer.py), where TARGET is ``"module:function"``
+importable in the child. The function gets a :class:`~pccl_arrays.testing.PeerContext` and returns a JSON-able
+dict, which the child writes to ``OUT/peer{INDEX}.json``. While it runs, a peer appends one JSON line per step
+to ``OUT/peer{INDEX}.progress`` (records.py: the harness reads it to wait for a peer and to check progress; it
+survives a SIGKILL, the result file does not).
+
+:meth:`Harness.run` executes a :class:`~pccl_arrays.testing.Schedule` against the monotonic clock and
+:attr:`Harness.events` logs what was done. The harness stops the job by creating ``OUT/STOP``.
+
+No orphans: every child dies with this process (processes.spawn_child), the context manager SIGKILLs every
+child on exit (stalled ones included), and an ``atexit`` hook does the same.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from .processes import kill_and_reap, spawn_child
+from .records import read_progress, read_result
+from .schedule import Schedule
+
+_LIVE_HARNESSES: "set[Harness]" = set()
+
+
+class Harness:
+    """Runs a master in this process and peers as child processes, and injects faults into them.
+
+    Args:
+        master_kwargs: keyword arguments of :class:`~pccl_arrays.Master` (``listen`` defaults to port 0).
+        peer_target: ``"module:function"`` each peer runs (e.g. ``"pccl_arrays.testing:allreduce_loop"``).
+        peer_args: a JSON-able dict every peer gets as ``ctx.args``.
+        out_dir: where result, progress and log files go; also the children's working directory.
+    """
+
+    def __init__(self, master_kwargs: Optional[dict] = None, peer_target: str = "pccl_arrays.testing:allreduce_loop",
+                 peer_args: Optional[dict] = None, out_dir: Optional[os.PathLike] = None):
+        from ..master import Master
+
+        self.out = Path(out_dir) if out_dir is not None else Path.cwd()
+        self.out.mkdir(parents=True, exist_ok=True)
+        kw = {"listen": "127.0.0.1:0", "peer_timeout": 2.0, **(master_kwargs or {})}
+        self.master = Master(kw.pop("listen"), **kw).start()
+        self.target, self.args = peer_target, dict(peer_args or {})
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.stalled: set[int] = set()
+        self.events: list[tuple[float, str, Optional[int]]] = []  # (monotonic time, action, peer index)
+        self.run_started = float("inf")  # monotonic time run() began
+        _LIVE_HARNESSES.add(self)
+
+    # -- processes ------------------------------------------------------------------------------------------------
+    def spawn(self, extra_args: Optional[dict] = None) -> int:
+        """Starts the next peer; returns its index."""
+        i = len(self.procs)
+        args = {**self.args, **(extra_args or {})}
+        cmd = [sys.executable, "-m", "pccl_arrays.testing", self.target, self.master.address, str(i),
+               json.dumps(args), str(self.out)]
+        with open(self.out / f"peer{i}.log", "wb") as log:
+            self.procs[i] = spawn_child(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.out)
+        self._log("spawn", i)
+        return i
+
+    def start(self, n: int, join_timeout: float = 60.0) -> list[int]:
+        """Spawns ``n`` initial peers (they wait for each other: ``ctx.args["initial"] = n``) and waits until each
+        reports that it joined."""
+        idx = [self.spawn({"initial": n}) for _ in range(n)]
+        for i in idx:
+            self.wait_progress(i, 1, join_timeout, what="joined")
+        return idx
+
+    def kill(self, i: int) -> None:
+        self._signal(i, signal.SIGKILL)
+        self.procs[i].wait()
+        self.stalled.discard(i)
+        self._log("kill", i)
+
+    def stall(self, i: int) -> None:
+        self._signal(i, signal.SIGSTOP)
+        self.stalled.add(i)
+        self._log("stall", i)
+
+    def resume(self, i: int) -> None:
+        self._signal(i, signal.SIGCONT)
+        self.stalled.discard(i)
+        self._log("resume", i)
+
+    def spawned_at(self, i: int) -> float:
+        """Monotonic time peer i was spawned."""
+        return next(t for t, a, target in self.events if a == "spawn" and target == i)
+
+    def alive(self) -> list[int]:
+        """Indices of peers whose process still runs (stalled ones included)."""
+        return [i for i, p in self.procs.items() if p.poll() is None]
+
+    def _signal(self, i: int, sig: int) -> None:
+        if self.procs[i].poll() is None:
+            os.kill(self.procs[i].pid, sig)
+
+    def _log(self, action: str, target: Optional[int]) -> None:
+        self.events.append((time.monotonic(), action, target))
+
+    # -- running a schedule -----------------------------------------------------------------------------------------
+    def run(self, schedule: Schedule, until: Optional[float] = None) -> None:
+        """Executes the schedule's events at their times (seconds from now), then waits until ``until`` (default:
+        the schedule's duration) and asks the peers to stop (:meth:`stop`)."""
+        start = self.run_started = time.monotonic()
+        actions: dict[str, Callable] = {"kill": self.kill, "stall": self.stall, "resume": self.resume}
+        for e in schedule.events:
+            _sleep_until(start + e.t)
+            if e.action == "spawn":
+                i = self.spawn()
+                if e.target is not None and i != e.target:
+                    raise RuntimeError(f"schedule expected to spawn peer {e.target}, got index {i}")
+            else:
+                actions[e.action](e.target)
+        _sleep_until(start + (until if until is not None else schedule.duration))
+        self.stop()
+
+    def stop(self) -> None:
+        """Asks every peer to finish (creates ``OUT/STOP``); resumes stalled peers so they can."""
+        (self.out / "STOP").touch()
+        self._log("stop", None)
+        for i in sorted(self.stalled):
+            self.resume(i)
+
+    def wait_all(self, timeout: float) -> None:
+        """Waits for every child to exit; SIGKILLs them all and raises if one still runs at the deadline."""
+        deadline = time.monotonic() + timeout
+        for i, p in self.procs.items():
+            try:
+                p.wait(timeout=max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.kill_all()
+                tail = (self.out / f"peer{i}.log").read_text(errors="replace")[-3000:]
+                raise AssertionError(f"peer {i} still running {timeout} s after wait_all (hang?): {tail}") from None
+
+    def wait_progress(self, i: int, count: int, timeout: float, what: str = "steps") -> list[dict]:
+        """Blocks until peer ``i`` wrote ``count`` progress lines; returns them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.progress(i)
+            if len(lines) >= count:
+                return lines
+            if self.procs[i].poll() is not None:
+                raise RuntimeError(f"peer {i} exited ({self.procs[i].returncode}) before {what}: {self.log(i)[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"peer {i}: no {what} within {timeout} s: {self.log(i)[-3000:]}")
+            time.sleep(0.02)
+
+    def kill_all(self) -> None:
+        kill_and_reap(self.procs.values(), timeout=None)  # SIGKILL also ends a stopped process
+
+    # -- what the peers left ----------------------------------------------------------------------------------------
+    def progress(self, i: int) -> list[dict]:
+        """Peer i's progress lines (complete lines only)."""
+        return read_progress(self.out / f"peer{i}.progress")
+
+    def results(self) -> dict[int, dict]:
+        """Result dicts of the peers that finished (killed peers have none)."""
+        found = {i: read_result(self.out / f"peer{i}.json") for i in self.procs}
+        return {i: r for i, r in found.items() if r is not None}
+
+    def log(self, i: int) -> str:
+        path = self.out / f"peer{i}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def close(self) -> None:
+        self.kill_all()
+        self.master.stop()
+        _LIVE_HARNESSES.discard(self)
+
+    def __enter__(self) -> "Harness":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _sleep_until(t: float) -> None:
+    while (left := t - time.monotonic()) > 0:
+        time.sleep(min(left, 0.05))
+
+
+def check_no_hang(h: Harness, catch_up_s: float = 8.0) -> None:
+    """Between consecutive harness events, every peer running throughout made a step; a peer spawned or resumed
+    made its first step within ``catch_up_s`` of that event (and counts as running from then on). Peers record
+    steps as progress lines with ``kind="step"``; raises AssertionError naming the peer and the interval."""
+    log = [e for e in h.events if e[0] >= h.run_started]
+    steps = {i: [p["t"] for p in h.progress(i) if p["kind"] == "step"] for i in h.procs}
+    running = {i for i in h.procs if h.spawned_at(i) < h.run_started}
+    catching_up: dict[int, float] = {}  # peer -> time of its spawn / resume
+    for (ta, action, target), (tb, _, _) in zip(log, log[1:]):
+        if action in ("kill", "stall"):
+            running.discard(target)
+        elif action in ("spawn", "resume"):
+            catching_up[target] = ta
+        for i in sorted(running):
+            assert any(ta <= t <= tb for t in steps[i]), f"peer {i} made no step in [{ta:.2f}, {tb:.2f}]: {log}"
+        for i, since in list(catching_up.items()):
+            first = next((t for t in steps[i] if t >= since), None)
+            assert first is not None and first - since <= catch_up_s, f"peer {i} did not catch up: {log}"
+            if first <= tb:
+                running.add(i)
+                del catching_up[i]
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for h in list(_LIVE_HARNESSES):
+        h.kill_all()
+
+

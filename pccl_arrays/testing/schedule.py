@@ -1,0 +1,81 @@
+"""Churn schedules: when to kill (SIGKILL), stall (SIGSTOP), resume (SIGCONT) and spawn peers.
+
+How this works. A :class:`Schedule` is a list of ``(t_seconds, action, target)`` events in time order;
+:meth:`Schedule.random` draws one from a seed, keeping the number of live peers within bounds, so that a
+failing run can be replayed exactly. :meth:`pccl_arrays.testing.Harness.run` executes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Optional
+
+from ..errors import InvalidArgumentError
+
+ACTIONS = ("kill", "stall", "resume", "spawn")
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    t: float  #: seconds after the start of :meth:`Harness.run`
+    action: str  #: kill, stall, resume or spawn
+    target: Optional[int] = None  #: the peer index (None for spawn: the next index)
+
+
+class Schedule:
+    """Churn events in time order: explicit ``Schedule([(t, action, target), ...])`` or :meth:`random`."""
+
+    def __init__(self, events, duration: Optional[float] = None):
+        self.events = sorted((e if isinstance(e, Event) else Event(*e) for e in events), key=lambda e: e.t)
+        for e in self.events:
+            if e.action not in ACTIONS:
+                raise InvalidArgumentError(f"unknown action {e.action!r}; expected one of {ACTIONS}")
+        self.duration = duration if duration is not None else (self.events[-1].t if self.events else 0.0)
+
+    @classmethod
+    def random(cls, seed: int, duration: float, initial: int, min_peers: int, max_peers: int, *,
+               kill_rate: float = 0.1, stall_rate: float = 0.05, spawn_rate: float = 0.1, min_gap: float = 3.0,
+               stall_s: float = 3.0, start: float = 1.0) -> "Schedule":
+        """A reproducible schedule: the same arguments always give the same events.
+
+        Events come at least ``min_gap`` s apart (exponential gaps of the total rate otherwise); each picks an
+        action among the feasible ones, weighted by its rate, so that the live peers stay within
+        [min_peers, max_peers] (a stalled one counts as live: it rejoins after its resume, which comes ``stall_s``
+        later with no other event in between). Peers are numbered as the harness spawns them (0..initial-1 first).
+        """
+        if not 1 <= min_peers <= initial <= max_peers:
+            raise InvalidArgumentError("need 1 <= min_peers <= initial <= max_peers")
+        rng = random.Random(seed)
+        live, next_index = list(range(initial)), initial
+        events: list[Event] = []
+        t = start
+        total = kill_rate + stall_rate + spawn_rate
+        while t < duration - min_gap:  # the last event leaves one gap before the end, to see its effect
+            choices = []
+            if len(live) - 1 >= min_peers:
+                choices.append(("kill", kill_rate))
+                if t + stall_s < duration - min_gap:
+                    choices.append(("stall", stall_rate))
+            if len(live) + 1 <= max_peers:
+                choices.append(("spawn", spawn_rate))
+            choices = [c for c in choices if c[1] > 0]
+            t = round(t, 3)
+            if choices:
+                action = rng.choices([c[0] for c in choices], [c[1] for c in choices])[0]
+                if action == "spawn":
+                    events.append(Event(t, "spawn", next_index))
+                    live.append(next_index)
+                    next_index += 1
+                elif action == "kill":
+                    events.append(Event(t, "kill", live.pop(rng.randrange(len(live)))))
+                else:  # the stalled peer is the only thing that happens until its resume
+                    victim = live[rng.randrange(len(live))]
+                    events += [Event(t, "stall", victim), Event(round(t + stall_s, 3), "resume", victim)]
+                    t += stall_s
+            t += max(min_gap, rng.expovariate(total) if total > 0 else duration)
+        return cls(events, duration)
+
+    def as_list(self) -> list:
+        return [(e.t, e.action, e.target) for e in self.events]
+
