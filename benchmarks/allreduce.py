@@ -41,11 +41,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+WORKERS = str(HERE / "_allreduce_workers.py")
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
-from _common import (cpu_model, expected_sum, fmt_size, import_pccl_arrays, parse_size,  # noqa: E402,F401
-                     pattern, print_footer, save_and_report, spread)
+from _common import (cpu_model, fmt_size, import_pccl_arrays, parse_size, print_footer,  # noqa: E402
+                     save_and_report, spread)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 FULL_SIZES = [4 * KiB, 1 * MiB, 16 * MiB, 64 * MiB, 256 * MiB]
@@ -68,146 +69,6 @@ def default_repeats(n: int, quick: bool) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# workers (each runs in its own process: `python allreduce.py _worker KIND ...`)
-def _measure(sizes, repeats, world, rank, barrier, prepare) -> list[dict]:
-    """The timing loop shared by both systems. prepare(x) -> (reset, run, result, info)."""
-    import numpy as np
-    rows = []
-    for size, reps in zip(sizes, repeats):
-        n = size // 4
-        x = pattern(n, rank)
-        reset, run, result, info = prepare(x)
-        expected = expected_sum(n, world)
-        reset()
-        barrier()
-        run()  # untimed warm-up, checked
-        ok_first = bool(np.array_equal(result(), expected))
-        times = []
-        for _ in range(reps):
-            reset()
-            barrier()
-            t0 = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t0)
-        ok_last = bool(np.array_equal(result(), expected))
-        rows.append({"bytes": size, "seconds": times, "correct": ok_first and ok_last, "info": info()})
-        del x, expected, reset, run, result, info
-    return rows
-
-
-def worker_pccl(a) -> dict:
-    import numpy as np
-    import pccl_arrays as pa
-
-    kw = {"piece_bytes": a.piece_bytes} if a.piece_bytes else {}
-    c = pa.Communicator(a.master, connections=a.connections, listen="127.0.0.1:0", **kw)
-    c.connect(timeout=120)
-    while c.world_size < a.world:
-        c.update_topology()
-    tiny, tiny_out = np.zeros(1, np.float32), np.zeros(1, np.float32)
-
-    def barrier():
-        c.all_reduce(tiny, out=tiny_out)
-
-    def prepare(x):
-        out = np.empty_like(x)
-        out.fill(0)  # touch the pages outside the timed region
-
-        def run():
-            c.all_reduce(x, out=out)
-
-        def info():
-            i = c.last_info
-            return {"stripes": i.stripes, "world_size": i.world_size, "bytes_sent": i.bytes_sent,
-                    "bytes_received": i.bytes_received, "core_seconds": i.seconds}
-        return (lambda: None), run, (lambda: out), info
-
-    rows = _measure(a.sizes, a.repeats, a.world, a.rank, barrier, prepare)
-    c.close()
-    return {"rows": rows}
-
-
-def worker_gloo(a) -> dict:
-    import datetime
-    import torch
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{a.port}", rank=a.rank, world_size=a.world,
-                            timeout=datetime.timedelta(seconds=300))
-    tiny = torch.zeros(1, dtype=torch.float32)
-
-    def barrier():
-        dist.all_reduce(tiny)
-
-    def prepare(x):
-        src = torch.from_numpy(x)
-        t = src.clone()
-
-        def run():
-            dist.all_reduce(t)  # in place: the only form gloo has; reset() restores the input outside the timing
-        return (lambda: t.copy_(src)), run, (lambda: t.numpy()), (lambda: {})
-
-    rows = _measure(a.sizes, a.repeats, a.world, a.rank, barrier, prepare)
-    dist.destroy_process_group()
-    return {"rows": rows, "torch": torch.__version__}
-
-
-def worker_tcpsend(a) -> dict:
-    """Sends a.bytes over each of a.streams connections, a.rounds times; times each round until all acks."""
-    socks = []
-    for _ in range(a.streams):
-        s = socket.create_connection(("127.0.0.1", a.port))
-        socks.append(s)
-    buf = memoryview(bytearray(b"\x5a" * a.chunk))
-    per_stream = a.bytes // a.streams
-
-    def pump(s):
-        left = per_stream
-        while left:
-            k = min(left, a.chunk)
-            s.sendall(buf[:k])
-            left -= k
-        if s.recv(1) != b"k":
-            raise RuntimeError("no ack from the receiver")
-
-    seconds = []
-    for _ in range(a.rounds):
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=pump, args=(s,)) for s in socks]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        seconds.append(time.perf_counter() - t0)
-    for s in socks:
-        s.close()
-    return {"seconds": seconds, "bytes": per_stream * a.streams}
-
-
-def worker_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="allreduce.py _worker")
-    ap.add_argument("kind", choices=["pccl", "gloo", "tcpsend"])
-    ap.add_argument("--rank", type=int, default=0)
-    ap.add_argument("--world", type=int, default=1)
-    ap.add_argument("--master", default="")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--sizes", default="")
-    ap.add_argument("--repeats", default="")
-    ap.add_argument("--connections", type=int, default=4)
-    ap.add_argument("--piece-bytes", type=int, default=0)
-    ap.add_argument("--bytes", type=int, default=0)
-    ap.add_argument("--chunk", type=int, default=4 * MiB)
-    ap.add_argument("--streams", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=1)
-    a = ap.parse_args(argv)
-    a.sizes = [int(s) for s in a.sizes.split(",") if s]
-    a.repeats = [int(s) for s in a.repeats.split(",") if s]
-    fn = {"pccl": worker_pccl, "gloo": worker_gloo, "tcpsend": worker_tcpsend}[a.kind]
-    _procs.report(fn(a))
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # parent side
 def measure_loopback(total: int, rounds: int, streams: int, chunk: int, timeout: float) -> dict:
     """C over 127.0.0.1: this process receives (recv_into, large buffer), a child process sends."""
@@ -215,7 +76,7 @@ def measure_loopback(total: int, rounds: int, streams: int, chunk: int, timeout:
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(streams)
     port = lsock.getsockname()[1]
-    group = _procs.group([[__file__, "_worker", "tcpsend", "--port", str(port), "--bytes", str(total),
+    group = _procs.group([[WORKERS, "tcpsend", "--port", str(port), "--bytes", str(total),
                            "--chunk", str(chunk), "--streams", str(streams), "--rounds", str(rounds)]])
     conns, errors = [], []
     try:
@@ -269,7 +130,7 @@ def run_pccl(world: int, sizes, repeats, connections: int, piece_bytes: int, tim
     import pccl_arrays as pa
     m = pa.Master("127.0.0.1:0").start()
     try:
-        argvs = [[__file__, "_worker", "pccl", "--master", m.address, "--rank", str(r), "--world", str(world),
+        argvs = [[WORKERS, "pccl", "--master", m.address, "--rank", str(r), "--world", str(world),
                   "--sizes", ",".join(map(str, sizes)), "--repeats", ",".join(map(str, repeats)),
                   "--connections", str(connections), "--piece-bytes", str(piece_bytes or 0)]
                  for r in range(world)]
@@ -280,7 +141,7 @@ def run_pccl(world: int, sizes, repeats, connections: int, piece_bytes: int, tim
 
 def run_gloo(world: int, sizes, repeats, timeout: float) -> list[dict]:
     port = _procs.free_port()
-    argvs = [[__file__, "_worker", "gloo", "--port", str(port), "--rank", str(r), "--world", str(world),
+    argvs = [[WORKERS, "gloo", "--port", str(port), "--rank", str(r), "--world", str(world),
               "--sizes", ",".join(map(str, sizes)), "--repeats", ",".join(map(str, repeats))] for r in range(world)]
     # keep gloo on the loopback interface like pccl_arrays (it otherwise picks the interface of the hostname)
     return _procs.run_group(argvs, timeout, env={"GLOO_SOCKET_IFNAME": "lo"})
@@ -406,8 +267,6 @@ def evaluate_goals(doc: dict) -> list[dict]:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "_worker":
-        return worker_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="4 KiB, 1 MiB, 16 MiB, 3 repeats (CI smoke test)")
     ap.add_argument("--peers", type=int, nargs="+", default=[2, 3], help="peer counts (default: 2 3)")

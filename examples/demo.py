@@ -1,7 +1,7 @@
 """The README demo: a local master and 3 peer processes, holding torch, JAX and NumPy arrays, all-reduce
 them together and print what happened.
 
-    python examples/demo.py [--peers 3] [--connections 4]
+    python examples/demo.py [--peers 3] [--connections 4] [--frameworks torch,jax,numpy]
 
 The master runs in this process; each peer is a separate process (this file with --peer), as it would be on
 separate machines. Every peer prints its results; this process checks they are bitwise identical across frameworks.
@@ -47,8 +47,8 @@ def to_numpy(r) -> np.ndarray:
     return a.astype(np.float32) if a.dtype.name == "bfloat16" else a
 
 
-def peer(master: str, rank: int, world: int, connections: int) -> None:
-    framework = FRAMEWORKS[rank % len(FRAMEWORKS)]
+def peer(master: str, rank: int, world: int, connections: int, frameworks: list[str]) -> None:
+    framework = frameworks[rank % len(frameworks)]
     if framework == "jax":
         import jax
 
@@ -90,18 +90,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peers", type=int, default=3)
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                    help="the peers' array frameworks, in turn (default: torch,jax,numpy)")
     ap.add_argument("--peer", nargs=2, metavar=("MASTER", "RANK"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    frameworks = a.frameworks.split(",")
+    if not frameworks or any(f not in FRAMEWORKS for f in frameworks):
+        ap.error(f"--frameworks takes a comma-separated list of {', '.join(FRAMEWORKS)}")
     if a.peer:
-        peer(a.peer[0], int(a.peer[1]), a.peers, a.connections)
+        peer(a.peer[0], int(a.peer[1]), a.peers, a.connections, frameworks)
         return 0
 
     with pa.Master("127.0.0.1:0") as master:
         print(f"master listening on {master.address}; starting {a.peers} peer processes "
               f"({a.connections} connections each; all share this machine's cores)")
         procs = [subprocess.Popen([sys.executable, __file__, "--peers", str(a.peers), "--connections",
-                                   str(a.connections), "--peer", master.address, str(r)], stdout=subprocess.PIPE,
-                                  text=True) for r in range(a.peers)]
+                                   str(a.connections), "--frameworks", a.frameworks, "--peer", master.address, str(r)],
+                                  stdout=subprocess.PIPE, text=True) for r in range(a.peers)]
         reports = []
         for p in procs:
             out, _ = p.communicate(timeout=300)

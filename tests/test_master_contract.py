@@ -1,4 +1,4 @@
-"""The master's side of the user contract, driven with a fake clock (see test_master_state.py for the harness):
+"""The master's side of the user contract, driven with a fake clock (harness: tests/helpers/fake_master.py):
 waits for the others to start a collective end at the starter's timeout naming who did not come, a group
 below min_world refuses collectives and makes update_topology() wait for newcomers, a group whose state
 holders are all gone refuses to start over silently, and a newcomer whose data address refuses connections
@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from test_master_state import DESC, Master, closed, sends
-from test_master_sync import SHARED_STATE, state_entries, sync_all
+from fake_master import DESC, NETWORK, SHARED_STATE, TIMEOUT, TOO_FEW_PEERS, Master, closed, sends
+from test_master_sync import state_entries, sync_all
 
 pytestmark = pytest.mark.timeout(30)
-
-TOO_FEW_PEERS, NETWORK, TIMEOUT = 3, 9, 10
-
 
 @pytest.fixture
 def m():

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import pytest
 
+from fake_master import F32, SHARED_STATE
 from pccl_arrays import _core
-
-SHARED_STATE = 11  # error kind of a refused peer
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def entries(*hashes, sizes=None, tolerate=()):
     sizes = sizes or [400] * len(hashes)
-    return [{"name": f"e{i}", "dtype": 10, "shape": [n // 4], "nbytes": n, "hash": h, "tolerate": int(i in tolerate)}
+    return [{"name": f"e{i}", "dtype": F32, "shape": [n // 4], "nbytes": n, "hash": h, "tolerate": int(i in tolerate)}
             for i, (h, n) in enumerate(zip(hashes, sizes))]
 
 

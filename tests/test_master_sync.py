@@ -1,11 +1,11 @@
-"""The master's shared-state syncs as a pure state machine (see test_master_state.py for the harness): plans,
+"""The master's shared-state syncs as a pure state machine (harness: tests/helpers/fake_master.py): plans,
 commits with and without a transfer, aborts when a member is lost, refusals, misordered collectives, groups."""
 
 from __future__ import annotations
 
 import pytest
 
-from test_master_state import DESC, MISMATCH, PEER_LOST, Master, closed, sends
+from fake_master import DESC, F32, MISMATCH, PEER_LOST, SHARED_STATE, Master, closed, sends
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -15,11 +15,8 @@ def m():
     return Master()
 
 
-SHARED_STATE = 11
-
-
 def state_entries(h):
-    return [{"name": "w", "dtype": 10, "shape": [256], "nbytes": 1024, "hash": h, "tolerate": 0}]
+    return [{"name": "w", "dtype": F32, "shape": [256], "nbytes": 1024, "hash": h, "tolerate": 0}]
 
 
 def sync_all(m: Master, hashes: dict, revision: int = 1, strategy: int = 0):
@@ -81,7 +78,7 @@ def test_a_refused_peer_is_told_why_and_the_rest_go_on(m):
     m.join([1, 2, 3])
     acts = sync_all(m, {1: 5, 2: 5})
     acts += m.msg(3, "sync_start", revision=1, strategy=0,
-                  entries=[{"name": "v", "dtype": 10, "shape": [256], "nbytes": 1024, "hash": 5}])
+                  entries=[{"name": "v", "dtype": F32, "shape": [256], "nbytes": 1024, "hash": 5}])
     plans = sends(acts, "sync_plan")
     assert not plans[3]["ok"] and plans[3]["kind"] == SHARED_STATE and "lacks entry 'w'" in plans[3]["reason"]
     assert plans[1]["ok"] and plans[1]["commit_now"] and m.stats()["syncs_refused"] == 1

@@ -68,7 +68,8 @@ def test_importing_an_unbuilt_source_checkout_says_what_to_do():
 @pytest.mark.timeout(900)
 def test_the_sdist_builds_a_wheel_that_installs_and_runs_in_a_clean_venv(tmp_path):
     """What `pip install <sdist>` does, step by step: an sdist from the tree, a wheel built from the unpacked sdist
-    (so nothing outside it is needed), the wheel's contents, and a fresh venv that installs it and all-reduces."""
+    (so nothing outside it is needed), the wheel's contents, and a fresh venv that installs it, all-reduces, and
+    runs the README demo."""
     import tarfile
     import zipfile
 
@@ -95,9 +96,12 @@ def test_the_sdist_builds_a_wheel_that_installs_and_runs_in_a_clean_venv(tmp_pat
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", str(venv))
     py = str(venv / "bin" / "python")
-    run(py, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel))
+    run(py, "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{wheel}[bf16]")
     smoke = ("import numpy as np, pccl_arrays as pa\n"
              "with pa.Master() as m, pa.Communicator(m.address) as c:\n"
              "    assert c.all_reduce(np.arange(4.0))[3] == 3.0\n"
              "print(pa.__version__)")
     assert run(py, "-c", smoke, cwd="/").stdout.strip() == pccl_arrays.__version__
+    # The README demo, from the installed wheel alone (NumPy peers: the frameworks are the user's own installs).
+    demo = run(py, str(REPO / "examples" / "demo.py"), "--peers", "2", "--frameworks", "numpy", cwd="/").stdout
+    assert "results bitwise identical on all peers: True" in demo, demo
