@@ -20,6 +20,7 @@ Communicator::Communicator(CommConfig config) : cfg_(std::move(config)) {
     if (cfg_.piece_bytes < 4096 || cfg_.piece_bytes > wire::kMaxDataPayload)
         throw CoreError(ErrorKind::kInvalidArgument, "piece_bytes must be between 4 KiB and 64 MiB");
     cfg_.piece_bytes = cfg_.piece_bytes / 64 * 64;  // whole elements of every dtype
+    if (cfg_.key) pool_.set_key(*cfg_.key);
     for (double t : {cfg_.connect_timeout, cfg_.heartbeat_interval, cfg_.master_timeout, cfg_.data_timeout})
         if (!(t > 0)) throw CoreError(ErrorKind::kInvalidArgument, "timeouts must be positive");
     if (!(cfg_.op_timeout >= 0)) throw CoreError(ErrorKind::kInvalidArgument, "op_timeout must be positive (0: no bound)");
@@ -74,6 +75,17 @@ void Communicator::connect(double admission_timeout) {
                 std::this_thread::sleep_for(std::chrono::milliseconds(20));
             }
         }
+    }
+    if (cfg_.key) {  // prove the secret before anything else; the master's policy says whether the run encrypts
+        try {
+            master_channel_ = auth::client_handshake(master_fd_, *cfg_.key, auth::kMasterLink, std::nullopt,
+                                                     net::now_seconds() + cfg_.connect_timeout, "the master at " + cfg_.master);
+        } catch (const CoreError&) {
+            net::close_fd(master_fd_);
+            pool_.stop();
+            throw;
+        }
+        pool_.set_policy(master_channel_.encrypt);
     }
     advertised_.port = data_port;
     advertised_.host = (listen.host == "0.0.0.0" || listen.host == "::" || listen.host.empty()) ? local_host_of(master_fd_)
@@ -152,10 +164,16 @@ void Communicator::abandon(const std::string& why) {
 }
 
 
+bool Communicator::send_sealed(std::vector<uint8_t> frame, int* err) {
+    if (master_fd_ < 0) return false;
+    if (master_channel_.tx) auth::seal_frame(frame, *master_channel_.tx);
+    return net::send_all(master_fd_, frame.data(), frame.size(), err);
+}
+
 void Communicator::send_raw(const std::vector<uint8_t>& bytes) {
     std::lock_guard<std::mutex> g(send_mu_);
     int err = 0;
-    if (master_fd_ >= 0 && net::send_all(master_fd_, bytes.data(), bytes.size(), &err)) return;
+    if (send_sealed(bytes, &err)) return;
     // The link is dead. Let the link thread read what the master said last (KICKED, say) before we decide
     // what to report; it notices the same dead socket within one poll.
     std::unique_lock<std::mutex> lk(mu_);
@@ -179,6 +197,7 @@ void Communicator::mark_broken(ErrorKind kind, const std::string& why) {
 
 void Communicator::link_loop() {
     net::FrameReader reader;
+    reader.seal_with(master_channel_.rx.get());  // null without a secret
     double last_rx = net::now_seconds(), last_hb = 0;
     const auto hb = wire::empty_frame(MsgType::kHeartbeat);
     while (link_running_) {
@@ -187,7 +206,7 @@ void Communicator::link_loop() {
             last_hb = now;
             std::unique_lock<std::mutex> g(send_mu_, std::try_to_lock);  // never queue behind a blocked sender
             int err = 0;
-            if (g.owns_lock() && !net::send_all(master_fd_, hb.data(), hb.size(), &err)) {
+            if (g.owns_lock() && !send_sealed(hb, &err)) {
                 mark_broken(ErrorKind::kMasterUnreachable, errno_text("heartbeat to the master failed", err));
                 return;
             }
@@ -211,6 +230,11 @@ void Communicator::link_loop() {
                 last_rx = net::now_seconds();
                 const auto t = MsgType(h.type);
                 if (t == MsgType::kHeartbeatAck) continue;
+                if (t == MsgType::kAuthRefused) {  // this peer has no secret, and the master requires one
+                    mark_broken(ErrorKind::kAuthentication, "the master at " + cfg_.master + " refused this peer: " +
+                                                                wire::decode_payload<wire::AuthRefused>(payload).reason);
+                    return;
+                }
                 if (t == MsgType::kKicked) {
                     mark_broken(ErrorKind::kEvicted, "evicted by the master: " + wire::decode_payload<wire::Kicked>(payload).reason);
                     return;
@@ -334,8 +358,7 @@ void Communicator::close() {
     if (s == State::kAccepted || s == State::kJoining) {
         std::lock_guard<std::mutex> g(send_mu_);
         int err = 0;
-        const auto leave = wire::empty_frame(MsgType::kLeave);
-        if (master_fd_ >= 0) net::send_all(master_fd_, leave.data(), leave.size(), &err);
+        send_sealed(wire::empty_frame(MsgType::kLeave), &err);
     }
     link_running_ = false;
     link_wake_.signal();

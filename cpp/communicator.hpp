@@ -29,6 +29,7 @@
 #include <set>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,6 +56,7 @@ struct CommConfig {
     size_t piece_bytes = 1 << 20;   // frame size of what this peer sends (a multiple of 64 bytes)
     double op_timeout = 1800;        // default bound on waiting for the others to start a collective (0: none)
     uint32_t min_world = 1;          // collectives with fewer peers in the group fail with kTooFewPeers
+    std::optional<crypto::Key> key;  // a run with a secret: the key derived from it (handshake.hpp)
 };
 
 // Per call: what the master compares beyond count/dtype/op/quantization, and how long to wait for the others.
@@ -128,6 +130,7 @@ private:
     };
     template <class T> void send_master(wire::MsgType type, const T& m);
     void send_raw(const std::vector<uint8_t>& bytes);
+    bool send_sealed(std::vector<uint8_t> frame, int* err);  // with send_mu_ held; seals in a run with a secret
     void link_loop();
     void mark_broken(ErrorKind kind, const std::string& why);
     void require_accepted() const;
@@ -169,6 +172,7 @@ private:
     CommConfig cfg_;
     ConnPool pool_;
     int master_fd_ = -1;
+    auth::Channel master_channel_;  // sealing of the master link in a run with a secret
     wire::PeerInfo advertised_;
     uint16_t data_port_ = 0;
     std::atomic<uint64_t> peer_id_{0};

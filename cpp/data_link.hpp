@@ -9,6 +9,12 @@
 // the algorithm, which checks it against what it expects and says where the payload goes, then reads the
 // payload straight into that memory.
 //
+// Sealed connections (a run with a secret, docs/security.md). The header and the payload are two records
+// (crypto.hpp), each followed by its 16-byte tag: the receiver checks the header's tag before it acts on the
+// header, and the payload's before it reports the piece, so nothing unchecked is ever folded or counted. When
+// the run encrypts, the sender encrypts the payload into a buffer of its own (the caller's stays as it is) and
+// the receiver decrypts in place.
+//
 // Leftovers. After an aborted operation every member closes the connections of its slot, and the next
 // operation dials fresh ones; a receiver may still find the old connection, closed or holding bytes of the old
 // operation. Such a connection is a leftover only before any byte of the current operation arrived on it:
@@ -18,7 +24,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "crypto.hpp"
 #include "wire.hpp"
 
 namespace pccl {
@@ -28,17 +36,22 @@ constexpr size_t kPieceHead = wire::kHeaderSize + wire::kDataHeaderSize;
 class PieceSender {
 public:
     enum Status { kSent, kBlocked, kFailed };
-    // Begins a piece; `payload` must stay valid until pump() returns kSent.
-    void start(const wire::DataHeader& header, const uint8_t* payload, size_t len);
+    // Begins a piece; `payload` must stay valid until pump() returns kSent. `seal`: the connection's sending
+    // side when it is sealed, else null.
+    void start(const wire::DataHeader& header, const uint8_t* payload, size_t len, crypto::Sealer* seal);
     bool in_piece() const { return active_; }
     // Writes what the socket takes now. kSent: the whole piece left; kBlocked: the socket is full; kFailed: a
     // socket error (errno in *err). *wrote: bytes written by this call.
     Status pump(int fd, size_t* wrote, int* err);
 
 private:
+    struct Part { const uint8_t* p; size_t n; };
     uint8_t head_[kPieceHead] = {};
-    const uint8_t* payload_ = nullptr;
-    size_t len_ = 0, sent_ = 0;
+    uint8_t head_tag_[crypto::kTagBytes] = {}, body_tag_[crypto::kTagBytes] = {};
+    std::vector<uint8_t> cipher_;  // the encrypted payload, when the run encrypts
+    Part parts_[4] = {};
+    int n_parts_ = 0;
+    size_t total_ = 0, sent_ = 0;
     bool active_ = false;
 };
 
@@ -50,11 +63,12 @@ public:
         kHeader,    // a whole header arrived: check header() and piece_len(), then accept() or give up
         kPiece,     // the accepted piece's payload has all arrived
         kBadFrame,  // the header is not a well-formed DATA frame (why())
+        kForged,    // a sealed header or payload failed its integrity check (why()): bytes changed in flight
         kClosed,    // the other side closed the connection
         kFailed,    // a socket error (errno in *err)
     };
-    // One non-blocking read. *got: bytes read.
-    Status pump(int fd, size_t* got, int* err);
+    // One non-blocking read. *got: bytes read. `open`: the connection's receiving side when it is sealed.
+    Status pump(int fd, size_t* got, int* err, crypto::Opener* open);
     const wire::DataHeader& header() const { return header_; }
     size_t piece_len() const { return piece_; }
     const std::string& why() const { return why_; }
@@ -64,10 +78,13 @@ public:
     void reset();
 
 private:
-    uint8_t head_[kPieceHead] = {};
-    size_t have_ = 0;  // header bytes read
+    Status read_head(int fd, size_t* got, int* err, crypto::Opener* open);
+    uint8_t head_[kPieceHead + crypto::kTagBytes] = {};
+    size_t have_ = 0;  // header bytes read (with its tag, when sealed)
     wire::DataHeader header_;
     size_t piece_ = 0, piece_got_ = 0;
+    uint8_t tag_[crypto::kTagBytes] = {};
+    size_t tag_got_ = 0;
     uint8_t* dst_ = nullptr;
     std::string why_;
 };

@@ -19,6 +19,7 @@ const char* error_kind_name(ErrorKind kind) {
         case ErrorKind::kTimeout: return "timeout";
         case ErrorKind::kSharedState: return "shared_state";
         case ErrorKind::kInterrupted: return "interrupted";
+        case ErrorKind::kAuthentication: return "authentication";
     }
     return "unknown";
 }

@@ -21,6 +21,7 @@ enum class ErrorKind : uint8_t {
     kTimeout = 10,         // a wait the caller bounded ran out
     kSharedState = 11,     // a shared-state sync refused this peer: layout, revision or strategy rules
     kInterrupted = 12,     // the calling thread was interrupted (Ctrl-C): KeyboardInterrupt at the API
+    kAuthentication = 13,  // the run's secret is missing on one side or differs: not retryable
 };
 
 // The calling thread's interrupt check. The bindings set it, for the duration of a blocking call made from

@@ -9,8 +9,10 @@
 
 namespace pccl {
 
-MasterServer::MasterServer(std::string listen, MasterConfig config)
-    : listen_(std::move(listen)), config_(config), state_(config) {}
+MasterServer::MasterServer(std::string listen, MasterConfig config, AuthConfig auth)
+    : listen_(std::move(listen)), config_(config), auth_(auth), state_(config) {
+    if (auth_.encrypt && !auth_.key) throw CoreError(ErrorKind::kInvalidArgument, "encryption needs a secret");
+}
 
 MasterServer::~MasterServer() { stop(); }
 
@@ -50,6 +52,54 @@ void MasterServer::close_link(uint64_t id) {
     links_.erase(it);
 }
 
+void MasterServer::refuse(uint64_t id, Link& link, const std::string& reason, const std::string& log_reason, double now) {
+    log_warn("master: refused " + link.addr + ": " + log_reason);
+    auto f = wire::frame(wire::MsgType::kAuthRefused, wire::AuthRefused{reason});
+    link.out.insert(link.out.end(), f.begin(), f.end());
+    apply(state_.on_disconnect(id, "refused: " + log_reason, now));
+    close_link(id);
+}
+
+bool MasterServer::handshake_frame(uint64_t id, Link& link, const wire::Header& h, const std::vector<uint8_t>& payload,
+                                   double now) {
+    const auto type = wire::MsgType(h.type);
+    try {
+        if (link.auth == Link::kOpen) {  // an AUTH_HELLO to a master without a secret
+            refuse(id, link, "this master runs without a secret, and this peer has one: give both the same secret, or neither",
+                   "a peer with a secret, and this master has none", now);
+            return false;
+        }
+        if (link.auth == Link::kWantHello) {
+            if (type != wire::MsgType::kAuthHello) {
+                refuse(id, link, "this master requires the run's secret, and this peer has none "
+                                 "(Communicator(secret=...) or the PCCL_ARRAYS_SECRET environment variable)",
+                       "no secret (a frame of type " + std::to_string(h.type) + " before the handshake)", now);
+                return false;
+            }
+            link.server = std::make_unique<auth::Server>(*auth_.key, auth::kMasterLink, auth_.encrypt);
+            auto challenge = wire::frame(wire::MsgType::kAuthChallenge,
+                                         link.server->challenge(wire::decode_payload<wire::AuthHello>(payload)));
+            link.out.insert(link.out.end(), challenge.begin(), challenge.end());
+            flush(link);
+            link.auth = Link::kWantProof;
+            return true;
+        }
+        if (type != wire::MsgType::kAuthProof)
+            throw CoreError(ErrorKind::kAuthentication, "expected AUTH_PROOF, got type " + std::to_string(h.type));
+        link.server->verify(wire::decode_payload<wire::AuthProof>(payload));
+        link.channel = link.server->channel();
+        link.server.reset();
+        link.reader.seal_with(link.channel.rx.get());
+        link.auth = Link::kSealed;
+        return true;
+    } catch (const CoreError& e) {
+        log_warn("master: refused " + link.addr + ": " + e.what());
+        apply(state_.on_disconnect(id, std::string("refused: ") + e.what(), now));
+        close_link(id);
+        return false;
+    }
+}
+
 void MasterServer::flush(Link& link) {
     while (!link.out.empty() && link.fd >= 0) {
         ssize_t n = ::send(link.fd, link.out.data(), link.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -63,6 +113,7 @@ void MasterServer::apply(std::vector<MasterAction> actions) {
         auto it = links_.find(a.conn);
         if (it == links_.end()) continue;
         if (a.kind == MasterAction::kSend) {
+            if (it->second.channel.tx) auth::seal_frame(a.frame, *it->second.channel.tx);
             it->second.out.insert(it->second.out.end(), a.frame.begin(), a.frame.end());
             flush(it->second);
         } else if (a.kind == MasterAction::kProbe) {
@@ -135,7 +186,10 @@ void MasterServer::loop() {
                 if (fd < 0) break;
                 net::set_nonblocking(fd, true);
                 uint64_t id = next_conn_++;
-                links_[id] = Link{fd, who, {}, {}, false};
+                Link& link = links_[id];
+                link.fd = fd;
+                link.addr = who;
+                link.auth = auth_.key ? Link::kWantHello : Link::kOpen;
                 apply(state_.on_connect(id, who, now));
             }
         }
@@ -152,7 +206,12 @@ void MasterServer::loop() {
                 wire::Header h;
                 std::vector<uint8_t> payload;
                 while (links_.count(ids[i]) && it->second.reader.next(&h, &payload)) {
-                    apply(state_.on_frame(ids[i], h.type, payload, now));
+                    if (it->second.auth == Link::kSealed ||
+                        (it->second.auth == Link::kOpen && h.type != uint16_t(wire::MsgType::kAuthHello))) {
+                        apply(state_.on_frame(ids[i], h.type, payload, now));
+                    } else if (!handshake_frame(ids[i], it->second, h, payload, now)) {
+                        break;
+                    }
                 }
             } catch (const CoreError& e) {
                 // Garbage, a wrong version or a huge length prefix: drop this connection only.
@@ -162,6 +221,9 @@ void MasterServer::loop() {
             }
             if (!alive && links_.count(ids[i])) {
                 if (it->second.reader.mid_frame()) reason += " (in the middle of a frame)";
+                if (it->second.auth == Link::kWantProof)  // the peer found that our proof does not match its secret
+                    log_warn("master: refused " + it->second.addr + ": it left the handshake (" + reason +
+                             "): a different secret, or not a peer of this run");
                 apply(state_.on_disconnect(ids[i], reason, now));
                 close_link(ids[i]);
             }

@@ -2,22 +2,36 @@
 // MasterState, then carries out the actions it returns. It makes no decisions of its own. A reachability probe
 // (a TCP connect to a newcomer's data address, bounded by handshake_timeout) runs on a thread of its own so
 // that the loop never blocks; its outcome comes back to MasterState through the loop.
+//
+// In a run with a secret the server, not MasterState, runs the handshake (handshake.hpp) on each new connection:
+// frames reach MasterState only after the peer proved the secret, sealed both ways from then on. A connection
+// that does not prove it is refused and closed with a logged address; MasterState sees only a connection that
+// closed before its HELLO, so no group notices.
 #pragma once
 #include <atomic>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
+#include "handshake.hpp"
 #include "master_state.hpp"
 #include "net.hpp"
 
 namespace pccl {
 
+// The run's secret policy: no key, no authentication (loopback and trusted networks).
+struct AuthConfig {
+    std::optional<crypto::Key> key;
+    bool encrypt = false;  // encrypt every frame of the run (needs a key)
+};
+
 class MasterServer {
 public:
-    MasterServer(std::string listen, MasterConfig config);
+    MasterServer(std::string listen, MasterConfig config, AuthConfig auth = {});
     ~MasterServer();
     void start();  // binds (port 0 allowed) and starts the loop thread
     void stop();   // closes every connection; peers see the master as unreachable
@@ -32,7 +46,13 @@ private:
         net::FrameReader reader;
         std::vector<uint8_t> out;
         bool closing = false;
+        enum Auth { kOpen, kWantHello, kWantProof, kSealed } auth = kOpen;
+        std::unique_ptr<auth::Server> server;
+        auth::Channel channel;
     };
+    // Before the handshake is done, a frame goes here instead of MasterState; false: the link was closed.
+    bool handshake_frame(uint64_t id, Link& link, const wire::Header& h, const std::vector<uint8_t>& payload, double now);
+    void refuse(uint64_t id, Link& link, const std::string& reason, const std::string& log_reason, double now);
     void loop();
     void apply(std::vector<MasterAction> actions);
     void flush(Link& link);
@@ -42,6 +62,7 @@ private:
 
     std::string listen_;
     MasterConfig config_;
+    AuthConfig auth_;
     MasterState state_;
     mutable std::mutex mu_;  // guards state_ stats reads from other threads
     int listen_fd_ = -1;

@@ -206,15 +206,19 @@ bool FrameReader::fill(int fd, std::string* reason) {
             *reason = errno_text("recv failed", errno);
             return false;
         }
-        buf_.insert(buf_.end(), tmp, tmp + n);
-        // Validate the header as soon as it is complete, so a huge length prefix is refused before we buffer it.
-        if (!have_header_ && buf_.size() >= wire::kHeaderSize) {
-            header_ = wire::decode_header(buf_.data());
-            have_header_ = true;
-        }
-        if (have_header_ && buf_.size() > wire::kHeaderSize + header_.length + wire::kMaxControlPayload) return true;
+        if (!feed(tmp, size_t(n))) return true;
         if (size_t(n) < sizeof(tmp)) return true;
     }
+}
+
+bool FrameReader::feed(const uint8_t* data, size_t n) {
+    buf_.insert(buf_.end(), data, data + n);
+    // Validate the header as soon as it is complete, so a huge length prefix is refused before we buffer it.
+    if (!have_header_ && buf_.size() >= wire::kHeaderSize) {
+        header_ = wire::decode_header(buf_.data());
+        have_header_ = true;
+    }
+    return !(have_header_ && buf_.size() > wire::kHeaderSize + header_.length + wire::kMaxControlPayload);
 }
 
 bool FrameReader::next(wire::Header* header, std::vector<uint8_t>* payload) {
@@ -223,10 +227,13 @@ bool FrameReader::next(wire::Header* header, std::vector<uint8_t>* payload) {
         header_ = wire::decode_header(buf_.data());
         have_header_ = true;
     }
-    size_t total = wire::kHeaderSize + header_.length;
+    const size_t total = wire::kHeaderSize + header_.length + (rx_ ? crypto::kTagBytes : 0);
     if (buf_.size() < total) return false;
+    if (rx_ && !rx_->open(buf_.data(), wire::kHeaderSize, buf_.data() + wire::kHeaderSize, header_.length,
+                          buf_.data() + wire::kHeaderSize + header_.length))
+        throw CoreError(ErrorKind::kProtocol, "a frame failed its integrity check (bytes changed in flight)");
     *header = header_;
-    payload->assign(buf_.begin() + wire::kHeaderSize, buf_.begin() + long(total));
+    payload->assign(buf_.begin() + wire::kHeaderSize, buf_.begin() + long(wire::kHeaderSize + header_.length));
     buf_.erase(buf_.begin(), buf_.begin() + long(total));
     have_header_ = false;
     if (buf_.size() >= wire::kHeaderSize) {

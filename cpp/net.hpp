@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "crypto.hpp"
 #include "wire.hpp"
 
 namespace pccl::net {
@@ -39,11 +40,16 @@ bool send_all(int fd, const void* data, size_t len, int* err);
 // (errno in *err), -2 deadline passed. stop_fd (if >= 0) readable also ends the wait with -3.
 int recv_exact(int fd, void* data, size_t len, double deadline, int* err, int stop_fd = -1);
 
-// Accumulates bytes from a non-blocking socket and yields whole frames; rejects bad headers at once.
+// Accumulates bytes from a non-blocking socket and yields whole frames; rejects bad headers at once. Once
+// sealed (an authenticated connection after its handshake), every frame is followed by its tag and is
+// checked (and decrypted) before it is yielded; a frame that fails is a CoreError(kProtocol).
 class FrameReader {
 public:
+    void seal_with(crypto::Opener* rx) { rx_ = rx; }
     // Reads what is available. Returns false on EOF or socket error (reason set), throws kProtocol on a bad frame.
     bool fill(int fd, std::string* reason);
+    // Takes bytes from elsewhere (tests); true while more may be buffered. Throws kProtocol on a bad header.
+    bool feed(const uint8_t* data, size_t n);
     // Pops one complete frame if there is one.
     bool next(wire::Header* header, std::vector<uint8_t>* payload);
     bool mid_frame() const { return !buf_.empty(); }
@@ -52,6 +58,7 @@ private:
     std::vector<uint8_t> buf_;
     bool have_header_ = false;
     wire::Header header_;
+    crypto::Opener* rx_ = nullptr;
 };
 
 // Wakes a poll() from another thread (a pipe whose read end becomes readable).

@@ -5,7 +5,9 @@
 //
 // Incoming connections announce themselves with PEER_HELLO (from, to, index) on the data port. The accept
 // thread reads exactly that frame, with a handshake deadline: garbage, a wrong version or a hello meant for
-// another peer closes that connection with a logged reason and nothing else changes.
+// another peer closes that connection with a logged reason and nothing else changes. In a run with a secret,
+// the handshake (handshake.hpp) comes first on every connection and PEER_HELLO is sealed; a connection that
+// does not prove the secret is closed the same way, before anything it sent is acted on.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -13,11 +15,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "handshake.hpp"
 #include "net.hpp"
 
 namespace pccl {
@@ -29,6 +33,9 @@ struct Conn {
     uint32_t index = 0;
     bool outgoing = false;
     std::atomic<uint64_t> bytes{0};  // bytes moved on this connection, for diagnostics
+    auth::Channel channel;           // sealing state in a run with a secret (else empty)
+    crypto::Sealer* tx() const { return channel.tx.get(); }
+    crypto::Opener* rx() const { return channel.rx.get(); }
     Conn() = default;
     Conn(const Conn&) = delete;
     Conn& operator=(const Conn&) = delete;
@@ -51,6 +58,10 @@ public:
     uint16_t start(const std::string& host, uint16_t port, double handshake_timeout);
     void stop();
     void set_self(uint64_t id) { self_ = id; }
+    // A run with a secret: the run key (before start()), and the master's encryption policy once known (data
+    // connections are refused until then: no peer of the run dials us before the master admitted us).
+    void set_key(const crypto::Key& key) { key_ = key; }
+    void set_policy(bool encrypt) { encrypt_ = encrypt; policy_known_ = true; }
 
     // The outgoing connection (slot, index) to `to`, opened (and greeted) now if there is none.
     ConnPtr outgoing(const wire::PeerInfo& to, uint32_t slot, uint32_t index, double connect_timeout);
@@ -76,6 +87,8 @@ private:
     int listen_fd_ = -1;
     double handshake_timeout_ = 5.0;
     std::atomic<bool> running_{false};
+    std::optional<crypto::Key> key_;
+    std::atomic<bool> encrypt_{false}, policy_known_{false};
     net::Wakeup wake_;
     std::thread thread_;
 };

@@ -144,7 +144,7 @@ private:
         for (int rounds = 0; rounds < 64 && r_step_ < steps_; rounds++) {
             size_t n;
             int err = 0;
-            const auto st = rx_.pump(in_->fd, &n, &err);
+            const auto st = rx_.pump(in_->fd, &n, &err, in_->rx());
             if (n) {
                 *progressed = true;
                 in_->bytes += n;
@@ -155,6 +155,10 @@ private:
                 case PieceReceiver::kProgress: break;
                 case PieceReceiver::kClosed: return lost_incoming(ErrorKind::kPeerLost, "closed by the other side");
                 case PieceReceiver::kFailed: return lost_incoming(ErrorKind::kPeerLost, errno_text("recv", err));
+                case PieceReceiver::kForged:  // nothing of it was used; retryable, the connection is replaced
+                    ctl_.fail(ErrorKind::kPeerLost,
+                              "data connection from peer " + std::to_string(links_.prev.id) + ": " + rx_.why());
+                    return false;
                 case PieceReceiver::kBadFrame:
                     if (in_left_.is_leftover()) return lost_incoming(ErrorKind::kProtocol, rx_.why());
                     ctl_.fail(ErrorKind::kProtocol,
@@ -224,7 +228,7 @@ private:
                 const size_t piece = std::min(per_piece, len - s_off_);
                 if (s_off_ + piece > ready) return true;
                 const uint8_t* src = (s_step_ == 0 ? input_ : result_) + region_begin(s_step_, true) + s_off_;
-                tx_.start(wire::DataHeader{ctl_.op_id(), s_step_, j_, s_off_}, src, piece);
+                tx_.start(wire::DataHeader{ctl_.op_id(), s_step_, j_, s_off_}, src, piece, out_->tx());
                 s_piece_ = piece;
             }
             size_t n;

@@ -55,7 +55,7 @@ void send_stream(const Stream& s, uint64_t begin, uint64_t end, const TransferLi
         uint64_t inner;
         locate(s, off, &k, &inner);
         const uint64_t piece = std::min<uint64_t>({link.piece_bytes, end - off, s.sizes[k] - inner});
-        tx.start(wire::DataHeader{ctl.op_id(), 0, link.stripe, off}, s.data[k] + inner, size_t(piece));
+        tx.start(wire::DataHeader{ctl.op_id(), 0, link.stripe, off}, s.data[k] + inner, size_t(piece), out->tx());
         for (;;) {
             if (ctl.stopped()) return;
             size_t n;
@@ -120,7 +120,7 @@ void recv_stream(const Stream& s, uint64_t begin, uint64_t end, const TransferLi
         }
         size_t n;
         int err = 0;
-        const auto st = rx.pump(in->fd, &n, &err);
+        const auto st = rx.pump(in->fd, &n, &err, in->rx());
         if (n) {
             last_progress = net::now_seconds();
             in->bytes += n;
@@ -137,6 +137,9 @@ void recv_stream(const Stream& s, uint64_t begin, uint64_t end, const TransferLi
             case PieceReceiver::kBadFrame:
                 if (!lost(ErrorKind::kProtocol, rx.why())) return;
                 break;
+            case PieceReceiver::kForged:  // retryable: the sync aborts and nothing of it is kept
+                fail(ErrorKind::kPeerLost, rx.why());
+                return;
             case PieceReceiver::kHeader: {
                 const wire::DataHeader& d = rx.header();
                 if (d.op_id != ctl.op_id()) {

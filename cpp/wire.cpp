@@ -13,7 +13,7 @@ void store32(uint8_t* p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = uint8_
 void store16(uint8_t* p, uint16_t v) { p[0] = uint8_t(v); p[1] = uint8_t(v >> 8); }
 }  // namespace
 
-bool is_known_type(uint16_t t) { return (t >= 1 && t <= 18) || t == 32 || t == 33; }
+bool is_known_type(uint16_t t) { return (t >= 1 && t <= 18) || t == 32 || t == 33 || (t >= 40 && t <= 43); }
 
 Header decode_header(const uint8_t* b) {
     if (load32(b) != kMagic) bad("bad magic");
@@ -56,6 +56,7 @@ const uint8_t* Reader::need(size_t n) {
     return at;
 }
 uint8_t Reader::u8() { return *need(1); }
+void Reader::raw(uint8_t* out, size_t n) { std::memcpy(out, need(n), n); }
 uint16_t Reader::u16() { return load16(need(2)); }
 uint32_t Reader::u32() { return load32(need(4)); }
 uint64_t Reader::u64() {
@@ -138,6 +139,14 @@ void encode(Writer& w, const OpCommit& m) { w.u64(m.op_id); }
 void encode(Writer& w, const OpAbort& m) { w.u64(m.op_id); w.u8(m.kind); w.str(m.reason); }
 void encode(Writer& w, const PendingReply& m) { w.u32(m.pending); }
 void encode(Writer& w, const Kicked& m) { w.str(m.reason); }
+void encode(Writer& w, const AuthHello& m) { w.u8(m.context); w.raw(m.nonce.data(), m.nonce.size()); }
+void encode(Writer& w, const AuthChallenge& m) {
+    w.raw(m.nonce.data(), m.nonce.size());
+    w.u8(m.encrypt);
+    w.raw(m.mac.data(), m.mac.size());
+}
+void encode(Writer& w, const AuthProof& m) { w.raw(m.mac.data(), m.mac.size()); }
+void encode(Writer& w, const AuthRefused& m) { w.str(m.reason); }
 void encode(Writer& w, const PeerHello& m) { w.u64(m.from); w.u64(m.to); w.u32(m.index); w.u32(m.slot); }
 void encode(Writer& w, const DataHeader& m) { w.u64(m.op_id); w.u32(m.step); w.u32(m.stripe); w.u64(m.offset); }
 void encode(Writer& w, const StateEntry& m) {
@@ -274,6 +283,26 @@ template <> OpAbort decode<OpAbort>(Reader& r) {
 }
 template <> PendingReply decode<PendingReply>(Reader& r) { return PendingReply{r.u32()}; }
 template <> Kicked decode<Kicked>(Reader& r) { return Kicked{r.str()}; }
+template <> AuthHello decode<AuthHello>(Reader& r) {
+    AuthHello m;
+    m.context = r.u8();
+    r.raw(m.nonce.data(), m.nonce.size());
+    return m;
+}
+template <> AuthChallenge decode<AuthChallenge>(Reader& r) {
+    AuthChallenge m;
+    r.raw(m.nonce.data(), m.nonce.size());
+    m.encrypt = r.u8();
+    if (m.encrypt > 1) bad("encryption flag " + std::to_string(m.encrypt));
+    r.raw(m.mac.data(), m.mac.size());
+    return m;
+}
+template <> AuthProof decode<AuthProof>(Reader& r) {
+    AuthProof m;
+    r.raw(m.mac.data(), m.mac.size());
+    return m;
+}
+template <> AuthRefused decode<AuthRefused>(Reader& r) { return AuthRefused{r.str()}; }
 template <> PeerHello decode<PeerHello>(Reader& r) {
     PeerHello m;
     m.from = r.u64();

@@ -4,6 +4,7 @@
 // short, oversized or malformed payload is a CoreError of kind kProtocol, never a crash or a huge allocation.
 // docs/protocol.md describes every message.
 #pragma once
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -14,7 +15,7 @@
 namespace pccl::wire {
 
 constexpr uint32_t kMagic = 0x52414350;  // "PCAR" as little-endian bytes
-constexpr uint16_t kVersion = 2;
+constexpr uint16_t kVersion = 3;  // 3: authenticated runs (AUTH_* frames, sealed frames)
 constexpr size_t kHeaderSize = 16;
 constexpr uint32_t kMaxControlPayload = 1u << 20;  // control frames: membership lists, reasons
 constexpr uint32_t kMaxDataPayload = 64u << 20;    // one piece of an operation
@@ -32,6 +33,8 @@ enum class MsgType : uint16_t {
     kSyncStart = 17, kSyncPlan = 18,  // shared state: ends with OP_DONE, OP_COMMIT / OP_ABORT of the sync id
     // peer <-> peer
     kPeerHello = 32, kData = 33,
+    // the handshake of an authenticated run, first on every connection (docs/security.md)
+    kAuthHello = 40, kAuthChallenge = 41, kAuthProof = 42, kAuthRefused = 43,
 };
 bool is_known_type(uint16_t type);
 
@@ -50,6 +53,7 @@ public:
     void u32(uint32_t v);
     void u64(uint64_t v);
     void str(const std::string& s);
+    void raw(const uint8_t* p, size_t n) { buf_.insert(buf_.end(), p, p + n); }
     std::vector<uint8_t>& bytes() { return buf_; }
 
 private:
@@ -64,6 +68,7 @@ public:
     uint32_t u32();
     uint64_t u64();
     std::string str();
+    void raw(uint8_t* out, size_t n);
     size_t count(size_t max);  // a u32 element count, bounded by max and by the bytes left
     void finish() const;        // the payload must be consumed exactly
 
@@ -145,6 +150,13 @@ struct SyncPlan {
     std::vector<SyncRecv> recvs;
 };
 
+// The handshake (handshake.hpp). context: which kind of connection (1 master link, 2 data connection).
+using Bytes32 = std::array<uint8_t, 32>;
+struct AuthHello { uint8_t context = 0; Bytes32 nonce{}; };
+struct AuthChallenge { Bytes32 nonce{}; uint8_t encrypt = 0; Bytes32 mac{}; };
+struct AuthProof { Bytes32 mac{}; };
+struct AuthRefused { std::string reason; };
+
 // Precedes each piece of payload on a data connection; the piece's length is the frame length minus this.
 struct DataHeader { uint64_t op_id = 0; uint32_t step = 0; uint32_t stripe = 0; uint64_t offset = 0; };
 constexpr size_t kDataHeaderSize = 24;
@@ -169,6 +181,10 @@ void encode(Writer& w, const DataHeader& m);
 void encode(Writer& w, const StateEntry& m);
 void encode(Writer& w, const SyncStart& m);
 void encode(Writer& w, const SyncPlan& m);
+void encode(Writer& w, const AuthHello& m);
+void encode(Writer& w, const AuthChallenge& m);
+void encode(Writer& w, const AuthProof& m);
+void encode(Writer& w, const AuthRefused& m);
 
 template <class T> T decode(Reader& r);
 template <> PeerInfo decode<PeerInfo>(Reader& r);
@@ -191,6 +207,10 @@ template <> DataHeader decode<DataHeader>(Reader& r);
 template <> StateEntry decode<StateEntry>(Reader& r);
 template <> SyncStart decode<SyncStart>(Reader& r);
 template <> SyncPlan decode<SyncPlan>(Reader& r);
+template <> AuthHello decode<AuthHello>(Reader& r);
+template <> AuthChallenge decode<AuthChallenge>(Reader& r);
+template <> AuthProof decode<AuthProof>(Reader& r);
+template <> AuthRefused decode<AuthRefused>(Reader& r);
 
 // Decodes a whole payload as T and checks that nothing is left over.
 template <class T> T decode_payload(const std::vector<uint8_t>& payload) {

@@ -18,6 +18,7 @@ except ImportError as e:  # a source checkout that was never built, or a build f
 from . import errors, log  # noqa: E402
 from .communicator import AllReduceInfo, Communicator  # noqa: E402
 from .errors import (
+    AuthenticationError,
     MasterUnreachableError,
     OperationMismatchError,
     PCCLError,
@@ -36,5 +37,5 @@ log.start()
 __all__ = [
     "AllReduceInfo", "Communicator", "Master", "Quantization", "errors", "PCCLError", "PeerLostError", "TooFewPeersError",
     "MasterUnreachableError", "PeerEvictedError", "ProtocolError", "OperationMismatchError", "SharedState", "SyncInfo",
-    "SharedStateError",
+    "SharedStateError", "AuthenticationError",
 ]

@@ -1,7 +1,9 @@
 """The ``pccl-arrays`` command.
 
     pccl-arrays --version
-    pccl-arrays master --listen HOST:PORT                 runs a master until interrupted
+    pccl-arrays master --listen HOST:PORT [--secret-file PATH [--encrypt]]
+                                                          runs a master until interrupted
+    pccl-arrays new-secret                                prints a fresh random secret for a run
     pccl-arrays wan-relay --target HOST:PORT [--profile continent] [--listen HOST:PORT]
                                                           runs a WAN-emulating relay until interrupted
                                                           (pccl_arrays.wan; point a peer's advertise at it)
@@ -15,8 +17,9 @@ import sys
 import threading
 
 from ._version import __version__
-from .errors import PCCLError
+from .errors import InvalidArgumentError, PCCLError
 from .master import Master
+from .secret import new_secret
 
 _LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
@@ -39,6 +42,10 @@ def main(argv=None) -> int:
     m.add_argument("--listen", default="0.0.0.0:48148", help="host:port to listen on (port 0: the OS chooses)")
     m.add_argument("--peer-timeout", type=float, default=10.0, help="seconds of silence before a peer is evicted")
     m.add_argument("--handshake-timeout", type=float, default=5.0, help="seconds for a new connection to say HELLO")
+    m.add_argument("--secret-file", help="file holding the run's secret (default: the PCCL_ARRAYS_SECRET environment "
+                                         "variable, if set); peers need the same secret")
+    m.add_argument("--encrypt", action="store_true", help="encrypt every frame of the run (needs a secret)")
+    sub.add_parser("new-secret", help="print a fresh random secret (64 hex digits) for a run")
     r = sub.add_parser("wan-relay", help="forward connections to a target through an emulated WAN path")
     r.add_argument("--target", required=True, help="host:port to forward to (a peer's data port)")
     r.add_argument("--listen", default="127.0.0.1:0", help="host:port to listen on (port 0: the OS chooses)")
@@ -53,14 +60,31 @@ def main(argv=None) -> int:
         parser.error(f"{args.command}: {e}")
 
 
+def _read_secret(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as e:
+        raise InvalidArgumentError(f"cannot read the secret file {path}: {e.strerror}") from None
+    if not secret:
+        raise InvalidArgumentError(f"the secret file {path} is empty")
+    return secret
+
+
 def _run(args, wan) -> int:
+    if args.command == "new-secret":
+        print(new_secret())
+        return 0
     if args.command == "master":
-        master = Master(args.listen, peer_timeout=args.peer_timeout, handshake_timeout=args.handshake_timeout).start()
-        print(f"pccl-arrays master listening on {master.address}", flush=True)
-        if not master.address.startswith(_LOOPBACK):
-            print(f"pccl-arrays: warning: the master listens on {master.address}, beyond this machine; anyone who "
-                  "can reach that port can join the run (there is no authentication yet)", file=sys.stderr,
-                  flush=True)
+        secret = _read_secret(args.secret_file) if args.secret_file else None
+        master = Master(args.listen, peer_timeout=args.peer_timeout, handshake_timeout=args.handshake_timeout,
+                        secret=secret, encrypt=args.encrypt).start()
+        mode = "encrypted" if master.encrypted else "authenticated" if master.authenticated else "no secret"
+        if not master.authenticated and not master.address.startswith(_LOOPBACK):  # before the line scripts wait for
+            print(f"pccl-arrays: warning: the master listens on {master.address}, beyond this machine, without a "
+                  "secret; anyone who can reach that port can join the run (give it --secret-file, see "
+                  "docs/security.md)", file=sys.stderr, flush=True)
+        print(f"pccl-arrays master listening on {master.address} ({mode})", flush=True)
         _wait_for_signal()
         master.stop()
         return 0

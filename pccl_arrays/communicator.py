@@ -8,6 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core, arrays
+from . import secret as _secret
 from . import in_flight as _in_flight
 from . import quantization as _quantization
 from . import shared_state as _shared_state
@@ -51,6 +52,9 @@ class Communicator:
             (all-reduce, sync, update_topology); each call may pass its own ``timeout``. None: no bound.
         min_world_size: the smallest group a collective may run with; below it every peer gets
             TooFewPeersError (never a result computed alone), and update_topology() waits for newcomers.
+        secret: the run's secret, the master's (bytes or str; default: the ``PCCL_ARRAYS_SECRET`` environment
+            variable, if set). A missing or different secret on either side is an AuthenticationError at
+            connect(); whether the run encrypts is the master's choice (docs/security.md).
 
     Used as a context manager (``with Communicator(...) as comm:``) it connects on entry and closes on exit.
     """
@@ -70,6 +74,7 @@ class Communicator:
         piece_bytes: int = _DEFAULTS["piece_bytes"],
         op_timeout: Optional[float] = DEFAULT_OP_TIMEOUT,
         min_world_size: int = 1,
+        secret: _secret.Secret = None,
     ):
         if not isinstance(peer_group, int) or peer_group < 0 or peer_group >= 2**32:
             raise InvalidArgumentError(f"peer_group must be an int in [0, 2**32), not {peer_group!r}")
@@ -82,7 +87,7 @@ class Communicator:
         self._core = _core.Communicator(
             master, peer_group, connections, listen, advertise or "", connect_timeout, heartbeat_interval,
             master_timeout, data_timeout, piece_bytes, 0.0 if op_timeout is None else float(op_timeout),
-            min_world_size,
+            min_world_size, _secret.resolve(secret),
         )
         self.min_world_size = min_world_size
         self.last_info: Optional[AllReduceInfo] = None

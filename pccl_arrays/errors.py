@@ -70,6 +70,12 @@ class SharedStateError(PCCLError):
     no peer offers state. The state was not changed (docs/shared_state.md)."""
 
 
+class AuthenticationError(PCCLError):
+    """The run's secret is missing on one side or differs between this peer and the master (or another peer):
+    the connection was refused. Not retryable: fix the configuration (docs/security.md). The message says which
+    side lacks what; it never contains the secret."""
+
+
 class InvalidArgumentError(PCCLError, ValueError):
     """An argument is invalid."""
 
@@ -90,6 +96,7 @@ _BY_KIND = {
     "network": NetworkError,
     "timeout": PCCLTimeoutError,
     "shared_state": SharedStateError,
+    "authentication": AuthenticationError,
 }
 
 

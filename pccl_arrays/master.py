@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import _core
+from . import secret as _secret
 from .errors import InvalidArgumentError
 
 
@@ -12,16 +13,25 @@ class Master:
     Args:
         listen: ``host:port`` to listen on; port 0 lets the OS choose (read it back from :attr:`address`).
         peer_timeout: seconds of silence after which a peer is evicted (a stalled or vanished peer).
-        handshake_timeout: seconds a new connection has to say HELLO before it is dropped; also the bound on
-            probing a newcomer's data address before it is admitted.
+        handshake_timeout: seconds a new connection has to say HELLO (and, with a secret, prove it) before it is
+            dropped; also the bound on probing a newcomer's data address before it is admitted.
+        secret: the run's secret (bytes or str; default: the ``PCCL_ARRAYS_SECRET`` environment variable, if
+            set). With one, every connection of the run must prove it and every frame carries an integrity tag
+            (docs/security.md); peers need the same secret.
+        encrypt: also encrypt every frame of the run (needs a secret); peers learn it from the master.
     """
 
     def __init__(self, listen: str = "127.0.0.1:0", *, peer_timeout: float = _core.DEFAULTS["peer_timeout"],
-                 handshake_timeout: float = _core.DEFAULTS["handshake_timeout"]):
+                 handshake_timeout: float = _core.DEFAULTS["handshake_timeout"], secret: _secret.Secret = None,
+                 encrypt: bool = False):
         for name, value in (("peer_timeout", peer_timeout), ("handshake_timeout", handshake_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InvalidArgumentError(f"{name} must be a positive number of seconds, not {value!r}")
-        self._server = _core.MasterServer(listen, peer_timeout, handshake_timeout)
+        key = _secret.resolve(secret)
+        if encrypt and key is None:
+            raise InvalidArgumentError("encrypt=True needs a secret (secret= or PCCL_ARRAYS_SECRET)")
+        self.authenticated, self.encrypted = key is not None, bool(encrypt)
+        self._server = _core.MasterServer(listen, peer_timeout, handshake_timeout, key, bool(encrypt))
 
     def start(self) -> "Master":
         """Binds and starts serving; returns self."""
@@ -44,6 +54,10 @@ class Master:
     def stats(self) -> dict:
         """Counters: peers_accepted, ops_committed/aborted/rejected, evictions, dropped_connections, recent_drops."""
         return self._server.stats()
+
+    def __repr__(self) -> str:
+        mode = "encrypted" if self.encrypted else "authenticated" if self.authenticated else "no secret"
+        return f"Master({self.address!r}, {mode}, {'running' if self.running else 'stopped'})"
 
     def __enter__(self) -> "Master":
         if not self.running:

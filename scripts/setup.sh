@@ -3,6 +3,11 @@
 # Run by scripts/demo.sh and scripts/test.sh; safe to run again (it only adds what is missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# The core links OpenSSL's libcrypto (authenticated runs): its headers come from libssl-dev on Debian/Ubuntu.
+if [ ! -f /usr/include/openssl/evp.h ] && command -v apt-get >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get install -y -q libssl-dev >/dev/null || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q libssl-dev >/dev/null; }
+fi
 if [ ! -x .venv/bin/python ]; then
   PY=${PYTHON:-}
   if [ -z "$PY" ]; then

@@ -65,3 +65,16 @@ def test_gpu_quant_wan_benchmark_runs_the_host_path_and_says_so(tmp_path):
     if doc["path"] == "host":
         assert "device_to_host" not in doc["stages_s"]
         assert "device stages were not measured" in proc.stdout and "--size 256MiB" in proc.stdout
+
+
+@pytest.mark.timeout(180)
+def test_security_benchmark_quick_mode_measures_every_mode(tmp_path):
+    out = tmp_path / "security.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "security.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == []
+    assert {(r["mode"], r["bytes"]) for r in doc["table"]} == {(m, s) for m in ("plain", "integrity", "encrypted")
+                                                              for s in (4096, 1 << 20)}
+    assert all(r["algbw_GBps"] > 0 for r in doc["table"]) and "vs plain" in proc.stdout

@@ -29,6 +29,8 @@ def test_one_version_everywhere():
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("args,words", [
     (("master", "--listen", "nohost"), "not of the form host:port"),
+    (("master", "--secret-file", "/nonexistent/secret"), "cannot read the secret file"),
+    (("master", "--listen", "127.0.0.1:0", "--encrypt"), "needs a secret"),
     (("wan-relay", "--target", "bad"), "target must be 'host:port'"),
     (("wan-relay", "--target", "127.0.0.1:9", "--listen", "127.0.0.1:99999"), "listen must be 'host:port'"),
 ])
@@ -46,15 +48,23 @@ def test_cli_port_in_use_is_one_line():
 
 
 @pytest.mark.timeout(60)
-def test_cli_master_warns_when_it_listens_beyond_loopback():
-    proc = subprocess.Popen([sys.executable, "-m", "pccl_arrays.cli", "master", "--listen", "0.0.0.0:0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
-    try:
-        assert "listening on" in proc.stdout.readline()
-        assert "warning" in proc.stderr.readline()
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def test_cli_master_warns_when_it_listens_beyond_loopback_without_a_secret(tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(cli("new-secret").stdout)
+    assert len(secret_file.read_text().strip()) == 64
+    for extra, mode, warns in (((), "no secret", True), (("--secret-file", str(secret_file)), "authenticated", False),
+                               (("--secret-file", str(secret_file), "--encrypt"), "encrypted", False)):
+        proc = subprocess.Popen([sys.executable, "-m", "pccl_arrays.cli", "master", "--listen", "0.0.0.0:0", *extra],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        try:
+            line = proc.stdout.readline()
+            assert "listening on" in line and f"({mode})" in line, line
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        err = proc.stderr.read()
+        assert ("warning" in err and "without a secret" in err) == warns, err
+        assert secret_file.read_text().strip() not in line + err
 
 
 @pytest.mark.timeout(60)

@@ -58,6 +58,11 @@ FIELDS = {
             max_size=3)})),
     "peer_hello": {"from": u64, "to": u64, "index": u32, "slot": u32},
     "data": {"op_id": u64, "step": u32, "stripe": u32, "offset": u64, "payload": st.binary(max_size=64)},
+    "auth_hello": {"context": u8, "nonce": st.binary(min_size=32, max_size=32)},
+    "auth_challenge": {"nonce": st.binary(min_size=32, max_size=32), "encrypt": st.integers(0, 1),
+                       "mac": st.binary(min_size=32, max_size=32)},
+    "auth_proof": {"mac": st.binary(min_size=32, max_size=32)},
+    "auth_refused": {"reason": text},
 }
 assert set(FIELDS) == set(TYPE_CODES)
 

@@ -17,7 +17,7 @@ from pccl_arrays import _core
 from pccl_arrays.errors import InvalidArgumentError, PCCLError, ProtocolError
 
 MAGIC = 0x52414350
-VERSION = 2
+VERSION = 3
 HEADER = struct.Struct("<IHHII")  # magic, version, type, length, reserved
 MAX_CONTROL = 1 << 20
 MAX_DATA = (64 << 20) + 24  # one piece plus the data header
@@ -28,7 +28,7 @@ TYPE_CODES = {
     "hello": 1, "welcome": 2, "heartbeat": 3, "heartbeat_ack": 4, "topo_request": 5, "topo_result": 6,
     "op_start": 7, "op_go": 8, "op_reject": 9, "op_done": 10, "op_commit": 11, "op_abort": 12,
     "pending_request": 13, "pending_reply": 14, "leave": 15, "kicked": 16, "sync_start": 17, "sync_plan": 18,
-    "peer_hello": 32, "data": 33,
+    "peer_hello": 32, "data": 33, "auth_hello": 40, "auth_challenge": 41, "auth_proof": 42, "auth_refused": 43,
 }
 MAX_STATE = 16 << 20  # SYNC_START / SYNC_PLAN
 EMPTY_TYPES = {"heartbeat", "leave"}
@@ -64,6 +64,10 @@ SAMPLES = {
                   "recvs": [{"from": 5, "begin": 0, "end": 10, "stripes": 2}]},
     "peer_hello": {"from": 3, "to": 4, "index": 2, "slot": 5},
     "data": {"op_id": 17, "step": 3, "stripe": 1, "offset": 2**33, "payload": b"\x00\x01\xfe\xff" * 5},
+    "auth_hello": {"context": 2, "nonce": bytes(range(32))},
+    "auth_challenge": {"nonce": bytes(range(100, 132)), "encrypt": 1, "mac": bytes(range(200, 232))},
+    "auth_proof": {"mac": bytes(range(1, 33))},
+    "auth_refused": {"reason": "this master requires the run's secret"},
 }
 assert set(SAMPLES) == set(TYPE_CODES)
 
@@ -148,6 +152,14 @@ def expected_payload(type_name: str, f: dict) -> bytes:
             return struct.pack("<QQII", f["from"], f["to"], f["index"], f["slot"])
         case "data":
             return struct.pack("<QIIQ", f["op_id"], f["step"], f["stripe"], f["offset"]) + f["payload"]
+        case "auth_hello":
+            return struct.pack("<B", f["context"]) + f["nonce"]
+        case "auth_challenge":
+            return f["nonce"] + struct.pack("<B", f["encrypt"]) + f["mac"]
+        case "auth_proof":
+            return f["mac"]
+        case "auth_refused":
+            return wstr(f["reason"])
     raise AssertionError(type_name)
 
 
@@ -173,7 +185,7 @@ def test_the_code_table_is_the_documented_protocol():
     assert codes["quant_kind"] == {"none": 0, "minmax": 1, "zeropoint": 2}
     assert codes["rounding"] == {"nearest": 0, "stochastic": 1}
     assert codes["sync_strategy"] == {"enforce_popular": 0, "receive_only": 1, "send_only": 2}
-    assert list(codes["error_kind"].values()) == list(range(1, 13))
+    assert list(codes["error_kind"].values()) == list(range(1, 14))
     from pccl_arrays.errors import error_class
 
     for name in codes["error_kind"]:  # every kind the core raises has its own class (interrupted: KeyboardInterrupt)
@@ -200,7 +212,7 @@ def test_header_layout_byte_by_byte():
     frame = _core.encode_frame("welcome", {"peer_id": 0x0102030405060708})
     assert len(frame) == 16 + 8
     assert frame[0:4] == bytes([0x50, 0x43, 0x41, 0x52]) == b"PCAR"  # magic 0x52414350, little-endian
-    assert frame[4:6] == bytes([0x02, 0x00])  # protocol version 2
+    assert frame[4:6] == bytes([0x03, 0x00])  # protocol version 3
     assert frame[6:8] == bytes([0x02, 0x00])  # type 2 = welcome
     assert frame[8:12] == bytes([0x08, 0x00, 0x00, 0x00])  # payload length 8
     assert frame[12:16] == bytes([0x00, 0x00, 0x00, 0x00])  # reserved, zero
@@ -272,7 +284,7 @@ def test_bad_magic(index):
     assert_protocol_error(bytes(frame), "magic")
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, 0x0100, 0xFFFF])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, 0x0100, 0xFFFF])
 def test_wrong_protocol_version(version):
     assert_protocol_error(header(TYPE_CODES["heartbeat"], 0, version=version), "version")
 
@@ -399,7 +411,7 @@ def test_hostile_inputs_under_a_memory_limit():
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         H = struct.Struct("<IHHII")
         def h(t, n):
-            return H.pack(0x52414350, 2, t, n, 0)
+            return H.pack(0x52414350, _core.PROTOCOL_VERSION, t, n, 0)
         cases = [h(6, 2**32 - 1), h(33, 2**32 - 1), h(16, 2**31)]
         for t, fixed in ((6, struct.pack("<QII", 0, 0, 0)), (8, struct.pack("<QQI", 0, 0, 1))):
             for count in (2**32 - 1, 2**31, 2**20, 65536):
@@ -415,6 +427,17 @@ def test_hostile_inputs_under_a_memory_limit():
                     pass
                 else:
                     sys.exit("decoded a hostile frame: " + c[:32].hex())
+        # The same frames on a sealed connection (a run with a secret): refused before anything is sized
+        # from them, and a frame whose tag is missing or wrong is never yielded.
+        for encrypt in (False, True):
+            for c in cases:
+                pipe = _core.SealedPipe(b"secret", encrypt)
+                try:
+                    frames = pipe.open(c + bytes(16))
+                except ProtocolError:
+                    continue
+                if frames:
+                    sys.exit("a sealed reader yielded a forged frame: " + c[:32].hex())
         print("ok")
         """
     )

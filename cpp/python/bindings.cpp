@@ -5,8 +5,10 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <openssl/crypto.h>
 
 #include "communicator.hpp"
+#include "handshake.hpp"
 #include "dicts.hpp"
 #include "dlpack.hpp"
 #include "hash.hpp"
@@ -43,6 +45,16 @@ struct InterruptScope {
     ~InterruptScope() { t_interrupt_check = saved; }
 };
 
+// The run key of a secret (bytes; None: no secret). The secret's copy here is wiped once the key is derived.
+std::optional<crypto::Key> run_key(const std::optional<py::bytes>& secret) {
+    if (!secret) return std::nullopt;
+    std::string bytes = *secret;
+    if (bytes.empty()) throw CoreError(ErrorKind::kInvalidArgument, "the secret is empty");
+    const auto key = auth::derive_run_key(bytes);
+    OPENSSL_cleanse(bytes.data(), bytes.size());
+    return key;
+}
+
 // Runs a blocking core call without the GIL, interruptible by Ctrl-C.
 template <class F> auto blocking(F&& f) {
     InterruptScope scope;
@@ -78,10 +90,12 @@ PYBIND11_MODULE(_core, m) {
     bind_test_seams(m);  // test_seams.cpp: the pure decision functions and raw kernels, for tests and tools
 
     py::class_<MasterServer>(m, "MasterServer")
-        .def(py::init([](const std::string& listen, double peer_timeout, double handshake_timeout) {
-                 return new MasterServer(listen, MasterConfig{peer_timeout, handshake_timeout});
+        .def(py::init([](const std::string& listen, double peer_timeout, double handshake_timeout,
+                         const std::optional<py::bytes>& secret, bool encrypt) {
+                 return new MasterServer(listen, MasterConfig{peer_timeout, handshake_timeout}, AuthConfig{run_key(secret), encrypt});
              }),
-             py::arg("listen"), py::arg("peer_timeout"), py::arg("handshake_timeout"))
+             py::arg("listen"), py::arg("peer_timeout"), py::arg("handshake_timeout"), py::arg("secret") = py::none(),
+             py::arg("encrypt") = false)
         .def("start", &MasterServer::start, py::call_guard<py::gil_scoped_release>())
         .def("stop", &MasterServer::stop, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("address", &MasterServer::address)
@@ -100,7 +114,7 @@ PYBIND11_MODULE(_core, m) {
         py::dict codes, dtypes, ops, errors_by_name;
         for (uint8_t c = 0; c < kDTypeCount; c++) dtypes[dtype_name(DType(c))] = c;
         for (uint8_t c = 0; c < kReduceOpCount; c++) ops[op_name(ReduceOp(c))] = c;
-        for (uint8_t c = 1; c <= uint8_t(ErrorKind::kInterrupted); c++) errors_by_name[error_kind_name(ErrorKind(c))] = c;
+        for (uint8_t c = 1; c <= uint8_t(ErrorKind::kAuthentication); c++) errors_by_name[error_kind_name(ErrorKind(c))] = c;
         codes["dtype"] = dtypes;
         codes["op"] = ops;
         codes["quant_kind"] = py::dict(py::arg("none") = uint8_t(QuantKind::kNone), py::arg("minmax") = uint8_t(QuantKind::kMinMax),
@@ -138,8 +152,9 @@ PYBIND11_MODULE(_core, m) {
         .def(py::init([](const std::string& master, uint32_t group, uint32_t connections, const std::string& listen,
                          const std::string& advertise, double connect_timeout, double heartbeat_interval,
                          double master_timeout, double data_timeout, size_t piece_bytes, double op_timeout,
-                         uint32_t min_world) {
+                         uint32_t min_world, const std::optional<py::bytes>& secret) {
                  CommConfig c;
+                 c.key = run_key(secret);
                  c.master = master;
                  c.peer_group = group;
                  c.connections = connections;
@@ -156,7 +171,8 @@ PYBIND11_MODULE(_core, m) {
              }),
              py::arg("master"), py::arg("peer_group"), py::arg("connections"), py::arg("listen"), py::arg("advertise"),
              py::arg("connect_timeout"), py::arg("heartbeat_interval"), py::arg("master_timeout"),
-             py::arg("data_timeout"), py::arg("piece_bytes"), py::arg("op_timeout") = 1800.0, py::arg("min_world") = 1)
+             py::arg("data_timeout"), py::arg("piece_bytes"), py::arg("op_timeout") = 1800.0, py::arg("min_world") = 1,
+             py::arg("secret") = py::none())
         .def("connect", [](Communicator& c, double t) { blocking([&] { c.connect(t); }); }, py::arg("admission_timeout"))
         .def("update_topology", [](Communicator& c, double t) { blocking([&] { c.update_topology(t); }); },
              py::arg("timeout") = -1.0)

@@ -22,9 +22,22 @@ const std::vector<std::pair<MsgType, const char*>>& names() {
         {MsgType::kPendingReply, "pending_reply"}, {MsgType::kLeave, "leave"}, {MsgType::kKicked, "kicked"},
         {MsgType::kSyncStart, "sync_start"}, {MsgType::kSyncPlan, "sync_plan"},
         {MsgType::kPeerHello, "peer_hello"}, {MsgType::kData, "data"},
+        {MsgType::kAuthHello, "auth_hello"}, {MsgType::kAuthChallenge, "auth_challenge"},
+        {MsgType::kAuthProof, "auth_proof"}, {MsgType::kAuthRefused, "auth_refused"},
     };
     return n;
 }
+
+wire::Bytes32 bytes32(const py::dict& d, const char* key) {
+    wire::Bytes32 out{};
+    if (!d.contains(key)) return out;
+    const std::string b = d[key].cast<std::string>();
+    if (b.size() != out.size()) throw py::value_error(std::string(key) + " must be 32 bytes");
+    std::copy(b.begin(), b.end(), out.begin());
+    return out;
+}
+
+py::bytes py_bytes(const wire::Bytes32& b) { return py::bytes(reinterpret_cast<const char*>(b.data()), b.size()); }
 
 template <class T> T get(const py::dict& d, const char* key, T fallback) {
     return d.contains(key) ? d[key].cast<T>() : fallback;
@@ -181,6 +194,11 @@ std::pair<uint16_t, std::vector<uint8_t>> frame_from_dict(const std::string& typ
         case MsgType::kPeerHello:
             return {uint16_t(t), bytes_of(wire::PeerHello{get<uint64_t>(d, "from", 0), get<uint64_t>(d, "to", 0),
                                                           get<uint32_t>(d, "index", 0), get<uint32_t>(d, "slot", 0)})};
+        case MsgType::kAuthHello: return {uint16_t(t), bytes_of(wire::AuthHello{get<uint8_t>(d, "context", 0), bytes32(d, "nonce")})};
+        case MsgType::kAuthChallenge:
+            return {uint16_t(t), bytes_of(wire::AuthChallenge{bytes32(d, "nonce"), get<uint8_t>(d, "encrypt", 0), bytes32(d, "mac")})};
+        case MsgType::kAuthProof: return {uint16_t(t), bytes_of(wire::AuthProof{bytes32(d, "mac")})};
+        case MsgType::kAuthRefused: return {uint16_t(t), bytes_of(wire::AuthRefused{get<std::string>(d, "reason", "")})};
         case MsgType::kData: {
             auto b = bytes_of(wire::DataHeader{get<uint64_t>(d, "op_id", 0), get<uint32_t>(d, "step", 0),
                                                get<uint32_t>(d, "stripe", 0), get<uint64_t>(d, "offset", 0)});
@@ -262,6 +280,18 @@ py::dict dict_from_frame(uint16_t type, const std::vector<uint8_t>& p) {
             d["payload"] = py::bytes(reinterpret_cast<const char*>(p.data() + wire::kDataHeaderSize), p.size() - wire::kDataHeaderSize);
             break;
         }
+        case MsgType::kAuthHello: {
+            auto m = decode_payload<wire::AuthHello>(p);
+            d["context"] = m.context; d["nonce"] = py_bytes(m.nonce);
+            break;
+        }
+        case MsgType::kAuthChallenge: {
+            auto m = decode_payload<wire::AuthChallenge>(p);
+            d["nonce"] = py_bytes(m.nonce); d["encrypt"] = m.encrypt; d["mac"] = py_bytes(m.mac);
+            break;
+        }
+        case MsgType::kAuthProof: d["mac"] = py_bytes(decode_payload<wire::AuthProof>(p).mac); break;
+        case MsgType::kAuthRefused: d["reason"] = decode_payload<wire::AuthRefused>(p).reason; break;
         default: throw CoreError(ErrorKind::kProtocol, "malformed frame: unknown message type " + std::to_string(type));
     }
     return d;

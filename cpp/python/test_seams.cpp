@@ -5,6 +5,8 @@
 #include <pybind11/stl.h>
 
 #include "dicts.hpp"
+#include "handshake.hpp"
+#include "net.hpp"
 #include "log.hpp"
 #include "master_state.hpp"
 #include "quant.hpp"
@@ -86,6 +88,38 @@ void bind_test_seams(py::module_& m) {
         return py::dict(py::arg("revision") = d.revision, py::arg("members") = d.members, py::arg("moves") = d.moves,
                         py::arg("plans") = plans);
     }, py::arg("peers"), py::arg("group_revision") = py::none());
+
+    // Both ends of one sealed connection, from an in-memory handshake: seal() as the client, open() as the
+    // server's frame reader (frames out, or ProtocolError). For the sealing and parsing tests.
+    struct SealedPipe {
+        auth::Channel client, server;
+        net::FrameReader reader;
+    };
+    py::class_<SealedPipe>(m, "SealedPipe")
+        .def(py::init([](const py::bytes& secret, bool encrypt) {
+            const auto key = auth::derive_run_key(std::string(secret));
+            auth::Client c(key, auth::kMasterLink);
+            auth::Server s(key, auth::kMasterLink, encrypt);
+            s.verify(c.answer(s.challenge(c.hello()), encrypt, "test"));
+            auto* p = new SealedPipe{c.channel(), s.channel(), {}};
+            p->reader.seal_with(p->server.rx.get());
+            return p;
+        }), py::arg("secret"), py::arg("encrypt"))
+        .def("seal", [](SealedPipe& p, const py::bytes& frame) {
+            auto bytes = bytes_of(frame);
+            if (bytes.size() < wire::kHeaderSize) throw py::value_error("shorter than a frame header");
+            auth::seal_frame(bytes, *p.client.tx);
+            return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+        })
+        .def("open", [](SealedPipe& p, const py::bytes& data) {
+            auto bytes = bytes_of(data);
+            p.reader.feed(bytes.data(), bytes.size());
+            py::list out;
+            wire::Header h;
+            std::vector<uint8_t> payload;
+            while (p.reader.next(&h, &payload)) out.append(py::make_tuple(frame_type_name(h.type), dict_from_frame(h.type, payload)));
+            return out;
+        });
 
     m.def("encode_frame", [](const std::string& type, const py::dict& fields) {
         auto [code, payload] = frame_from_dict(type, fields);

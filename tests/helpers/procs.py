@@ -108,4 +108,4 @@ def start_master_process(tmp: Path, peer_timeout: float = 10.0) -> tuple[subproc
     if "listening on" not in line:
         proc.kill()
         raise RuntimeError(f"master did not start: {line!r} {(tmp / 'master.log').read_text()}")
-    return proc, line.rsplit(" ", 1)[1].strip()
+    return proc, line.split("listening on ", 1)[1].split()[0]
