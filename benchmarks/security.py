@@ -48,6 +48,8 @@ def worker(a) -> dict:
     relay = wan.Relay(None, a.wan).start() if a.wan else None
     kw = {"advertise": relay.address} if relay else {}
     # The secret comes from PCCL_ARRAYS_SECRET, set by the parent for the authenticated modes.
+    if a.piece_bytes:
+        kw["piece_bytes"] = a.piece_bytes
     c = pa.Communicator(a.master, connections=a.connections, listen="127.0.0.1:0", data_timeout=60.0, **kw)
     if relay:  # the relay forwards to the data port, which exists once connect() has started
         import threading
@@ -92,18 +94,21 @@ def worker_main(argv) -> int:
     ap.add_argument("--repeats", type=int, required=True)
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--wan", default="")
+    ap.add_argument("--piece-bytes", type=int, default=0)
     _procs.report(worker(ap.parse_args(argv)))
     return 0
 
 
 # -- parent side ---------------------------------------------------------------------------------------------------
-def run_group(pa, mode: str, world: int, sizes: list[int], repeats: int, wan: str, timeout: float) -> list[dict]:
+def run_group(pa, mode: str, world: int, sizes: list[int], repeats: int, wan: str, timeout: float,
+              piece_bytes: int = 0) -> list[dict]:
     """One group in one mode; per size, the slowest peer's time of each repeat."""
     secret = None if mode == "plain" else SECRET
     master = pa.Master("127.0.0.1:0", secret=secret, encrypt=(mode == "encrypted")).start()
     try:
         argvs = [[__file__, "_worker", "--master", master.address, "--rank", str(r), "--world", str(world),
-                  "--sizes", ",".join(map(str, sizes)), "--repeats", str(repeats), "--wan", wan]
+                  "--sizes", ",".join(map(str, sizes)), "--repeats", str(repeats), "--wan", wan,
+                  "--piece-bytes", str(piece_bytes)]
                  for r in range(world)]
         env = {"PCCL_ARRAYS_SECRET": secret} if secret else {"PCCL_ARRAYS_SECRET": ""}
         results = _procs.run_group(argvs, timeout, env=env)
@@ -171,6 +176,8 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", type=int, nargs="+", help="peer counts (default 2 3)")
     ap.add_argument("--rounds", type=int, help="rounds of the three modes (default 2; 1 quick)")
     ap.add_argument("--repeats", type=int, help="timed repeats per group and size (default 5; 3 quick)")
+    ap.add_argument("--piece-bytes", type=parse_size, default=0, help="the peers' piece_bytes (default: theirs)")
+    ap.add_argument("--no-wan", action="store_true", help="loopback only")
     ap.add_argument("--wan-size", type=parse_size, default=24 * MiB, help="all-reduce size through the WAN relays")
     ap.add_argument("--out", default=str(HERE / "results" / "security.json"))
     a = ap.parse_args(argv)
@@ -179,11 +186,11 @@ def main(argv=None) -> int:
     sizes = a.sizes or ([4 * KiB, 1 * MiB] if a.quick else [4 * KiB, 64 * MiB, 256 * MiB])
     peers = a.peers or ([2] if a.quick else [2, 3])
     rounds, repeats = a.rounds or (1 if a.quick else 2), a.repeats or (3 if a.quick else 5)
-    networks = [("loopback", "", sizes)] + ([] if a.quick else [(WAN_PROFILE, WAN_PROFILE, [a.wan_size])])
+    networks = [("loopback", "", sizes)] + ([] if a.quick or a.no_wan else [(WAN_PROFILE, WAN_PROFILE, [a.wan_size])])
     doc = {"benchmark": "security", "command": ["python", os.path.relpath(__file__), *argv],
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
            "config": {"sizes": sizes, "peers": peers, "rounds": rounds, "repeats": repeats, "wan_profile": WAN_PROFILE,
-                      "wan_size": a.wan_size},
+                      "wan_size": a.wan_size, "piece_bytes": a.piece_bytes or "default"},
            "runs": [], "goals": [], "errors": [], "notes": [
                "all peers share this machine's cores; loopback figures are for an oversubscribed host, not a network"]}
     jobs = [(net, wan, szs, n, rnd) for rnd in range(rounds) for net, wan, szs in networks for n in peers]
@@ -193,7 +200,7 @@ def main(argv=None) -> int:
             sys.stderr.write(f"\r[{i + 1}/{len(jobs)}] {net} N={n} round {rnd + 1}: {mode:<10}")
             sys.stderr.flush()
             try:
-                rows = run_group(pa, mode, n, szs, repeats, wan, timeout=300)
+                rows = run_group(pa, mode, n, szs, repeats, wan, timeout=300, piece_bytes=a.piece_bytes)
             except Exception as e:  # reported, and the other groups go on
                 doc["errors"].append(f"{net} N={n} {mode}: {str(e)[:1500]}")
                 continue

@@ -21,7 +21,7 @@ void aad(EVP_CIPHER_CTX* ctx, const uint8_t* p, size_t n, bool encrypting) {
         const int k = int(std::min<size_t>(n, 1u << 30));
         int outl = 0;
         const int ok = encrypting ? EVP_EncryptUpdate(ctx, nullptr, &outl, p, k) : EVP_DecryptUpdate(ctx, nullptr, &outl, p, k);
-        if (!ok) fail("AES-GCM additional data");
+        if (!ok) fail("AEAD additional data");
         p += k;
         n -= size_t(k);
     }
@@ -32,14 +32,18 @@ void nonce_of(uint64_t counter, uint8_t iv[12]) {
     for (int i = 0; i < 8; i++) iv[4 + i] = uint8_t(counter >> (8 * i));
 }
 
-EVP_CIPHER_CTX* new_gcm(const Key& key, bool encrypting) {
+// The AEAD of a connection: AES-256-GCM when the run encrypts (AES-NI: the fastest encryption here);
+// ChaCha20-Poly1305 with the body as additional data when it only authenticates (Poly1305 hashes about 1.5x
+// faster than GHASH on current x86).
+EVP_CIPHER_CTX* new_aead(const Key& key, bool encrypt, bool encrypting) {
     EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
     if (!ctx) fail("EVP_CIPHER_CTX_new");
-    const int ok = encrypting ? EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), nullptr, key.data(), nullptr)
-                              : EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), nullptr, key.data(), nullptr);
+    const EVP_CIPHER* cipher = encrypt ? EVP_aes_256_gcm() : EVP_chacha20_poly1305();
+    const int ok = encrypting ? EVP_EncryptInit_ex(ctx, cipher, nullptr, key.data(), nullptr)
+                              : EVP_DecryptInit_ex(ctx, cipher, nullptr, key.data(), nullptr);
     if (!ok) {
         EVP_CIPHER_CTX_free(ctx);
-        fail("AES-256-GCM setup");
+        fail("AEAD setup");
     }
     return ctx;
 }
@@ -81,14 +85,14 @@ std::vector<uint8_t> hkdf_sha256(const uint8_t* ikm, size_t ikm_len, const std::
 
 bool equal(const uint8_t* a, const uint8_t* b, size_t n) { return CRYPTO_memcmp(a, b, n) == 0; }
 
-Sealer::Sealer(const Key& key, bool encrypt) : ctx_(new_gcm(key, true)), encrypt_(encrypt) {}
+Sealer::Sealer(const Key& key, bool encrypt) : ctx_(new_aead(key, encrypt, true)), encrypt_(encrypt) {}
 Sealer::~Sealer() { EVP_CIPHER_CTX_free(ctx_); }
 
 void Sealer::seal(const uint8_t* clear, size_t clear_len, const uint8_t* body, size_t len, uint8_t* out,
                   uint8_t tag[kTagBytes]) {
     uint8_t iv[12];
     nonce_of(counter_++, iv);
-    if (!EVP_EncryptInit_ex(ctx_, nullptr, nullptr, nullptr, iv)) fail("AES-GCM nonce");
+    if (!EVP_EncryptInit_ex(ctx_, nullptr, nullptr, nullptr, iv)) fail("AEAD nonce");
     aad(ctx_, clear, clear_len, true);
     if (!encrypt_) {
         aad(ctx_, body, len, true);
@@ -96,24 +100,24 @@ void Sealer::seal(const uint8_t* clear, size_t clear_len, const uint8_t* body, s
         while (len) {
             const int k = int(std::min<size_t>(len, 1u << 30));
             int outl = 0;
-            if (!EVP_EncryptUpdate(ctx_, out, &outl, body, k)) fail("AES-GCM encrypt");
+            if (!EVP_EncryptUpdate(ctx_, out, &outl, body, k)) fail("AEAD encrypt");
             body += k;
             out += k;
             len -= size_t(k);
         }
     }
     int outl = 0;
-    if (!EVP_EncryptFinal_ex(ctx_, nullptr, &outl) || !EVP_CIPHER_CTX_ctrl(ctx_, EVP_CTRL_GCM_GET_TAG, int(kTagBytes), tag))
-        fail("AES-GCM tag");
+    if (!EVP_EncryptFinal_ex(ctx_, nullptr, &outl) || !EVP_CIPHER_CTX_ctrl(ctx_, EVP_CTRL_AEAD_GET_TAG, int(kTagBytes), tag))
+        fail("AEAD tag");
 }
 
-Opener::Opener(const Key& key, bool encrypt) : ctx_(new_gcm(key, false)), encrypt_(encrypt) {}
+Opener::Opener(const Key& key, bool encrypt) : ctx_(new_aead(key, encrypt, false)), encrypt_(encrypt) {}
 Opener::~Opener() { EVP_CIPHER_CTX_free(ctx_); }
 
 bool Opener::open(const uint8_t* clear, size_t clear_len, uint8_t* body, size_t len, const uint8_t tag[kTagBytes]) {
     uint8_t iv[12];
     nonce_of(counter_++, iv);
-    if (!EVP_DecryptInit_ex(ctx_, nullptr, nullptr, nullptr, iv)) fail("AES-GCM nonce");
+    if (!EVP_DecryptInit_ex(ctx_, nullptr, nullptr, nullptr, iv)) fail("AEAD nonce");
     aad(ctx_, clear, clear_len, false);
     if (!encrypt_) {
         aad(ctx_, body, len, false);
@@ -121,12 +125,12 @@ bool Opener::open(const uint8_t* clear, size_t clear_len, uint8_t* body, size_t 
         while (len) {
             const int k = int(std::min<size_t>(len, 1u << 30));
             int outl = 0;
-            if (!EVP_DecryptUpdate(ctx_, body, &outl, body, k)) fail("AES-GCM decrypt");
+            if (!EVP_DecryptUpdate(ctx_, body, &outl, body, k)) fail("AEAD decrypt");
             body += k;
             len -= size_t(k);
         }
     }
-    if (!EVP_CIPHER_CTX_ctrl(ctx_, EVP_CTRL_GCM_SET_TAG, int(kTagBytes), const_cast<uint8_t*>(tag))) fail("AES-GCM tag");
+    if (!EVP_CIPHER_CTX_ctrl(ctx_, EVP_CTRL_AEAD_SET_TAG, int(kTagBytes), const_cast<uint8_t*>(tag))) fail("AEAD tag");
     int outl = 0;
     return EVP_DecryptFinal_ex(ctx_, nullptr, &outl) == 1;
 }

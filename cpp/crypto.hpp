@@ -1,12 +1,13 @@
 // Cryptographic primitives of authenticated runs, all from OpenSSL's libcrypto (nothing here is hand-written
-// cryptography): random nonces, HMAC-SHA-256, HKDF-SHA-256, and AES-256-GCM frame sealing. docs/security.md
-// says how they are put together.
+// cryptography): random nonces, HMAC-SHA-256, HKDF-SHA-256, and AEAD frame sealing (AES-256-GCM when the run
+// encrypts, ChaCha20-Poly1305 as a MAC when it only authenticates). docs/security.md says how they fit together.
 //
 // How sealing works. Each direction of an authenticated connection has its own 32-byte key (derived in the
 // handshake, handshake.hpp) and a 64-bit counter of the records sent in that direction. A record is sealed
-// with AES-256-GCM under the nonce (4 zero bytes, counter little-endian): its clear part (a frame header) is
-// authenticated as additional data; its body is encrypted when the run encrypts, else authenticated as
-// additional data too (GMAC). The 16-byte tag follows the record. The receiver opens records in the same order
+// under the nonce (4 zero bytes, counter little-endian): its clear part (a frame header) is authenticated as
+// additional data; its body is encrypted with AES-256-GCM when the run encrypts, else authenticated as
+// additional data too, with ChaCha20-Poly1305 (a Poly1305 MAC under a per-record key). The 16-byte tag follows
+// the record. The receiver opens records in the same order
 // with its own counter, so a changed, dropped, reordered or replayed record fails its tag.
 #pragma once
 #include <array>
@@ -22,7 +23,7 @@ namespace pccl::crypto {
 constexpr size_t kKeyBytes = 32;
 constexpr size_t kNonceBytes = 32;  // handshake nonces
 constexpr size_t kMacBytes = 32;    // HMAC-SHA-256
-constexpr size_t kTagBytes = 16;    // AES-GCM tag
+constexpr size_t kTagBytes = 16;    // AEAD tag (GCM or Poly1305)
 
 using Key = std::array<uint8_t, kKeyBytes>;
 using Mac = std::array<uint8_t, kMacBytes>;
