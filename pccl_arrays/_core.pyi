@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import typing
 import typing_extensions
-__all__: list[str] = ['CODES', 'Communicator', 'DEFAULTS', 'DLView', 'HostBuffer', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'SealedPipe', 'content_hash', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'log_attach_drain', 'log_for_tests', 'log_level', 'log_take', 'memcpy', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into']
+__all__: list[str] = ['CODES', 'Communicator', 'DEFAULTS', 'DLView', 'HostBuffer', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'SealedPipe', 'best_ring', 'content_hash', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'log_attach_drain', 'log_for_tests', 'log_level', 'log_take', 'memcpy', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into', 'ring_score', 'solve_ring_exact', 'solve_ring_heuristic']
 class MasterState:
     def __init__(self, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, probe_addresses: bool = False) -> None:
         ...
@@ -165,6 +165,8 @@ class HostBuffer:
     @property
     def shape(self) -> list[int]:
         ...
+def best_ring(bandwidth: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], latency: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], admission: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> list[int]:
+    ...
 def content_hash(data_ptr: typing.SupportsInt | typing.SupportsIndex, nbytes: typing.SupportsInt | typing.SupportsIndex) -> int:
     """
     The 64-bit content hash of shared state (docs/shared_state.md).
@@ -210,6 +212,12 @@ def reduce_hop_exact(acc_ptr: typing.SupportsInt | typing.SupportsIndex, own_ptr
     One ring hop adding our own unquantized values: acc = Q(D(acc) + float32(own)).
     """
 def reduce_into(acc_ptr: typing.SupportsInt | typing.SupportsIndex, local_ptr: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex) -> None:
+    ...
+def ring_score(bandwidth: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], latency: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], order: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> tuple[float, int, float]:
+    ...
+def solve_ring_exact(bandwidth: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], latency: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]]) -> list[int]:
+    ...
+def solve_ring_heuristic(bandwidth: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], latency: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], admission: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> list[int]:
     ...
 CODES: dict = {'dtype': {'int8': 0, 'uint8': 1, 'int16': 2, 'uint16': 3, 'int32': 4, 'uint32': 5, 'int64': 6, 'uint64': 7, 'float16': 8, 'bfloat16': 9, 'float32': 10, 'float64': 11}, 'op': {'sum': 0, 'avg': 1, 'prod': 2, 'max': 3, 'min': 4}, 'quant_kind': {'none': 0, 'minmax': 1, 'zeropoint': 2}, 'rounding': {'nearest': 0, 'stochastic': 1}, 'sync_strategy': {'enforce_popular': 0, 'receive_only': 1, 'send_only': 2}, 'error_kind': {'invalid_argument': 1, 'peer_lost': 2, 'too_few_peers': 3, 'master_unreachable': 4, 'protocol': 5, 'mismatch': 6, 'evicted': 7, 'state': 8, 'network': 9, 'timeout': 10, 'shared_state': 11, 'interrupted': 12, 'authentication': 13}}
 DEFAULTS: dict = {'peer_timeout': 10.0, 'handshake_timeout': 5.0, 'connections': 4, 'connect_timeout': 10.0, 'heartbeat_interval': 0.5, 'master_timeout': 10.0, 'data_timeout': 30.0, 'piece_bytes': 1048576, 'op_timeout': 1800.0}

@@ -11,6 +11,7 @@
 #include "master_state.hpp"
 #include "quant.hpp"
 #include "reduce.hpp"
+#include "ring_order.hpp"
 #include "state_election.hpp"
 
 namespace py = pybind11;
@@ -120,6 +121,41 @@ void bind_test_seams(py::module_& m) {
             while (p.reader.next(&h, &payload)) out.append(py::make_tuple(frame_type_name(h.type), dict_from_frame(h.type, payload)));
             return out;
         });
+
+    // The ring-order solver (ring_order.hpp), on a matrix given as lists of rows.
+    auto matrix = [](const std::vector<std::vector<double>>& bw, const std::vector<std::vector<double>>& lat) {
+        topology::LinkMatrix mx;
+        mx.n = bw.size();
+        for (size_t i = 0; i < mx.n; i++) {
+            if (bw[i].size() != mx.n || lat.size() != mx.n || lat[i].size() != mx.n)
+                throw CoreError(ErrorKind::kInvalidArgument, "bandwidth and latency must be n x n");
+            mx.bandwidth.insert(mx.bandwidth.end(), bw[i].begin(), bw[i].end());
+            mx.latency.insert(mx.latency.end(), lat[i].begin(), lat[i].end());
+        }
+        return mx;
+    };
+    m.def("ring_score", [matrix](const std::vector<std::vector<double>>& bw, const std::vector<std::vector<double>>& lat,
+                                 const std::vector<uint32_t>& order) {
+        const auto s = topology::score(matrix(bw, lat), order);
+        return py::make_tuple(s.bottleneck, s.at_bottleneck, s.latency);
+    }, py::arg("bandwidth"), py::arg("latency"), py::arg("order"));
+    m.def("solve_ring_exact", [matrix](const std::vector<std::vector<double>>& bw, const std::vector<std::vector<double>>& lat) {
+        const auto mx = matrix(bw, lat);
+        py::gil_scoped_release release;
+        return topology::solve_exact(mx);
+    }, py::arg("bandwidth"), py::arg("latency"));
+    m.def("solve_ring_heuristic", [matrix](const std::vector<std::vector<double>>& bw, const std::vector<std::vector<double>>& lat,
+                                           const std::vector<uint32_t>& admission) {
+        const auto mx = matrix(bw, lat);
+        py::gil_scoped_release release;
+        return topology::solve_heuristic(mx, admission);
+    }, py::arg("bandwidth"), py::arg("latency"), py::arg("admission"));
+    m.def("best_ring", [matrix](const std::vector<std::vector<double>>& bw, const std::vector<std::vector<double>>& lat,
+                                const std::vector<uint32_t>& admission) {
+        const auto mx = matrix(bw, lat);
+        py::gil_scoped_release release;
+        return topology::best_ring(mx, admission);
+    }, py::arg("bandwidth"), py::arg("latency"), py::arg("admission"));
 
     m.def("encode_frame", [](const std::string& type, const py::dict& fields) {
         auto [code, payload] = frame_from_dict(type, fields);
