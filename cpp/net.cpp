@@ -108,14 +108,26 @@ int listen_on(const std::string& host, uint16_t port, uint16_t* bound_port) {
     return fd;
 }
 
-int connect_to(const Address& addr, double timeout_s) {
-    addrinfo* res = resolve(addr.host, addr.port, false);
+int connect_to(const Address& addr, double timeout_s, const std::string& source) {
+    addrinfo* src = source.empty() ? nullptr : resolve(source, 0, false);
+    addrinfo* res = nullptr;
+    try {
+        res = resolve(addr.host, addr.port, false);
+    } catch (...) {
+        if (src != nullptr) freeaddrinfo(src);
+        throw;
+    }
     int last_err = ETIMEDOUT;
     int fd = -1;
     const double deadline = now_seconds() + timeout_s;
     for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
         fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
         if (fd < 0) { last_err = errno; continue; }
+        if (src != nullptr && src->ai_family == ai->ai_family && ::bind(fd, src->ai_addr, src->ai_addrlen) != 0) {
+            last_err = errno;
+            close_fd(fd);
+            continue;
+        }
         set_nonblocking(fd, true);
         int rc = ::connect(fd, ai->ai_addr, ai->ai_addrlen);
         if (rc != 0 && errno == EINPROGRESS) {
@@ -138,6 +150,7 @@ int connect_to(const Address& addr, double timeout_s) {
         close_fd(fd);
     }
     freeaddrinfo(res);
+    if (src != nullptr) freeaddrinfo(src);
     if (fd < 0) throw CoreError(ErrorKind::kNetwork, errno_text("cannot connect to " + addr.str(), last_err));
     set_nonblocking(fd, false);
     set_nodelay(fd);

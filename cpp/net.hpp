@@ -26,7 +26,8 @@ Address parse_address(const std::string& text);
 // A listening socket bound to host:port (port 0: the OS chooses); returns the fd and the bound port.
 int listen_on(const std::string& host, uint16_t port, uint16_t* bound_port);
 // Connects with a deadline; throws CoreError(kNetwork) with errno context. The socket is blocking, NODELAY.
-int connect_to(const Address& addr, double timeout_s);
+// A non-empty `source` host (a specific address, not a wildcard) is bound as the connection's source address.
+int connect_to(const Address& addr, double timeout_s, const std::string& source = "");
 int accept_on(int listen_fd, std::string* peer_text);  // -1 when nothing to accept; NODELAY set
 void set_nonblocking(int fd, bool on);
 void set_nodelay(int fd);

@@ -13,6 +13,9 @@ ConnPool::~ConnPool() { stop(); }
 uint16_t ConnPool::start(const std::string& host, uint16_t port, double handshake_timeout) {
     uint16_t bound = 0;
     listen_fd_ = net::listen_on(host, port, &bound);
+    // A peer that listens on one address of a multi-homed host also dials from it (the emulated regions of
+    // pccl_arrays.wan_regions tell peers apart by it).
+    source_ = (host.empty() || host == "0.0.0.0" || host == "::") ? "" : host;
     handshake_timeout_ = handshake_timeout;
     running_ = true;
     thread_ = std::thread([this] { accept_loop(); });
@@ -35,7 +38,7 @@ ConnPtr ConnPool::outgoing(const wire::PeerInfo& to, uint32_t slot, uint32_t ind
         if (it != conns_.end()) return it->second;
     }
     const double deadline = net::now_seconds() + connect_timeout;
-    int fd = net::connect_to(net::Address{to.host, to.port}, connect_timeout);
+    int fd = net::connect_to(net::Address{to.host, to.port}, connect_timeout, source_);
     auto c = std::make_shared<Conn>();
     c->fd = fd;  // closed with c on any failure below
     auto hello = wire::frame(wire::MsgType::kPeerHello, wire::PeerHello{self_, to.id, index, slot});

@@ -85,6 +85,7 @@ private:
     std::atomic<uint64_t> self_{0};
     std::atomic<uint64_t> dropped_{0};
     int listen_fd_ = -1;
+    std::string source_;  // the listen host when it is a specific address: outgoing connections come from it
     double handshake_timeout_ = 5.0;
     std::atomic<bool> running_{false};
     std::optional<crypto::Key> key_;

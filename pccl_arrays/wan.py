@@ -179,15 +179,23 @@ class Relay:
             return
         for w in (writer, t_writer):
             w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await asyncio.gather(self._pipe(reader, t_writer, "forward"), self._pipe(t_reader, writer, "backward"),
-                             return_exceptions=True)
+        source = (writer.get_extra_info("peername") or ("?", 0))[0]
+        forward, backward = self._route(source)
+        await asyncio.gather(self._pipe(reader, t_writer, "forward", *forward),
+                             self._pipe(t_reader, writer, "backward", *backward), return_exceptions=True)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, direction: str) -> None:
-        loop = asyncio.get_running_loop()
+    def _route(self, source: str) -> tuple[tuple[float, list], tuple[float, list]]:
+        """(one-way delay, buckets the bytes must pass) toward the target and back, for a connection from
+        ``source`` (an IP address). Here: the profile's, whoever connects (wan_regions routes by source)."""
         p = self.profile
-        conn, link = _Bucket(p.conn_Bps), self._links[direction]
-        rate = min(r for r in (p.conn_Bps, p.link_Bps, float("inf")) if r is not None)
-        bound = (rate * p.one_way_s if rate != float("inf") else 0) + 4 * CHUNK
+        return ((p.one_way_s, [_Bucket(p.conn_Bps), self._links["forward"]]),
+                (p.one_way_s, [_Bucket(p.conn_Bps), self._links["backward"]]))
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, direction: str, one_way_s: float,
+                    buckets: list) -> None:
+        loop = asyncio.get_running_loop()
+        rate = min([b.rate for b in buckets if b.rate] + [float("inf")])
+        bound = (rate * one_way_s if rate != float("inf") else 0) + 4 * CHUNK
         queue: asyncio.Queue = asyncio.Queue()
         held = 0
         space = asyncio.Event()
@@ -227,14 +235,14 @@ class Relay:
                     break
                 now, n = loop.time(), len(data)
                 depart = now
-                for bucket in (conn, link):  # the chunk must pass both; the link serves all connections
+                for bucket in buckets:  # the chunk must pass every one; a link's bucket serves all its connections
                     if bucket.rate:
                         bucket.free = max(now, bucket.free) + n / bucket.rate
                         depart = max(depart, bucket.free)
                 held += len(data)
                 if held > bound:
                     space.clear()
-                queue.put_nowait((depart + p.one_way_s, data))
+                queue.put_nowait((depart + one_way_s, data))
         except (OSError, ConnectionError):
             pass
         finally:
