@@ -51,14 +51,8 @@ def worker(a) -> dict:
     if a.piece_bytes:
         kw["piece_bytes"] = a.piece_bytes
     c = pa.Communicator(a.master, connections=a.connections, listen="127.0.0.1:0", data_timeout=60.0, **kw)
-    if relay:  # the relay forwards to the data port, which exists once connect() has started
-        import threading
-
-        def point():
-            while c.data_port == 0:
-                time.sleep(0.001)
-            relay.set_target(f"127.0.0.1:{c.data_port}")
-        threading.Thread(target=point, daemon=True).start()
+    if relay:
+        relay.follow(c)
     c.connect(timeout=120)
     while c.world_size < a.world:
         if c.are_peers_pending():

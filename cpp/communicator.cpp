@@ -1,5 +1,7 @@
 #include "communicator.hpp"
 
+#include "probe.hpp"
+
 #include <algorithm>
 #include <arpa/inet.h>
 #include <cstring>
@@ -281,6 +283,67 @@ void Communicator::update_topology(double timeout) {
     const auto r = wire::decode_payload<wire::TopoResult>(f.payload);
     if (r.kind) throw CoreError(ErrorKind(r.kind), r.reason);
     apply_topology(r);
+}
+
+uint32_t Communicator::optimize_topology(double timeout) {
+    require_accepted();
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        if (in_flight_ > 0)
+            throw CoreError(ErrorKind::kState, "optimize_topology() while " + std::to_string(in_flight_.load()) +
+                                                   " all-reduce(s) are in flight: wait for them first");
+        if (syncing_) throw CoreError(ErrorKind::kState, "optimize_topology() while sync_shared_state() runs");
+    }
+    const uint64_t seq = ++topo_seq_;
+    const uint32_t ms = timeout_ms(timeout);
+    send_master(MsgType::kOptStart, wire::TopoRequest{seq, ms, cfg_.min_world});
+    auto is_result = [seq](const Frame& f) {
+        return f.type == uint16_t(MsgType::kTopoResult) && wire::decode_payload<wire::TopoResult>(f.payload).seq == seq;
+    };
+    // The plan (probes to run), or at once the result (every link was known, or an error).
+    Frame f = wait_frame(
+        [&](const Frame& f) {
+            return is_result(f) ||
+                   (f.type == uint16_t(MsgType::kOptPlan) && wire::decode_payload<wire::OptPlan>(f.payload).seq == seq);
+        },
+        ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1, "the others' optimize_topology()");
+    uint32_t measured = 0;
+    if (f.type == uint16_t(MsgType::kOptPlan)) {
+        const auto plan = wire::decode_payload<wire::OptPlan>(f.payload);
+        OpControl ctl(plan.opt_id);
+        track(ctl);
+        std::vector<wire::LinkMeasure> links;
+        try {
+            links = run_probes(plan, peer_id_, pool_, ctl, ProbeSettings{cfg_.connect_timeout});
+        } catch (...) {
+            untrack(ctl);
+            pool_.clear_slot(probe_slot(plan.opt_id));
+            throw;
+        }
+        untrack(ctl);
+        pool_.clear_slot(probe_slot(plan.opt_id));
+        measured = uint32_t(links.size());
+        ErrorKind kind;
+        std::string why;
+        if (ctl.failed(&kind, &why)) {
+            if (kind == ErrorKind::kInterrupted) {  // Ctrl-C while probing: leave, as in any wait for others
+                abandon("interrupted (KeyboardInterrupt) during optimize_topology()");
+                throw CoreError(ErrorKind::kInterrupted, "interrupted (KeyboardInterrupt) during optimize_topology(); "
+                                                         "this communicator left the job");
+            }
+            // The master ends it for everyone (it may have been the one to abort it: then this is stale).
+            send_master(MsgType::kOpDone, wire::OpDone{plan.opt_id, 0, uint8_t(kind), why});
+        } else {
+            send_master(MsgType::kOptReport, wire::OptReport{plan.opt_id, links});
+        }
+        f = wait_frame(is_result, net::now_seconds() + cfg_.master_timeout + cfg_.connect_timeout + plan.probe_ms / 1000.0 *
+                                                           double(plan.rounds.size() + 1),
+                       "the master's new ring order");
+    }
+    const auto r = wire::decode_payload<wire::TopoResult>(f.payload);
+    if (r.kind) throw CoreError(ErrorKind(r.kind), r.reason);
+    apply_topology(r);
+    return measured;
 }
 
 uint32_t Communicator::pending_peers() {

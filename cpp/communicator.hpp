@@ -98,6 +98,15 @@ public:
     void connect(double admission_timeout);
     // A negative timeout: CommConfig::op_timeout. Raises kTimeout naming the peers that did not come.
     void update_topology(double timeout = -1);
+    // A collective of the group: probes the links the master has not measured, and every peer takes the ring
+    // order the master solves for (docs/topology.md). Returns the number of links this peer measured.
+    uint32_t optimize_topology(double timeout = -1);
+    // Peer ids of this peer's group in ring order, as of the last topology result (the caller's thread).
+    std::vector<uint64_t> ring_ids() const {
+        std::vector<uint64_t> ids;
+        for (const auto& p : ring_) ids.push_back(p.id);
+        return ids;
+    }
     uint32_t pending_peers();
     // Plain: input/output hold `count` elements of dtype (output may be input: in place). Quantized
     // (quant.enabled()): input/output are separate buffers of quantized_bytes(count, block) bytes, op is sum or

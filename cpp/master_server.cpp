@@ -44,6 +44,11 @@ MasterStats MasterServer::stats() const {
     return state_.stats();
 }
 
+std::vector<wire::LinkMeasure> MasterServer::links() const {
+    std::lock_guard<std::mutex> g(mu_);
+    return state_.links();
+}
+
 void MasterServer::close_link(uint64_t id) {
     auto it = links_.find(id);
     if (it == links_.end()) return;

@@ -37,6 +37,7 @@ public:
     void stop();   // closes every connection; peers see the master as unreachable
     std::string address() const;
     MasterStats stats() const;
+    std::vector<wire::LinkMeasure> links() const;
     bool running() const { return running_; }
 
 private:

@@ -41,7 +41,15 @@ std::vector<uint64_t> MasterState::group_ring(uint32_t group) const {
     std::sort(order.begin(), order.end());
     std::vector<uint64_t> ids;
     for (auto& [seq, id] : order) ids.push_back(id);
-    return ids;
+    auto solved = order_.find(group);
+    if (solved == order_.end()) return ids;
+    // The order optimize_topology() chose, for the peers still here; peers admitted since follow it.
+    std::vector<uint64_t> ring;
+    for (uint64_t id : solved->second)
+        if (std::find(ids.begin(), ids.end(), id) != ids.end()) ring.push_back(id);
+    for (uint64_t id : ids)
+        if (std::find(ring.begin(), ring.end(), id) == ring.end()) ring.push_back(id);
+    return ring;
 }
 
 std::vector<wire::PeerInfo> MasterState::ring_infos(const std::vector<uint64_t>& ids) const {
@@ -93,6 +101,8 @@ void MasterState::handle(uint64_t id, Conn& c, uint16_t type, const std::vector<
         case MsgType::kOpStart: return on_op_start(id, c, payload, now, out);
         case MsgType::kSyncStart: return on_sync_start(id, c, payload, now, out);
         case MsgType::kOpDone: return on_op_done(id, payload, out);
+        case MsgType::kOptStart: return on_opt_start(id, c, payload, now, out);
+        case MsgType::kOptReport: return on_opt_report(id, payload, out);
         default:
             throw CoreError(ErrorKind::kProtocol, "unexpected message type " + std::to_string(type) + " at the master");
     }
@@ -140,7 +150,7 @@ std::vector<MasterAction> MasterState::on_probe_result(uint64_t id, bool reachab
 
 bool MasterState::group_in_collective(uint32_t group, uint64_t except) const {
     for (const auto& [id, c] : conns_)
-        if (id != except && c.accepted && c.group == group && (!c.op_tags.empty() || c.in_sync)) return true;
+        if (id != except && c.accepted && c.group == group && (!c.op_tags.empty() || c.in_sync || c.in_opt)) return true;
     return false;
 }
 
@@ -165,7 +175,7 @@ void MasterState::release_topology(uint32_t group, Actions& out) {
 
 void MasterState::on_topo_request(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out) {
     auto m = wire::decode_payload<wire::TopoRequest>(payload);
-    if (c.in_topo || !c.op_tags.empty() || c.in_sync)
+    if (c.in_topo || !c.op_tags.empty() || c.in_sync || c.in_opt)
         throw CoreError(ErrorKind::kProtocol, "update_topology with a collective in flight");
     c.in_topo = true;
     c.topo_seq = m.seq;
@@ -188,7 +198,7 @@ void MasterState::on_op_start(uint64_t id, Conn& c, const std::vector<uint8_t>& 
                             "tag " + std::to_string(m.tag) + " is already in flight in this group"});
         return;
     }
-    if (c.in_topo) throw CoreError(ErrorKind::kProtocol, "OP_START during update_topology");
+    if (c.in_topo || c.in_opt) throw CoreError(ErrorKind::kProtocol, "OP_START during update_topology");
     if (c.op_tags.count(m.tag)) throw CoreError(ErrorKind::kProtocol, "OP_START twice for one tag");
     if (op == ops_.end()) {
         op = ops_.emplace(key, Op{}).first;
@@ -205,12 +215,23 @@ void MasterState::on_op_start(uint64_t id, Conn& c, const std::vector<uint8_t>& 
     }
     o.min_world = std::max(o.min_world, m.min_world);
     release_topology(c.group, out);  // peers still in update_topology() come to this operation instead
+    if (opts_.count(c.group)) {  // others are in optimize_topology(): both fail
+        check_opt_conflict(c.group, out);
+        op = ops_.find(key);
+        if (op == ops_.end()) return;
+    }
     try_start(op, out);
 }
 
 void MasterState::on_op_done(uint64_t id, const std::vector<uint8_t>& payload, Actions& out) {
     auto m = wire::decode_payload<wire::OpDone>(payload);
     const ErrorKind failure = ErrorKind(m.kind ? m.kind : uint8_t(ErrorKind::kPeerLost));
+    for (auto& [group, opt] : opts_) {  // a probe of optimize_topology() failed on this peer: it fails for all
+        if (!opt.running || opt.id != m.op_id || m.ok) continue;
+        if (std::find(opt.members.begin(), opt.members.end(), id) == opt.members.end()) return;
+        return fail_opt(group, failure == ErrorKind::kInterrupted ? ErrorKind::kPeerLost : failure,
+                        describe(id) + " reported: " + m.reason, out);
+    }
     auto sync = syncs_running_.find(m.op_id);
     if (sync != syncs_running_.end()) {
         auto& members = sync->second.members;
@@ -384,6 +405,21 @@ void MasterState::remove(uint64_t id, const std::string& reason, Actions& out) {
         pending->second.started.erase(id);
         try_start_sync(group, out);  // the group shrank: the others may be complete now
     }
+    for (auto l = links_.begin(); l != links_.end();) {  // a peer that leaves takes its edges with it
+        if (l->first.first == id || l->first.second == id) l = links_.erase(l);
+        else ++l;
+    }
+    stats_.links_known = links_.size();
+    auto opt = opts_.find(group);
+    if (opt != opts_.end()) {
+        auto& m = opt->second.members;
+        if (opt->second.running && std::find(m.begin(), m.end(), id) != m.end()) {
+            fail_opt(group, ErrorKind::kPeerLost, "peer " + std::to_string(id) + " lost during optimize_topology(): " + reason, out);
+        } else if (!opt->second.running) {
+            opt->second.started.erase(id);
+            try_start_opt(group, out);  // the group shrank: the others may be complete now
+        }
+    }
     if (was_accepted) try_complete_topology(out);
     uint32_t world = 0;
     for (const auto& [cid, c] : conns_) world += c.accepted ? 1 : 0;
@@ -440,6 +476,16 @@ void MasterState::expire_waits(double now, Actions& out) {
                           "sync_shared_state() timed out after " + seconds_text(sync.timeout) +
                               ": these peers did not call it: " + describe_all(group_missing(group, present)),
                           out);
+    }
+    std::vector<uint32_t> late_opts;
+    for (const auto& [group, opt] : opts_)
+        if (!opt.running && opt.deadline >= 0 && now >= opt.deadline) late_opts.push_back(group);
+    for (uint32_t group : late_opts) {
+        const Optimize& opt = opts_.at(group);
+        fail_opt(group, ErrorKind::kTimeout,
+                 "optimize_topology() timed out after " + seconds_text(opt.timeout) +
+                     ": these peers did not call it: " + describe_all(group_missing(group, opt.started)),
+                 out);
     }
     for (auto& [id, c] : conns_) {
         if (!c.in_topo || c.topo_deadline < 0 || now < c.topo_deadline) continue;

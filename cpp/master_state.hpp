@@ -2,7 +2,8 @@
 // tick, the result of a reachability probe) goes in with the current time, and the actions (frames to send,
 // connections to close, addresses to probe) come out. No sockets, threads or clocks live here, so tests drive
 // it with a fake clock. master_state.cpp holds membership and operations, master_sync.cpp the shared-state
-// syncs (tests/test_master_state.py, tests/test_master_sync.py, tests/test_master_contract.py).
+// syncs, master_topology.cpp optimize_topology() (tests/test_master_state.py, tests/test_master_sync.py,
+// tests/test_master_contract.py, tests/test_master_topology.py).
 //
 // How it decides:
 // - Membership. A peer says HELLO and waits as "pending". With probing on (the server's default), the master
@@ -37,6 +38,14 @@
 //   its next sync is refused on every peer (the state is lost, loudly) unless a send-only peer offers the state
 //   (a checkpoint): then only send-only peers vote. A sync and an all-reduce called in different orders by
 //   different peers fail instead of waiting for each other; min_world and timeouts apply as for operations.
+// - Ring order (master_topology.cpp, docs/topology.md). optimize_topology() is a collective of the group: when
+//   every member has sent OPT_START, the master plans probes of the edges it has no measurement for (rounds
+//   of the shifts i -> i + r, so that in a round every peer sends one probe and receives one), sends each
+//   member its OPT_PLAN, and collects what the receivers measured (OPT_REPORT). It keeps measurements per
+//   ordered pair of peers (a peer that leaves takes its edges with it), solves for the ring order
+//   (ring_order.hpp) and answers every member with TOPO_RESULT carrying the new ring, which every later
+//   operation uses. A member lost before the end aborts it on every member (OP_ABORT of its id, then a
+//   TOPO_RESULT with the error); a collective started by others meanwhile fails both, as for a sync.
 // - Liveness. Any frame from a peer counts as a heartbeat. A peer silent for longer than peer_timeout is
 //   evicted (told KICKED, then disconnected); a connection that does not say HELLO within handshake_timeout is
 //   dropped.
@@ -69,6 +78,7 @@ struct MasterStats {
     uint64_t peers_accepted = 0, peers_pending = 0, ops_committed = 0, ops_aborted = 0, ops_rejected = 0;
     uint64_t evictions = 0, dropped_connections = 0, topology_updates = 0;
     uint64_t syncs_committed = 0, syncs_aborted = 0, syncs_refused = 0;
+    uint64_t optimizations = 0, links_probed = 0, links_known = 0;
     std::vector<std::string> recent_drops;  // reasons of the last dropped connections
 };
 
@@ -86,6 +96,12 @@ public:
     std::vector<MasterAction> on_probe_result(uint64_t conn, bool reachable, const std::string& reason, double now);
 
     const MasterStats& stats() const { return stats_; }
+    // The link measurements it keeps: (from, to, bandwidth bytes/s, round trip us), for diagnostics.
+    std::vector<wire::LinkMeasure> links() const {
+        std::vector<wire::LinkMeasure> out;
+        for (const auto& [pair, m] : links_) out.push_back({pair.first, pair.second, m.bandwidth, m.rtt_us});
+        return out;
+    }
     size_t connection_count() const { return conns_.size(); }
 
 private:
@@ -104,6 +120,8 @@ private:
         uint32_t topo_min_world = 0;     // the smallest group it accepts
         std::set<uint64_t> op_tags;      // operations this peer has started and not yet seen end
         bool in_sync = false;            // inside sync_shared_state()
+        bool in_opt = false;             // inside optimize_topology()
+        uint64_t opt_seq = 0;
         bool synced = false;             // completed a sync of its group: holds the group's state
     };
     struct Sync {
@@ -115,6 +133,22 @@ private:
         uint32_t min_world = 0;                       // the largest min_world of the starters
         std::vector<uint64_t> members;                // peers taking part, once running
         std::set<uint64_t> done;
+    };
+    struct Optimize {
+        uint32_t group = 0;
+        uint64_t id = 0;
+        bool running = false;
+        std::set<uint64_t> started;      // while collecting OPT_START
+        double deadline = -1;            // the earliest starter's timeout (negative: none)
+        double timeout = 0;
+        uint32_t min_world = 0;
+        std::vector<uint64_t> members;   // the ring order when it started
+        std::set<uint64_t> reported;
+        uint64_t probes = 0;             // edges measured by this run
+    };
+    struct Measure {
+        uint64_t bandwidth = 0;  // bytes/s
+        uint32_t rtt_us = 0;
     };
     struct Op {
         uint32_t group = 0;
@@ -139,6 +173,14 @@ private:
     void on_op_start(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out);
     void on_sync_start(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out);
     void on_op_done(uint64_t id, const std::vector<uint8_t>& payload, Actions& out);
+    void on_opt_start(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out);
+    void on_opt_report(uint64_t id, const std::vector<uint8_t>& payload, Actions& out);
+    void try_start_opt(uint32_t group, Actions& out);
+    void finish_opt(uint32_t group, Actions& out);
+    // Ends the group's optimize_topology() with an error on every member (OP_ABORT first when it was probing).
+    void fail_opt(uint32_t group, ErrorKind kind, const std::string& reason, Actions& out);
+    // A member of the group started another collective while others are in optimize_topology(): both fail.
+    void check_opt_conflict(uint32_t group, Actions& out);
     void try_complete_topology(Actions& out);
     // Answers every peer of `group` waiting in update_topology() with the current ring (kind 0), or with an
     // error: the group has moved on to a collective, so no vote can complete for it now.
@@ -171,6 +213,9 @@ private:
     std::map<uint32_t, Sync> syncs_pending_;      // by group: collecting SYNC_START
     std::map<uint64_t, Sync> syncs_running_;      // by sync id: moving state
     std::map<uint32_t, uint64_t> group_revision_;  // revision of the group's last committed sync
+    std::map<uint32_t, Optimize> opts_;            // by group
+    std::map<std::pair<uint64_t, uint64_t>, Measure> links_;  // (from, to) -> what `to` measured
+    std::map<uint32_t, std::vector<uint64_t>> order_;         // a group's solved ring order
     uint64_t next_admitted_ = 1, next_op_id_ = 1;
     MasterStats stats_;
 };

@@ -16,7 +16,7 @@ using master_text::kSameOrder;
 
 void MasterState::on_sync_start(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out) {
     auto m = wire::decode_payload<wire::SyncStart>(payload);
-    if (c.in_topo || !c.op_tags.empty() || c.in_sync)
+    if (c.in_topo || !c.op_tags.empty() || c.in_sync || c.in_opt)
         throw CoreError(ErrorKind::kProtocol, "SYNC_START with a collective in flight");
     c.in_sync = true;
     auto& sync = syncs_pending_[c.group];
@@ -39,7 +39,8 @@ void MasterState::on_sync_start(uint64_t id, Conn& c, const std::vector<uint8_t>
         fail_op(cur, ErrorKind::kMismatch, conflict, out);
     }
     if (!conflict.empty()) fail_pending_sync(c.group, ErrorKind::kMismatch, conflict, out);
-    else try_start_sync(c.group, out);
+    else if (opts_.count(c.group)) check_opt_conflict(c.group, out);  // others are in optimize_topology()
+    if (syncs_pending_.count(c.group)) try_start_sync(c.group, out);
 }
 
 

@@ -51,22 +51,20 @@ RingScore score(const LinkMatrix& m, const std::vector<uint32_t>& order) {
     const size_t n = order.size();
     if (n < 2) return RingScore{std::numeric_limits<double>::infinity(), 0, 0};
     for (size_t k = 0; k < n; k++) {
-        const double b = m.bw(order[k], order[(k + 1) % n]);
+        s.bottleneck = std::min(s.bottleneck, m.bw(order[k], order[(k + 1) % n]));
         s.latency += m.lat(order[k], order[(k + 1) % n]);
-        if (b < s.bottleneck) {
-            s.bottleneck = b;
-            s.at_bottleneck = 1;
-        } else if (b == s.bottleneck) {
-            s.at_bottleneck++;
-        }
     }
+    for (size_t k = 0; k < n; k++) s.at_bottleneck += m.bw(order[k], order[(k + 1) % n]) < s.bottleneck * (1 + kTie) ? 1 : 0;
     return s;
 }
 
 bool better(const RingScore& a, const RingScore& b) {
-    if (a.bottleneck != b.bottleneck) return a.bottleneck > b.bottleneck;
+    if (a.bottleneck > b.bottleneck * (1 + kTie)) return true;
+    if (b.bottleneck > a.bottleneck * (1 + kTie)) return false;
     if (a.at_bottleneck != b.at_bottleneck) return a.at_bottleneck < b.at_bottleneck;
-    return a.latency < b.latency * (1 - 1e-12);  // latency sums in another order may differ in the last bits
+    // latency sums in another order may differ in the last bits
+    if (std::abs(a.latency - b.latency) > 1e-12 * std::max(a.latency, b.latency)) return a.latency < b.latency;
+    return a.bottleneck > b.bottleneck;
 }
 
 std::vector<uint32_t> solve_exact(const LinkMatrix& m) {
@@ -90,14 +88,15 @@ std::vector<uint32_t> solve_exact(const LinkMatrix& m) {
         if (has_cycle(m, values[mid])) lo = mid;
         else hi = mid;
     }
-    const double t = values[lo];
-    // 2. Among cycles of edges >= t: fewest edges at t, then least latency (Held-Karp from peer 0).
+    const double top = values[lo], t = top / (1 + kTie), near = top * (1 + kTie);
+    // 2. Among cycles of edges >= B / (1 + kTie): fewest edges below B (1 + kTie), then least latency (Held-Karp
+    // from peer 0).
     using Cost = std::pair<size_t, double>;
     const Cost kNone{std::numeric_limits<size_t>::max(), 0};
     const size_t states = size_t(1) << n;
     std::vector<Cost> cost(states * n, kNone);
     std::vector<int8_t> prev(states * n, -1);
-    auto edge = [&](size_t v, size_t w) { return Cost{m.bw(v, w) == t ? 1 : 0, m.lat(v, w)}; };
+    auto edge = [&](size_t v, size_t w) { return Cost{m.bw(v, w) < near ? 1 : 0, m.lat(v, w)}; };
     auto add = [](Cost a, Cost b) { return Cost{a.first + b.first, a.second + b.second}; };
     auto less = [](const Cost& a, const Cost& b) { return a.first != b.first ? a.first < b.first : a.second < b.second; };
     cost[1 * n + 0] = {0, 0.0};
@@ -140,16 +139,17 @@ std::vector<uint32_t> solve_exact(const LinkMatrix& m) {
 }
 
 namespace {
-// Local search for a ring whose edges all reach the bandwidth t: the cost of an edge is huge below t, large at
-// exactly t (the fewer edges at the bottleneck the better), and its latency otherwise. Moves are evaluated by
+// Local search for a ring whose edges all reach the bandwidth t: the cost of an edge is huge below t, large
+// below `near` (the fewer slow edges the better), and its latency otherwise. Moves are evaluated by
 // their change of cost in O(1) (2-opt: O(1) amortized along a growing segment), applied when they lower it.
 struct ThresholdSearch {
     const LinkMatrix& m;
-    double t;
+    double t;     // edges below it are (all but) forbidden
+    double near;  // edges below it count as slow
     static constexpr double kBelow = 1e12, kAt = 1e6;
     double c(uint32_t u, uint32_t v) const {
         const double b = m.bw(u, v);
-        return (b < t ? kBelow : b == t ? kAt : 0.0) + m.lat(u, v);
+        return (b < t ? kBelow : b < near ? kAt : 0.0) + m.lat(u, v);
     }
     double total(const std::vector<uint32_t>& o) const {
         double sum = 0;
@@ -272,7 +272,7 @@ std::vector<uint32_t> solve_heuristic(const LinkMatrix& m, const std::vector<uin
     size_t lo = 0, hi = values.size();  // values[lo] is reached (by best_order); values[hi] is not (or the end)
     while (hi - lo > 1 && std::chrono::steady_clock::now() < give_up) {
         const size_t mid = (lo + hi) / 2;
-        const ThresholdSearch search{m, values[mid]};
+        const ThresholdSearch search{m, values[mid], values[mid] * (1 + kTie)};
         bool found = false;
         // Descents from the best ring so far and the starts, then from shuffles of the best ring (a stuck
         // descent is a local minimum; another start usually is not stuck in the same one).
@@ -289,9 +289,11 @@ std::vector<uint32_t> solve_heuristic(const LinkMatrix& m, const std::vector<uin
         if (found) lo = mid;
         else hi = mid;
     }
-    // Polish at the bottleneck reached: fewer edges at it, then less latency.
+    // Polish around the bottleneck B reached, as the exact solver does: no edge below B / (1 + kTie), fewer edges
+    // below B (1 + kTie), then less latency.
     auto polished = best_order;
-    ThresholdSearch{m, score(m, best_order).bottleneck}.descend(polished, give_up + std::chrono::milliseconds(10));
+    const double reached = score(m, best_order).bottleneck;
+    ThresholdSearch{m, reached / (1 + kTie), reached * (1 + kTie)}.descend(polished, give_up + std::chrono::milliseconds(10));
     if (better(score(m, polished), score(m, best_order))) best_order = polished;
     return best_order;
 }

@@ -2,9 +2,11 @@
 //
 // A ring all-reduce moves the same bytes over every edge of the ring in lockstep, so it runs at the pace of its
 // slowest edge: the order's worth is its bottleneck bandwidth, min over edges (order[k] -> order[k+1]) of the
-// measured bandwidth from the sender to its successor (asymmetric: i -> j may differ from j -> i). Among orders
-// with the same bottleneck, fewer edges at the bottleneck are better (a second slow edge is where the next
-// measurement error hides), then less total latency (every step of a small all-reduce pays each edge's latency).
+// measured bandwidth from the sender to its successor (asymmetric: i -> j may differ from j -> i). Measurements
+// are noisy, so bandwidths within kTie (5 %) of each other count as equal: among orders whose bottlenecks are
+// that close, fewer edges near the bottleneck are better (a ring that crosses an ocean twice beats one that
+// crosses it four times at the same measured speed: every slow edge is where the next measurement error or
+// congestion hides), then less total latency (every step of a small all-reduce pays each edge's latency).
 //
 // How this works. Exact up to kExactPeers: the best bottleneck is the largest bandwidth t whose graph of edges
 // >= t still has a Hamiltonian cycle (a binary search over the distinct bandwidths, each step a reachability DP
@@ -23,6 +25,7 @@
 namespace pccl::topology {
 
 constexpr size_t kExactPeers = 12;
+constexpr double kTie = 0.05;  // bandwidths this close (relative) count as equal
 
 // bandwidth[i * n + j], latency[i * n + j]: the edge from peer i to peer j (the diagonal is ignored). A
 // bandwidth <= 0 is an edge that does not work (or was not measured).
@@ -36,11 +39,12 @@ struct LinkMatrix {
 
 struct RingScore {
     double bottleneck = 0;    // the slowest edge's bandwidth
-    size_t at_bottleneck = 0; // edges at that bandwidth
+    size_t at_bottleneck = 0; // edges within kTie of it (itself included)
     double latency = 0;       // sum over the ring's edges
 };
 RingScore score(const LinkMatrix& m, const std::vector<uint32_t>& order);
-// Whether a is the better ring (higher bottleneck, then fewer edges at it, then less latency).
+// Whether a is the better ring: a bottleneck higher by more than kTie; else fewer edges near the bottleneck,
+// then less latency, then the higher bottleneck.
 bool better(const RingScore& a, const RingScore& b);
 
 std::vector<uint32_t> solve_exact(const LinkMatrix& m);  // n <= kExactPeers

@@ -13,7 +13,7 @@ void store32(uint8_t* p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = uint8_
 void store16(uint8_t* p, uint16_t v) { p[0] = uint8_t(v); p[1] = uint8_t(v >> 8); }
 }  // namespace
 
-bool is_known_type(uint16_t t) { return (t >= 1 && t <= 18) || t == 32 || t == 33 || (t >= 40 && t <= 43); }
+bool is_known_type(uint16_t t) { return (t >= 1 && t <= 21) || t == 32 || t == 33 || (t >= 40 && t <= 43); }
 
 Header decode_header(const uint8_t* b) {
     if (load32(b) != kMagic) bad("bad magic");
@@ -139,6 +139,26 @@ void encode(Writer& w, const OpCommit& m) { w.u64(m.op_id); }
 void encode(Writer& w, const OpAbort& m) { w.u64(m.op_id); w.u8(m.kind); w.str(m.reason); }
 void encode(Writer& w, const PendingReply& m) { w.u32(m.pending); }
 void encode(Writer& w, const Kicked& m) { w.str(m.reason); }
+void encode(Writer& w, const OptPlan& m) {
+    w.u64(m.opt_id);
+    w.u64(m.seq);
+    w.u32(m.probe_ms);
+    w.u32(uint32_t(m.rounds.size()));
+    for (const auto& r : m.rounds) {
+        encode(w, r.send_to);
+        w.u64(r.recv_from);
+    }
+}
+void encode(Writer& w, const OptReport& m) {
+    w.u64(m.opt_id);
+    w.u32(uint32_t(m.links.size()));
+    for (const auto& l : m.links) {
+        w.u64(l.from);
+        w.u64(l.to);
+        w.u64(l.bandwidth);
+        w.u32(l.rtt_us);
+    }
+}
 void encode(Writer& w, const AuthHello& m) { w.u8(m.context); w.raw(m.nonce.data(), m.nonce.size()); }
 void encode(Writer& w, const AuthChallenge& m) {
     w.raw(m.nonce.data(), m.nonce.size());
@@ -283,6 +303,34 @@ template <> OpAbort decode<OpAbort>(Reader& r) {
 }
 template <> PendingReply decode<PendingReply>(Reader& r) { return PendingReply{r.u32()}; }
 template <> Kicked decode<Kicked>(Reader& r) { return Kicked{r.str()}; }
+template <> OptPlan decode<OptPlan>(Reader& r) {
+    OptPlan m;
+    m.opt_id = r.u64();
+    m.seq = r.u64();
+    m.probe_ms = r.u32();
+    const size_t n = r.count(kMaxProbeRounds);
+    for (size_t i = 0; i < n; i++) {
+        ProbeRound pr;
+        pr.send_to = decode<PeerInfo>(r);
+        pr.recv_from = r.u64();
+        m.rounds.push_back(std::move(pr));
+    }
+    return m;
+}
+template <> OptReport decode<OptReport>(Reader& r) {
+    OptReport m;
+    m.opt_id = r.u64();
+    const size_t n = r.count(kMaxPeers);
+    for (size_t i = 0; i < n; i++) {
+        LinkMeasure l;
+        l.from = r.u64();
+        l.to = r.u64();
+        l.bandwidth = r.u64();
+        l.rtt_us = r.u32();
+        m.links.push_back(l);
+    }
+    return m;
+}
 template <> AuthHello decode<AuthHello>(Reader& r) {
     AuthHello m;
     m.context = r.u8();

@@ -31,6 +31,7 @@ enum class MsgType : uint16_t {
     kOpStart = 7, kOpGo = 8, kOpReject = 9, kOpDone = 10, kOpCommit = 11, kOpAbort = 12,
     kPendingRequest = 13, kPendingReply = 14, kLeave = 15, kKicked = 16,
     kSyncStart = 17, kSyncPlan = 18,  // shared state: ends with OP_DONE, OP_COMMIT / OP_ABORT of the sync id
+    kOptStart = 19, kOptPlan = 20, kOptReport = 21,  // optimize_topology(): ends with TOPO_RESULT of its seq
     // peer <-> peer
     kPeerHello = 32, kData = 33,
     // the handshake of an authenticated run, first on every connection (docs/security.md)
@@ -150,6 +151,15 @@ struct SyncPlan {
     std::vector<SyncRecv> recvs;
 };
 
+// optimize_topology() (docs/topology.md). A plan lists rounds; in each, this peer sends a probe to `send_to`
+// (id 0: none) and receives one from `recv_from` (0: none).
+struct ProbeRound { PeerInfo send_to; uint64_t recv_from = 0; };
+struct OptPlan { uint64_t opt_id = 0; uint64_t seq = 0; uint32_t probe_ms = 0; std::vector<ProbeRound> rounds; };
+// What a peer measured on the probes it received: bandwidth in bytes/s, round trip in microseconds.
+struct LinkMeasure { uint64_t from = 0; uint64_t to = 0; uint64_t bandwidth = 0; uint32_t rtt_us = 0; };
+struct OptReport { uint64_t opt_id = 0; std::vector<LinkMeasure> links; };
+constexpr size_t kMaxProbeRounds = 4096;
+
 // The handshake (handshake.hpp). context: which kind of connection (1 master link, 2 data connection).
 using Bytes32 = std::array<uint8_t, 32>;
 struct AuthHello { uint8_t context = 0; Bytes32 nonce{}; };
@@ -181,6 +191,8 @@ void encode(Writer& w, const DataHeader& m);
 void encode(Writer& w, const StateEntry& m);
 void encode(Writer& w, const SyncStart& m);
 void encode(Writer& w, const SyncPlan& m);
+void encode(Writer& w, const OptPlan& m);
+void encode(Writer& w, const OptReport& m);
 void encode(Writer& w, const AuthHello& m);
 void encode(Writer& w, const AuthChallenge& m);
 void encode(Writer& w, const AuthProof& m);
@@ -207,6 +219,8 @@ template <> DataHeader decode<DataHeader>(Reader& r);
 template <> StateEntry decode<StateEntry>(Reader& r);
 template <> SyncStart decode<SyncStart>(Reader& r);
 template <> SyncPlan decode<SyncPlan>(Reader& r);
+template <> OptPlan decode<OptPlan>(Reader& r);
+template <> OptReport decode<OptReport>(Reader& r);
 template <> AuthHello decode<AuthHello>(Reader& r);
 template <> AuthChallenge decode<AuthChallenge>(Reader& r);
 template <> AuthProof decode<AuthProof>(Reader& r);

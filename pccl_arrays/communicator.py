@@ -136,6 +136,36 @@ class Communicator:
         self._concurrency.restart_auto_tags()
         self._core.update_topology(_timeout_arg(timeout))
 
+    def optimize_topology(self, timeout: Optional[float] = None) -> int:
+        """Collective over the group: measures the links the master has not measured yet and rewires the ring in
+        the order that maximizes its slowest link's bandwidth (docs/topology.md).
+
+        Every peer of the group must call it, as for an all-reduce. The first call probes every ordered pair of
+        peers (in rounds where every peer sends one probe and receives one, each stopping once its estimate is
+        stable, about 0.3-1 s); later calls probe only the links of peers admitted since, and cost nothing when
+        every link is known. The new order takes effect from the next collective, on every peer at once. Call it
+        once joins have settled, or every K steps.
+
+        Args:
+            timeout: seconds to wait for the others to call it (default: the communicator's ``op_timeout``).
+        Returns:
+            how many links this peer measured (the probes it received).
+        Raises:
+            PeerLostError: a peer died or left while probing; retry (the survivors keep what was measured).
+            PCCLTimeoutError: the others did not call it in time; the message names them.
+            OperationMismatchError: others started another collective instead.
+            KeyboardInterrupt: Ctrl-C; the communicator has left the job.
+        """
+        if self._concurrency.in_flight():
+            raise CommunicatorStateError(f"optimize_topology() while {self._concurrency.in_flight()} async "
+                                         "all-reduce(s) are in flight: wait for their handles first")
+        self._concurrency.restart_auto_tags()
+        return self._core.optimize_topology(_timeout_arg(timeout))
+
+    def ring(self) -> list[int]:
+        """Peer ids of this peer's group in ring order, as of the last topology change."""
+        return self._core.ring_ids()
+
     def are_peers_pending(self) -> bool:
         """Whether peers wait for admission (so an :meth:`update_topology` would admit someone)."""
         return self._core.pending_peers() > 0

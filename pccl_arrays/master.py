@@ -52,8 +52,14 @@ class Master:
         return self._server.running
 
     def stats(self) -> dict:
-        """Counters: peers_accepted, ops_committed/aborted/rejected, evictions, dropped_connections, recent_drops."""
+        """Counters: peers_accepted, ops_committed/aborted/rejected, evictions, dropped_connections, recent_drops,
+        syncs_committed/aborted/refused, optimizations, links_probed, links_known."""
         return self._server.stats()
+
+    def links(self) -> list[dict]:
+        """The link measurements optimize_topology() left (``from``, ``to`` peer ids, ``bandwidth`` in bytes/s,
+        ``rtt_us``): one per ordered pair of current peers that was probed (docs/topology.md)."""
+        return self._server.links()
 
     def __repr__(self) -> str:
         mode = "encrypted" if self.encrypted else "authenticated" if self.authenticated else "no secret"

@@ -111,6 +111,15 @@ class Relay:
         self._target = _host_port(target, "target")
         self._target_set.set()
 
+    def follow(self, comm, host: str = "127.0.0.1") -> None:
+        """Forwards to ``comm``'s data port on ``host`` as soon as its ``connect()`` has bound it (call before
+        ``connect()``, which waits for the master's probe of the advertised address, i.e. of this relay)."""
+        def point():
+            while comm.data_port == 0:
+                time.sleep(0.001)
+            self.set_target(f"{host}:{comm.data_port}")
+        threading.Thread(target=point, daemon=True, name="wan-relay-follow").start()
+
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> "Relay":
         ready = threading.Event()

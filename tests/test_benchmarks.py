@@ -78,3 +78,14 @@ def test_security_benchmark_quick_mode_measures_every_mode(tmp_path):
     assert {(r["mode"], r["bytes"]) for r in doc["table"]} == {(m, s) for m in ("plain", "integrity", "encrypted")
                                                               for s in (4096, 1 << 20)}
     assert all(r["algbw_GBps"] > 0 for r in doc["table"]) and "vs plain" in proc.stdout
+
+
+@pytest.mark.timeout(240)
+def test_topology_benchmark_quick_mode_optimizes_the_crossing_ring(tmp_path):
+    out = tmp_path / "topology.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "topology.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == [] and [r["ring"] for r in doc["rows"]][1] == "after optimize_topology()"
+    assert all(r["algbw_MBps"] > 0 for r in doc["rows"]) and doc["links_probed"] == 30 and doc["probe_s"] > 0

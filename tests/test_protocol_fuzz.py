@@ -56,6 +56,11 @@ FIELDS = {
         "recvs": st.lists(st.tuples(u64, u64, u64, st.integers(1, 2**32 - 1)).map(
             lambda t: {"from": t[0], "begin": min(t[1], t[2]), "end": max(t[1], t[2]), "stripes": t[3]}),
             max_size=3)})),
+    "opt_start": {"seq": u64, "timeout_ms": u32, "min_world": u32},
+    "opt_plan": {"opt_id": u64, "seq": u64, "probe_ms": u32,
+                 "rounds": st.lists(st.fixed_dictionaries({"send_to": peer, "recv_from": u64}), max_size=4)},
+    "opt_report": {"opt_id": u64, "links": st.lists(st.fixed_dictionaries(
+        {"from": u64, "to": u64, "bandwidth": u64, "rtt_us": u32}), max_size=4)},
     "peer_hello": {"from": u64, "to": u64, "index": u32, "slot": u32},
     "data": {"op_id": u64, "step": u32, "stripe": u32, "offset": u64, "payload": st.binary(max_size=64)},
     "auth_hello": {"context": u8, "nonce": st.binary(min_size=32, max_size=32)},

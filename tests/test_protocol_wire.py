@@ -28,7 +28,7 @@ TYPE_CODES = {
     "hello": 1, "welcome": 2, "heartbeat": 3, "heartbeat_ack": 4, "topo_request": 5, "topo_result": 6,
     "op_start": 7, "op_go": 8, "op_reject": 9, "op_done": 10, "op_commit": 11, "op_abort": 12,
     "pending_request": 13, "pending_reply": 14, "leave": 15, "kicked": 16, "sync_start": 17, "sync_plan": 18,
-    "peer_hello": 32, "data": 33, "auth_hello": 40, "auth_challenge": 41, "auth_proof": 42, "auth_refused": 43,
+    "opt_start": 19, "opt_plan": 20, "opt_report": 21, "peer_hello": 32, "data": 33, "auth_hello": 40, "auth_challenge": 41, "auth_proof": 42, "auth_refused": 43,
 }
 MAX_STATE = 16 << 20  # SYNC_START / SYNC_PLAN
 EMPTY_TYPES = {"heartbeat", "leave"}
@@ -62,6 +62,11 @@ SAMPLES = {
                   "expect": [2**63, 7],
                   "sends": [{"to": RING[0], "fetch": [0, 2], "begin": 10, "end": 2**40, "stripes": 4}],
                   "recvs": [{"from": 5, "begin": 0, "end": 10, "stripes": 2}]},
+    "opt_start": {"seq": 4, "timeout_ms": 6000, "min_world": 2},
+    "opt_plan": {"opt_id": 21, "seq": 4, "probe_ms": 700, "rounds": [{"send_to": RING[0], "recv_from": 9},
+                                                                      {"send_to": {"id": 0, "host": "", "port": 0},
+                                                                       "recv_from": 0}]},
+    "opt_report": {"opt_id": 21, "links": [{"from": 9, "to": 7, "bandwidth": 12_500_000, "rtt_us": 40_000}]},
     "peer_hello": {"from": 3, "to": 4, "index": 2, "slot": 5},
     "data": {"op_id": 17, "step": 3, "stripe": 1, "offset": 2**33, "payload": b"\x00\x01\xfe\xff" * 5},
     "auth_hello": {"context": 2, "nonce": bytes(range(32))},
@@ -106,7 +111,7 @@ def expected_payload(type_name: str, f: dict) -> bytes:
             return b""
         case "heartbeat_ack" | "pending_reply":
             return struct.pack("<I", f["pending"])
-        case "topo_request" | "pending_request":
+        case "topo_request" | "pending_request" | "opt_start":
             return struct.pack("<QII", f["seq"], f["timeout_ms"], f["min_world"])
         case "topo_result":
             return (struct.pack("<QII", f["seq"], f["world_size"], f["pending"]) + wring(f["ring"]) +
@@ -152,6 +157,16 @@ def expected_payload(type_name: str, f: dict) -> bytes:
             return struct.pack("<QQII", f["from"], f["to"], f["index"], f["slot"])
         case "data":
             return struct.pack("<QIIQ", f["op_id"], f["step"], f["stripe"], f["offset"]) + f["payload"]
+        case "opt_plan":
+            out = struct.pack("<QQII", f["opt_id"], f["seq"], f["probe_ms"], len(f["rounds"]))
+            for r in f["rounds"]:
+                out += wring([r["send_to"]])[4:] + struct.pack("<Q", r["recv_from"])
+            return out
+        case "opt_report":
+            out = struct.pack("<QI", f["opt_id"], len(f["links"]))
+            for x in f["links"]:
+                out += struct.pack("<QQQI", x["from"], x["to"], x["bandwidth"], x["rtt_us"])
+            return out
         case "auth_hello":
             return struct.pack("<B", f["context"]) + f["nonce"]
         case "auth_challenge":
@@ -289,7 +304,7 @@ def test_wrong_protocol_version(version):
     assert_protocol_error(header(TYPE_CODES["heartbeat"], 0, version=version), "version")
 
 
-@pytest.mark.parametrize("code", [0, 19, 20, 31, 34, 0x0100, 0xFFFF])
+@pytest.mark.parametrize("code", [0, 22, 31, 34, 39, 44, 0x0100, 0xFFFF])
 def test_unknown_type(code):
     assert_protocol_error(header(code, 0), "unknown message type")
 

@@ -38,27 +38,33 @@ def regions_matrix(rng, sizes):
     return bw, lat
 
 
-def key(s):
-    """A score as a sortable key: higher bottleneck, fewer edges at it, less latency."""
-    bottleneck, at, latency = s
-    return (-bottleneck, at, latency)
+TIE = 0.05  # bandwidths within 5 % count as equal (ring_order.hpp: kTie)
 
 
 def brute_force(bw, lat):
-    """The best score over every ring (peer 0 first), vectorized over all (n-1)! orders."""
+    """The optimum by the solver's definition, over every ring (peer 0 first), vectorized over all (n-1)! orders:
+    B, the best bottleneck; then, among rings whose bottleneck is at least B / (1 + TIE), the fewest edges below
+    B (1 + TIE) and then the least latency. Returns (B, that count, that latency)."""
     n = len(bw)
     perms = np.array(list(itertools.permutations(range(1, n))), dtype=np.int64)
     rings = np.concatenate([np.zeros((len(perms), 1), np.int64), perms, np.zeros((len(perms), 1), np.int64)], axis=1)
     edges_bw = bw[rings[:, :-1], rings[:, 1:]]
     edges_lat = lat[rings[:, :-1], rings[:, 1:]].sum(axis=1)
     bottleneck = edges_bw.min(axis=1)
-    at = (edges_bw == bottleneck[:, None]).sum(axis=1)
-    best = np.lexsort((edges_lat, at, -bottleneck))[0]
-    return bottleneck[best], int(at[best]), edges_lat[best]
+    best = bottleneck.max()
+    feasible = bottleneck >= best / (1 + TIE)
+    near = (edges_bw < best * (1 + TIE)).sum(axis=1)
+    pick = np.lexsort((edges_lat, near, ~feasible))[0]
+    return best, int(near[pick]), edges_lat[pick]
 
 
-def same_score(a, b):
-    return a[0] == b[0] and a[1] == b[1] and a[2] == pytest.approx(b[2], rel=1e-9)
+def check_optimal(bw, lat, order):
+    """The order reaches the optimum of brute_force."""
+    best, near, latency = brute_force(bw, lat)
+    edges = [(order[k], order[(k + 1) % len(order)]) for k in range(len(order))]
+    assert min(bw[i, j] for i, j in edges) >= best / (1 + TIE)
+    assert sum(bw[i, j] < best * (1 + TIE) for i, j in edges) == near
+    assert sum(lat[i, j] for i, j in edges) == pytest.approx(latency, rel=1e-9)
 
 
 def as_lists(bw, lat):
@@ -72,7 +78,7 @@ def test_exact_matches_brute_force(n):
         bw, lat = random_matrix(rng, n, levels=3 if trial % 2 else None)
         order = _core.solve_ring_exact(*as_lists(bw, lat))
         assert sorted(order) == list(range(n))
-        assert same_score(_core.ring_score(*as_lists(bw, lat), order), brute_force(bw, lat)), trial
+        check_optimal(bw, lat, order)
 
 
 @pytest.mark.parametrize("n", [9, 10])
@@ -80,8 +86,7 @@ def test_exact_matches_brute_force_on_larger_groups(n):
     rng = np.random.default_rng(100 + n)
     for trial in range(2):
         bw, lat = random_matrix(rng, n, levels=4 if trial else None)
-        order = _core.solve_ring_exact(*as_lists(bw, lat))
-        assert same_score(_core.ring_score(*as_lists(bw, lat), order), brute_force(bw, lat))
+        check_optimal(bw, lat, _core.solve_ring_exact(*as_lists(bw, lat)))
 
 
 @pytest.mark.parametrize("n", [4, 6, 8, 10])
@@ -93,8 +98,20 @@ def test_heuristic_is_near_optimal_and_never_worse_than_admission(n):
         exact = _core.ring_score(*as_lists(bw, lat), _core.solve_ring_exact(*as_lists(bw, lat)))
         heuristic = _core.ring_score(*as_lists(bw, lat), _core.solve_ring_heuristic(*as_lists(bw, lat), admission))
         admitted = _core.ring_score(*as_lists(bw, lat), admission)
-        assert heuristic[0] >= 0.95 * exact[0], (trial, heuristic, exact)
-        assert key(heuristic) <= key(admitted)
+        best = brute_force(bw, lat)[0] if n <= 8 else exact[0]
+        assert heuristic[0] >= 0.95 * best, (trial, heuristic, best)
+        assert heuristic[0] * (1 + TIE) >= admitted[0]  # never worse than the admission order
+
+
+def test_near_ties_prefer_fewer_slow_edges():
+    """Measured cross-region links that differ by noise (2.00 and 2.05 MB/s): two crossings, not four."""
+    region = np.array([0, 0, 1, 1])
+    noise = np.array([[0, 1.0, 2.00, 2.05], [1.0, 0, 2.04, 2.01], [2.03, 2.02, 0, 1.0], [2.05, 2.01, 1.0, 0]])
+    bw = np.where(region[:, None] == region[None, :], 25e6, noise * 1e6)
+    np.fill_diagonal(bw, 0)
+    lat = np.where(region[:, None] == region[None, :], 1e-3, 2e-2)
+    order = _core.best_ring(*as_lists(bw, lat), [0, 2, 1, 3])
+    assert sum(region[order[k]] != region[order[(k + 1) % 4]] for k in range(4)) == 2
 
 
 def test_regions_are_crossed_once_each():
@@ -107,7 +124,7 @@ def test_regions_are_crossed_once_each():
     region = [p // 2 for p in order]
     crossings = sum(region[k] != region[(k + 1) % 6] for k in range(6))
     assert crossings == 3
-    assert same_score(_core.ring_score(*as_lists(bw, lat), order), brute_force(bw, lat))
+    check_optimal(bw, lat, order)
 
 
 def test_64_peers_within_100_ms_and_better_than_admission():
@@ -120,7 +137,7 @@ def test_64_peers_within_100_ms_and_better_than_admission():
     assert elapsed < 0.1, elapsed
     assert sorted(order) == list(range(64))
     got, admitted = _core.ring_score(*as_lists(bw, lat), order), _core.ring_score(*as_lists(bw, lat), admission)
-    assert key(got) < key(admitted)
+    assert got[0] > admitted[0] * (1 + TIE) or (got[0] * (1 + TIE) >= admitted[0] and got[1] < admitted[1])
 
 
 def test_best_ring_keeps_the_admission_order_when_nothing_is_better():

@@ -108,8 +108,7 @@ def test_peers_all_reduce_exactly_across_regions():
 
         def peer(p):
             c = comms[p]
-            point = threading.Thread(target=lambda: (_wait_port(c), relays[p].set_target(f"{net.host(p)}:{c.data_port}")))
-            point.start()
+            relays[p].follow(c, net.host(p))
             c.connect(timeout=30)
             while c.world_size < net.peers:
                 if c.are_peers_pending():
@@ -132,7 +131,3 @@ def test_peers_all_reduce_exactly_across_regions():
     # The data went through the relays, each connection told apart by the address its peer dials from.
     assert all(r.bytes["forward"] > 0 and r.sources and r.peer not in r.sources for r in relays)
 
-
-def _wait_port(c) -> None:
-    while c.data_port == 0:
-        time.sleep(0.001)

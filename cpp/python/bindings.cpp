@@ -100,7 +100,14 @@ PYBIND11_MODULE(_core, m) {
         .def("stop", &MasterServer::stop, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("address", &MasterServer::address)
         .def_property_readonly("running", &MasterServer::running)
-        .def("stats", [](const MasterServer& s) { return master_stats_dict(s.stats()); });
+        .def("stats", [](const MasterServer& s) { return master_stats_dict(s.stats()); })
+        .def("links", [](const MasterServer& s) {
+            py::list out;
+            for (const auto& l : s.links())
+                out.append(py::dict(py::arg("from") = l.from, py::arg("to") = l.to, py::arg("bandwidth") = l.bandwidth,
+                                    py::arg("rtt_us") = l.rtt_us));
+            return out;
+        });
 
     m.def("content_hash", [](uintptr_t data, size_t n) {
         py::gil_scoped_release release;
@@ -176,6 +183,8 @@ PYBIND11_MODULE(_core, m) {
         .def("connect", [](Communicator& c, double t) { blocking([&] { c.connect(t); }); }, py::arg("admission_timeout"))
         .def("update_topology", [](Communicator& c, double t) { blocking([&] { c.update_topology(t); }); },
              py::arg("timeout") = -1.0)
+        .def("optimize_topology", [](Communicator& c, double t) { return blocking([&] { return c.optimize_topology(t); }); },
+             py::arg("timeout") = -1.0)
         .def("pending_peers", [](Communicator& c) { return blocking([&] { return c.pending_peers(); }); })
         .def("all_reduce",
              [](Communicator& c, uintptr_t input, uintptr_t output, uint64_t count, uint8_t dtype, uint8_t op, uint64_t tag,
@@ -219,6 +228,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("peer_id", &Communicator::peer_id)
         .def_property_readonly("world_size", &Communicator::world_size)
         .def_property_readonly("group_world_size", &Communicator::group_world_size)
+        .def("ring_ids", &Communicator::ring_ids)
         .def_property_readonly("connected", &Communicator::connected)
         .def_property_readonly("data_address", &Communicator::data_address)
         .def_property_readonly("data_port", &Communicator::data_port)

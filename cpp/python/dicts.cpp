@@ -21,6 +21,7 @@ const std::vector<std::pair<MsgType, const char*>>& names() {
         {MsgType::kOpAbort, "op_abort"}, {MsgType::kPendingRequest, "pending_request"},
         {MsgType::kPendingReply, "pending_reply"}, {MsgType::kLeave, "leave"}, {MsgType::kKicked, "kicked"},
         {MsgType::kSyncStart, "sync_start"}, {MsgType::kSyncPlan, "sync_plan"},
+        {MsgType::kOptStart, "opt_start"}, {MsgType::kOptPlan, "opt_plan"}, {MsgType::kOptReport, "opt_report"},
         {MsgType::kPeerHello, "peer_hello"}, {MsgType::kData, "data"},
         {MsgType::kAuthHello, "auth_hello"}, {MsgType::kAuthChallenge, "auth_challenge"},
         {MsgType::kAuthProof, "auth_proof"}, {MsgType::kAuthRefused, "auth_refused"},
@@ -164,7 +165,29 @@ std::pair<uint16_t, std::vector<uint8_t>> frame_from_dict(const std::string& typ
         case MsgType::kWelcome: return {uint16_t(t), bytes_of(wire::Welcome{get<uint64_t>(d, "peer_id", 0)})};
         case MsgType::kHeartbeat: case MsgType::kLeave: return {uint16_t(t), {}};
         case MsgType::kHeartbeatAck: return {uint16_t(t), bytes_of(wire::HeartbeatAck{get<uint32_t>(d, "pending", 0)})};
-        case MsgType::kTopoRequest: case MsgType::kPendingRequest:
+        case MsgType::kOptPlan: {
+            wire::OptPlan m{get<uint64_t>(d, "opt_id", 0), get<uint64_t>(d, "seq", 0), get<uint32_t>(d, "probe_ms", 0), {}};
+            if (d.contains("rounds"))
+                for (auto item : d["rounds"].cast<py::list>()) {
+                    auto r = item.cast<py::dict>();
+                    auto to = r["send_to"].cast<py::dict>();
+                    m.rounds.push_back({wire::PeerInfo{get<uint64_t>(to, "id", 0), get<std::string>(to, "host", ""),
+                                                       get<uint16_t>(to, "port", 0)},
+                                        get<uint64_t>(r, "recv_from", 0)});
+                }
+            return {uint16_t(t), bytes_of(m)};
+        }
+        case MsgType::kOptReport: {
+            wire::OptReport m{get<uint64_t>(d, "opt_id", 0), {}};
+            if (d.contains("links"))
+                for (auto item : d["links"].cast<py::list>()) {
+                    auto l = item.cast<py::dict>();
+                    m.links.push_back({get<uint64_t>(l, "from", 0), get<uint64_t>(l, "to", 0), get<uint64_t>(l, "bandwidth", 0),
+                                       get<uint32_t>(l, "rtt_us", 0)});
+                }
+            return {uint16_t(t), bytes_of(m)};
+        }
+        case MsgType::kTopoRequest: case MsgType::kPendingRequest: case MsgType::kOptStart:
             return {uint16_t(t), bytes_of(wire::TopoRequest{get<uint64_t>(d, "seq", 0), get<uint32_t>(d, "timeout_ms", 0),
                                                             get<uint32_t>(d, "min_world", 0)})};
         case MsgType::kTopoResult:
@@ -224,7 +247,26 @@ py::dict dict_from_frame(uint16_t type, const std::vector<uint8_t>& p) {
             if (!p.empty()) throw CoreError(ErrorKind::kProtocol, "malformed frame: payload on an empty message");
             break;
         case MsgType::kHeartbeatAck: d["pending"] = decode_payload<wire::HeartbeatAck>(p).pending; break;
-        case MsgType::kTopoRequest: case MsgType::kPendingRequest: {
+        case MsgType::kOptPlan: {
+            auto m = decode_payload<wire::OptPlan>(p);
+            d["opt_id"] = m.opt_id; d["seq"] = m.seq; d["probe_ms"] = m.probe_ms;
+            py::list rounds;
+            for (const auto& r : m.rounds)
+                rounds.append(py::dict(py::arg("send_to") = ring_list({r.send_to})[0], py::arg("recv_from") = r.recv_from));
+            d["rounds"] = rounds;
+            break;
+        }
+        case MsgType::kOptReport: {
+            auto m = decode_payload<wire::OptReport>(p);
+            d["opt_id"] = m.opt_id;
+            py::list links;
+            for (const auto& l : m.links)
+                links.append(py::dict(py::arg("from") = l.from, py::arg("to") = l.to, py::arg("bandwidth") = l.bandwidth,
+                                      py::arg("rtt_us") = l.rtt_us));
+            d["links"] = links;
+            break;
+        }
+        case MsgType::kTopoRequest: case MsgType::kPendingRequest: case MsgType::kOptStart: {
             auto m = decode_payload<wire::TopoRequest>(p);
             d["seq"] = m.seq; d["timeout_ms"] = m.timeout_ms; d["min_world"] = m.min_world;
             break;
@@ -309,6 +351,9 @@ py::dict master_stats_dict(const MasterStats& s) {
     d["syncs_committed"] = s.syncs_committed;
     d["syncs_aborted"] = s.syncs_aborted;
     d["syncs_refused"] = s.syncs_refused;
+    d["optimizations"] = s.optimizations;
+    d["links_probed"] = s.links_probed;
+    d["links_known"] = s.links_known;
     d["recent_drops"] = s.recent_drops;
     return d;
 }

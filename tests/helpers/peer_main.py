@@ -15,6 +15,7 @@ import contract_scenarios
 import scenarios
 import security_scenarios
 import state_scenarios
+import topology_scenarios
 
 
 def main() -> int:
@@ -29,7 +30,7 @@ def main() -> int:
     if not die_with_parent():
         return 1  # the test died before we could ask to die with it
     ctx = scenarios.Context(a.master, a.rank, a.world, Path(a.out), json.loads(a.args))
-    module = next(m for m in (state_scenarios, contract_scenarios, security_scenarios, scenarios) if hasattr(m, a.scenario))
+    module = next(m for m in (state_scenarios, contract_scenarios, security_scenarios, topology_scenarios, scenarios) if hasattr(m, a.scenario))
     result, status = run_target(getattr(module, a.scenario), ctx)  # a failure is read from the result file
     if ctx.arrays:
         np.savez(ctx.out / f"rank{a.rank}.npz", **ctx.arrays)
