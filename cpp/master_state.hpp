@@ -2,8 +2,9 @@
 // tick, the result of a reachability probe) goes in with the current time, and the actions (frames to send,
 // connections to close, addresses to probe) come out. No sockets, threads or clocks live here, so tests drive
 // it with a fake clock. master_state.cpp holds membership and operations, master_sync.cpp the shared-state
-// syncs, master_topology.cpp optimize_topology() (tests/test_master_state.py, tests/test_master_sync.py,
-// tests/test_master_contract.py, tests/test_master_topology.py).
+// syncs, master_topology.cpp optimize_topology(), master_liveness.cpp removals, evictions and expired waits
+// (tests/test_master_state.py, tests/test_master_sync.py, tests/test_master_contract.py,
+// tests/test_master_topology.py).
 //
 // How it decides:
 // - Membership. A peer says HELLO and waits as "pending". With probing on (the server's default), the master
