@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _procs  # noqa: E402
-from _common import expected_sum, pattern  # noqa: E402
+from _common import expected_sum, join_group, pattern  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -51,9 +51,7 @@ def worker_pccl(a) -> dict:
 
     kw = {"piece_bytes": a.piece_bytes} if a.piece_bytes else {}
     c = pa.Communicator(a.master, connections=a.connections, listen="127.0.0.1:0", **kw)
-    c.connect(timeout=120)
-    while c.world_size < a.world:
-        c.update_topology()
+    join_group(c, a.world)
     tiny, tiny_out = np.zeros(1, np.float32), np.zeros(1, np.float32)
 
     def barrier():

@@ -63,6 +63,17 @@ def import_pccl_arrays():
     return pccl_arrays
 
 
+def join_group(c, world: int, timeout: float = 120.0):
+    """Connects a worker's Communicator and votes newcomers in until the group has `world` peers; returns it."""
+    c.connect(timeout=timeout)
+    while c.world_size < world:
+        if c.are_peers_pending():
+            c.update_topology()
+        else:
+            time.sleep(0.005)
+    return c
+
+
 def print_footer(doc: dict) -> None:
     """Goals, errors and notes: the end of every benchmark's report."""
     if doc["goals"]:

@@ -45,9 +45,7 @@ def make_data(dataset: str, n: int, rank: int, seed: int):
 def _connect(a):
     import pccl_arrays as pa
     c = pa.Communicator(a.master, connections=a.connections, listen="127.0.0.1:0")
-    c.connect(timeout=120)
-    while c.world_size < a.world:
-        c.update_topology()
+    _common.join_group(c, a.world)
     return pa, c
 
 

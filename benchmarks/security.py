@@ -28,8 +28,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
-from _common import (cpu_model, expected_sum, fmt_size, import_pccl_arrays, parse_size, pattern,  # noqa: E402
-                     print_footer, save_and_report)
+from _common import (cpu_model, expected_sum, fmt_size, import_pccl_arrays, join_group, parse_size,  # noqa: E402
+                     pattern, print_footer, save_and_report)
 
 KiB, MiB = 1 << 10, 1 << 20
 MODES = ("plain", "integrity", "encrypted")
@@ -53,12 +53,7 @@ def worker(a) -> dict:
     c = pa.Communicator(a.master, connections=a.connections, listen="127.0.0.1:0", data_timeout=60.0, **kw)
     if relay:
         relay.follow(c)
-    c.connect(timeout=120)
-    while c.world_size < a.world:
-        if c.are_peers_pending():
-            c.update_topology()
-        else:
-            time.sleep(0.005)
+    join_group(c, a.world)
     tiny = np.zeros(1, np.float32)
     rows = []
     for size in a.sizes:

@@ -32,7 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
-from _common import cpu_model, fmt_size, import_pccl_arrays, parse_size, print_footer, save_and_report  # noqa: E402
+from _common import (cpu_model, fmt_size, import_pccl_arrays, join_group, parse_size, print_footer,  # noqa: E402
+                     save_and_report)
 
 MiB = 1 << 20
 GOAL_VS_BEST, GOAL_VS_CROSSING, GOAL_PROBE_S = 0.90, 2.0, 5.0
@@ -67,12 +68,7 @@ def worker(a) -> dict:
     c = pa.Communicator(a.master, connections=4, listen=f"{net.host(a.slot)}:0", advertise=relay.address,
                         data_timeout=120.0)
     relay.follow(c, net.host(a.slot))
-    c.connect(timeout=120)
-    while c.world_size < a.world:
-        if c.are_peers_pending():
-            c.update_topology()
-        else:
-            time.sleep(0.005)
+    join_group(c, a.world)
     out = {"slot": a.slot, "peer_id": c.peer_id, "ring_before": c.ring(), "before": measure(c, a.size, a.repeats)}
     if a.optimize:
         t0 = time.perf_counter()

@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _procs  # noqa: E402
-from _common import import_pccl_arrays, print_footer, save_and_report  # noqa: E402
+from _common import import_pccl_arrays, join_group, print_footer, save_and_report  # noqa: E402
 
 MiB = 1 << 20
 KS = [1, 2, 4, 8, 16, 32]
@@ -44,13 +44,8 @@ def join_behind_relay(master: str, world: int, k: int, profile: str):
     relay = wan.Relay(None, profile).start()
     c = pa.Communicator(master, connections=k, listen="127.0.0.1:0", advertise=relay.address, piece_bytes=PIECE,
                         data_timeout=60.0)
-    c.connect(timeout=60)
-    relay.set_target(f"127.0.0.1:{c.data_port}")  # known once the data port is bound
-    while c.world_size < world:
-        if c.are_peers_pending():
-            c.update_topology()
-        else:
-            time.sleep(0.005)
+    relay.follow(c)
+    join_group(c, world, timeout=60)
     return c, relay
 
 

@@ -151,7 +151,7 @@ class Communicator:
         Returns:
             how many links this peer measured (the probes it received).
         Raises:
-            PeerLostError: a peer died or left while probing; retry (the survivors keep what was measured).
+            PeerLostError: a peer died or left while probing; retry (links already reported are kept).
             PCCLTimeoutError: the others did not call it in time; the message names them.
             OperationMismatchError: others started another collective instead.
             KeyboardInterrupt: Ctrl-C; the communicator has left the job.
