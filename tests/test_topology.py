@@ -83,3 +83,24 @@ def test_a_join_afterwards_probes_only_the_newcomers_edges(master, tmp_path):
     rings = {tuple(results[r]["rings"][-1]) for r in range(4)}
     assert len(rings) == 1
     assert crossings(slots_of(results, list(rings.pop()))) == 2
+
+
+def test_the_documented_loop_optimizes_on_agreed_steps_with_a_newcomer(master, tmp_path):
+    """docs/topology.md's loop, a newcomer joining mid-run: no peer ever disagrees about when to optimize."""
+    args = dict(layout=LAYOUT, steps=24, every=4, compute_s=0.1)
+    peers = [spawn(master.address, "topo_loop", r, 3, tmp_path, slot=r, **args) for r in range(3)]
+    peers[0].wait_event("revision_5", 90)
+    peers.append(spawn(master.address, "topo_loop", 3, 4, tmp_path, slot=3, newcomer=True, **args))
+    wait_all(peers, 120)
+    results = [p.result() for p in peers]
+    for res in results:
+        assert "error" not in res, res.get("traceback")
+        assert res["revision"] == 24 and res["retries"] == 0, res
+    assert len({res["w"] for res in results}) == 1  # the same state everywhere
+    old = [r["revision"] for r in results[0]["optimized"]]
+    assert old == [0, 4, 8, 12, 16, 20]
+    newcomer = [r["revision"] for r in results[3]["optimized"]]
+    assert newcomer and set(newcomer) <= set(old) and newcomer == old[len(old) - len(newcomer):]
+    final_rings = {tuple(res["optimized"][-1]["ring"]) for res in results}
+    assert len(final_rings) == 1 and len(final_rings.pop()) == 4
+    assert master.stats()["links_probed"] == 6 + 6  # the first three peers' mesh, then the newcomer's links

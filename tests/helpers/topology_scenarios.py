@@ -69,3 +69,39 @@ def topo_optimize(ctx) -> dict:
     comm.close()
     relay.stop()
     return out
+
+
+def topo_loop(ctx) -> dict:
+    """The loop of docs/topology.md: update_topology, sync_shared_state, optimize_topology() every `every`
+    revisions (decided on the synced revision), all-reduce, until revision `steps`. Args: layout, slot, steps,
+    every, compute_s (sleep per step), newcomer (join a running group: the test starts it late)."""
+    import pccl_arrays as pa
+
+    a = ctx.args
+    net = Regions(a["layout"])
+    comm, relay = _behind_relay(ctx, net, a["slot"])
+    state = pa.SharedState({"w": np.zeros(1024, np.float32)}, revision=0)
+    if a.get("newcomer"):
+        comm.connect(timeout=60)
+    else:
+        ctx.join(comm)
+    optimized, retries = [], 0
+    while state.revision < a["steps"]:
+        try:
+            comm.update_topology()
+            comm.sync_shared_state(state)
+            if state.revision % a["every"] == 0:
+                optimized.append({"revision": state.revision, "measured": comm.optimize_topology(timeout=60),
+                                  "ring": comm.ring()})
+            g = comm.all_reduce(np.ones(1024, np.float32))
+        except errors.PeerLostError:
+            retries += 1
+            continue
+        state["w"] += g
+        state.revision += 1
+        ctx.event(f"revision_{state.revision}")
+        time.sleep(a.get("compute_s", 0.0))  # the step's compute
+    comm.close()
+    relay.stop()
+    return {"peer_id": comm.peer_id, "slot": a["slot"], "revision": state.revision, "optimized": optimized,
+            "retries": retries, "w": float(state["w"][0])}
