@@ -1,6 +1,7 @@
 #include "master_server.hpp"
 
 #include <cerrno>
+#include <ctime>
 #include <poll.h>
 #include <sys/socket.h>
 #include <vector>
@@ -41,7 +42,9 @@ std::string MasterServer::address() const { return host_ + ":" + std::to_string(
 
 MasterStats MasterServer::stats() const {
     std::lock_guard<std::mutex> g(mu_);
-    return state_.stats();
+    MasterStats s = state_.stats();
+    s.cpu_seconds = cpu_seconds_;
+    return s;
 }
 
 std::vector<wire::LinkMeasure> MasterServer::links() const {
@@ -170,6 +173,8 @@ void MasterServer::loop() {
     std::vector<pollfd> pfds;
     std::vector<uint64_t> ids;
     while (running_) {
+        timespec cpu{};
+        if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu) == 0) cpu_seconds_ = double(cpu.tv_sec) + cpu.tv_nsec / 1e9;
         pfds.clear();
         ids.clear();
         pfds.push_back({wake_.fd(), POLLIN, 0});

@@ -80,6 +80,7 @@ private:
     std::vector<ProbeResult> probe_results_;
     std::map<uint64_t, std::thread> probes_;  // by connection; joined when their result is collected, or at stop()
     std::atomic<bool> running_{false};
+    std::atomic<double> cpu_seconds_{0};  // the loop thread's CPU time, for stats()
     net::Wakeup wake_;
     std::thread thread_;
 };

@@ -80,6 +80,7 @@ struct MasterStats {
     uint64_t evictions = 0, dropped_connections = 0, topology_updates = 0;
     uint64_t syncs_committed = 0, syncs_aborted = 0, syncs_refused = 0;
     uint64_t optimizations = 0, links_probed = 0, links_known = 0;
+    double cpu_seconds = 0;  // the master's loop thread (filled in by MasterServer)
     std::vector<std::string> recent_drops;  // reasons of the last dropped connections
 };
 

@@ -53,7 +53,8 @@ class Master:
 
     def stats(self) -> dict:
         """Counters: peers_accepted, ops_committed/aborted/rejected, evictions, dropped_connections, recent_drops,
-        syncs_committed/aborted/refused, optimizations, links_probed, links_known."""
+        syncs_committed/aborted/refused, optimizations, links_probed, links_known, cpu_seconds (the master
+        thread's CPU time)."""
         return self._server.stats()
 
     def links(self) -> list[dict]:

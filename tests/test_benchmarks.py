@@ -89,3 +89,16 @@ def test_topology_benchmark_quick_mode_optimizes_the_crossing_ring(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["errors"] == [] and [r["ring"] for r in doc["rows"]][1] == "after optimize_topology()"
     assert all(r["algbw_MBps"] > 0 for r in doc["rows"]) and doc["links_probed"] == 30 and doc["probe_s"] > 0
+
+
+@pytest.mark.timeout(180)
+def test_scale_benchmark_quick_mode_writes_valid_json(tmp_path):
+    out = tmp_path / "scale.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == [] and [r["peers"] for r in doc["rows"]] == [2, 4]
+    for r in doc["rows"]:
+        assert r["latency_s"]["4096"] > 0 and r["update_topology_s"] > 0 and r["master_cpu_per_op_us"] > 0
+    assert "per_hop_s" in doc["fit"] and "hops" in proc.stdout
