@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
-from _common import cpu_model, fmt_size, import_pccl_arrays, print_footer, save_and_report  # noqa: E402
+from _common import cpu_model, fmt_size, import_pccl_arrays, join_group, print_footer, save_and_report  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20
 SIZES = [4 * KiB, 1 * MiB]
@@ -43,12 +43,7 @@ def worker(a) -> dict:
 
     c = pa.Communicator(a.master, connections=1, listen="127.0.0.1:0", data_timeout=120.0)
     t0 = time.time()
-    c.connect(timeout=300)
-    while c.world_size < a.world:
-        if c.are_peers_pending():
-            c.update_topology()
-        else:
-            time.sleep(0.002)
+    join_group(c, a.world, timeout=300)
     t_in = time.time()
     topo = []
     for _ in range(a.repeats):

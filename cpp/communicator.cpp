@@ -261,45 +261,40 @@ void Communicator::link_loop() {
     }
 }
 
-void Communicator::update_topology(double timeout) {
+// update_topology() and optimize_topology() start from a quiet communicator: no all-reduce or sync running.
+void Communicator::require_quiet(const char* call) {
     require_accepted();
-    {
-        std::lock_guard<std::mutex> g(mu_);
-        if (in_flight_ > 0)
-            throw CoreError(ErrorKind::kState, "update_topology() while " + std::to_string(in_flight_.load()) +
-                                                   " all-reduce(s) are in flight: wait for them first");
-        if (syncing_) throw CoreError(ErrorKind::kState, "update_topology() while sync_shared_state() runs");
-    }
+    std::lock_guard<std::mutex> g(mu_);
+    if (in_flight_ > 0)
+        throw CoreError(ErrorKind::kState, std::string(call) + " while " + std::to_string(in_flight_.load()) +
+                                               " all-reduce(s) are in flight: wait for them first");
+    if (syncing_) throw CoreError(ErrorKind::kState, std::string(call) + " while sync_shared_state() runs");
+}
+
+bool Communicator::is_topo_result(const Frame& f, uint64_t seq) {
+    return f.type == uint16_t(MsgType::kTopoResult) && wire::decode_payload<wire::TopoResult>(f.payload).seq == seq;
+}
+
+void Communicator::update_topology(double timeout) {
+    require_quiet("update_topology()");
     const uint64_t seq = ++topo_seq_;
     const uint32_t ms = timeout_ms(timeout);
     send_master(MsgType::kTopoRequest, wire::TopoRequest{seq, ms, cfg_.min_world});
     // The master ends the wait (a result, or its timeout error); our own bound only covers a master that
     // stops answering while it stays connected.
-    Frame f = wait_frame(
-        [seq](const Frame& f) {
-            return f.type == uint16_t(MsgType::kTopoResult) && wire::decode_payload<wire::TopoResult>(f.payload).seq == seq;
-        },
-        ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1, "the topology vote");
+    Frame f = wait_frame([seq](const Frame& f) { return is_topo_result(f, seq); }, ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1,
+                         "the topology vote");
     const auto r = wire::decode_payload<wire::TopoResult>(f.payload);
     if (r.kind) throw CoreError(ErrorKind(r.kind), r.reason);
     apply_topology(r);
 }
 
 uint32_t Communicator::optimize_topology(double timeout) {
-    require_accepted();
-    {
-        std::lock_guard<std::mutex> g(mu_);
-        if (in_flight_ > 0)
-            throw CoreError(ErrorKind::kState, "optimize_topology() while " + std::to_string(in_flight_.load()) +
-                                                   " all-reduce(s) are in flight: wait for them first");
-        if (syncing_) throw CoreError(ErrorKind::kState, "optimize_topology() while sync_shared_state() runs");
-    }
+    require_quiet("optimize_topology()");
     const uint64_t seq = ++topo_seq_;
     const uint32_t ms = timeout_ms(timeout);
     send_master(MsgType::kOptStart, wire::TopoRequest{seq, ms, cfg_.min_world});
-    auto is_result = [seq](const Frame& f) {
-        return f.type == uint16_t(MsgType::kTopoResult) && wire::decode_payload<wire::TopoResult>(f.payload).seq == seq;
-    };
+    const auto is_result = [seq](const Frame& f) { return is_topo_result(f, seq); };
     // The plan (probes to run), or at once the result (every link was known, or an error).
     Frame f = wait_frame(
         [&](const Frame& f) {

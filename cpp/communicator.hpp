@@ -139,6 +139,8 @@ private:
     };
     template <class T> void send_master(wire::MsgType type, const T& m);
     void send_raw(const std::vector<uint8_t>& bytes);
+    void require_quiet(const char* call);
+    static bool is_topo_result(const Frame& f, uint64_t seq);  // the TOPO_RESULT answering request `seq`
     bool send_sealed(std::vector<uint8_t> frame, int* err);  // with send_mu_ held; seals in a run with a secret
     void link_loop();
     void mark_broken(ErrorKind kind, const std::string& why);

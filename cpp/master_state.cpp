@@ -175,7 +175,7 @@ void MasterState::release_topology(uint32_t group, Actions& out) {
 
 void MasterState::on_topo_request(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out) {
     auto m = wire::decode_payload<wire::TopoRequest>(payload);
-    if (c.in_topo || !c.op_tags.empty() || c.in_sync || c.in_opt)
+    if (c.in_collective())
         throw CoreError(ErrorKind::kProtocol, "update_topology with a collective in flight");
     c.in_topo = true;
     c.topo_seq = m.seq;
@@ -208,12 +208,7 @@ void MasterState::on_op_start(uint64_t id, Conn& c, const std::vector<uint8_t>& 
     c.op_tags.insert(m.tag);
     Op& o = op->second;
     o.started[id] = m.desc;
-    const double deadline = deadline_of(m.timeout_ms, now);
-    if (deadline >= 0 && (o.deadline < 0 || deadline < o.deadline)) {
-        o.deadline = deadline;
-        o.timeout = m.timeout_ms / 1000.0;
-    }
-    o.min_world = std::max(o.min_world, m.min_world);
+    add_starter(o, m.timeout_ms, m.min_world, now);
     release_topology(c.group, out);  // peers still in update_topology() come to this operation instead
     if (opts_.count(c.group)) {  // others are in optimize_topology(): both fail
         check_opt_conflict(c.group, out);

@@ -124,6 +124,7 @@ private:
         bool in_sync = false;            // inside sync_shared_state()
         bool in_opt = false;             // inside optimize_topology()
         uint64_t opt_seq = 0;
+        bool in_collective() const { return in_topo || !op_tags.empty() || in_sync || in_opt; }
         bool synced = false;             // completed a sync of its group: holds the group's state
     };
     struct Sync {

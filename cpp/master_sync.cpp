@@ -11,22 +11,17 @@
 namespace pccl {
 
 using wire::MsgType;
-using master_text::deadline_of;
+using master_text::add_starter;
 using master_text::kSameOrder;
 
 void MasterState::on_sync_start(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out) {
     auto m = wire::decode_payload<wire::SyncStart>(payload);
-    if (c.in_topo || !c.op_tags.empty() || c.in_sync || c.in_opt)
+    if (c.in_collective())
         throw CoreError(ErrorKind::kProtocol, "SYNC_START with a collective in flight");
     c.in_sync = true;
     auto& sync = syncs_pending_[c.group];
     sync.group = c.group;
-    const double deadline = deadline_of(m.timeout_ms, now);
-    if (deadline >= 0 && (sync.deadline < 0 || deadline < sync.deadline)) {
-        sync.deadline = deadline;
-        sync.timeout = m.timeout_ms / 1000.0;
-    }
-    sync.min_world = std::max(sync.min_world, m.min_world);
+    add_starter(sync, m.timeout_ms, m.min_world, now);
     sync.started[id] = std::move(m);
     release_topology(c.group, out);
     // Operations that wait for this peer, which now waits for them: both fail, on every peer.

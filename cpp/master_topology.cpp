@@ -16,7 +16,7 @@
 namespace pccl {
 
 using wire::MsgType;
-using master_text::deadline_of;
+using master_text::add_starter;
 using master_text::kSameOrder;
 using master_text::seconds_text;
 
@@ -26,18 +26,13 @@ constexpr uint32_t kProbeMs = 1000;  // the longest a probe may take; a stable e
 
 void MasterState::on_opt_start(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out) {
     auto m = wire::decode_payload<wire::TopoRequest>(payload);
-    if (c.in_topo || !c.op_tags.empty() || c.in_sync || c.in_opt)
+    if (c.in_collective())
         throw CoreError(ErrorKind::kProtocol, "OPT_START with a collective in flight");
     c.in_opt = true;
     c.opt_seq = m.seq;
     auto& opt = opts_[c.group];
     opt.group = c.group;
-    const double deadline = deadline_of(m.timeout_ms, now);
-    if (deadline >= 0 && (opt.deadline < 0 || deadline < opt.deadline)) {
-        opt.deadline = deadline;
-        opt.timeout = m.timeout_ms / 1000.0;
-    }
-    opt.min_world = std::max(opt.min_world, m.min_world);
+    add_starter(opt, m.timeout_ms, m.min_world, now);
     opt.started.insert(id);
     release_topology(c.group, out);  // peers still in update_topology() come to this collective instead
     check_opt_conflict(c.group, out);
