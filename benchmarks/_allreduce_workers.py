@@ -19,30 +19,69 @@ from _common import expected_sum, join_group, pattern  # noqa: E402
 KiB, MiB = 1 << 10, 1 << 20
 
 
-def _measure(sizes, repeats, world, rank, barrier, prepare) -> list[dict]:
-    """The timing loop shared by both systems. prepare(x) -> (reset, run, result, info)."""
+def _measure(sizes, repeats, world, rank, barrier, modes) -> list[dict]:
+    """The timing loop shared by both systems: per size, each mode in turn on the same input.
+    modes: {name: prepare}, prepare(x) -> (reset, run, result, info); reset() runs outside the timing."""
     import numpy as np
     rows = []
     for size, reps in zip(sizes, repeats):
         n = size // 4
         x = pattern(n, rank)
-        reset, run, result, info = prepare(x)
         expected = expected_sum(n, world)
-        reset()
-        barrier()
-        run()  # untimed warm-up, checked
-        ok_first = bool(np.array_equal(result(), expected))
-        times = []
-        for _ in range(reps):
-            reset()
-            barrier()
-            t0 = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t0)
-        ok_last = bool(np.array_equal(result(), expected))
-        rows.append({"bytes": size, "seconds": times, "correct": ok_first and ok_last, "info": info()})
-        del x, expected, reset, run, result, info
+        for mode, prepare in modes.items():
+            reset, run, result, info = prepare(x)
+            for _ in range(2):  # untimed warm-up, checked; twice, so the pool of fresh results holds two
+                reset()
+                barrier()
+                run()
+            ok_first = bool(np.array_equal(result(), expected))
+            times = []
+            for _ in range(reps):
+                reset()
+                barrier()
+                t0 = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - t0)
+            ok_last = bool(np.array_equal(result(), expected))
+            rows.append({"bytes": size, "mode": mode, "seconds": times, "correct": ok_first and ok_last,
+                         "info": info()})
+            del reset, run, result, info
+        del x, expected
     return rows
+
+
+# How a pccl_arrays user gets the result: a new array (what every JAX user gets), a preallocated ``out``, or x
+# itself. Each prepare returns (reset, run, result, info) for _measure.
+def _pccl_modes(c) -> dict:
+    import numpy as np
+
+    def info():
+        i = c.last_info
+        return {"stripes": i.stripes, "world_size": i.world_size, "bytes_sent": i.bytes_sent,
+                "bytes_received": i.bytes_received, "core_seconds": i.seconds}
+
+    def fresh(x):
+        held = [None]  # the previous result stays alive during the next call, as in `y = all_reduce(x)` loops
+
+        def run():
+            held[0] = c.all_reduce(x)
+        return (lambda: None), run, (lambda: held[0]), info
+
+    def out(x):
+        y = np.empty_like(x)
+        y.fill(0)  # touch the pages outside the timed region
+
+        def run():
+            c.all_reduce(x, out=y)
+        return (lambda: None), run, (lambda: y), info
+
+    def inplace(x):
+        t = x.copy()
+
+        def run():
+            c.all_reduce(t, out=t)
+        return (lambda: np.copyto(t, x)), run, (lambda: t), info
+    return {"fresh": fresh, "out": out, "inplace": inplace}
 
 
 def worker_pccl(a) -> dict:
@@ -57,20 +96,8 @@ def worker_pccl(a) -> dict:
     def barrier():
         c.all_reduce(tiny, out=tiny_out)
 
-    def prepare(x):
-        out = np.empty_like(x)
-        out.fill(0)  # touch the pages outside the timed region
-
-        def run():
-            c.all_reduce(x, out=out)
-
-        def info():
-            i = c.last_info
-            return {"stripes": i.stripes, "world_size": i.world_size, "bytes_sent": i.bytes_sent,
-                    "bytes_received": i.bytes_received, "core_seconds": i.seconds}
-        return (lambda: None), run, (lambda: out), info
-
-    rows = _measure(a.sizes, a.repeats, a.world, a.rank, barrier, prepare)
+    modes = {m: p for m, p in _pccl_modes(c).items() if m in a.modes}
+    rows = _measure(a.sizes, a.repeats, a.world, a.rank, barrier, modes)
     c.close()
     return {"rows": rows}
 
@@ -95,7 +122,7 @@ def worker_gloo(a) -> dict:
             dist.all_reduce(t)  # in place: the only form gloo has; reset() restores the input outside the timing
         return (lambda: t.copy_(src)), run, (lambda: t.numpy()), (lambda: {})
 
-    rows = _measure(a.sizes, a.repeats, a.world, a.rank, barrier, prepare)
+    rows = _measure(a.sizes, a.repeats, a.world, a.rank, barrier, {"inplace": prepare})
     dist.destroy_process_group()
     return {"rows": rows, "torch": torch.__version__}
 
@@ -147,9 +174,11 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("--chunk", type=int, default=4 * MiB)
     ap.add_argument("--streams", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--modes", default="fresh,out,inplace")
     a = ap.parse_args(argv)
     a.sizes = [int(s) for s in a.sizes.split(",") if s]
     a.repeats = [int(s) for s in a.repeats.split(",") if s]
+    a.modes = a.modes.split(",")
     fn = {"pccl": worker_pccl, "gloo": worker_gloo, "tcpsend": worker_tcpsend}[a.kind]
     _procs.report(fn(a))
     return 0

@@ -37,7 +37,7 @@ def print_report(doc: dict) -> None:
               f"(GB/s = float32 bytes / time, time = max over peers; median [min-max])")
         print(f"   NOTE: all peers (and the master) share this machine's {m['nproc']} cores.")
         hdr = (f"   {'N':>2} {'size':>8} {'reps':>4} | {'unquantized GB/s':>22} {'ms':>7} | {'quantized GB/s':>22} "
-               f"{'ms':>7} {'ring':>7} | {'q/unq':>5} {'bytes':>5} | {'reused GB/s':>11} {'ms':>7} {'r/unq':>5}")
+               f"{'ms':>7} {'ring':>7} | {'q/unq':>5} {'bytes':>5} | {'fresh GB/s':>11} {'ms':>7} {'f/unq':>5}")
         print(hdr)
         for r in ar["rows"]:
             def cell(x):
@@ -45,14 +45,14 @@ def print_report(doc: dict) -> None:
                 bad = "" if x["correct"] else " WRONG"
                 return f"{g['median']:.3g} [{g['min']:.3g}-{g['max']:.3g}]{bad}".rjust(22) + \
                     f" {x['latency_ms']['median']:7.2f}"
-            u = r["reused"]
+            u = r["fresh"]
             print(f"   {r['peers']:>2} {r['size']:>8} {r['none']['repeats']:>4} | {cell(r['none'])} | "
                   f"{cell(r['quantized'])} {r['quantized']['core_ms_peer0']['median']:7.2f} | {r['ratio']:5.2f} "
                   f"{r['bytes_sent_ratio']:5.3f} | {u['algbw_GBps']['median']:11.3g} {u['latency_ms']['median']:7.2f} "
-                  f"{r['ratio_reused']:5.2f}")
+                  f"{r['ratio_fresh']:5.2f}")
         print("   ring = the core's ring time on peer 0 (info.seconds, ms); "
               "bytes = bytes sent quantized / unquantized;")
-        print("   reused = diagnostic: the API's host path with its two quantized buffers allocated once, not per call")
+        print("   fresh = y = all_reduce(x, quantization=...): a new result array per call (the buffer pool's)")
     md = doc.get("model")
     if md:
         be = ", ".join(f"N={n}: {v:.2f} GB/s ({v * 8:.1f} Gbit/s)" for n, v in md["break_even_GBps"].items())

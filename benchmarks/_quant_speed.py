@@ -61,12 +61,12 @@ def bench_allreduce(peers, sizes, reps_per_round, rounds, kind, block, connectio
                     errors.append(f"N={n} {row['size']} {m}: WRONG all-reduce result "
                                   f"({'differs between peers' if not same else 'outside the bound'})")
             row["ratio"] = row["quantized"]["algbw_GBps"]["median"] / row["none"]["algbw_GBps"]["median"]
-            row["ratio_reused"] = row["reused"]["algbw_GBps"]["median"] / row["none"]["algbw_GBps"]["median"]
-            row["reused_same_bytes"] = all(
-                rnd[p]["rows"][i]["reused"]["checks"][j]["sha"] == rnd[p]["rows"][i]["quantized"]["checks"][j]["sha"]
-                for rnd in rnds for p in range(n) for j in range(len(rnd[p]["rows"][i]["reused"]["checks"])))
-            if not row["reused_same_bytes"]:
-                errors.append(f"N={n} {row['size']}: the reused-buffer path gave other bytes than the API")
+            row["ratio_fresh"] = row["fresh"]["algbw_GBps"]["median"] / row["none"]["algbw_GBps"]["median"]
+            row["fresh_same_bytes"] = all(
+                rnd[p]["rows"][i]["fresh"]["checks"][j]["sha"] == rnd[p]["rows"][i]["quantized"]["checks"][j]["sha"]
+                for rnd in rnds for p in range(n) for j in range(len(rnd[p]["rows"][i]["fresh"]["checks"])))
+            if not row["fresh_same_bytes"]:
+                errors.append(f"N={n} {row['size']}: a fresh quantized result differs from the out= one")
             row["bytes_sent_ratio"] = row["quantized"]["bytes_sent_peer0"] / max(1, row["none"]["bytes_sent_peer0"])
             rows.append(row)
     rows.sort(key=lambda r: (r["peers"], r["bytes"]))

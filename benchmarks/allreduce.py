@@ -53,7 +53,9 @@ FULL_SIZES = [4 * KiB, 1 * MiB, 16 * MiB, 64 * MiB, 256 * MiB]
 QUICK_SIZES = [4 * KiB, 1 * MiB, 16 * MiB]
 GOAL_MIN_BYTES = 16 * MiB  # goals for bandwidth apply from this size on
 LOOPBACK_CHUNKS = [256 * KiB, 1 * MiB, 4 * MiB]  # write sizes tried for C; the best one counts
-GOAL_VS_GLOO, GOAL_VS_BOUND, GOAL_LATENCY = 1.1, 0.8, 2.0
+MODES = {"fresh": "y = all_reduce(x)", "out": "all_reduce(x, out=y)", "inplace": "all_reduce(x, out=x)"}
+MODE_ORDER = {m: i for i, m in enumerate(MODES)}
+GOAL_VS_GLOO, GOAL_VS_BOUND, GOAL_LATENCY, GOAL_FRESH_VS_OUT = 1.15, 0.8, 2.0, 0.9
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,13 +128,15 @@ def measure_loopback(total: int, rounds: int, streams: int, chunk: int, timeout:
             "samples_GBps": gbps, "GBps": spread(gbps)}
 
 
-def run_pccl(world: int, sizes, repeats, connections: int, piece_bytes: int, timeout: float) -> list[dict]:
+def run_pccl(world: int, sizes, repeats, connections: int, piece_bytes: int, timeout: float,
+             modes: list[str]) -> list[dict]:
     import pccl_arrays as pa
     m = pa.Master("127.0.0.1:0").start()
     try:
         argvs = [[WORKERS, "pccl", "--master", m.address, "--rank", str(r), "--world", str(world),
                   "--sizes", ",".join(map(str, sizes)), "--repeats", ",".join(map(str, repeats)),
-                  "--connections", str(connections), "--piece-bytes", str(piece_bytes or 0)]
+                  "--connections", str(connections), "--piece-bytes", str(piece_bytes or 0),
+                  "--modes", ",".join(modes)]
                  for r in range(world)]
         return _procs.run_group(argvs, timeout)
     finally:
@@ -148,17 +152,19 @@ def run_gloo(world: int, sizes, repeats, timeout: float) -> list[dict]:
 
 
 def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
-    """Per peer, the rows of all rounds with their repeats concatenated."""
+    """Per peer, the rows of all rounds with their repeats concatenated (rows matched by size and mode, since the
+    modes' order rotates from round to round)."""
     merged = []
     for peer in range(len(rounds[0])):
-        rows = []
-        for i, row in enumerate(rounds[0][peer]["rows"]):
-            seconds, correct = [], True
-            for rnd in rounds:
-                seconds += rnd[peer]["rows"][i]["seconds"]
-                correct = correct and rnd[peer]["rows"][i]["correct"]
-            rows.append({**row, "seconds": seconds, "correct": correct})
-        merged.append({"rows": rows})
+        rows = {}
+        for rnd in rounds:
+            for row in rnd[peer]["rows"]:
+                key = (row["bytes"], row.get("mode"))
+                if key not in rows:
+                    rows[key] = {**row, "seconds": []}
+                rows[key]["seconds"] += row["seconds"]
+                rows[key]["correct"] = rows[key]["correct"] and row["correct"]
+        merged.append({"rows": sorted(rows.values(), key=lambda r: (r["bytes"], MODE_ORDER.get(r.get("mode"), 0)))})
     return merged
 
 
@@ -171,7 +177,8 @@ def combine(system: str, world: int, results: list[dict]) -> list[dict]:
         worst = [max(ts) for ts in zip(*per_peer)]
         bw = [size / t / 1e9 for t in worst]
         rows.append({
-            "system": system, "peers": world, "bytes": size, "size": fmt_size(size), "repeats": len(worst),
+            "system": system, "mode": r0["mode"], "peers": world, "bytes": size, "size": fmt_size(size),
+            "repeats": len(worst),
             "algbw_GBps": spread(bw), "latency_ms": spread([t * 1e3 for t in worst]),
             "correct": all(res["rows"][i]["correct"] for res in results),
             "seconds_per_peer": per_peer, "info_peer0": r0.get("info", {}),
@@ -191,10 +198,13 @@ def torch_status() -> tuple[str | None, str]:
     return torch.__version__, ""
 
 
+
+
 def print_table(doc: dict) -> None:
     lb = doc["loopback"]
     rows = doc["rows"]
-    by = {(r["system"], r["peers"], r["bytes"]): r for r in rows}
+    by = {(r["system"], r.get("mode", "out"), r["peers"], r["bytes"]): r for r in rows}
+    modes = [m for m in MODES if any(r["system"] == "pccl_arrays" and r.get("mode") == m for r in rows)]
     print()
     print(f"Machine: {doc['machine']['nproc']} cores ({doc['machine']['cpu']}), Python {doc['machine']['python']}, "
           f"torch {doc['machine']['torch'] or '-'}")
@@ -212,54 +222,74 @@ def print_table(doc: dict) -> None:
                                               for c, v in lb["by_chunk"].items()))
         print("Ring bound C/(2(N-1)): " + ", ".join(f"N={n}: {b:.3f} GB/s" for n, b in lb["ring_bound_GBps"].items()))
     print("algbw = array bytes / time of one all-reduce (time = max over peers), GB/s = 1e9 B/s; "
-          "median [min-max] over repeats")
-    hdr = (f"{'N':>2} {'size':>8} {'reps':>4} | {'pccl_arrays GB/s':>24} {'ms':>9} | {'gloo GB/s':>24} {'ms':>9} | "
-           f"{'pccl/gloo':>9} {'pccl/bound':>10}")
+          "median [min-max] over repeats. pccl_arrays columns: " + "; ".join(f"{m}: {MODES[m]}" for m in modes) +
+          "; gloo: dist.all_reduce(t), in place")
+    hdr = (f"{'N':>2} {'size':>8} {'reps':>4} | " + "".join(f"{'pccl ' + m + ' GB/s':>22} " for m in modes) +
+           f"{'gloo GB/s':>22} | " + "".join(f"{m + '/gloo':>13}" for m in modes) + f" {'fresh/out':>9}"
+           f" {'out/bound':>9}")
     print(hdr)
     print("-" * len(hdr))
+
+    def cell(r):
+        if not r:
+            return f"{'-':>22} "
+        b = r["algbw_GBps"]
+        bad = "" if r["correct"] else " WRONG"
+        return f"{b['median']:.3g} [{b['min']:.3g}-{b['max']:.3g}]{bad}".rjust(22) + " "
+
+    def ratio(a, b, width):
+        return f"{a['algbw_GBps']['median'] / b['algbw_GBps']['median']:{width}.3g}" if a and b else f"{'-':>{width}}"
     sizes = sorted({r["bytes"] for r in rows})
     for n in doc["config"]["peers"]:
         bound = lb.get("ring_bound_GBps", {}).get(str(n))
         for s in sizes:
-            p, g = by.get(("pccl_arrays", n, s)), by.get(("gloo", n, s))
-            if not p and not g:
+            ps = {m: by.get(("pccl_arrays", m, n, s)) for m in modes}
+            g = by.get(("gloo", "inplace", n, s))
+            if not any(ps.values()) and not g:
                 continue
-
-            def cell(r):
-                if not r:
-                    return f"{'-':>24} {'-':>9}"
-                b = r["algbw_GBps"]
-                bad = "" if r["correct"] else " WRONG"
-                return f"{b['median']:.3g} [{b['min']:.3g}-{b['max']:.3g}]{bad}".rjust(24) + \
-                    f" {r['latency_ms']['median']:9.3f}"
-            reps = (p or g)["repeats"]
-            ratio_g = f"{p['algbw_GBps']['median'] / g['algbw_GBps']['median']:9.3g}" if p and g else f"{'-':>9}"
-            ratio_b = f"{p['algbw_GBps']['median'] / bound:10.3g}" if p and bound else f"{'-':>10}"
-            print(f"{n:>2} {fmt_size(s):>8} {reps:>4} | {cell(p)} | {cell(g)} | {ratio_g} {ratio_b}")
+            reps = next(r for r in [*ps.values(), g] if r)["repeats"]
+            out = ps.get("out")
+            ob = f"{out['algbw_GBps']['median'] / bound:9.3g}" if out and bound else f"{'-':>9}"
+            print(f"{n:>2} {fmt_size(s):>8} {reps:>4} | " + "".join(cell(ps[m]) for m in modes) + cell(g) + "| " +
+                  "".join(ratio(ps[m], g, 13) for m in modes) + " " + ratio(ps.get("fresh"), out, 9) + " " + ob)
+        if any(r["peers"] == n and r["bytes"] == 4 * KiB for r in rows):
+            lat = {m: by.get(("pccl_arrays", m, n, 4 * KiB)) for m in modes}
+            g = by.get(("gloo", "inplace", n, 4 * KiB))
+            print(f"{'':>2} {'4 KiB ms':>8} {'':>4} | " + "".join(
+                f"{r['latency_ms']['median']:22.3f} " if r else f"{'-':>22} " for r in [*lat.values(), g]))
     print_footer(doc)
 
 
 def evaluate_goals(doc: dict) -> list[dict]:
     goals = []
-    by = {(r["system"], r["peers"], r["bytes"]): r for r in doc["rows"]}
+    by = {(r["system"], r.get("mode", "out"), r["peers"], r["bytes"]): r for r in doc["rows"]}
     bounds = doc["loopback"].get("ring_bound_GBps", {})
-    for (system, n, s), p in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+    for (system, mode, n, s), p in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][3], kv[0][1])):
         if system != "pccl_arrays":
             continue
-        g = by.get(("gloo", n, s))
+        g = by.get(("gloo", "inplace", n, s))
         pm = p["algbw_GBps"]["median"]
         if s >= GOAL_MIN_BYTES:
             if g:
                 r = pm / g["algbw_GBps"]["median"]
-                goals.append({"peers": n, "bytes": s, "goal": "vs_gloo", "value": r, "met": r >= GOAL_VS_GLOO,
-                              "text": f"N={n} {fmt_size(s)}: pccl/gloo = {r:.2f} (goal >= {GOAL_VS_GLOO})"})
-            if str(n) in bounds:
+                goals.append({"peers": n, "bytes": s, "mode": mode, "goal": "vs_gloo", "value": r,
+                              "met": r >= GOAL_VS_GLOO,
+                              "text": f"N={n} {fmt_size(s)} {mode}: pccl/gloo = {r:.2f} (goal >= {GOAL_VS_GLOO})"})
+            if str(n) in bounds and mode == "out":
                 r = pm / bounds[str(n)]
-                goals.append({"peers": n, "bytes": s, "goal": "vs_bound", "value": r, "met": r >= GOAL_VS_BOUND,
-                              "text": f"N={n} {fmt_size(s)}: pccl/bound = {r:.2f} (goal >= {GOAL_VS_BOUND})"})
-        if s == 4 * KiB and g:
+                goals.append({"peers": n, "bytes": s, "mode": mode, "goal": "vs_bound", "value": r,
+                              "met": r >= GOAL_VS_BOUND,
+                              "text": f"N={n} {fmt_size(s)}: pccl out=/bound = {r:.2f} (goal >= {GOAL_VS_BOUND})"})
+            out = by.get(("pccl_arrays", "out", n, s))
+            if mode == "fresh" and out:
+                r = pm / out["algbw_GBps"]["median"]
+                goals.append({"peers": n, "bytes": s, "mode": mode, "goal": "fresh_vs_out", "value": r,
+                              "met": r >= GOAL_FRESH_VS_OUT,
+                              "text": f"N={n} {fmt_size(s)}: fresh/out= = {r:.2f} (goal >= {GOAL_FRESH_VS_OUT})"})
+        if s == 4 * KiB and g and mode == "out":
             r = p["latency_ms"]["median"] / g["latency_ms"]["median"]
-            goals.append({"peers": n, "bytes": s, "goal": "latency", "value": r, "met": r <= GOAL_LATENCY,
+            goals.append({"peers": n, "bytes": s, "mode": mode, "goal": "latency", "value": r,
+                          "met": r <= GOAL_LATENCY,
                           "text": f"N={n} 4 KiB: pccl {p['latency_ms']['median']:.3f} ms vs gloo "
                                   f"{g['latency_ms']['median']:.3f} ms = {r:.2f}x (goal <= {GOAL_LATENCY}x)"})
     return goals
@@ -269,7 +299,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="4 KiB, 1 MiB, 16 MiB, 3 repeats (CI smoke test)")
-    ap.add_argument("--peers", type=int, nargs="+", default=[2, 3], help="peer counts (default: 2 3)")
+    ap.add_argument("--peers", type=int, nargs="+", default=[2, 3, 4], help="peer counts (default: 2 3 4)")
     ap.add_argument("--sizes", type=parse_size, nargs="+", help="array sizes in bytes (4KiB, 16MiB, ...)")
     ap.add_argument("--repeats", type=int, help="timed repeats per size (default: 20 up to 1 MiB, 10 up to "
                                                 "16 MiB, 5 above; 3 with --quick)")
@@ -279,6 +309,8 @@ def main(argv=None) -> int:
     ap.add_argument("--piece-bytes", type=parse_size, default=None, help="pccl_arrays piece_bytes (default: "
                                                                          "the library's)")
     ap.add_argument("--systems", nargs="+", choices=["pccl", "gloo"], default=["pccl", "gloo"])
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
+                    help="how pccl_arrays returns the result (default: all three, each on the same peers)")
     ap.add_argument("--loopback-bytes", type=parse_size, default=None,
                     help="bytes per loopback round (default 1 GiB, 256 MiB with --quick)")
     ap.add_argument("--timeout", type=float, default=None,
@@ -326,7 +358,7 @@ def main(argv=None) -> int:
                     "pccl_arrays": pv},
         "config": {"quick": a.quick, "peers": a.peers, "sizes": sizes, "repeats": repeats, "dtype": "float32",
                    "op": "sum", "rounds": rounds, "repeats_per_round": reps_per_round,
-                   "connections": a.connections, "piece_bytes": a.piece_bytes,
+                   "connections": a.connections, "piece_bytes": a.piece_bytes, "modes": a.modes,
                    "systems": systems,
                    "timing": "per repeat: a 4-byte all-reduce as barrier, then one timed all-reduce on each peer; "
                              "time = max over peers; algbw = bytes / time; GB/s = 1e9 B/s",
@@ -371,7 +403,9 @@ def main(argv=None) -> int:
                 t = time.monotonic()
                 try:
                     if system == "pccl":
-                        res = run_pccl(n, sizes, reps_per_round, a.connections, a.piece_bytes, a.timeout)
+                        turn = rnd % len(a.modes)  # each mode goes first in some round (this machine's speed drifts)
+                        res = run_pccl(n, sizes, reps_per_round, a.connections, a.piece_bytes, a.timeout,
+                                       a.modes[turn:] + a.modes[:turn])
                     else:
                         res = run_gloo(n, sizes, reps_per_round, a.timeout)
                 except Exception as e:
@@ -379,7 +413,7 @@ def main(argv=None) -> int:
                     print(f"ERROR: {errors[-1]}", flush=True)
                     continue
                 runs.setdefault((name, n), []).append(res)
-                summary = ", ".join(f"{fmt_size(r['bytes'])}: {statistics.median(r['seconds']) * 1e3:.2f} ms"
+                summary = ", ".join(f"{fmt_size(r['bytes'])} {r['mode']}: {statistics.median(r['seconds']) * 1e3:.2f} ms"
                                     for r in res[0]["rows"])
                 print(f"{name} N={n} [{time.monotonic() - t:.1f} s] peer 0 median times: {summary}", flush=True)
     if not systems:

@@ -11,22 +11,33 @@ namespace pccl {
 
 using wire::MsgType;
 
-// How a reduce-scatter step folds our own contribution into what arrived: element-wise, or for quantized
-// blocks by decoding, adding (our exact input when we have it, else our own decoded blocks) and re-quantizing.
-static Fold make_fold(DType dtype, ReduceOp op, const QuantConfig& quant, uint64_t count, uint64_t op_id,
-                      const void* exact) {
-    if (!quant.enabled())
-        return [dtype, op](uint8_t* acc, const uint8_t* own, size_t, size_t n, uint32_t) { reduce_into(dtype, op, acc, own, n); };
-    if (exact) {
-        const auto* x = static_cast<const uint8_t*>(exact);
-        const size_t stride = size_t(quant.block) * dtype_size(dtype);
-        return [=](uint8_t* acc, const uint8_t*, size_t first, size_t n, uint32_t step) {
-            reduce_hop_exact(acc, x + first * stride, dtype, first, n, count, quant, op_id, step);
-        };
+// The ring's work for one operation (RingWork). Plain: element-wise folds. Quantized blocks from a device:
+// each hop decodes, adds our own decoded blocks and re-quantizes. The quantized host path (`exact` is the
+// caller's array): our own chunk is encoded as it leaves, each hop adds our exact input, and final blocks are
+// decoded into `decoded` (divided by `divide_by` for avg) on the stripes' threads.
+static RingWork make_work(DType dtype, ReduceOp op, const QuantConfig& quant, uint64_t count, uint64_t op_id,
+                          const void* exact, void* decoded, uint32_t divide_by) {
+    RingWork work;
+    if (!quant.enabled()) {
+        work.fold = [dtype, op](uint8_t* acc, const uint8_t* own, size_t, size_t n, uint32_t) { reduce_into(dtype, op, acc, own, n); };
+        return work;
     }
-    return [=](uint8_t* acc, const uint8_t* own, size_t first, size_t n, uint32_t step) {
-        reduce_hop(acc, own, first, n, count, quant, op_id, step);
+    if (!exact) {
+        work.fold = [=](uint8_t* acc, const uint8_t* own, size_t first, size_t n, uint32_t step) {
+            reduce_hop(acc, own, first, n, count, quant, op_id, step);
+        };
+        return work;
+    }
+    const auto* x = static_cast<const uint8_t*>(exact);
+    const size_t stride = size_t(quant.block) * dtype_size(dtype);
+    work.fold = [=](uint8_t* acc, const uint8_t*, size_t first, size_t n, uint32_t step) {
+        reduce_hop_exact(acc, x + first * stride, dtype, first, n, count, quant, op_id, step);
     };
+    work.encode = [=](uint8_t* units, size_t first, size_t n) { quantize_blocks(x, dtype, first, n, count, quant, units); };
+    work.finish = [=](uint8_t* units, size_t first, size_t n) {
+        dequantize_blocks(units, first, n, count, quant, dtype, decoded, divide_by);
+    };
+    return work;
 }
 
 // Arguments the core refuses before anything is sent.
@@ -45,7 +56,7 @@ static void check_call(DType dtype, ReduceOp op, const QuantConfig& quant, const
     check_quant_config(quant);
     if (!dtype_is_float(dtype) || (op != ReduceOp::kSum && op != ReduceOp::kAvg))
         throw CoreError(ErrorKind::kInvalidArgument, "quantized all-reduce is for sum and avg of floating dtypes");
-    if (input == output) throw CoreError(ErrorKind::kInvalidArgument, "quantized buffers must be distinct");
+    if (input == output && input) throw CoreError(ErrorKind::kInvalidArgument, "quantized buffers must be distinct");
 }
 
 // What the ring moves: elements, or whole quantized blocks.
@@ -119,16 +130,17 @@ Communicator::SlotResources& Communicator::slot_resources(uint32_t slot) {
     return *r;
 }
 
-uint8_t* Communicator::SlotResources::scratch_for(size_t bytes) {
-    if (scratch_bytes < bytes) {
-        scratch.reset(new uint8_t[bytes]);
-        scratch_bytes = bytes;
+uint8_t* Communicator::SlotResources::scratch_for(size_t bytes, int which) {
+    Scratch& s = scratch[which];
+    if (s.bytes < bytes) {
+        s.data.reset(new uint8_t[bytes]);
+        s.bytes = bytes;
     }
-    return scratch.get();
+    return s.data.get();
 }
 
-OpInfo Communicator::run_ring(RingPlan plan, const wire::OpGo& go, const Fold& fold, const void* input, uint8_t* result,
-                              OpControl& ctl, SlotResources& res) {
+OpInfo Communicator::run_ring(RingPlan plan, const wire::OpGo& go, const RingWork& work, const void* input,
+                              uint8_t* result, OpControl& ctl, SlotResources& res) {
     const uint32_t world = uint32_t(go.ring.size());
     auto me = std::find_if(go.ring.begin(), go.ring.end(), [this](const wire::PeerInfo& p) { return p.id == peer_id_; });
     if (me == go.ring.end()) throw CoreError(ErrorKind::kProtocol, "the master started an operation without this peer");
@@ -139,7 +151,12 @@ OpInfo Communicator::run_ring(RingPlan plan, const wire::OpGo& go, const Fold& f
     info.world_size = world;
     info.stripes = stripes_for(total_bytes, go.stripes);
     if (world == 1) {
-        if (total_bytes) std::memcpy(result, input, total_bytes);
+        if (work.encode && plan.units) {
+            work.encode(result, 0, plan.units);
+            work.finish(result, 0, plan.units);
+        } else if (total_bytes) {
+            std::memcpy(result, input, total_bytes);
+        }
         return info;
     }
     plan.world = world;
@@ -150,7 +167,7 @@ OpInfo Communicator::run_ring(RingPlan plan, const wire::OpGo& go, const Fold& f
                     cfg_.connect_timeout, cfg_.data_timeout};
     std::vector<StripeBytes> bytes(info.stripes);
     const auto* in = static_cast<const uint8_t*>(input);
-    res.workers.run(info.stripes, [&](uint32_t j) { run_stripe(plan, j, fold, in, result, links, ctl, &bytes[j]); });
+    res.workers.run(info.stripes, [&](uint32_t j) { run_stripe(plan, j, work, in, result, links, ctl, &bytes[j]); });
     for (const auto& b : bytes) {
         info.bytes_sent += b.sent;
         info.bytes_received += b.received;
@@ -159,13 +176,25 @@ OpInfo Communicator::run_ring(RingPlan plan, const wire::OpGo& go, const Fold& f
 }
 
 OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
-                                const QuantConfig& quant, const void* exact, const CallOptions& options) {
+                                const QuantConfig& quant, const CallOptions& options) {
+    return reduce(input, output, count, dtype, op, tag, quant, nullptr, options);
+}
+
+OpInfo Communicator::all_reduce_quantized(const void* x, void* out, uint64_t count, DType dtype, ReduceOp op,
+                                          uint64_t tag, const QuantConfig& quant, const CallOptions& options) {
+    if (!quant.enabled()) throw CoreError(ErrorKind::kInvalidArgument, "all_reduce_quantized needs a quantization");
+    return reduce(nullptr, out, count, dtype, op, tag, quant, x, options);
+}
+
+OpInfo Communicator::reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
+                            const QuantConfig& quant, const void* exact, const CallOptions& options) {
     check_call(dtype, op, quant, input, output, options);
     require_accepted();
     InFlightCall in_flight(this, tag);
     const double t0 = net::now_seconds();
     const RingPlan plan = ring_units(count, dtype, quant);
     const size_t total_bytes = plan.byte_len(0, plan.units);
+    const size_t out_bytes = exact ? count * dtype_size(dtype) : total_bytes;
     const auto go = start_op(tag, descriptor_of(count, dtype, op, quant, options), options.timeout);
 
     OpControl ctl(go.op_id);
@@ -174,16 +203,29 @@ OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count,
     // The master may hand this slot to our next operation as soon as it commits this one, while we still copy
     // the result out of the slot's scratch: the next one waits here for that copy.
     std::unique_lock<std::mutex> slot_lock(res.mu);
-    // In place, the input stays intact until the commit: the result goes to the slot's scratch first.
-    uint8_t* result = output == input && total_bytes ? res.scratch_for(total_bytes) : static_cast<uint8_t*>(output);
-    OpInfo info = run_ring(plan, go, make_fold(dtype, op, quant, count, go.op_id, exact), input, result, ctl, res);
+    // In place, the input stays intact until the commit: the result goes to the slot's scratch first. The
+    // quantized host path keeps its blocks in scratch and decodes them into the output (or, in place, into
+    // a second scratch).
+    const bool in_place = output == (exact ? exact : input) && out_bytes;
+    uint8_t* result = static_cast<uint8_t*>(output);  // where the ring's units land
+    void* decoded = nullptr;                          // where the quantized host path decodes them
+    if (exact) {
+        result = res.scratch_for(total_bytes, 0);
+        decoded = in_place ? res.scratch_for(out_bytes, 1) : output;
+    } else if (in_place) {
+        result = res.scratch_for(total_bytes, 0);
+    }
+    const uint32_t divide_by = op == ReduceOp::kAvg && exact ? uint32_t(go.ring.size()) : 1;
+    const RingWork work = make_work(dtype, op, quant, count, go.op_id, exact, decoded, divide_by);
+    OpInfo info = run_ring(plan, go, work, exact ? result : input, result, ctl, res);
     untrack(ctl);
     ErrorKind kind;
     std::string why;
     if (op == ReduceOp::kAvg && count && !quant.enabled() && !ctl.failed(&kind, &why))
         finalize_avg(dtype, result, count, info.world_size);
     settle(ctl, go.slot);
-    if (result != output && total_bytes) std::memcpy(output, result, total_bytes);
+    if (in_place)  // the commit copies on the stripes' threads too
+        res.workers.copy(output, exact ? decoded : result, out_bytes, std::max<uint32_t>(info.stripes, 2));
     info.seconds = net::now_seconds() - t0;
     return info;
 }

@@ -109,11 +109,15 @@ public:
     }
     uint32_t pending_peers();
     // Plain: input/output hold `count` elements of dtype (output may be input: in place). Quantized
-    // (quant.enabled()): input/output are separate buffers of quantized_bytes(count, block) bytes, op is sum or
-    // avg, and the caller dequantizes (dividing by world_size for avg). `exact`, when given, is the unquantized
-    // input (count elements of dtype): each hop then adds it exactly instead of decoding our own blocks.
+    // (quant.enabled()): input/output are separate buffers of quantized_bytes(count, block) bytes already
+    // quantized (the device path), op is sum or avg, and the caller dequantizes (dividing by world_size for avg).
     OpInfo all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
-                      const QuantConfig& quant = {}, const void* exact = nullptr, const CallOptions& options = {});
+                      const QuantConfig& quant = {}, const CallOptions& options = {});
+    // The quantized host path: x and out hold `count` elements of a floating dtype (out may be x: in place).
+    // The stripes' threads encode our own chunk as it leaves, add x exactly on every hop, and decode final
+    // blocks into out as they arrive (divided by the world size for avg); the blocks live in the slot's scratch.
+    OpInfo all_reduce_quantized(const void* x, void* out, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
+                                const QuantConfig& quant, const CallOptions& options = {});
     // Collective shared-state sync (docs/shared_state.md): `entries` in name order with their hashes, `data` the
     // bytes of each (read while holders send). Throws for a refused peer or a failed sync; nothing is written.
     SyncOutcome sync_state(const std::vector<wire::StateEntry>& entries, const std::vector<const uint8_t*>& data,
@@ -161,8 +165,11 @@ private:
     struct SlotResources;
     wire::OpGo start_op(uint64_t tag, const wire::OpDesc& desc, double timeout);
     SlotResources& slot_resources(uint32_t slot);
-    OpInfo run_ring(RingPlan plan, const wire::OpGo& go, const Fold& fold, const void* input, uint8_t* result,
+    OpInfo run_ring(RingPlan plan, const wire::OpGo& go, const RingWork& work, const void* input, uint8_t* result,
                     OpControl& ctl, SlotResources& res);
+    // Both all-reduces: `exact` set means the quantized host path (input unused).
+    OpInfo reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
+                  const QuantConfig& quant, const void* exact, const CallOptions& options);
     // Registers an all-reduce call (its tag, the in-flight count) for as long as it lives.
     class InFlightCall {
     public:
@@ -200,14 +207,17 @@ private:
     std::string broken_why_;
     std::string closed_why_ = "the communicator is closed";
     std::map<uint64_t, OpControl*> active_;  // running operations by op id, stopped on OP_ABORT / KICKED / lost master
-    // Per connection slot (one running operation each): threads for stripes 1..k-1, and the result buffer of
-    // in-place operations, kept because fresh pages cost a fault each on first touch.
+    // Per connection slot (one running operation each): threads for stripes 1..k-1, and two scratch buffers
+    // (the result of in-place operations; the quantized host path's blocks and its in-place result), kept
+    // because fresh pages cost a fault each on first touch.
     struct SlotResources {
         std::mutex mu;  // held by the operation using the slot, until it has copied its result out
         Workers workers;
-        std::unique_ptr<uint8_t[]> scratch;
-        size_t scratch_bytes = 0;
-        uint8_t* scratch_for(size_t bytes);  // grown on demand, kept between operations
+        struct Scratch {
+            std::unique_ptr<uint8_t[]> data;
+            size_t bytes = 0;
+        } scratch[2];
+        uint8_t* scratch_for(size_t bytes, int which);  // grown on demand, kept between operations
     };
     std::map<uint32_t, std::unique_ptr<SlotResources>> slots_;
     std::atomic<uint32_t> in_flight_{0};     // all_reduce calls between OP_START and their end

@@ -31,6 +31,13 @@ void quantize(const void* x, DType dtype, size_t n, const QuantConfig& q, uint8_
 // q (the whole quantized array of n elements) -> out (n elements of dtype), each value divided by divide_by.
 void dequantize(const uint8_t* q, size_t n, const QuantConfig& q_cfg, DType dtype, void* out, uint32_t divide_by);
 
+// The same over blocks [first_block, first_block + n_blocks) of an array of n elements: x and out point at the
+// array's first element, the quantized side at block first_block's bytes.
+void quantize_blocks(const void* x, DType dtype, size_t first_block, size_t n_blocks, size_t n, const QuantConfig& q,
+                     uint8_t* out);
+void dequantize_blocks(const uint8_t* q, size_t first_block, size_t n_blocks, size_t n, const QuantConfig& q_cfg,
+                       DType dtype, void* out, uint32_t divide_by);
+
 // One ring hop over `n_blocks` whole blocks starting at global block `first_block` of an array of `n`
 // elements: acc = Q(D(acc) + D(own)), with stochastic rounding seeded by (seed, op_id, step, block, element)
 // when the config asks for it.

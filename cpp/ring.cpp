@@ -56,9 +56,9 @@ namespace {
 // The state of one stripe's two directions, advanced by non-blocking calls of the data link.
 class Stripe {
 public:
-    Stripe(const RingPlan& plan, uint32_t j, const Fold& fold, const uint8_t* input, uint8_t* result,
+    Stripe(const RingPlan& plan, uint32_t j, const RingWork& work, const uint8_t* input, uint8_t* result,
            const RingLinks& links, OpControl& ctl, StripeBytes* bytes)
-        : plan_(plan), j_(j), fold_(fold), input_(input), result_(result), links_(links), ctl_(ctl),
+        : plan_(plan), j_(j), work_(work), input_(input), result_(result), links_(links), ctl_(ctl),
           bytes_(bytes), steps_(plan.steps()) {}
 
     void run() {
@@ -174,11 +174,11 @@ private:
                     in_left_.arrived(rx_.piece_len());
                     // A whole piece is here: fold our own input into it on reduce-scatter steps.
                     const size_t at = region_begin(r_step_, false) + r_off_;
-                    if (plan_.reducing(r_step_)) {
-                        const size_t first = region_unit(r_step_, false) + r_off_ / plan_.unit_bytes;
-                        const size_t n_units = (rx_.piece_len() + plan_.unit_bytes - 1) / plan_.unit_bytes;
-                        fold_(result_ + at, input_ + at, first, n_units, r_step_);
-                    }
+                    const size_t first = region_unit(r_step_, false) + r_off_ / plan_.unit_bytes;
+                    const size_t n_units = (rx_.piece_len() + plan_.unit_bytes - 1) / plan_.unit_bytes;
+                    if (plan_.reducing(r_step_)) work_.fold(result_ + at, input_ + at, first, n_units, r_step_);
+                    if (work_.finish && r_step_ + 2 >= plan_.world)  // the last fold, or any all-gather step
+                        work_.finish(result_ + at, first, n_units);
                     r_off_ += rx_.piece_len();
                     if (r_off_ == region_len(r_step_, false)) {
                         r_off_ = 0;
@@ -228,6 +228,12 @@ private:
                 const size_t piece = std::min(per_piece, len - s_off_);
                 if (s_off_ + piece > ready) return true;
                 const uint8_t* src = (s_step_ == 0 ? input_ : result_) + region_begin(s_step_, true) + s_off_;
+                if (s_step_ == 0 && work_.encode) {  // our own chunk, encoded into the result as it leaves
+                    uint8_t* units = result_ + region_begin(0, true) + s_off_;
+                    work_.encode(units, region_unit(0, true) + s_off_ / plan_.unit_bytes,
+                                 (piece + plan_.unit_bytes - 1) / plan_.unit_bytes);
+                    src = units;
+                }
                 tx_.start(wire::DataHeader{ctl_.op_id(), s_step_, j_, s_off_}, src, piece, out_->tx());
                 s_piece_ = piece;
             }
@@ -262,7 +268,7 @@ private:
 
     const RingPlan& plan_;
     const uint32_t j_;
-    const Fold& fold_;
+    const RingWork& work_;
     const uint8_t* input_;
     uint8_t* result_;
     const RingLinks& links_;
@@ -284,9 +290,9 @@ private:
 
 }  // namespace
 
-void run_stripe(const RingPlan& plan, uint32_t j, const Fold& fold, const uint8_t* input, uint8_t* result,
+void run_stripe(const RingPlan& plan, uint32_t j, const RingWork& work, const uint8_t* input, uint8_t* result,
                 const RingLinks& links, OpControl& ctl, StripeBytes* bytes) {
-    Stripe(plan, j, fold, input, result, links, ctl, bytes).run();
+    Stripe(plan, j, work, input, result, links, ctl, bytes).run();
 }
 
 }  // namespace pccl

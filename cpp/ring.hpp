@@ -104,8 +104,19 @@ struct StripeBytes {
 // `n_units` units starting at global unit `first_unit` (acc and own point at that unit's bytes).
 using Fold = std::function<void(uint8_t* acc, const uint8_t* own, size_t first_unit, size_t n_units, uint32_t step)>;
 
+// Work on units beside the fold, for the quantized host path (both empty otherwise), done on the stripe's own
+// thread so it overlaps the network: `encode` writes the units a step-0 piece sends into `result` just before
+// the piece leaves (this peer's own chunk, quantized from its exact input: the only units it sends that no hop
+// produced); `finish` gets units as soon as they hold the final result (after the last reduce-scatter fold,
+// and every all-gather piece), to decode them into the caller's output.
+using UnitWork = std::function<void(uint8_t* units, size_t first_unit, size_t n_units)>;
+struct RingWork {
+    Fold fold;
+    UnitWork encode, finish;
+};
+
 // Runs stripe j of the operation to completion, or returns early after ctl.fail() / ctl.stopped().
-void run_stripe(const RingPlan& plan, uint32_t j, const Fold& fold, const uint8_t* input, uint8_t* result,
+void run_stripe(const RingPlan& plan, uint32_t j, const RingWork& work, const uint8_t* input, uint8_t* result,
                 const RingLinks& links, OpControl& ctl, StripeBytes* bytes);
 
 }  // namespace pccl

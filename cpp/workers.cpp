@@ -1,5 +1,8 @@
 #include "workers.hpp"
 
+#include <algorithm>
+#include <cstring>
+
 namespace pccl {
 
 Workers::~Workers() {
@@ -30,6 +33,16 @@ void Workers::run(uint32_t n, const std::function<void(uint32_t)>& task) {
         done_.wait(lk, [this] { return pending_ == 0; });
         task_ = nullptr;
     }
+}
+
+void Workers::copy(void* dst, const void* src, size_t bytes, uint32_t ways) {
+    constexpr size_t kMinPart = size_t(1) << 20;
+    ways = uint32_t(std::max<size_t>(1, std::min<size_t>(ways, bytes / kMinPart)));
+    const size_t part = (bytes / ways + 63) / 64 * 64;
+    run(ways, [&](uint32_t i) {
+        const size_t first = std::min(bytes, size_t(i) * part), last = std::min(bytes, first + part);
+        if (last > first) std::memcpy(static_cast<uint8_t*>(dst) + first, static_cast<const uint8_t*>(src) + first, last - first);
+    });
 }
 
 void Workers::loop(uint32_t index) {

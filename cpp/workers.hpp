@@ -2,6 +2,7 @@
 // operation does not pay for starting threads.
 #pragma once
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -18,6 +19,9 @@ public:
     Workers& operator=(const Workers&) = delete;
     // Runs task(0) here and task(1..n-1) on the workers; returns when all have returned.
     void run(uint32_t n, const std::function<void(uint32_t)>& task);
+
+    // memcpy split over up to `ways` threads (this one included), in 64-byte aligned parts of at least 1 MiB.
+    void copy(void* dst, const void* src, size_t bytes, uint32_t ways);
 
 private:
     void loop(uint32_t index);

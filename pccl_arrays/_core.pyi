@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import typing
 import typing_extensions
-__all__: list[str] = ['CODES', 'Communicator', 'DEFAULTS', 'DLView', 'HostBuffer', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'SealedPipe', 'best_ring', 'content_hash', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'log_attach_drain', 'log_for_tests', 'log_level', 'log_take', 'memcpy', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into', 'ring_score', 'solve_ring_exact', 'solve_ring_heuristic']
+__all__: list[str] = ['BufferPool', 'CODES', 'Communicator', 'DEFAULTS', 'DLView', 'HostBuffer', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'SealedPipe', 'best_ring', 'content_hash', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'log_attach_drain', 'log_for_tests', 'log_level', 'log_take', 'memcpy', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into', 'ring_score', 'solve_ring_exact', 'solve_ring_heuristic']
 class MasterState:
     def __init__(self, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, probe_addresses: bool = False) -> None:
         ...
@@ -71,8 +71,10 @@ class Communicator:
         """
         Leaves the job because of an interrupt the core did not see; later calls raise `why`.
         """
-    def all_reduce(self, input_ptr: typing.SupportsInt | typing.SupportsIndex, output_ptr: typing.SupportsInt | typing.SupportsIndex, count: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex, tag: typing.SupportsInt | typing.SupportsIndex, qkind: typing.SupportsInt | typing.SupportsIndex = 0, qblock: typing.SupportsInt | typing.SupportsIndex = 0, qround: typing.SupportsInt | typing.SupportsIndex = 0, qseed: typing.SupportsInt | typing.SupportsIndex = 0, exact_ptr: typing.SupportsInt | typing.SupportsIndex = 0, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], structure: typing.SupportsInt | typing.SupportsIndex = 0, structure_text: str = '', timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0) -> OpInfo:
-        ...
+    def all_reduce(self, input_ptr: typing.SupportsInt | typing.SupportsIndex, output_ptr: typing.SupportsInt | typing.SupportsIndex, count: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex, tag: typing.SupportsInt | typing.SupportsIndex, qkind: typing.SupportsInt | typing.SupportsIndex = 0, qblock: typing.SupportsInt | typing.SupportsIndex = 0, qround: typing.SupportsInt | typing.SupportsIndex = 0, qseed: typing.SupportsInt | typing.SupportsIndex = 0, host_quantized: bool = False, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], structure: typing.SupportsInt | typing.SupportsIndex = 0, structure_text: str = '', timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0) -> OpInfo:
+        """
+        Plain, or quantized: host_quantized takes arrays of the dtype and quantizes on the stripes' threads; otherwise input and output are quantized bytes (the device path).
+        """
     def close(self) -> None:
         ...
     def connect(self, admission_timeout: typing.SupportsFloat | typing.SupportsIndex) -> None:
@@ -149,6 +151,18 @@ class DLView:
     @property
     def versioned(self) -> bool:
         ...
+class BufferPool:
+    """
+    Recycled host memory for new results (buffer_pool.hpp).
+    """
+    def __init__(self, max_bytes: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def release(self) -> None:
+        """
+        Frees the memory held; later returns are freed too.
+        """
+    def stats(self) -> dict:
+        ...
 class HostBuffer:
     @staticmethod
     def alias(other: HostBuffer, dtype_code: typing.SupportsInt | typing.SupportsIndex) -> HostBuffer:
@@ -157,7 +171,7 @@ class HostBuffer:
         ...
     def __dlpack_device__(self) -> tuple[int, int]:
         ...
-    def __init__(self, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], dtype_code: typing.SupportsInt | typing.SupportsIndex) -> None:
+    def __init__(self, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], dtype_code: typing.SupportsInt | typing.SupportsIndex, pool: BufferPool = None) -> None:
         ...
     @property
     def data(self) -> int:

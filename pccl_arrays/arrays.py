@@ -124,9 +124,10 @@ def compact_host_view(x: Any, framework: str) -> tuple[HostView, Any, str, bool]
     return view, host, host_fw, on_device
 
 
-def new_host_buffer(shape: tuple, name: str) -> _core.HostBuffer:
-    """A core-owned, 64-byte aligned host buffer that any framework imports through DLPack without a copy."""
-    return _core.HostBuffer(list(shape), dtype_code(name))
+def new_host_buffer(shape: tuple, name: str, pool: Any = None) -> _core.HostBuffer:
+    """A core-owned, 64-byte aligned host buffer that any framework imports through DLPack without a copy;
+    from ``pool`` (a ``_core.BufferPool``) when given, whose pages may still hold an earlier result."""
+    return _core.HostBuffer(list(shape), dtype_code(name), pool)
 
 
 def buffer_view(buf: _core.HostBuffer, name: str) -> HostView:

@@ -19,6 +19,7 @@ from .errors import CommunicatorStateError, InvalidArgumentError, PCCLError
 
 _DEFAULTS = _core.DEFAULTS  # the core's defaults, written once (cpp/communicator.hpp, cpp/master_state.hpp)
 DEFAULT_OP_TIMEOUT = _DEFAULTS["op_timeout"]  # 30 minutes to wait for the others to start (torch's default too)
+DEFAULT_BUFFER_POOL_BYTES = 1 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,10 @@ class Communicator:
         secret: the run's secret, the master's (bytes or str; default: the ``PCCL_ARRAYS_SECRET`` environment
             variable, if set). A missing or different secret on either side is an AuthenticationError at
             connect(); whether the run encrypts is the master's choice (docs/security.md).
+        buffer_pool_bytes: results returned as new arrays (and the quantized path's buffers) come from a pool
+            that takes their memory back when the arrays die, so the next result of a similar size skips
+            allocating and faulting in fresh pages. The pool keeps at most this many bytes nobody uses
+            (default 1 GiB; 0: no pool) and frees them at :meth:`close`. Arrays you hold are never counted.
 
     Used as a context manager (``with Communicator(...) as comm:``) it connects on entry and closes on exit.
     """
@@ -75,6 +80,7 @@ class Communicator:
         op_timeout: Optional[float] = DEFAULT_OP_TIMEOUT,
         min_world_size: int = 1,
         secret: _secret.Secret = None,
+        buffer_pool_bytes: int = DEFAULT_BUFFER_POOL_BYTES,
     ):
         if not isinstance(peer_group, int) or peer_group < 0 or peer_group >= 2**32:
             raise InvalidArgumentError(f"peer_group must be an int in [0, 2**32), not {peer_group!r}")
@@ -84,12 +90,15 @@ class Communicator:
             raise InvalidArgumentError(f"min_world_size must be an int >= 1, not {min_world_size!r}")
         if op_timeout is not None and not (isinstance(op_timeout, (int, float)) and op_timeout > 0):
             raise InvalidArgumentError(f"op_timeout must be a positive number of seconds or None, not {op_timeout!r}")
+        if not isinstance(buffer_pool_bytes, int) or isinstance(buffer_pool_bytes, bool) or buffer_pool_bytes < 0:
+            raise InvalidArgumentError(f"buffer_pool_bytes must be an int >= 0, not {buffer_pool_bytes!r}")
         self._core = _core.Communicator(
             master, peer_group, connections, listen, advertise or "", connect_timeout, heartbeat_interval,
             master_timeout, data_timeout, piece_bytes, 0.0 if op_timeout is None else float(op_timeout),
             min_world_size, _secret.resolve(secret),
         )
         self.min_world_size = min_world_size
+        self._pool = _core.BufferPool(buffer_pool_bytes)
         self.last_info: Optional[AllReduceInfo] = None
         self._concurrency = _in_flight.Concurrency(self)
         _in_flight.track_open(self)
@@ -214,6 +223,7 @@ class Communicator:
 
     def _after_leaving(self) -> None:
         self._concurrency.shutdown()  # the operations in flight have already been stopped by the core
+        self._pool.release()
         _in_flight.untrack_open(self)
 
     def __enter__(self) -> "Communicator":
@@ -314,7 +324,7 @@ class Communicator:
         if target is not None and not on_device and (dst := arrays.host_view(target, fw)).compact:
             pass  # the result lands straight in the caller's memory (in place: the core keeps x until the commit)
         else:
-            buf = arrays.new_host_buffer(src.shape, name)
+            buf = arrays.new_host_buffer(src.shape, name, self._pool)
             dst = arrays.buffer_view(buf, name)
         if quant is None:
             info = self._core.all_reduce(src.ptr, dst.ptr, src.count, dcode, ocode, tag, **call)

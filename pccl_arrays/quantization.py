@@ -86,26 +86,13 @@ class Quantization:
 
 def host_all_reduce(comm: Any, src: Any, dst: Any, dcode: int, ocode: int, op: str, tag: int, quant: Quantization,
                     call: dict) -> Any:
-    """The host path: the C++ kernels quantize ``src``, the ring reduces blocks, the committed result decodes
-    into ``dst`` (both host views). Each hop adds this peer's unquantized values (``exact_ptr``) rather than its
-    decoded blocks: less error."""
+    """The host path (both host views; ``dst`` may be ``src``: in place). The core does it all on the stripes'
+    threads, overlapping the network: it quantizes this peer's own chunk as it leaves, adds this peer's
+    unquantized values on every hop (rather than its decoded blocks: less error), and decodes final blocks into
+    ``dst`` as they arrive."""
     kind, block, rounding, seed = quant.core_args
-    q_in, q_out = _host_buffers(comm, _core.quantized_bytes(src.count, block))
-    _core.quantize(src.ptr, dcode, src.count, kind, block, q_in.data)
-    info = comm._core.all_reduce(q_in.data, q_out.data, src.count, dcode, ocode, tag, kind, block, rounding, seed,
-                                 src.ptr, **call)
-    _core.dequantize(q_out.data, src.count, kind, block, dcode, dst.ptr, info.world_size if op.lower() == "avg" else 1)
-    return info
-
-
-def _host_buffers(comm: Any, nbytes: int):
-    """Two host buffers of at least nbytes for the quantized ring, kept on the communicator between calls: fresh
-    pages cost a fault each on first touch (about 80 ms per 256 MiB here)."""
-    bufs = getattr(comm, "_qbufs", None)
-    if bufs is None or bufs[0].nbytes < nbytes:
-        u8 = dtype_code("uint8")
-        bufs = comm._qbufs = (_core.HostBuffer([nbytes], u8), _core.HostBuffer([nbytes], u8))
-    return bufs
+    return comm._core.all_reduce(src.ptr, dst.ptr, src.count, dcode, ocode, tag, kind, block, rounding, seed,
+                                 host_quantized=True, **call)
 
 
 def device_all_reduce(comm: Any, x: Any, fw: str, dcode: int, ocode: int, op: str, target: Any, tag: int,

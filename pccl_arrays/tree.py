@@ -108,7 +108,7 @@ def all_reduce_tree(comm, tree: Any, op: str = "sum", *, inplace: bool = False, 
         idxs = groups[code]
         name = _NAMES[code]
         sizes = [int(np.prod(leaves[i].shape, dtype=np.int64)) for i in idxs]
-        packed = arrays.new_host_buffer((sum(sizes),), name)
+        packed = arrays.new_host_buffer((sum(sizes),), name, comm._pool)
         itemsize = packed.nbytes // max(1, sum(sizes))
         offset = 0
         for i, n in zip(idxs, sizes):
@@ -116,7 +116,7 @@ def all_reduce_tree(comm, tree: Any, op: str = "sum", *, inplace: bool = False, 
             _core.memcpy(packed.data + offset * itemsize, view.ptr, n * itemsize)
             del keep
             offset += n
-        reduced = arrays.new_host_buffer((sum(sizes),), name)
+        reduced = arrays.new_host_buffer((sum(sizes),), name, comm._pool)
         comm._reduce_buffers(packed, reduced, name, op, tag, structure, timeout)
         del packed
         flat_by_fw: dict[str, Any] = {}

@@ -40,7 +40,7 @@ def test_quant_benchmark_quick_mode_writes_valid_json(tmp_path):
     rows = doc["allreduce"]["rows"]
     assert rows and all(r["peers"] == 2 for r in rows)
     for r in rows:
-        for mode in ("none", "quantized", "reused"):
+        for mode in ("none", "quantized", "fresh"):
             assert r[mode]["correct"] and r[mode]["latency_ms"]["median"] > 0
         assert r["ratio"] > 0 and 0.2 < r["bytes_sent_ratio"] < 0.3
 

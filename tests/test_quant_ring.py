@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import data
+import quant_reference as ref
 from procs import spawn, wait_all
 from scenarios import quant_input
 
@@ -61,6 +62,39 @@ def test_quantized_results_are_identical_everywhere_and_within_the_bound(master,
         err = np.abs(value - ref)
         assert np.all(err <= bound), (op, float((err / bound).max()))
         assert np.sqrt(np.mean(err**2)) < 0.25 * np.sqrt(np.mean(bound**2))  # unbiased: far below the worst case
+
+
+@pytest.mark.timeout(180)
+def test_host_path_gives_the_reference_rings_bytes(master, tmp_path):
+    """The host path quantizes, adds and decodes on the stripes' threads, piece by piece; its result must be,
+    bit for bit, the ring of docs/quantization.md computed by the NumPy reference in the order the master chose:
+    each chunk quantized by its first peer, every later peer adding its exact input, the owner's bytes decoded.
+    Several stripes and small pieces, a ragged last block; sum and avg; a new array, out= and in place."""
+    world, n, block = 3, (1 << 20) + 123, 1024
+    results, arrays = run(master, tmp_path, world, n=n, kind="minmax", block=block, connections=4, piece_bytes=16 << 10,
+                          host_forms=True)
+    assert all(r["sum"]["stripes"] == 4 for r in results)
+    ring = results[0]["ring"]
+    assert all(r["ring"] == ring for r in results)
+    x_of = {res["peer_id"]: quant_input(rank, n) for rank, res in enumerate(results)}
+    units = ref.num_blocks(n, block)
+    final = b""
+    for c in range(world):  # RingPlan::region: chunk c holds units [begin, begin + length)
+        base, rem = divmod(units, world)
+        first = c * base + min(c, rem)
+        nblocks = base + (1 if c < rem else 0)
+        lo, hi = first * block, min(n, (first + nblocks) * block)
+        q = ref.quantize(x_of[ring[c]][lo:hi], ref.MINMAX, block)
+        for k in range(1, world):
+            q = ref.reduce_hop_exact(q, x_of[ring[(c + k) % world]][lo:hi], hi - lo, ref.MINMAX, block,
+                                     first_block=first)
+        final += bytes(q)
+    want_sum = ref.dequantize(final, n, ref.MINMAX, block, np.float32)
+    want_avg = ref.dequantize(final, n, ref.MINMAX, block, np.float32, divide_by=world)
+    for a in arrays:
+        for form in ("sum", "sum_out", "sum_inplace"):
+            assert a[form].tobytes() == want_sum.tobytes(), form
+        assert a["avg"].tobytes() == want_avg.tobytes()
 
 
 @pytest.mark.timeout(120)

@@ -188,19 +188,23 @@ PYBIND11_MODULE(_core, m) {
         .def("pending_peers", [](Communicator& c) { return blocking([&] { return c.pending_peers(); }); })
         .def("all_reduce",
              [](Communicator& c, uintptr_t input, uintptr_t output, uint64_t count, uint8_t dtype, uint8_t op, uint64_t tag,
-                uint8_t qkind, uint32_t qblock, uint8_t qround, uint32_t qseed, uintptr_t exact,
+                uint8_t qkind, uint32_t qblock, uint8_t qround, uint32_t qseed, bool host_quantized,
                 std::vector<uint64_t> shape, uint64_t structure, std::string structure_text, double timeout) {
                  QuantConfig q{QuantKind(qkind), qblock, Rounding(qround), qseed};
                  CallOptions o{std::move(shape), structure, std::move(structure_text), timeout};
+                 const auto* in = reinterpret_cast<const void*>(input);
+                 auto* out = reinterpret_cast<void*>(output);
                  return blocking([&] {
-                     return c.all_reduce(reinterpret_cast<const void*>(input), reinterpret_cast<void*>(output), count,
-                                         DType(dtype), ReduceOp(op), tag, q, reinterpret_cast<const void*>(exact), o);
+                     return host_quantized ? c.all_reduce_quantized(in, out, count, DType(dtype), ReduceOp(op), tag, q, o)
+                                           : c.all_reduce(in, out, count, DType(dtype), ReduceOp(op), tag, q, o);
                  });
              },
              py::arg("input_ptr"), py::arg("output_ptr"), py::arg("count"), py::arg("dtype"), py::arg("op"), py::arg("tag"),
              py::arg("qkind") = 0, py::arg("qblock") = 0, py::arg("qround") = 0, py::arg("qseed") = 0,
-             py::arg("exact_ptr") = 0, py::arg("shape") = std::vector<uint64_t>{}, py::arg("structure") = 0,
-             py::arg("structure_text") = "", py::arg("timeout") = -1.0)
+             py::arg("host_quantized") = false, py::arg("shape") = std::vector<uint64_t>{}, py::arg("structure") = 0,
+             py::arg("structure_text") = "", py::arg("timeout") = -1.0,
+             "Plain, or quantized: host_quantized takes arrays of the dtype and quantizes on the stripes' threads; "
+             "otherwise input and output are quantized bytes (the device path).")
         .def("sync_state",
              [](Communicator& c, const py::list& entries, const std::vector<uintptr_t>& ptrs, uint64_t revision,
                 uint8_t strategy, double timeout) {
@@ -263,8 +267,25 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("versioned", &dl::View::versioned)
         .def_property_readonly("device", &dl::View::device);
 
+    py::class_<dl::BufferPool, std::shared_ptr<dl::BufferPool>>(m, "BufferPool",
+                                                                "Recycled host memory for new results (buffer_pool.hpp).")
+        .def(py::init([](size_t max_bytes) { return std::make_shared<dl::BufferPool>(max_bytes); }), py::arg("max_bytes"))
+        .def("release", &dl::BufferPool::release, "Frees the memory held; later returns are freed too.")
+        .def("stats", [](const dl::BufferPool& p) {
+            auto s = p.stats();
+            py::dict d;
+            d["held_bytes"] = s.held_bytes;
+            d["max_bytes"] = s.max_bytes;
+            d["reused"] = s.reused;
+            d["allocated"] = s.allocated;
+            return d;
+        });
+
     py::class_<dl::HostBuffer, std::shared_ptr<dl::HostBuffer>>(m, "HostBuffer")
-        .def(py::init<std::vector<int64_t>, int>(), py::arg("shape"), py::arg("dtype_code"))
+        .def(py::init([](std::vector<int64_t> shape, int dtype_code, std::shared_ptr<dl::BufferPool> pool) {
+                 return std::make_shared<dl::HostBuffer>(std::move(shape), dtype_code, pool.get());
+             }),
+             py::arg("shape"), py::arg("dtype_code"), py::arg("pool") = nullptr)
         .def_property_readonly("data", &dl::HostBuffer::data)
         .def_property_readonly("nbytes", &dl::HostBuffer::nbytes)
         .def_property_readonly("shape", &dl::HostBuffer::shape)

@@ -136,7 +136,8 @@ DataType dl_dtype_of(DType t) {
     throw CoreError(ErrorKind::kInvalidArgument, "unknown dtype code");
 }
 
-HostBuffer::HostBuffer(std::vector<int64_t> shape, int dtype_code) : shape_(std::move(shape)), dtype_(dtype_code) {
+HostBuffer::HostBuffer(std::vector<int64_t> shape, int dtype_code, BufferPool* pool)
+    : shape_(std::move(shape)), dtype_(dtype_code) {
     if (dtype_code < 0 || dtype_code >= kDTypeCount) throw CoreError(ErrorKind::kInvalidArgument, "unknown dtype code");
     size_t n = 1;
     for (int64_t d : shape_) {
@@ -144,10 +145,7 @@ HostBuffer::HostBuffer(std::vector<int64_t> shape, int dtype_code) : shape_(std:
         n *= size_t(d);
     }
     nbytes_ = n * dtype_size(DType(dtype_code));
-    // 64-byte alignment: XLA imports aligned CPU buffers without copying them.
-    auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, std::max<size_t>(64, (nbytes_ + 63) / 64 * 64)));
-    if (!p) throw std::bad_alloc();
-    data_ = std::shared_ptr<uint8_t>(p, [](uint8_t* q) { std::free(q); });
+    data_ = pool ? pool->take(nbytes_) : aligned_block(nbytes_);
 }
 
 std::shared_ptr<HostBuffer> HostBuffer::alias(const std::shared_ptr<HostBuffer>& other, int dtype_code) {

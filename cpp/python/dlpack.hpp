@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "buffer_pool.hpp"
 #include "dtype.hpp"
 
 namespace pccl::dl {
@@ -77,7 +78,8 @@ private:
 // A host buffer the core owns, exported through __dlpack__ (legacy or versioned, as the consumer asks).
 class HostBuffer : public std::enable_shared_from_this<HostBuffer> {
 public:
-    HostBuffer(std::vector<int64_t> shape, int dtype_code);
+    // New memory for the shape, from the pool when one is given (its pages may hold an earlier result).
+    HostBuffer(std::vector<int64_t> shape, int dtype_code, BufferPool* pool = nullptr);
     // Adopts memory the core allocated (64-byte aligned, at least the shape's bytes).
     HostBuffer(std::vector<int64_t> shape, int dtype_code, std::shared_ptr<uint8_t> data, size_t nbytes)
         : shape_(std::move(shape)), dtype_(dtype_code), nbytes_(nbytes), data_(std::move(data)) {}

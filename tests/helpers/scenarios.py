@@ -92,6 +92,32 @@ def big(ctx: Context) -> dict:
             "stripes": info.stripes, "bytes_sent": info.bytes_sent, "world": info.world_size}
 
 
+def fresh_loop(ctx: Context) -> dict:
+    """The loop most users write, ``y = all_reduce(x)`` step after step (plain and quantized, the last result
+    alive during the next call), with the communicator's buffer pool as configured; reports the pool's counters
+    and whether every result was exact (plain) or the same as out='s (quantized)."""
+    a = ctx.args
+    n, steps = a["n"], a["steps"]
+    comm = ctx.join(ctx.comm(buffer_pool_bytes=a.get("pool", 1 << 30)))
+    x = ((np.arange(n, dtype=np.int64) * (ctx.rank + 1)) % 1021).astype(np.float32)
+    want = expected_big(n, ctx.world)
+    q = pa.Quantization(kind="minmax", block=1024)
+    want_q = np.empty_like(x)
+    comm.all_reduce(x, out=want_q, quantization=q)
+    exact = same_q = True
+    y = yq = None
+    for _ in range(steps):
+        y = comm.all_reduce(x)
+        yq = comm.all_reduce(x, quantization=q)
+        exact = exact and bool(np.array_equal(y, want))
+        same_q = same_q and yq.tobytes() == want_q.tobytes()
+    stats = comm._pool.stats()
+    comm.close()
+    after_close = comm._pool.stats()
+    return {"exact": exact, "same_quantized": same_q, "stats": stats, "after_close": after_close,
+            "still_readable": bool(np.array_equal(y, want))}  # a result outlives close()
+
+
 def _die_when_busy(comm: pa.Communicator, threshold: int, how: int, stamp: Path) -> None:
     """From a helper thread: wait until `threshold` bytes moved on our connections (an operation is in
     flight), then stamp the time and deliver `how` (SIGKILL or SIGSTOP) to this whole process."""
@@ -303,7 +329,7 @@ def quantized(ctx: Context) -> dict:
     use_triton = ctx.rank == a.get("triton_rank", -1)
     if use_triton:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported (no GPU here)
-    comm = ctx.join(ctx.comm())
+    comm = ctx.join(ctx.comm(**({"piece_bytes": a["piece_bytes"]} if "piece_bytes" in a else {})))
     x = quant_input(ctx.rank, n, dtype)
     q = pa.Quantization(kind=kind, block=block, path="triton" if use_triton else "host",
                         rounding=a.get("rounding", "nearest"), seed=a.get("seed", 0))
@@ -318,7 +344,14 @@ def quantized(ctx: Context) -> dict:
         r, info = comm.all_reduce(xin, op, quantization=q, return_info=True)
         r = _to_numpy(r, "torch") if use_triton else (r.view(np.uint16) if dtype == "bfloat16" else r)
         ctx.arrays[op] = r
-        out[op] = {"bytes_sent": info.bytes_sent, "world": info.world_size}
+        out[op] = {"bytes_sent": info.bytes_sent, "world": info.world_size, "stripes": info.stripes}
+    if a.get("host_forms") and not use_triton:  # the same sum into out= and in place (both host paths)
+        y = np.full_like(x, np.nan)
+        comm.all_reduce(x, "sum", out=y, quantization=q)
+        z = x.copy()
+        comm.all_reduce(z, "sum", out=z, quantization=q)
+        ctx.arrays["sum_out"], ctx.arrays["sum_inplace"] = y, z
+    out["ring"], out["peer_id"] = comm.ring(), comm.peer_id
     plain, info = comm.all_reduce(x, "sum", return_info=True)
     out["plain_bytes_sent"] = info.bytes_sent
     comm.close()
