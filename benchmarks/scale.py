@@ -12,7 +12,11 @@ What it measures, per N (one group of N peer processes and a master in this proc
 * all-reduce latency of 4 KiB and 1 MiB float32 (a 4-byte all-reduce lines the peers up; the slowest peer);
 * the master's CPU per collective: its thread's CPU time over the whole run (Master.stats()["cpu_seconds"])
   divided by the collectives it coordinated (committed operations and topology updates).
-Then it fits the 4 KiB latency to a + b * 2(N - 1) (the ring's hop count) and reports each N's residual. All
+Then it fits the 4 KiB latency to a + b * 2(N - 1) (the ring's hop count) and reports each N's residual.
+Apart from the processes, the master's own work per all-reduce without sockets (``_core.master_cost``: a
+MasterState with N admitted peers handling N OP_STARTs and N OP_DONEs per operation) for N = 2 ... 256: time
+and bytes of its answers per operation, and their growth per doubling of N, which must stay near 2 (linear).
+All
 peers share this machine's cores: with N >> cores the figures are those of an oversubscribed host; the ratios
 between N in one run are what it is for.
 """
@@ -110,6 +114,25 @@ def fit(rows: list[dict]) -> dict:
     return {"a_s": a, "per_hop_s": b}
 
 
+MASTER_PEERS = [2, 4, 8, 16, 32, 64, 128, 256]
+
+
+def master_logic(pa, peers: list[int]) -> list[dict]:
+    """The master's work per operation without sockets, per N; growth = value(N) / value(N / 2)."""
+    rows = []
+    for n in peers:
+        best = None
+        for _ in range(3):
+            got = pa._core.master_cost(n, max(20, 4000 // n))
+            best = got if best is None or got["seconds_per_op"] < best["seconds_per_op"] else best
+        rows.append({"peers": n, "us_per_op": best["seconds_per_op"] * 1e6, "bytes_per_op": best["bytes_per_op"]})
+    for prev, r in zip(rows, rows[1:]):
+        step = r["peers"] / prev["peers"]
+        r["time_growth"] = r["us_per_op"] / prev["us_per_op"] / step * 2
+        r["bytes_growth"] = r["bytes_per_op"] / prev["bytes_per_op"] / step * 2
+    return rows
+
+
 def report(doc: dict) -> None:
     print(f"\nScaling with peers ({doc['machine']['cpu']}, {doc['machine']['cores']} cores shared by all peers), "
           f"median of {doc['config']['repeats']} repeats, slowest peer")
@@ -118,6 +141,13 @@ def report(doc: dict) -> None:
         print(f"{r['peers']:>3} {r['admission_s']:>8.2f} {r['update_topology_s'] * 1e3:>8.2f} "
               f"{r['latency_s'][4 * KiB] * 1e3:>9.3f} {r.get('model_s', float('nan')) * 1e3:>9.3f} "
               f"{r['latency_s'][1 * MiB] * 1e3:>9.2f} {r['master_cpu_per_op_us']:>13.1f}")
+    if doc.get("master_logic"):
+        print("\nThe master's own work per all-reduce, no sockets (growth = x per doubling of N; linear = 2):")
+        print(f"{'N':>4} {'us/op':>9} {'us/op/peer':>11} {'growth':>7} {'bytes/op':>10} {'growth':>7}")
+        for r in doc["master_logic"]:
+            print(f"{r['peers']:>4} {r['us_per_op']:>9.1f} {r['us_per_op'] / r['peers']:>11.2f} "
+                  f"{r.get('time_growth', float('nan')):>7.2f} {r['bytes_per_op']:>10.0f} "
+                  f"{r.get('bytes_growth', float('nan')):>7.2f}")
     if doc["fit"]:
         print(f"fit: 4 KiB latency = {doc['fit']['a_s'] * 1e3:.3f} ms + {doc['fit']['per_hop_s'] * 1e6:.1f} us x "
               f"2(N - 1) hops")
@@ -152,6 +182,7 @@ def main(argv=None) -> int:
         except Exception as e:  # reported; the other sizes go on
             doc["errors"].append(f"N={n}: {str(e)[:1500]}")
     sys.stderr.write("\r" + " " * 40 + "\r")
+    doc["master_logic"] = master_logic(pa, MASTER_PEERS[:3] if a.quick else MASTER_PEERS)
     doc["fit"] = fit(doc["rows"])
     for r in doc["rows"]:
         r["latency_s"] = {int(k): v for k, v in r["latency_s"].items()}

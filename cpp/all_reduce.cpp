@@ -123,6 +123,22 @@ wire::OpGo Communicator::start_op(uint64_t tag, const wire::OpDesc& desc, double
     return go;
 }
 
+std::vector<uint8_t> Communicator::complete_go(const std::vector<uint8_t>& payload) {
+    auto go = wire::decode_payload<wire::OpGo>(payload);
+    if (!go.ring.empty()) {
+        go_ring_ = go.ring;
+        go_ring_epoch_ = go.ring_epoch;
+        return payload;
+    }
+    if (go.ring_epoch != go_ring_epoch_ || go_ring_.empty())
+        throw CoreError(ErrorKind::kProtocol, "OP_GO without a ring for ring epoch " + std::to_string(go.ring_epoch) +
+                                                  " (this peer has " + std::to_string(go_ring_epoch_) + ")");
+    go.ring = go_ring_;
+    wire::Writer w;
+    wire::encode(w, go);
+    return std::move(w.bytes());
+}
+
 Communicator::SlotResources& Communicator::slot_resources(uint32_t slot) {
     std::lock_guard<std::mutex> g(mu_);
     auto& r = slots_[slot];

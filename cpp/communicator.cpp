@@ -247,6 +247,7 @@ void Communicator::link_loop() {
                     auto running = active_.find(m.op_id);
                     if (running != active_.end()) running->second->fail(ErrorKind(m.kind), m.reason);
                 }
+                if (t == MsgType::kOpGo) payload = complete_go(payload);
                 inbox_.push_back(Frame{h.type, std::move(payload)});
                 cv_.notify_all();
             }

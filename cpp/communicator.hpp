@@ -164,6 +164,9 @@ private:
     // stripes of the ring into `result`.
     struct SlotResources;
     wire::OpGo start_op(uint64_t tag, const wire::OpDesc& desc, double timeout);
+    // An OP_GO as it arrives (on the master link's thread, in order, mu_ held): the master sends a ring once
+    // per epoch, and the OP_GOs that carry only that epoch get it filled in here.
+    std::vector<uint8_t> complete_go(const std::vector<uint8_t>& payload);
     SlotResources& slot_resources(uint32_t slot);
     OpInfo run_ring(RingPlan plan, const wire::OpGo& go, const RingWork& work, const void* input, uint8_t* result,
                     OpControl& ctl, SlotResources& res);
@@ -220,6 +223,8 @@ private:
         uint8_t* scratch_for(size_t bytes, int which);  // grown on demand, kept between operations
     };
     std::map<uint32_t, std::unique_ptr<SlotResources>> slots_;
+    std::vector<wire::PeerInfo> go_ring_;  // the ring of the last OP_GO that carried one (guarded by mu_)
+    uint64_t go_ring_epoch_ = 0;
     std::atomic<uint32_t> in_flight_{0};     // all_reduce calls between OP_START and their end
     bool syncing_ = false;                   // inside sync_state(); guarded by mu_
     std::set<uint64_t> tags_in_flight_;      // guarded by mu_

@@ -17,6 +17,7 @@ void MasterState::remove(uint64_t id, const std::string& reason, Actions& out) {
     const uint32_t group = it->second.group;
     const bool was_accepted = it->second.accepted;
     conns_.erase(it);
+    rings_changed();
     out.push_back(MasterAction{MasterAction::kClose, id, {}, reason});
     for (auto op = ops_.begin(); op != ops_.end();) {
         auto cur = op++;

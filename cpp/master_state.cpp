@@ -34,7 +34,9 @@ uint32_t MasterState::pending_count() const {
     return n;
 }
 
-std::vector<uint64_t> MasterState::group_ring(uint32_t group) const {
+const std::vector<uint64_t>& MasterState::cached_ring(uint32_t group) const {
+    auto hit = ring_cache_.find(group);
+    if (hit != ring_cache_.end()) return hit->second;
     std::vector<std::pair<uint64_t, uint64_t>> order;  // (admitted_seq, id)
     for (const auto& [id, c] : conns_)
         if (c.accepted && c.group == group) order.emplace_back(c.admitted_seq, id);
@@ -42,14 +44,23 @@ std::vector<uint64_t> MasterState::group_ring(uint32_t group) const {
     std::vector<uint64_t> ids;
     for (auto& [seq, id] : order) ids.push_back(id);
     auto solved = order_.find(group);
-    if (solved == order_.end()) return ids;
+    if (solved == order_.end()) return ring_cache_[group] = ids;
     // The order optimize_topology() chose, for the peers still here; peers admitted since follow it.
+    const std::set<uint64_t> here(ids.begin(), ids.end());
     std::vector<uint64_t> ring;
+    std::set<uint64_t> placed;
     for (uint64_t id : solved->second)
-        if (std::find(ids.begin(), ids.end(), id) != ids.end()) ring.push_back(id);
+        if (here.count(id) && placed.insert(id).second) ring.push_back(id);
     for (uint64_t id : ids)
-        if (std::find(ring.begin(), ring.end(), id) == ring.end()) ring.push_back(id);
-    return ring;
+        if (placed.insert(id).second) ring.push_back(id);
+    return ring_cache_[group] = ring;
+}
+
+bool MasterState::group_syncing(uint32_t group) const {
+    if (syncs_pending_.count(group)) return true;
+    for (const auto& [id, sync] : syncs_running_)
+        if (sync.group == group) return true;
+    return false;
 }
 
 std::vector<wire::PeerInfo> MasterState::ring_infos(const std::vector<uint64_t>& ids) const {
@@ -200,7 +211,8 @@ void MasterState::on_op_start(uint64_t id, Conn& c, const std::vector<uint8_t>& 
     }
     if (c.in_topo || c.in_opt) throw CoreError(ErrorKind::kProtocol, "OP_START during update_topology");
     if (c.op_tags.count(m.tag)) throw CoreError(ErrorKind::kProtocol, "OP_START twice for one tag");
-    if (op == ops_.end()) {
+    const bool first = op == ops_.end();
+    if (first) {
         op = ops_.emplace(key, Op{}).first;
         op->second.group = c.group;
         op->second.tag = m.tag;
@@ -209,7 +221,9 @@ void MasterState::on_op_start(uint64_t id, Conn& c, const std::vector<uint8_t>& 
     Op& o = op->second;
     o.started[id] = m.desc;
     add_starter(o, m.timeout_ms, m.min_world, now);
-    release_topology(c.group, out);  // peers still in update_topology() come to this operation instead
+    // Peers still in update_topology() come to this operation instead (once: from now on the group is in a
+    // collective, so a later TOPO_REQUEST of this group is answered at once).
+    if (first) release_topology(c.group, out);
     if (opts_.count(c.group)) {  // others are in optimize_topology(): both fail
         check_opt_conflict(c.group, out);
         op = ops_.find(key);
@@ -238,11 +252,10 @@ void MasterState::on_op_done(uint64_t id, const std::vector<uint8_t>& payload, A
     }
     for (auto op = ops_.begin(); op != ops_.end(); ++op) {
         if (!op->second.running || op->second.op_id != m.op_id) continue;
-        auto& members = op->second.members;
-        if (std::find(members.begin(), members.end(), id) == members.end()) return;
+        if (!op->second.member_set.count(id)) return;
         if (!m.ok) return fail_op(op, failure, describe(id) + " reported: " + m.reason, out);
         op->second.done.insert(id);
-        if (op->second.done.size() == members.size()) finish_op(op, out);
+        if (op->second.done.size() == op->second.members.size()) finish_op(op, out);
         return;
     }
     // an operation already aborted: the report is stale
@@ -268,6 +281,7 @@ void MasterState::try_complete_topology(Actions& out) {
     for (auto& [id, c] : conns_) {
         if (c.hello && !c.accepted && c.reachable) {
             c.accepted = true;
+            rings_changed();
             c.admitted_seq = next_admitted_++;
             newcomers.push_back(id);
         }
@@ -295,7 +309,9 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
         ops_.erase(it);
         return;
     }
-    auto ring = group_ring(op.group);
+    // Until every member has started, this costs O(1) per OP_START (no scan of the group per message).
+    if (op.started.size() < cached_ring(op.group).size() && !group_syncing(op.group)) return;
+    const std::vector<uint64_t> ring = cached_ring(op.group);
     // A member inside sync_shared_state() can never start this operation: fail both now, whatever the ring order.
     for (uint64_t id : ring) {
         const Conn& m = conns_.at(id);
@@ -330,14 +346,30 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
     op.running = true;
     op.op_id = next_op_id_++;
     op.members = ring;
+    op.member_set.insert(ring.begin(), ring.end());
     std::set<uint32_t> taken;
     for (const auto& [key, other] : ops_)
         if (other.running && other.group == op.group && &other != &op) taken.insert(other.slot);
     while (taken.count(op.slot)) op.slot++;
     uint32_t stripes = 1024;
     for (uint64_t id : ring) stripes = std::min(stripes, conns_.at(id).connections);
-    wire::OpGo go{op.tag, op.op_id, stripes, ring_infos(ring), op.slot};
-    for (uint64_t id : ring) send(out, id, MsgType::kOpGo, go);
+    // Two frames at most, encoded once: with the ring for peers that have not got this epoch, without for the rest.
+    wire::OpGo go{op.tag, op.op_id, stripes, {}, op.slot, ring_epoch_};
+    const std::vector<uint8_t> short_go = wire::frame(MsgType::kOpGo, go);
+    std::vector<uint8_t> full_go;
+    for (uint64_t id : ring) {
+        Conn& m = conns_.at(id);
+        if (m.ring_epoch_sent == ring_epoch_) {
+            out.push_back(MasterAction{MasterAction::kSend, id, short_go, {}});
+            continue;
+        }
+        if (full_go.empty()) {
+            go.ring = ring_infos(ring);
+            full_go = wire::frame(MsgType::kOpGo, go);
+        }
+        out.push_back(MasterAction{MasterAction::kSend, id, full_go, {}});
+        m.ring_epoch_sent = ring_epoch_;
+    }
 }
 
 void MasterState::finish_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator it, Actions& out) {

@@ -126,6 +126,7 @@ private:
         uint64_t opt_seq = 0;
         bool in_collective() const { return in_topo || !op_tags.empty() || in_sync || in_opt; }
         bool synced = false;             // completed a sync of its group: holds the group's state
+        uint64_t ring_epoch_sent = 0;    // the ring epoch this peer last got with an OP_GO
     };
     struct Sync {
         uint32_t group = 0;
@@ -164,6 +165,7 @@ private:
         double timeout = 0;                        // that starter's timeout in seconds, for the message
         uint32_t min_world = 0;                    // the largest min_world of the starters
         std::vector<uint64_t> members;             // ring order once running
+        std::set<uint64_t> member_set;             // the same, for O(log N) membership checks
         std::set<uint64_t> done;
     };
     using Actions = std::vector<MasterAction>;
@@ -199,7 +201,15 @@ private:
     void fail_pending_sync(uint32_t group, ErrorKind kind, const std::string& reason, Actions& out);
     void finish_sync(std::map<uint64_t, Sync>::iterator it, Actions& out);
     void abort_sync(std::map<uint64_t, Sync>::iterator it, ErrorKind kind, const std::string& reason, Actions& out);
-    std::vector<uint64_t> group_ring(uint32_t group) const;
+    std::vector<uint64_t> group_ring(uint32_t group) const { return cached_ring(group); }
+    // The group's ring, computed once per change of membership or order (rings_changed() forgets them all):
+    // every operation needs it, and recomputing it per message made the master's work per operation O(N^2).
+    const std::vector<uint64_t>& cached_ring(uint32_t group) const;
+    void rings_changed() {
+        ring_cache_.clear();
+        ring_epoch_++;
+    }
+    bool group_syncing(uint32_t group) const;  // a sync of the group is collecting or running
     std::vector<wire::PeerInfo> ring_infos(const std::vector<uint64_t>& ids) const;
     uint32_t pending_count() const;
     std::string describe(uint64_t id) const;
@@ -211,6 +221,8 @@ private:
     }
 
     MasterConfig config_;
+    mutable std::map<uint32_t, std::vector<uint64_t>> ring_cache_;  // by group
+    uint64_t ring_epoch_ = 1;                                        // OP_GO.ring_epoch of the current rings
     std::map<uint64_t, Conn> conns_;
     std::map<std::pair<uint32_t, uint64_t>, Op> ops_;  // by (group, tag)
     std::map<uint32_t, Sync> syncs_pending_;      // by group: collecting SYNC_START

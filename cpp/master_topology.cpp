@@ -139,6 +139,7 @@ void MasterState::finish_opt(uint32_t group, Actions& out) {
     std::vector<uint64_t> order;
     for (uint32_t k : topology::best_ring(mx, current)) order.push_back(ring[k]);
     order_[group] = order;
+    rings_changed();
     stats_.optimizations++;
     stats_.links_probed += opt.probes;
     stats_.links_known = links_.size();

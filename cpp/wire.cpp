@@ -132,7 +132,14 @@ void encode(Writer& w, const TopoResult& m) {
     w.u64(m.seq); w.u32(m.world_size); w.u32(m.pending); encode_ring(w, m.ring); w.u8(m.kind); w.str(m.reason);
 }
 void encode(Writer& w, const OpStart& m) { w.u64(m.tag); encode(w, m.desc); w.u32(m.timeout_ms); w.u32(m.min_world); }
-void encode(Writer& w, const OpGo& m) { w.u64(m.tag); w.u64(m.op_id); w.u32(m.stripes); encode_ring(w, m.ring); w.u32(m.slot); }
+void encode(Writer& w, const OpGo& m) {
+    w.u64(m.tag);
+    w.u64(m.op_id);
+    w.u32(m.stripes);
+    encode_ring(w, m.ring);
+    w.u32(m.slot);
+    w.u64(m.ring_epoch);
+}
 void encode(Writer& w, const OpReject& m) { w.u64(m.tag); w.u8(m.kind); w.str(m.reason); }
 void encode(Writer& w, const OpDone& m) { w.u64(m.op_id); w.u8(m.ok); w.u8(m.kind); w.str(m.reason); }
 void encode(Writer& w, const OpCommit& m) { w.u64(m.op_id); }
@@ -276,6 +283,7 @@ template <> OpGo decode<OpGo>(Reader& r) {
     m.stripes = r.u32();
     m.ring = decode_ring(r);
     m.slot = r.u32();
+    m.ring_epoch = r.u64();
     return m;
 }
 template <> OpReject decode<OpReject>(Reader& r) {

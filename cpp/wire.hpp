@@ -15,7 +15,7 @@
 namespace pccl::wire {
 
 constexpr uint32_t kMagic = 0x52414350;  // "PCAR" as little-endian bytes
-constexpr uint16_t kVersion = 3;  // 3: authenticated runs (AUTH_* frames, sealed frames)
+constexpr uint16_t kVersion = 4;  // 3: authenticated runs (AUTH_* frames, sealed frames); 4: OP_GO.ring_epoch
 constexpr size_t kHeaderSize = 16;
 constexpr uint32_t kMaxControlPayload = 1u << 20;  // control frames: membership lists, reasons
 constexpr uint32_t kMaxDataPayload = 64u << 20;    // one piece of an operation
@@ -112,7 +112,9 @@ struct TopoResult {
     uint8_t kind = 0; std::string reason;
 };
 struct OpStart { uint64_t tag = 0; OpDesc desc; uint32_t timeout_ms = 0; uint32_t min_world = 0; };
-struct OpGo { uint64_t tag = 0; uint64_t op_id = 0; uint32_t stripes = 1; std::vector<PeerInfo> ring; uint32_t slot = 0; };
+// ring_epoch names the ring; the master sends the ring itself only to a peer that has not got this epoch yet
+// (empty otherwise), so an operation costs the master O(N) bytes, not O(N^2).
+struct OpGo { uint64_t tag = 0; uint64_t op_id = 0; uint32_t stripes = 1; std::vector<PeerInfo> ring; uint32_t slot = 0; uint64_t ring_epoch = 0; };
 struct OpReject { uint64_t tag = 0; uint8_t kind = 0; std::string reason; };
 struct OpDone { uint64_t op_id = 0; uint8_t ok = 0; uint8_t kind = 0; std::string reason; };
 struct OpCommit { uint64_t op_id = 0; };

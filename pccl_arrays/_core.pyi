@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import typing
 import typing_extensions
-__all__: list[str] = ['BufferPool', 'CODES', 'Communicator', 'DEFAULTS', 'DLView', 'HostBuffer', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'SealedPipe', 'best_ring', 'content_hash', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'log_attach_drain', 'log_for_tests', 'log_level', 'log_take', 'memcpy', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into', 'ring_score', 'solve_ring_exact', 'solve_ring_heuristic']
+__all__: list[str] = ['BufferPool', 'CODES', 'Communicator', 'DEFAULTS', 'DLView', 'HostBuffer', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'SealedPipe', 'best_ring', 'content_hash', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'log_attach_drain', 'log_for_tests', 'log_level', 'log_take', 'master_cost', 'memcpy', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into', 'ring_score', 'solve_ring_exact', 'solve_ring_heuristic']
 class MasterState:
     def __init__(self, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, probe_addresses: bool = False) -> None:
         ...
@@ -215,6 +215,10 @@ def log_level() -> int:
     ...
 def log_take(timeout: typing.SupportsFloat | typing.SupportsIndex) -> list[tuple[int, str]]:
     ...
+def master_cost(peers: typing.SupportsInt | typing.SupportsIndex, ops: typing.SupportsInt | typing.SupportsIndex) -> dict:
+    """
+    The master's time and answer bytes per all-reduce of `peers` peers, without sockets (benchmarks/scale.py).
+    """
 def memcpy(dst_ptr: typing.SupportsInt | typing.SupportsIndex, src_ptr: typing.SupportsInt | typing.SupportsIndex, nbytes: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
     Copies bytes between host buffers (packing pytrees).
@@ -241,4 +245,4 @@ def solve_ring_heuristic(bandwidth: collections.abc.Sequence[collections.abc.Seq
     ...
 CODES: dict = {'dtype': {'int8': 0, 'uint8': 1, 'int16': 2, 'uint16': 3, 'int32': 4, 'uint32': 5, 'int64': 6, 'uint64': 7, 'float16': 8, 'bfloat16': 9, 'float32': 10, 'float64': 11}, 'op': {'sum': 0, 'avg': 1, 'prod': 2, 'max': 3, 'min': 4}, 'quant_kind': {'none': 0, 'minmax': 1, 'zeropoint': 2}, 'rounding': {'nearest': 0, 'stochastic': 1}, 'sync_strategy': {'enforce_popular': 0, 'receive_only': 1, 'send_only': 2}, 'error_kind': {'invalid_argument': 1, 'peer_lost': 2, 'too_few_peers': 3, 'master_unreachable': 4, 'protocol': 5, 'mismatch': 6, 'evicted': 7, 'state': 8, 'network': 9, 'timeout': 10, 'shared_state': 11, 'interrupted': 12, 'authentication': 13}}
 DEFAULTS: dict = {'peer_timeout': 10.0, 'handshake_timeout': 5.0, 'connections': 4, 'connect_timeout': 10.0, 'heartbeat_interval': 0.5, 'master_timeout': 10.0, 'data_timeout': 30.0, 'piece_bytes': 1048576, 'op_timeout': 1800.0}
-PROTOCOL_VERSION: int = 3
+PROTOCOL_VERSION: int = 4

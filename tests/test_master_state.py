@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from pccl_arrays import _core
+
 pytestmark = pytest.mark.timeout(30)
 
 from fake_master import DESC, INVALID_ARGUMENT, MISMATCH, PEER_LOST, Master, closed, ring_of, running_op, sends, types
@@ -102,6 +104,33 @@ def test_op_agreement_sends_the_same_go_to_all(m):
     assert first["tag"] == 7 and first["op_id"] >= 1
     assert first["ring"] == ring_of(1, 2, 3)
     assert first["stripes"] == 2  # the smallest connection count of the ring
+
+
+def test_the_ring_goes_to_each_peer_once_per_epoch(m):
+    """OP_GO carries the ring only to peers that have not had this ring epoch; later operations send the epoch
+    alone (O(N) bytes per operation, not O(N^2)). An admission starts a new epoch: the ring goes out again."""
+    def op(conns, tag):
+        go = sends(m.start_all(conns, tag), "op_go")
+        for c in conns:
+            m.msg(c, "op_done", op_id=go[c]["op_id"], ok=1)
+        return go
+    m.join([1, 2, 3])
+    first = op([1, 2, 3], 1)
+    epoch = first[1]["ring_epoch"]
+    assert all(g["ring"] == ring_of(1, 2, 3) and g["ring_epoch"] == epoch for g in first.values())
+    again = op([1, 2, 3], 2)
+    assert all(g["ring"] == [] and g["ring_epoch"] == epoch for g in again.values())
+    m.join([4])
+    grown = op([1, 2, 3, 4], 3)
+    assert all(g["ring"] == ring_of(1, 2, 3, 4) and g["ring_epoch"] > epoch for g in grown.values())
+    assert all(g["ring"] == [] for g in op([1, 2, 3, 4], 4).values())
+
+
+def test_the_masters_answers_per_operation_grow_linearly_with_peers():
+    """The bytes the master sends per all-reduce (OP_GO and OP_COMMIT to each member), measured without sockets
+    by _core.master_cost: doubling the group doubles them (the ring itself went out once, before)."""
+    bytes_per_op = {n: _core.master_cost(n, 20)["bytes_per_op"] for n in (16, 32, 64)}
+    assert bytes_per_op[32] / bytes_per_op[16] < 2.1 and bytes_per_op[64] / bytes_per_op[32] < 2.1, bytes_per_op
 
 
 @pytest.mark.parametrize("field,other,words", [

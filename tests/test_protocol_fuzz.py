@@ -34,7 +34,7 @@ FIELDS = {
     "op_start": {"tag": u64, "count": u64, "dtype": u8, "op": u8, "quant": u8, "qblock": u32, "qround": u8,
                  "qseed": u32, "shape": st.lists(u64, max_size=32), "structure": u64, "structure_text": text,
                  "timeout_ms": u32, "min_world": u32},
-    "op_go": {"tag": u64, "op_id": u64, "stripes": u32, "ring": ring, "slot": u32},
+    "op_go": {"tag": u64, "op_id": u64, "stripes": u32, "ring": ring, "slot": u32, "ring_epoch": u64},
     "op_reject": {"tag": u64, "kind": u8, "reason": text},
     "op_done": {"op_id": u64, "ok": u8, "kind": u8, "reason": text},
     "op_commit": {"op_id": u64},

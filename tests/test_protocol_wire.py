@@ -17,7 +17,7 @@ from pccl_arrays import _core
 from pccl_arrays.errors import InvalidArgumentError, PCCLError, ProtocolError
 
 MAGIC = 0x52414350
-VERSION = 3
+VERSION = 4
 HEADER = struct.Struct("<IHHII")  # magic, version, type, length, reserved
 MAX_CONTROL = 1 << 20
 MAX_DATA = (64 << 20) + 24  # one piece plus the data header
@@ -46,7 +46,7 @@ SAMPLES = {
     "op_start": {"tag": 99, "count": 2**40 + 3, "dtype": 9, "op": 1, "quant": 2, "qblock": 1024, "qround": 1,
                  "qseed": 7, "shape": [2**20, 2**20 + 3], "structure": 2**63 + 5, "structure_text": "{'a': float32[3]}",
                  "timeout_ms": 1800000, "min_world": 3},
-    "op_go": {"tag": 99, "op_id": 17, "stripes": 4, "ring": RING, "slot": 3},
+    "op_go": {"tag": 99, "op_id": 17, "stripes": 4, "ring": RING, "slot": 3, "ring_epoch": 5},
     "op_reject": {"tag": 99, "kind": 6, "reason": "peers started different operations"},
     "op_done": {"op_id": 17, "ok": 0, "kind": 2, "reason": "peer 3 lost"},
     "op_commit": {"op_id": 17},
@@ -122,7 +122,8 @@ def expected_payload(type_name: str, f: dict) -> bytes:
                     struct.pack(f"<I{len(f['shape'])}QQ", len(f["shape"]), *f["shape"], f["structure"]) +
                     wstr(f["structure_text"]) + struct.pack("<II", f["timeout_ms"], f["min_world"]))
         case "op_go":
-            return struct.pack("<QQI", f["tag"], f["op_id"], f["stripes"]) + wring(f["ring"]) + struct.pack("<I", f["slot"])
+            return (struct.pack("<QQI", f["tag"], f["op_id"], f["stripes"]) + wring(f["ring"]) +
+                    struct.pack("<IQ", f["slot"], f["ring_epoch"]))
         case "op_reject":
             return struct.pack("<QB", f["tag"], f["kind"]) + wstr(f["reason"])
         case "op_done":
@@ -227,7 +228,7 @@ def test_header_layout_byte_by_byte():
     frame = _core.encode_frame("welcome", {"peer_id": 0x0102030405060708})
     assert len(frame) == 16 + 8
     assert frame[0:4] == bytes([0x50, 0x43, 0x41, 0x52]) == b"PCAR"  # magic 0x52414350, little-endian
-    assert frame[4:6] == bytes([0x03, 0x00])  # protocol version 3
+    assert frame[4:6] == bytes([0x04, 0x00])  # protocol version 4
     assert frame[6:8] == bytes([0x02, 0x00])  # type 2 = welcome
     assert frame[8:12] == bytes([0x08, 0x00, 0x00, 0x00])  # payload length 8
     assert frame[12:16] == bytes([0x00, 0x00, 0x00, 0x00])  # reserved, zero
@@ -261,7 +262,8 @@ def test_extreme_values_round_trip():
                      "qblock": 2**32 - 1, "qround": 255, "qseed": 2**32 - 1, "shape": [2**64 - 1] * 32,
                      "structure": 2**64 - 1, "structure_text": "s" * MAX_STRING, "timeout_ms": 2**32 - 1,
                      "min_world": 2**32 - 1},
-        "op_go": {"tag": 0, "op_id": 2**64 - 1, "stripes": 2**32 - 1, "ring": [], "slot": 2**32 - 1},
+        "op_go": {"tag": 0, "op_id": 2**64 - 1, "stripes": 2**32 - 1, "ring": [], "slot": 2**32 - 1,
+                  "ring_epoch": 2**64 - 1},
         "kicked": {"reason": "é" * (MAX_STRING // 2)},  # 4096 bytes of UTF-8
         "data": {"op_id": 2**64 - 1, "step": 2**32 - 1, "stripe": 2**32 - 1, "offset": 2**64 - 1, "payload": b""},
     }
@@ -299,7 +301,7 @@ def test_bad_magic(index):
     assert_protocol_error(bytes(frame), "magic")
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 4, 0x0100, 0xFFFF])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, 0x0100, 0xFFFF])
 def test_wrong_protocol_version(version):
     assert_protocol_error(header(TYPE_CODES["heartbeat"], 0, version=version), "version")
 

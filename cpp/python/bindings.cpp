@@ -88,6 +88,7 @@ PYBIND11_MODULE(_core, m) {
 
     g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
     bind_test_seams(m);  // test_seams.cpp: the pure decision functions and raw kernels, for tests and tools
+    bind_master_cost(m);  // master_cost.cpp: the master's work per operation, for benchmarks/scale.py
 
     py::class_<MasterServer>(m, "MasterServer")
         .def(py::init([](const std::string& listen, double peer_timeout, double handshake_timeout,

@@ -199,7 +199,8 @@ std::pair<uint16_t, std::vector<uint8_t>> frame_from_dict(const std::string& typ
                                                         get<uint32_t>(d, "min_world", 0)})};
         case MsgType::kOpGo:
             return {uint16_t(t), bytes_of(wire::OpGo{get<uint64_t>(d, "tag", 0), get<uint64_t>(d, "op_id", 0),
-                                                     get<uint32_t>(d, "stripes", 1), ring_of(d), get<uint32_t>(d, "slot", 0)})};
+                                                     get<uint32_t>(d, "stripes", 1), ring_of(d), get<uint32_t>(d, "slot", 0),
+                                                     get<uint64_t>(d, "ring_epoch", 0)})};
         case MsgType::kOpReject:
             return {uint16_t(t), bytes_of(wire::OpReject{get<uint64_t>(d, "tag", 0), get<uint8_t>(d, "kind", 0),
                                                          get<std::string>(d, "reason", "")})};
@@ -288,6 +289,7 @@ py::dict dict_from_frame(uint16_t type, const std::vector<uint8_t>& p) {
         case MsgType::kOpGo: {
             auto m = decode_payload<wire::OpGo>(p);
             d["tag"] = m.tag; d["op_id"] = m.op_id; d["stripes"] = m.stripes; d["ring"] = ring_list(m.ring); d["slot"] = m.slot;
+            d["ring_epoch"] = m.ring_epoch;
             break;
         }
         case MsgType::kOpReject: {

@@ -30,4 +30,5 @@ namespace pccl {
 pybind11::dict master_stats_dict(const MasterStats& s);
 // Binds the test seams (test_seams.cpp) into the module.
 void bind_test_seams(pybind11::module_& m);
+void bind_master_cost(pybind11::module_& m);  // master_cost.cpp
 }  // namespace pccl
