@@ -89,21 +89,26 @@ void Communicator::connect(double admission_timeout) {
         }
         pool_.set_policy(master_channel_.encrypt);
     }
-    advertised_.port = data_port;
-    advertised_.host = (listen.host == "0.0.0.0" || listen.host == "::" || listen.host.empty()) ? local_host_of(master_fd_)
-                                                                                                 : listen.host;
+    wire::PeerInfo advertised;
+    advertised.port = data_port;
+    advertised.host = (listen.host == "0.0.0.0" || listen.host == "::" || listen.host.empty()) ? local_host_of(master_fd_)
+                                                                                               : listen.host;
     if (!cfg_.advertise.empty()) {  // behind NAT or a relay: others dial this address instead
         if (cfg_.advertise.find(':') != std::string::npos) {
             net::Address a = net::parse_address(cfg_.advertise);
-            advertised_.host = a.host;
-            if (a.port != 0) advertised_.port = a.port;
+            advertised.host = a.host;
+            if (a.port != 0) advertised.port = a.port;
         } else {
-            advertised_.host = cfg_.advertise;
+            advertised.host = cfg_.advertise;
         }
+    }
+    {
+        std::lock_guard<std::mutex> g(mu_);  // data_address() may be read from other threads meanwhile
+        advertised_ = advertised;
     }
     state_ = State::kJoining;
     // HELLO goes out before the link thread starts: nothing else may precede it on the wire.
-    send_master(MsgType::kHello, wire::Hello{cfg_.peer_group, cfg_.connections, advertised_.host, advertised_.port});
+    send_master(MsgType::kHello, wire::Hello{cfg_.peer_group, cfg_.connections, advertised.host, advertised.port});
     link_running_ = true;
     link_thread_ = std::thread([this] { link_loop(); });
     const double now = net::now_seconds();

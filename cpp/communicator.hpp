@@ -130,7 +130,10 @@ public:
     uint32_t world_size() const { return world_size_; }
     uint32_t group_world_size() const { return group_world_size_; }
     bool connected() const { return state_ == State::kAccepted; }
-    std::string data_address() const { return advertised_.host + ":" + std::to_string(advertised_.port); }
+    std::string data_address() const {
+        std::lock_guard<std::mutex> g(mu_);
+        return advertised_.host + ":" + std::to_string(advertised_.port);
+    }
     uint16_t data_port() const { return data_port_; }  // the port this peer listens on (0 before connect)
     std::vector<ConnStat> connection_stats() const { return pool_.stats(); }
     uint64_t dropped_data_connections() const { return pool_.dropped(); }
@@ -194,8 +197,8 @@ private:
     ConnPool pool_;
     int master_fd_ = -1;
     auth::Channel master_channel_;  // sealing of the master link in a run with a secret
-    wire::PeerInfo advertised_;
-    uint16_t data_port_ = 0;
+    wire::PeerInfo advertised_;  // guarded by mu_ (written once, in connect())
+    std::atomic<uint16_t> data_port_{0};  // read by other threads (a relay following this peer) during connect()
     std::atomic<uint64_t> peer_id_{0};
     std::atomic<uint32_t> world_size_{0}, group_world_size_{0};
     std::atomic<State> state_{State::kNew};

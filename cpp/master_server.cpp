@@ -116,6 +116,20 @@ void MasterServer::flush(Link& link) {
     }
 }
 
+void MasterServer::drop_oldest_ungreeted(double now) {
+    size_t waiting = 0;
+    for (const auto& [id, link] : links_) waiting += state_.said_hello(id) ? 0 : 1;
+    for (auto it = links_.begin(); waiting > kMaxUngreeted && it != links_.end();) {
+        const uint64_t id = (it++)->first;  // links_ is ordered by id: the oldest first
+        if (state_.said_hello(id)) continue;
+        log_warn("master: dropping " + links_.at(id).addr + ": more than " + std::to_string(kMaxUngreeted) +
+                 " connections wait before their HELLO, this one the longest");
+        apply(state_.on_disconnect(id, "dropped: too many connections without HELLO", now));
+        close_link(id);
+        waiting--;
+    }
+}
+
 void MasterServer::apply(std::vector<MasterAction> actions) {
     for (auto& a : actions) {
         auto it = links_.find(a.conn);
@@ -124,6 +138,12 @@ void MasterServer::apply(std::vector<MasterAction> actions) {
             if (it->second.channel.tx) auth::seal_frame(a.frame, *it->second.channel.tx);
             it->second.out.insert(it->second.out.end(), a.frame.begin(), a.frame.end());
             flush(it->second);
+            if (it->second.out.size() > kMaxQueuedOut) {  // it stopped reading: as good as lost
+                const std::string why = "stopped reading: " + std::to_string(it->second.out.size()) + " bytes queued";
+                log_warn("master: dropping " + it->second.addr + ": " + why);
+                apply(state_.on_disconnect(a.conn, why, net::now_seconds()));
+                close_link(a.conn);
+            }
         } else if (a.kind == MasterAction::kProbe) {
             start_probe(a.conn, a.probe);
         } else {
@@ -200,7 +220,9 @@ void MasterServer::loop() {
                 link.fd = fd;
                 link.addr = who;
                 link.auth = auth_.key ? Link::kWantHello : Link::kOpen;
+                link.reader.limit(kMaxGreetingPayload, false);
                 apply(state_.on_connect(id, who, now));
+                drop_oldest_ungreeted(now);
             }
         }
         for (size_t i = 0; i < ids.size(); i++) {
@@ -219,6 +241,8 @@ void MasterServer::loop() {
                     if (it->second.auth == Link::kSealed ||
                         (it->second.auth == Link::kOpen && h.type != uint16_t(wire::MsgType::kAuthHello))) {
                         apply(state_.on_frame(ids[i], h.type, payload, now));
+                        if (links_.count(ids[i]) && state_.said_hello(ids[i]))  // a peer: the protocol's own limits
+                            it->second.reader.limit(wire::kMaxStatePayload, false);
                     } else if (!handshake_frame(ids[i], it->second, h, payload, now)) {
                         break;
                     }

@@ -29,6 +29,15 @@ struct AuthConfig {
     bool encrypt = false;  // encrypt every frame of the run (needs a key)
 };
 
+// What the master holds for connections, whatever they claim (docs/protocol.md, "Limits"): frames before HELLO
+// (the handshake, HELLO itself) carry at most kMaxGreetingPayload bytes and no connection ever carries DATA, so
+// a length prefix cannot make it buffer more; at most kMaxUngreeted connections may wait before their HELLO
+// (beyond, the oldest is dropped: an honest peer says HELLO at once); a peer that stops reading has at most
+// kMaxQueuedOut bytes queued for it before it is dropped as lost.
+constexpr uint32_t kMaxGreetingPayload = 8 << 10;
+constexpr size_t kMaxUngreeted = 256;
+constexpr size_t kMaxQueuedOut = 8 << 20;
+
 class MasterServer {
 public:
     MasterServer(std::string listen, MasterConfig config, AuthConfig auth = {});
@@ -58,6 +67,7 @@ private:
     void apply(std::vector<MasterAction> actions);
     void flush(Link& link);
     void close_link(uint64_t id);
+    void drop_oldest_ungreeted(double now);  // past kMaxUngreeted
     void start_probe(uint64_t conn, const wire::PeerInfo& where);
     void collect_probes(double now);
 

@@ -105,6 +105,11 @@ public:
         return out;
     }
     size_t connection_count() const { return conns_.size(); }
+    // Whether a connection has said HELLO (false for unknown connections).
+    bool said_hello(uint64_t conn) const {
+        auto it = conns_.find(conn);
+        return it != conns_.end() && it->second.hello;
+    }
 
 private:
     struct Conn {

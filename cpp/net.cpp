@@ -227,18 +227,24 @@ bool FrameReader::fill(int fd, std::string* reason) {
 bool FrameReader::feed(const uint8_t* data, size_t n) {
     buf_.insert(buf_.end(), data, data + n);
     // Validate the header as soon as it is complete, so a huge length prefix is refused before we buffer it.
-    if (!have_header_ && buf_.size() >= wire::kHeaderSize) {
-        header_ = wire::decode_header(buf_.data());
-        have_header_ = true;
-    }
+    if (!have_header_ && buf_.size() >= wire::kHeaderSize) take_header();
     return !(have_header_ && buf_.size() > wire::kHeaderSize + header_.length + wire::kMaxControlPayload);
+}
+
+void FrameReader::take_header() {
+    header_ = wire::decode_header(buf_.data());
+    if (header_.type == uint16_t(wire::MsgType::kData) && !data_)
+        throw CoreError(ErrorKind::kProtocol, "a DATA frame on a connection that carries none");
+    if (header_.length > max_payload_)
+        throw CoreError(ErrorKind::kProtocol, "a frame of " + std::to_string(header_.length) +
+                                                  " bytes, over this connection's limit of " + std::to_string(max_payload_));
+    have_header_ = true;
 }
 
 bool FrameReader::next(wire::Header* header, std::vector<uint8_t>* payload) {
     if (!have_header_) {
         if (buf_.size() < wire::kHeaderSize) return false;
-        header_ = wire::decode_header(buf_.data());
-        have_header_ = true;
+        take_header();
     }
     const size_t total = wire::kHeaderSize + header_.length + (rx_ ? crypto::kTagBytes : 0);
     if (buf_.size() < total) return false;
@@ -249,10 +255,7 @@ bool FrameReader::next(wire::Header* header, std::vector<uint8_t>* payload) {
     payload->assign(buf_.begin() + wire::kHeaderSize, buf_.begin() + long(wire::kHeaderSize + header_.length));
     buf_.erase(buf_.begin(), buf_.begin() + long(total));
     have_header_ = false;
-    if (buf_.size() >= wire::kHeaderSize) {
-        header_ = wire::decode_header(buf_.data());
-        have_header_ = true;
-    }
+    if (buf_.size() >= wire::kHeaderSize) take_header();
     return true;
 }
 

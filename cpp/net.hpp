@@ -54,9 +54,18 @@ public:
     // Pops one complete frame if there is one.
     bool next(wire::Header* header, std::vector<uint8_t>* payload);
     bool mid_frame() const { return !buf_.empty(); }
+    // What this connection may carry, refused at the header (before a byte of the payload is buffered): payloads
+    // up to max_payload bytes (the protocol's own limits still apply), DATA frames only if data is true.
+    void limit(uint32_t max_payload, bool data) {
+        max_payload_ = max_payload;
+        data_ = data;
+    }
 
 private:
+    void take_header();  // decodes and checks the header at the front of buf_
     std::vector<uint8_t> buf_;
+    uint32_t max_payload_ = UINT32_MAX;
+    bool data_ = true;
     bool have_header_ = false;
     wire::Header header_;
     crypto::Opener* rx_ = nullptr;

@@ -113,6 +113,7 @@ namespace {
 // then a sealed PEER_HELLO. It reads exactly one frame at a time, never more, so any data that follows stays
 // in the socket for the operation that will use it.
 constexpr size_t kMaxGreeting = 64;  // payload bytes of any greeting frame
+constexpr size_t kMaxWaiting = 256;  // connections waiting for their greeting; beyond, the oldest is dropped
 struct Handshake {
     int fd = -1;
     std::string who;
@@ -204,8 +205,12 @@ void ConnPool::accept_loop() {
                 h.deadline = now + handshake_timeout_;
                 shakes.push_back(std::move(h));
             }
+            // A flood of connections that never greet cannot hold the port: an honest peer greets at once.
+            for (size_t k = 0; k + kMaxWaiting < shakes.size(); k++)
+                reject(shakes[k], "more than " + std::to_string(kMaxWaiting) + " connections wait for their greeting");
         }
         for (auto& h : shakes) {
+            if (h.fd < 0) continue;
             try {
                 // The frame's size is known once its header is in (the tag follows a sealed frame).
                 wire::Header hdr;

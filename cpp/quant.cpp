@@ -68,7 +68,7 @@ PCCL_SIMD void to_float(const void* x, DType t, size_t n, float* out) {
             for (size_t i = 0; i < n; i++) out[i] = bf16_to_float(p[i]);
             return;
         }
-        default: throw CoreError(ErrorKind::kInvalidArgument, std::string("cannot quantize ") + dtype_name(t));
+        default: return;  // the callers checked (check_float): no exception leaves a target_clones function
     }
 }
 
@@ -90,7 +90,7 @@ PCCL_SIMD void from_float(const float* v, size_t n, DType t, void* out) {
             for (size_t i = 0; i < n; i++) p[i] = float_to_bf16(v[i]);
             return;
         }
-        default: throw CoreError(ErrorKind::kInvalidArgument, std::string("cannot dequantize to ") + dtype_name(t));
+        default: return;  // the callers checked (check_float)
     }
 }
 
@@ -213,6 +213,13 @@ PCCL_SIMD void add_into(float* a, const float* b, size_t n) {
     for (size_t i = 0; i < n; i++) a[i] = a[i] + b[i];
 }
 
+// Throws for a dtype the kernels do not take, before any clone runs (an exception thrown inside a target_clones
+// function terminates the process under ThreadSanitizer: scripts/sanitize.sh found it).
+void check_float(DType t, const char* what) {
+    if (t != DType::kFloat32 && t != DType::kFloat64 && t != DType::kFloat16 && t != DType::kBFloat16)
+        throw CoreError(ErrorKind::kInvalidArgument, std::string(what) + dtype_name(t));
+}
+
 size_t block_len(size_t k, size_t n, uint32_t block) { return std::min<size_t>(block, n - k * block); }
 
 thread_local std::vector<float> tl_a, tl_b;
@@ -233,6 +240,7 @@ size_t quantized_bytes(size_t n, uint32_t block) { return quant_blocks(n, block)
 
 void quantize_blocks(const void* x, DType dtype, size_t first_block, size_t n_blocks, size_t n, const QuantConfig& q,
                      uint8_t* out) {
+    check_float(dtype, "cannot quantize ");
     tl_a.resize(q.block);
     const size_t esize = dtype_size(dtype);
     const auto* src = static_cast<const uint8_t*>(x);
@@ -251,6 +259,7 @@ void quantize_blocks(const void* x, DType dtype, size_t first_block, size_t n_bl
 
 void dequantize_blocks(const uint8_t* qbytes, size_t first_block, size_t n_blocks, size_t n, const QuantConfig& q,
                        DType dtype, void* out, uint32_t divide_by) {
+    check_float(dtype, "cannot dequantize to ");
     tl_a.resize(q.block);
     const size_t esize = dtype_size(dtype);
     auto* dst = static_cast<uint8_t*>(out);
@@ -293,6 +302,7 @@ void reduce_hop(uint8_t* acc, const uint8_t* own, size_t first_block, size_t n_b
 
 void reduce_hop_exact(uint8_t* acc, const void* own_x, DType dtype, size_t first_block, size_t n_blocks, size_t n,
                       const QuantConfig& q, uint64_t op_id, uint32_t step) {
+    check_float(dtype, "cannot quantize ");
     tl_a.resize(q.block);
     tl_b.resize(q.block);
     const size_t stride = q.block + kQuantHeader;

@@ -1,16 +1,18 @@
 """A man in the middle for tests: a TCP relay that forwards both ways, records what flows toward the target,
-and can flip one byte at a chosen offset of a stream (once, on the first connection that gets that far)."""
+can flip one byte at a chosen offset of a stream (once, on the first connection that gets that far), and can
+stop reading a forward stream at a chosen offset (once: a slow reader that keeps the connection open)."""
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Optional
 
 
 class Mitm:
     def __init__(self, target: Optional[str] = None, flip_forward_at: Optional[int] = None,
-                 flip_backward_at: Optional[int] = None):
+                 flip_backward_at: Optional[int] = None, stall_forward_at: Optional[int] = None):
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
         self._target: Optional[tuple[str, int]] = None
@@ -18,6 +20,8 @@ class Mitm:
         self._flip = {"forward": flip_forward_at, "backward": flip_backward_at}
         self._lock = threading.Lock()
         self.flipped: list[tuple[str, int]] = []  # (direction, connection index) of the flip done
+        self._stall_at = stall_forward_at
+        self.stalled: list[int] = []  # the connection whose forward stream stopped being read
         self.forward: list[bytearray] = []  # per connection, the bytes sent toward the target
         self._socks: list[socket.socket] = []
         self._stopped = False
@@ -75,6 +79,15 @@ class Mitm:
                 data = src.recv(1 << 16)
                 if not data:
                     break
+                with self._lock:
+                    stall = (direction == "forward" and self._stall_at is not None and not self.stalled and
+                             offset + len(data) > self._stall_at)
+                    if stall:
+                        self.stalled.append(index)
+                if stall:  # stop reading (the bytes of this recv are never delivered); keep the socket open
+                    while not self._stopped:
+                        time.sleep(0.05)
+                    return
                 with self._lock:
                     if at is not None and not self.flipped and offset <= at < offset + len(data):
                         data = bytearray(data)

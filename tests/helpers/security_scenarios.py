@@ -19,10 +19,10 @@ def secure_loop(ctx) -> dict:
     flips the byte at that offset of the first incoming stream that gets there), record (the relay's forward
     bytes go to OUT/relay{rank}.bin), known (rank 0's input is a known byte pattern)."""
     a = ctx.args
-    kw = {"secret": a["secret"]}
+    kw = {"secret": a.get("secret")}
     relay = None
     if a.get("relay"):
-        relay = Mitm(flip_forward_at=a.get("flip_at")).start()
+        relay = Mitm(flip_forward_at=a.get("flip_at"), stall_forward_at=a.get("stall_at")).start()
         kw.update(listen="127.0.0.1:0", advertise=relay.address)
     comm = ctx.comm(**kw)
     if relay is not None:
@@ -43,13 +43,16 @@ def secure_loop(ctx) -> dict:
     exact, failures, r = [], [], 0
     stop_file = ctx.out / "STOP"
     while r < rounds:
+        t0 = time.monotonic()
         try:
             stop = comm.all_reduce(np.array([int(stop_file.exists())], dtype=np.int64), "max")
             if stop[0]:
                 break
+            t0 = time.monotonic()
             y = comm.all_reduce(x)
         except errors.PeerLostError as e:
-            failures.append({"round": r, "error": type(e).__name__, "message": str(e)})
+            failures.append({"round": r, "error": type(e).__name__, "message": str(e),
+                             "seconds": time.monotonic() - t0})
             continue
         exact.append(bool(np.array_equal(y, expected)) if not a.get("known") else True)
         r += 1
@@ -58,7 +61,7 @@ def secure_loop(ctx) -> dict:
     comm.close()
     out = {"rounds": r, "exact": all(exact), "failures": failures}
     if relay is not None:
-        out["relay_flipped"] = relay.flipped
+        out["relay_flipped"], out["relay_stalled"] = relay.flipped, relay.stalled
         if a.get("record"):
             (ctx.out / f"relay{ctx.rank}.bin").write_bytes(relay.recorded())
         relay.stop()
