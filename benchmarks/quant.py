@@ -16,12 +16,12 @@ What it measures, in one run (``--sections`` picks a subset):
   Every configuration runs once per repeat, round robin, so a slow spell of the machine spreads over all.
 * ``allreduce``: N peer processes (2 and 3) on 127.0.0.1 all-reduce float32 arrays of 1, 16, 64 and 256 MiB:
   unquantized (``all_reduce(x, out=y)``), quantized (``all_reduce(x, out=y, quantization=...)``, minmax, block
-  1024 by default) and, as a diagnostic, the API's host path with its quantized buffers allocated once instead
-  of per call. The modes rotate repeat by repeat (ABC, CBA) inside one group of peers, and the full run repeats
+  1024 by default) and fresh (``y = all_reduce(x, quantization=...)``, a new result per call, which must give
+  the same bytes). The modes rotate repeat by repeat (ABC, CBA) inside one group of peers, and the full run repeats
   every group in 3 rounds, so the machine's drift lands on all. Per repeat every peer runs a 4-byte all-reduce
   (a barrier), then times one all-reduce; the slowest peer's time counts; algbw = float32 array bytes / time
-  (for every mode: the quantized ones move about 1/4 of those bytes). The quantized time is the whole call:
-  quantize, ring, dequantize into the output. Results are checked: unquantized exact, quantized within the
+  (for every mode: the quantized ones move about 1/4 of those bytes). The quantized time is the whole call, in
+  which the core quantizes, reduces and decodes piece by piece on the stripes' threads. Results are checked: unquantized exact, quantized within the
   spec's error bound and bitwise the same on every peer.
 * ``error``: the max, 99th-percentile, RMS and mean error against the exact sum (float64 sum of the float32
   inputs) of our format and of a PCCL-style per-chunk baseline, for N = 2, 3, 4 peers, float32 Gaussian data

@@ -211,6 +211,12 @@ void MasterState::on_op_start(uint64_t id, Conn& c, const std::vector<uint8_t>& 
     }
     if (c.in_topo || c.in_opt) throw CoreError(ErrorKind::kProtocol, "OP_START during update_topology");
     if (c.op_tags.count(m.tag)) throw CoreError(ErrorKind::kProtocol, "OP_START twice for one tag");
+    if (c.op_tags.size() >= kMaxOpsInFlight) {  // refused for this call only: the master's memory stays bounded
+        send(out, id, MsgType::kOpReject,
+             wire::OpReject{m.tag, uint8_t(ErrorKind::kInvalidArgument),
+                            "more than " + std::to_string(kMaxOpsInFlight) + " all-reduces in flight on this peer"});
+        return;
+    }
     const bool first = op == ops_.end();
     if (first) {
         op = ops_.emplace(key, Op{}).first;

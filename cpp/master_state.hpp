@@ -61,6 +61,9 @@
 
 namespace pccl {
 
+// All-reduces one peer may have started and not yet seen end (each holds a descriptor in the master).
+constexpr size_t kMaxOpsInFlight = 1024;
+
 struct MasterConfig {
     double peer_timeout = 10.0;      // seconds of silence before a peer is evicted
     double handshake_timeout = 5.0;  // seconds for a new connection to say HELLO

@@ -56,8 +56,8 @@ class Communicator:
         secret: the run's secret, the master's (bytes or str; default: the ``PCCL_ARRAYS_SECRET`` environment
             variable, if set). A missing or different secret on either side is an AuthenticationError at
             connect(); whether the run encrypts is the master's choice (docs/security.md).
-        buffer_pool_bytes: results returned as new arrays (and the quantized path's buffers) come from a pool
-            that takes their memory back when the arrays die, so the next result of a similar size skips
+        buffer_pool_bytes: results returned as new arrays (and the packed buffers of all_reduce_tree) come from
+            a pool that takes their memory back when the arrays die, so the next result of a similar size skips
             allocating and faulting in fresh pages. The pool keeps at most this many bytes nobody uses
             (default 1 GiB; 0: no pool) and frees them at :meth:`close`. Arrays you hold are never counted.
 

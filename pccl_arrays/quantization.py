@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from . import _core, arrays
-from .dtypes import FLOAT_DTYPES, dtype_code
+from .dtypes import FLOAT_DTYPES
 from .errors import InvalidArgumentError, UnsupportedDTypeError
 
 _KIND_CODES = _core.CODES["quant_kind"]

@@ -144,3 +144,36 @@ def test_a_peer_that_stops_reading_mid_transfer_costs_the_others_one_bounded_ret
         assert res["failures"][0]["seconds"] < 2.0 + 2.0, res["failures"]
     assert results[1]["relay_stalled"], "the relay never stopped reading: the test did not test anything"
     assert any("no progress" in r["failures"][0]["message"] for r in results), results
+
+
+@pytest.mark.timeout(120)
+def test_floods_and_stray_data_frames_at_a_data_port_leave_the_operations_alone(master, tmp_path):
+    """While two peers all-reduce in a loop: 400 connections to peer 0's data port that never greet (at most
+    256 are kept, the rest dropped at once), and 20 that greet as a peer that is not in the ring and send DATA
+    frames of an operation that does not exist (never read: no operation of this run asks for them). Every
+    round stays exact, with no failure."""
+    peers = [spawn(master.address, "secure_loop", r, 2, tmp_path, n=1 << 18) for r in range(2)]
+    port = int(peers[0].wait_event("data_port", 60).split()[1])
+    peers[0].wait_event("first_round", 60)
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(400)]
+    stray = []
+    for i in range(20):
+        s = socket.create_connection(("127.0.0.1", port))
+        hello = struct.pack("<QQII", 999_000 + i, 0, 0, 0)  # from, to, index, slot
+        piece = struct.pack("<QIIQ", 123_456, 0, 0, 0) + b"\x7f" * 65536  # op, step, stripe, offset
+        s.sendall(header(32, len(hello)) + hello + header(33, len(piece)) + piece)
+        stray.append(s)
+    deadline = time.monotonic() + 2.0
+    while sum(closed_by_peer(s) for s in silent) < len(silent) - 256 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    dropped = sum(closed_by_peer(s) for s in silent)
+    time.sleep(1.0)  # rounds run meanwhile
+    (tmp_path / "STOP").touch()
+    wait_all(peers, 60)
+    for s in silent + stray:
+        s.close()
+    results = [p.result() for p in peers]
+    for res in results:
+        assert "error" not in res, res.get("traceback")
+        assert res["exact"] and res["failures"] == [] and res["rounds"] >= 2, res
+    assert dropped >= len(silent) - 256, f"at most 256 wait for their greeting ({dropped} of 400 dropped)"

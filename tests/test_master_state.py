@@ -502,3 +502,32 @@ def test_leaving_peer_of_another_group_does_not_touch_an_op(m):
     assert not sends(acts, "op_abort")
     m.msg(1, "op_done", op_id=op_id, ok=1)
     assert set(sends(m.msg(2, "op_done", op_id=op_id, ok=1), "op_commit")) == {1, 2}
+
+
+# ------------------------------------------------------------------------------------------- abusive peers
+
+
+def test_a_peer_cannot_hold_more_than_1024_operations_in_the_master(m):
+    """Each started operation holds a descriptor in the master: a peer that starts operations nobody else starts
+    is refused (OP_REJECT, for that call only) past 1024, and the others' operations go on."""
+    m.join([1, 2])
+    for tag in range(1024):
+        assert m.msg(1, "op_start", tag=tag, **DESC) == []
+    rejected = sends(m.msg(1, "op_start", tag=5000, **DESC), "op_reject")
+    assert set(rejected) == {1} and rejected[1]["kind"] == INVALID_ARGUMENT and "1024" in rejected[1]["reason"]
+    go = sends(m.msg(2, "op_start", tag=0, **DESC), "op_go")
+    assert set(go) == {1, 2}
+
+
+def test_flooding_update_topology_closes_only_the_flooder(m):
+    """A second TOPO_REQUEST before the first was answered breaks the protocol: that connection closes; the
+    vote of the others completes without it."""
+    m.join([1, 2, 3])
+    m.hello(4)  # pending: the vote waits for every accepted peer
+    assert m.msg(1, "topo_request", seq=1) == []
+    acts = m.msg(1, "topo_request", seq=2)
+    assert 1 in closed(acts)
+    acts = m.msg(2, "topo_request", seq=1) + m.msg(3, "topo_request", seq=1)
+    results = sends(acts, "topo_result")
+    assert {2, 3} <= set(results) and 1 not in results
+    assert [p["id"] for p in results[2]["ring"]] == [2, 3, 4]
