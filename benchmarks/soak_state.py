@@ -4,9 +4,12 @@
     PYTHONPATH=. python benchmarks/soak_state.py --quick      # 40 s
     PYTHONPATH=. python benchmarks/soak_state.py --minutes 20 --seed 4 --max-peers 8
 
-Peers run pccl_arrays.testing.state_loop (update_topology, sync_shared_state, async all-reduce overlapping
-Python work, deterministic update) while a seeded schedule kills (SIGKILL), stalls (SIGSTOP past the master's
-deadline) and spawns peers. The run is checked exactly as tests/test_state_churn.py checks it (identical state
+Peers run pccl_arrays.testing.state_loop (update_topology, sync_shared_state, two async all-reduces per step,
+plain and quantized, overlapping Python work, deterministic update) while a seeded schedule kills (SIGKILL),
+stalls (SIGSTOP past the master's deadline) and spawns peers. Besides the churn test's checks it reports the
+longest gap in which no peer made a step (goal: <= the master's peer deadline, 2 s, + 1 s: a stalled or killed
+member is noticed and evicted within it, and the others go on), the memory (RSS) and thread counts of the peers that lived through the whole run, sampled
+every 10 s (first sample after 20 s, against the last), and any peer process left over after the run. The run is checked exactly as tests/test_state_churn.py checks it (identical state
 hash at every revision on every peer, exact results only, 0 bytes of state for peers that stayed, no hang) and
 reports throughput, how fast newcomers caught up, and what state syncs cost. Every peer shares this machine's
 cores, so absolute rates say more about the machine than about the library; the checks are what matters.
@@ -15,9 +18,11 @@ cores, so absolute rates say more about the machine than about the library; the 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -66,6 +71,72 @@ def figures_of(h: Harness) -> dict:
     }
 
 
+def longest_gap(h: Harness) -> dict:
+    """The longest time, after the first step of the run, in which no peer recorded a step."""
+    ts = sorted(p["t"] for i in h.procs for p in h.progress(i) if p["kind"] == "step" and p["t"] >= h.run_started)
+    gaps = [(b - a, a - h.run_started) for a, b in zip(ts, ts[1:])]
+    worst = max(gaps, default=(0.0, 0.0))
+    return {"seconds": worst[0], "at_s": worst[1]}
+
+
+def sample(pid: int) -> dict | None:
+    """RSS (MiB) and thread count of a process, from /proc (None once it is gone)."""
+    try:
+        fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+    except OSError:
+        return None
+    return {"rss_MiB": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"])}
+
+
+class Sampler:
+    """Samples every live peer every `every` seconds in a thread; `lifelong(h)` compares the first sample after
+    `warm` seconds with the last one, for peers that ran from the start to the end."""
+
+    def __init__(self, h: Harness, every: float = 10.0):
+        self.h, self.every, self.samples = h, every, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            now = time.monotonic()
+            for i, p in list(self.h.procs.items()):
+                if p.poll() is None and i not in self.h.stalled and (s := sample(p.pid)):
+                    self.samples.setdefault(i, []).append((now, s))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def lifelong(self, warm: float = 20.0) -> dict:
+        out = {}
+        for i, series in self.samples.items():
+            if self.h.spawned_at(i) >= self.h.run_started or self.h.procs[i].returncode not in (0, None):
+                continue
+            later = [s for t, s in series if t - self.h.run_started >= warm]
+            if len(later) >= 2:
+                out[i] = {"first": later[0], "last": later[-1]}
+        return out
+
+
+def leftovers(out_dir: str) -> list[int]:
+    """Pids of processes still running a peer of this run (their command line names its directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if "pccl_arrays.testing" in cmd and out_dir in cmd:
+                found.append(int(entry))
+    return found
+
+
 def report(doc: dict) -> None:
     c = doc["config"]
     print(f"\nShared-state soak: {c['duration_s']:.0f} s, seed {c['seed']}, {c['initial']} initial peers "
@@ -88,6 +159,14 @@ def report(doc: dict) -> None:
               f"p99 {f['stable_sync_ms']['p99']:.2f} ms")
     if f.get("steps_per_s_per_peer"):
         print(f"steps per second per peer: {f['steps_per_s_per_peer']:.1f}")
+    if doc.get("gap"):
+        print(f"longest time without a step anywhere: {doc['gap']['seconds']:.2f} s ({doc['gap']['at_s']:.0f} s "
+              "into the run)")
+    for i, s in sorted(doc.get("lifelong", {}).items()):
+        print(f"peer {i} (start to end): RSS {s['first']['rss_MiB']:.0f} -> {s['last']['rss_MiB']:.0f} MiB, "
+              f"threads {s['first']['threads']} -> {s['last']['threads']}")
+    if "leftovers" in doc:
+        print(f"peer processes left over after the run: {len(doc['leftovers'])}")
     print(f"content hash: {doc['hash_GBps']:.1f} GB/s on one core")
     print_footer(doc)
 
@@ -101,13 +180,13 @@ def main(argv=None) -> int:
     ap.add_argument("--min-peers", type=int, default=3)
     ap.add_argument("--max-peers", type=int, default=7)
     ap.add_argument("--n", type=int, default=1 << 20, help="float32 elements per state entry (two such entries)")
+    ap.add_argument("--no-quantized", action="store_true", help="only the plain all-reduce per step")
     ap.add_argument("--out", default="benchmarks/results/soak_state.json")
     a = ap.parse_args(argv)
     t_start = time.monotonic()
     duration = 40.0 if a.quick else a.minutes * 60
     schedule = Schedule.random(a.seed, duration, a.initial, a.min_peers, a.max_peers, kill_rate=0.2,
                                stall_rate=0.08, spawn_rate=0.22, min_gap=2.5, stall_s=3.0, start=2.0)
-    import os
     doc = {"benchmark": "soak_state", "machine": f"{os.cpu_count()} cores", "hash_GBps": hash_speed(),
            "config": {"duration_s": duration, "seed": a.seed, "initial": a.initial, "min_peers": a.min_peers,
                       "max_peers": a.max_peers, "state_MiB": 2 * a.n * 4 / 2**20},
@@ -115,12 +194,17 @@ def main(argv=None) -> int:
            "schedule": schedule.as_list(), "checks": None, "figures": {}, "goals": [], "errors": [], "notes": []}
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness({"peer_timeout": 2.0, "handshake_timeout": 2.0}, "pccl_arrays.testing:state_loop",
-                    {"n": a.n, "busy_ms": 20.0}, tmp)
+                    {"n": a.n, "busy_ms": 20.0, "quantized": not a.no_quantized}, tmp)
+        sampler = Sampler(h)
         try:
             h.start(a.initial)
             print(f"running {duration:.0f} s of churn: {doc['events']} ...", flush=True)
+            sampler.start()
             h.run(schedule)
+            sampler.stop()
             h.wait_all(30.0)
+            doc["gap"] = longest_gap(h)
+            doc["lifelong"] = {str(i): s for i, s in sampler.lifelong().items()}
             try:
                 doc["checks"] = check_state_run(h, schedule, catch_up_s=15.0)
             except AssertionError as e:
@@ -128,7 +212,12 @@ def main(argv=None) -> int:
             doc["figures"] = figures_of(h)
         finally:
             h.close()
-    doc["goals"] = [{"text": "every check of the churn test holds for the whole soak", "met": not doc["errors"]}]
+            doc["leftovers"] = leftovers(tmp)
+    gap_goal = 2.0 + 1.0  # the master's peer deadline (peer_timeout above) + 1 s
+    doc["goals"] = [{"text": "every check of the churn test holds for the whole soak", "met": not doc["errors"]},
+                    {"text": f"no gap without a step over {gap_goal:.0f} s", "met": doc.get("gap", {}).get(
+                        "seconds", 0) <= gap_goal},
+                    {"text": "no peer process left over", "met": doc["leftovers"] == []}]
     doc["notes"].append(f"{a.max_peers} peer processes and the master share {doc['machine']}: rates are "
                         "oversubscribed; compare them only within one run")
     save_and_report(doc, a.out, t_start, report)

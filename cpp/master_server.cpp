@@ -122,6 +122,7 @@ void MasterServer::drop_oldest_ungreeted(double now) {
     for (auto it = links_.begin(); waiting > kMaxUngreeted && it != links_.end();) {
         const uint64_t id = (it++)->first;  // links_ is ordered by id: the oldest first
         if (state_.said_hello(id)) continue;
+        if (now - links_.at(id).since < kUngreetedGrace && waiting <= 4 * kMaxUngreeted) break;  // still young
         log_warn("master: dropping " + links_.at(id).addr + ": more than " + std::to_string(kMaxUngreeted) +
                  " connections wait before their HELLO, this one the longest");
         apply(state_.on_disconnect(id, "dropped: too many connections without HELLO", now));
@@ -219,10 +220,10 @@ void MasterServer::loop() {
                 Link& link = links_[id];
                 link.fd = fd;
                 link.addr = who;
+                link.since = now;
                 link.auth = auth_.key ? Link::kWantHello : Link::kOpen;
                 link.reader.limit(kMaxGreetingPayload, false);
                 apply(state_.on_connect(id, who, now));
-                drop_oldest_ungreeted(now);
             }
         }
         for (size_t i = 0; i < ids.size(); i++) {
@@ -262,6 +263,7 @@ void MasterServer::loop() {
                 close_link(ids[i]);
             }
         }
+        drop_oldest_ungreeted(now);  // those that aged past the grace while over the cap
         apply(state_.on_tick(now));
     }
 }

@@ -31,11 +31,13 @@ struct AuthConfig {
 
 // What the master holds for connections, whatever they claim (docs/protocol.md, "Limits"): frames before HELLO
 // (the handshake, HELLO itself) carry at most kMaxGreetingPayload bytes and no connection ever carries DATA, so
-// a length prefix cannot make it buffer more; at most kMaxUngreeted connections may wait before their HELLO
-// (beyond, the oldest is dropped: an honest peer says HELLO at once); a peer that stops reading has at most
-// kMaxQueuedOut bytes queued for it before it is dropped as lost.
+// a length prefix cannot make it buffer more; past kMaxUngreeted connections waiting for their HELLO, those
+// that have waited kUngreetedGrace seconds are dropped, oldest first (an honest peer says HELLO at once, so a
+// crowd of peers joining together is not cut), and past 4x as many the oldest goes whatever its age; a peer
+// that stops reading has at most kMaxQueuedOut bytes queued for it before it is dropped as lost.
 constexpr uint32_t kMaxGreetingPayload = 8 << 10;
 constexpr size_t kMaxUngreeted = 256;
+constexpr double kUngreetedGrace = 0.5;
 constexpr size_t kMaxQueuedOut = 8 << 20;
 
 class MasterServer {
@@ -56,6 +58,7 @@ private:
         net::FrameReader reader;
         std::vector<uint8_t> out;
         bool closing = false;
+        double since = 0;  // accepted at (steady seconds)
         enum Auth { kOpen, kWantHello, kWantProof, kSealed } auth = kOpen;
         std::unique_ptr<auth::Server> server;
         auth::Channel channel;

@@ -35,6 +35,9 @@ def test_shared_state_soak_runs_its_checks_and_writes_valid_json(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["errors"] == [] and doc["checks"]["revisions"] >= 20 and doc["hash_GBps"] > 0
     assert "moved 0 bytes" in proc.stdout
+    # the quantized all-reduce of every step agreed on every peer; the gap and leftover figures are there
+    assert doc["checks"]["quantized_revisions"] >= 20
+    assert doc["gap"]["seconds"] > 0 and doc["leftovers"] == []
 
 
 @pytest.mark.timeout(240)

@@ -14,17 +14,21 @@ One step is the DiLoCo pattern with async communication:
 A PeerLostError anywhere restarts the step on every member (all of them see it), so no peer applies a result
 another peer threw away. A peer evicted after a stall joins again as a new communicator with its (stale)
 state and catches up through the sync. Each step records the revision, the hash of the whole state after the
-update, the world size, whether the result was exact, and the bytes the step's sync received.
+update, the world size, whether the result was exact, and the bytes the step's sync received. With
+``quantized`` set, every step also all-reduces the gradient quantized (minmax), concurrently with the plain
+one, and records a hash of that result: peers at one revision must agree on it bit for bit.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import time
 
 import numpy as np
 
 from .. import errors
+from ..quantization import Quantization
 from ..shared_state import SharedState
 from .harness import check_no_hang
 
@@ -49,9 +53,10 @@ def _inner_work(ms: float) -> int:
 
 def state_loop(ctx) -> dict:
     """Args (ctx.args): ``initial``, ``n`` (elements per entry, default 1 << 18), ``busy_ms`` (default 20),
-    ``connections`` (default 2), ``data_timeout`` (default 10), ``max_steps``."""
+    ``connections`` (default 2), ``data_timeout`` (default 10), ``max_steps``, ``quantized`` (default off)."""
     a = ctx.args
     n, busy_ms, max_steps = a.get("n", 1 << 18), a.get("busy_ms", 20.0), a.get("max_steps", 1 << 62)
+    quant = Quantization(kind="minmax") if a.get("quantized") else None
     counts = {"rejoins": 0, "peer_lost": 0, "syncs": 0, "sync_failures": 0, "spins": 0}
     # A newcomer starts from garbage: the sync must replace it (and must never let it win).
     rng = np.random.default_rng(ctx.index + 1000)
@@ -84,8 +89,21 @@ def state_loop(ctx) -> dict:
                 break
             g = gradient(state.revision, n)
             handle = comm.all_reduce_async(g, "sum")
+            q_handle = comm.all_reduce_async(g, "sum", quantization=quant) if quant else None
             counts["spins"] += _inner_work(busy_ms)  # the next step's inner work overlaps the all-reduce
-            total = handle.wait()
+            # Both end before the step goes on (either failing restarts the step: every member sees the same
+            # outcome of each operation).
+            outcomes = []
+            for hd in (handle, q_handle):
+                try:
+                    outcomes.append(hd.wait() if hd is not None else None)
+                except errors.PeerLostError as e:
+                    outcomes.append(e)
+            lost = [o for o in outcomes if isinstance(o, errors.PeerLostError)]
+            if lost:
+                raise lost[0]
+            total, q_total = outcomes
+            q_hash = hashlib.sha256(q_total.tobytes()).hexdigest()[:16] if q_total is not None else None
         except errors.PeerLostError:
             counts["peer_lost"] += 1
             continue
@@ -105,7 +123,8 @@ def state_loop(ctx) -> dict:
         w -= np.float32(0.01) * (avg + np.float32(0.9) * m)
         state["step"][0] += 1
         state.revision += 1
-        ctx.progress(kind="step", revision=state.revision, world=world, exact=exact, hash=state_hash(state))
+        ctx.progress(kind="step", revision=state.revision, world=world, exact=exact, hash=state_hash(state),
+                     **({"qhash": q_hash} if q_hash else {}))
     comm.close()
     return {**counts, "revision": state.revision, "hash": state_hash(state)}
 
@@ -133,6 +152,14 @@ def check_state_run(h, schedule, catch_up_s: float = 8.0) -> dict:
     assert len(by_revision) >= 20, f"too few steps to mean anything: {len(by_revision)}"
     diverged = {r: v for r, v in by_revision.items() if len(v) > 1}
     assert not diverged, diverged
+    # The quantized all-reduce of each step (with ``quantized``): the same bytes on every peer at a revision.
+    q_by_revision = collections.defaultdict(set)
+    for i in h.procs:
+        for p in h.progress(i):
+            if p["kind"] == "step" and "qhash" in p:
+                q_by_revision[p["revision"]].add(p["qhash"])
+    q_diverged = {r: v for r, v in q_by_revision.items() if len(v) > 1}
+    assert not q_diverged, q_diverged
     # Final states agree too.
     finals = {res["revision"]: set() for res in results.values()}
     for res in results.values():
@@ -158,5 +185,6 @@ def check_state_run(h, schedule, catch_up_s: float = 8.0) -> dict:
             "newcomer_syncs": len(received_first),
             "newcomer_bytes": sum(s["received"] for s in received_first),
             "newcomer_sources": [s["sources"] for s in received_first],
+            "quantized_revisions": len(q_by_revision),
             "rejoins": sum(r["rejoins"] for r in results.values()),
             "peer_lost": sum(r["peer_lost"] for r in results.values())}
