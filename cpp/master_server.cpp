@@ -117,6 +117,7 @@ void MasterServer::flush(Link& link) {
 }
 
 void MasterServer::drop_oldest_ungreeted(double now) {
+    if (links_.size() <= kMaxUngreeted) return;  // the usual case, checked on every pass of the loop: no scan
     size_t waiting = 0;
     for (const auto& [id, link] : links_) waiting += state_.said_hello(id) ? 0 : 1;
     for (auto it = links_.begin(); waiting > kMaxUngreeted && it != links_.end();) {

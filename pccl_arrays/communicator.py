@@ -329,7 +329,7 @@ class Communicator:
         if quant is None:
             info = self._core.all_reduce(src.ptr, dst.ptr, src.count, dcode, ocode, tag, **call)
         else:
-            info = _quantization.host_all_reduce(self, src, dst, dcode, ocode, op, tag, quant, call)
+            info = _quantization.host_all_reduce(self, src, dst, dcode, ocode, tag, quant, call)
         if target is None:
             result = arrays.wrap(buf, name, fw, like=x)
         else:

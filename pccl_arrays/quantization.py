@@ -84,7 +84,7 @@ class Quantization:
         return self.path == "triton" or (self.path == "auto" and array_on_device)
 
 
-def host_all_reduce(comm: Any, src: Any, dst: Any, dcode: int, ocode: int, op: str, tag: int, quant: Quantization,
+def host_all_reduce(comm: Any, src: Any, dst: Any, dcode: int, ocode: int, tag: int, quant: Quantization,
                     call: dict) -> Any:
     """The host path (both host views; ``dst`` may be ``src``: in place). The core does it all on the stripes'
     threads, overlapping the network: it quantizes this peer's own chunk as it leaves, adds this peer's

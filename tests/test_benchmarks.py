@@ -12,29 +12,30 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_quick(tmp_path: Path, script: str, *args: str, timeout: float) -> tuple[str, dict]:
+    """Runs benchmarks/SCRIPT with ARGS in tmp_path, its JSON written there; returns (its stdout, the JSON)."""
+    out = tmp_path / (Path(script).stem + ".json")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
 @pytest.mark.timeout(180)
 def test_allreduce_benchmark_quick_mode_writes_valid_json(tmp_path):
-    out = tmp_path / "allreduce.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "allreduce.py"), "--quick", "--peers", "2",
-                           "--out", str(out)], capture_output=True, text=True, timeout=170)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    result = json.loads(out.read_text())
-    systems = {row["system"] for row in result["rows"]}
+    stdout, doc = run_quick(tmp_path, "allreduce.py", "--quick", "--peers", "2", timeout=170)
+    systems = {row["system"] for row in doc["rows"]}
     assert "pccl_arrays" in systems
-    for row in result["rows"]:
+    for row in doc["rows"]:
         assert row["peers"] == 2 and row["latency_ms"]["median"] > 0
-    assert "ring bound" in proc.stdout.lower() or "bound" in proc.stdout
+    assert "ring bound" in stdout.lower() or "bound" in stdout
 
 
 @pytest.mark.timeout(120)
 def test_shared_state_soak_runs_its_checks_and_writes_valid_json(tmp_path):
-    out = tmp_path / "soak.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak_state.py"), "--minutes", "0.25",
-                           "--n", "65536", "--out", str(out)], capture_output=True, text=True, timeout=110, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    doc = json.loads(out.read_text())
+    stdout, doc = run_quick(tmp_path, "soak_state.py", "--minutes", "0.25", "--n", "65536", timeout=110)
     assert doc["errors"] == [] and doc["checks"]["revisions"] >= 20 and doc["hash_GBps"] > 0
-    assert "moved 0 bytes" in proc.stdout
+    assert "moved 0 bytes" in stdout
     # the quantized all-reduce of every step agreed on every peer; the gap and leftover figures are there
     assert doc["checks"]["quantized_revisions"] >= 20
     assert doc["gap"]["seconds"] > 0 and doc["leftovers"] == []
@@ -43,11 +44,7 @@ def test_shared_state_soak_runs_its_checks_and_writes_valid_json(tmp_path):
 @pytest.mark.timeout(240)
 def test_wan_benchmark_quick_mode_writes_valid_json(tmp_path):
     """Peers advertise their relay's address, so every byte between them crosses the emulated path."""
-    out = tmp_path / "wan.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wan.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=230, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    doc = json.loads(out.read_text())
+    stdout, doc = run_quick(tmp_path, "wan.py", "--quick", timeout=230)
     assert doc["errors"] == []
     kinds = {(r["profile"], r["k"], r["kind"]) for r in doc["rows"]}
     assert len(kinds) == 2 * 6 * 2
@@ -58,50 +55,35 @@ def test_wan_benchmark_quick_mode_writes_valid_json(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_gpu_quant_wan_benchmark_runs_the_host_path_and_says_so(tmp_path):
-    out = tmp_path / "gq.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_quant_wan.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=110, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    doc = json.loads(out.read_text())
+    stdout, doc = run_quick(tmp_path, "gpu_quant_wan.py", "--quick", timeout=110)
     assert doc["errors"] == [] and doc["effective_MBps"] > 0
     assert doc["stages_s"]["wan_transfer"] > 0 and doc["stages_s"]["quantize"] > 0
     if doc["path"] == "host":
         assert "device_to_host" not in doc["stages_s"]
-        assert "device stages were not measured" in proc.stdout and "--size 256MiB" in proc.stdout
+        assert "device stages were not measured" in stdout and "--size 256MiB" in stdout
 
 
 @pytest.mark.timeout(180)
 def test_security_benchmark_quick_mode_measures_every_mode(tmp_path):
-    out = tmp_path / "security.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "security.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=170)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    doc = json.loads(out.read_text())
+    stdout, doc = run_quick(tmp_path, "security.py", "--quick", timeout=170)
     assert doc["errors"] == []
     assert {(r["mode"], r["bytes"]) for r in doc["table"]} == {(m, s) for m in ("plain", "integrity", "encrypted")
                                                               for s in (4096, 1 << 20)}
-    assert all(r["algbw_GBps"] > 0 for r in doc["table"]) and "vs plain" in proc.stdout
+    assert all(r["algbw_GBps"] > 0 for r in doc["table"]) and "vs plain" in stdout
 
 
 @pytest.mark.timeout(240)
 def test_topology_benchmark_quick_mode_optimizes_the_crossing_ring(tmp_path):
-    out = tmp_path / "topology.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "topology.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=230)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    doc = json.loads(out.read_text())
+    stdout, doc = run_quick(tmp_path, "topology.py", "--quick", timeout=230)
     assert doc["errors"] == [] and [r["ring"] for r in doc["rows"]][1] == "after optimize_topology()"
     assert all(r["algbw_MBps"] > 0 for r in doc["rows"]) and doc["links_probed"] == 30 and doc["probe_s"] > 0
 
 
 @pytest.mark.timeout(180)
 def test_scale_benchmark_quick_mode_writes_valid_json(tmp_path):
-    out = tmp_path / "scale.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=170)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    doc = json.loads(out.read_text())
+    stdout, doc = run_quick(tmp_path, "scale.py", "--quick", timeout=170)
     assert doc["errors"] == [] and [r["peers"] for r in doc["rows"]] == [2, 4]
     for r in doc["rows"]:
         assert r["latency_s"]["4096"] > 0 and r["update_topology_s"] > 0 and r["master_cpu_per_op_us"] > 0
-    assert "per_hop_s" in doc["fit"] and "hops" in proc.stdout
+    assert "per_hop_s" in doc["fit"] and "hops" in stdout
+    assert [r["peers"] for r in doc["master_logic"]] == [2, 4, 8] and "no sockets" in stdout
