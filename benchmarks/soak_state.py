@@ -5,14 +5,18 @@
     PYTHONPATH=. python benchmarks/soak_state.py --minutes 20 --seed 4 --max-peers 8
 
 Peers run pccl_arrays.testing.state_loop (update_topology, sync_shared_state, two async all-reduces per step,
-plain and quantized, overlapping Python work, deterministic update) while a seeded schedule kills (SIGKILL),
-stalls (SIGSTOP past the master's deadline) and spawns peers. Besides the churn test's checks it reports the
-longest gap in which no peer made a step (goal: <= the master's peer deadline, 2 s, + 1 s: a stalled or killed
-member is noticed and evicted within it, and the others go on), the memory (RSS) and thread counts of the peers that lived through the whole run, sampled
-every 10 s (first sample after 20 s, against the last), and any peer process left over after the run. The run is checked exactly as tests/test_state_churn.py checks it (identical state
-hash at every revision on every peer, exact results only, 0 bytes of state for peers that stayed, no hang) and
-reports throughput, how fast newcomers caught up, and what state syncs cost. Every peer shares this machine's
-cores, so absolute rates say more about the machine than about the library; the checks are what matters.
+plain and quantized, overlapping Python work, deterministic update, a checkpoint every 20 revisions) while a
+seeded schedule kills (SIGKILL), stalls (SIGSTOP past the master's deadline), spawns peers, asks peers to leave
+gracefully, and now and then wipes the group (every live peer killed at once, newcomers spawned: they find the
+state lost, say so, and restart it from the checkpoint as a new lineage). The run is checked exactly as
+tests/test_state_churn.py checks it (one state hash per (lineage, revision) on every peer, exact results only,
+0 bytes of state for peers that stayed, no hang). Besides, it reports the longest gap in which no peer made a
+step while a peer was alive (goal: <= the master's peer deadline, 2 s, + 1 s: a stalled or killed member is
+noticed and evicted within it, and the others go on; from a wipe until a newcomer joined no peer is alive), the
+state restarts, the memory (RSS) and thread counts of the longest-lived peers (sampled every 10 s; first sample
+after 20 s against the last), and any peer process left over after the run; and throughput, how fast
+newcomers caught up, and what state syncs cost. Every peer shares this machine's cores, so absolute rates say
+more about the machine than about the library; the checks are what matters.
 """
 
 from __future__ import annotations
@@ -71,12 +75,30 @@ def figures_of(h: Harness) -> dict:
     }
 
 
+def dead_intervals(h: Harness) -> list[tuple[float, float]]:
+    """From each wipe until the first newcomer joined: no peer is alive."""
+    joined = sorted(p["t"] for i in h.procs for p in h.progress(i) if p["kind"] == "joined")
+    out = []
+    for t, action, _ in h.events:
+        if action == "wipe":
+            out.append((t, next((j for j in joined if j >= t), t)))
+    return out
+
+
 def longest_gap(h: Harness) -> dict:
-    """The longest time, after the first step of the run, in which no peer recorded a step."""
+    """The longest time after the first step of the run in which no peer recorded a step, not counting the time
+    in which no peer was alive (dead_intervals); and the longest time from a wipe to the restarted group's first
+    step."""
     ts = sorted(p["t"] for i in h.procs for p in h.progress(i) if p["kind"] == "step" and p["t"] >= h.run_started)
-    gaps = [(b - a, a - h.run_started) for a, b in zip(ts, ts[1:])]
+    dead = dead_intervals(h)
+
+    def alive_time(a: float, b: float) -> float:
+        return (b - a) - sum(max(0.0, min(b, d1) - max(a, d0)) for d0, d1 in dead)
+
+    gaps = [(alive_time(a, b), a - h.run_started) for a, b in zip(ts, ts[1:])]
     worst = max(gaps, default=(0.0, 0.0))
-    return {"seconds": worst[0], "at_s": worst[1]}
+    restart = [next((t for t in ts if t >= d0), d0) - d0 for d0, _ in dead]
+    return {"seconds": worst[0], "at_s": worst[1], "wipe_to_step_s": max(restart, default=None)}
 
 
 def sample(pid: int) -> dict | None:
@@ -90,7 +112,7 @@ def sample(pid: int) -> dict | None:
 
 class Sampler:
     """Samples every live peer every `every` seconds in a thread; `lifelong(h)` compares the first sample after
-    `warm` seconds with the last one, for peers that ran from the start to the end."""
+    `warm` seconds of its life with the last one, for the `top` peers that were sampled longest."""
 
     def __init__(self, h: Harness, every: float = 10.0):
         self.h, self.every, self.samples = h, every, {}
@@ -112,15 +134,14 @@ class Sampler:
         self._stop.set()
         self._thread.join()
 
-    def lifelong(self, warm: float = 20.0) -> dict:
+    def lifelong(self, warm: float = 20.0, top: int = 4) -> dict:
         out = {}
         for i, series in self.samples.items():
-            if self.h.spawned_at(i) >= self.h.run_started or self.h.procs[i].returncode not in (0, None):
-                continue
-            later = [s for t, s in series if t - self.h.run_started >= warm]
+            born = max(self.h.spawned_at(i), self.h.run_started)
+            later = [(t, s) for t, s in series if t - born >= warm]
             if len(later) >= 2:
-                out[i] = {"first": later[0], "last": later[-1]}
-        return out
+                out[i] = {"first": later[0][1], "last": later[-1][1], "minutes": (later[-1][0] - later[0][0]) / 60}
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]["minutes"])[:top])
 
 
 def leftovers(out_dir: str) -> list[int]:
@@ -148,7 +169,11 @@ def report(doc: dict) -> None:
         print(f"peers that stayed: {ch['stayed']}, their {ch['stable_syncs']} syncs after the first moved 0 bytes")
         print(f"newcomer syncs: {ch['newcomer_syncs']}, {ch['newcomer_bytes'] / 2**20:.1f} MiB received, "
               f"sources per sync {ch['newcomer_sources']}")
-        print(f"rejoins after a stall: {ch['rejoins']}, steps restarted after a lost peer: {ch['peer_lost']}")
+        print(f"rejoins after a stall: {ch['rejoins']}, steps restarted after a lost peer: {ch['peer_lost']}, "
+              f"graceful leaves: {ch['left']}")
+        print(f"wipes: {ch['wipes']}, state restarts (new lineages, each said on stderr): {ch['restarts']} "
+              f"(by {ch['peers_restarting']} peers); quantized results checked at {ch['quantized_revisions']} "
+              "revisions")
     if f.get("catch_up_s"):
         print(f"newcomer spawn -> first step: median {f['catch_up_s']['median']:.2f} s, max {f['catch_up_s']['max']:.2f} s"
               " (includes starting Python and importing numpy)")
@@ -160,11 +185,14 @@ def report(doc: dict) -> None:
     if f.get("steps_per_s_per_peer"):
         print(f"steps per second per peer: {f['steps_per_s_per_peer']:.1f}")
     if doc.get("gap"):
-        print(f"longest time without a step anywhere: {doc['gap']['seconds']:.2f} s ({doc['gap']['at_s']:.0f} s "
-              "into the run)")
-    for i, s in sorted(doc.get("lifelong", {}).items()):
-        print(f"peer {i} (start to end): RSS {s['first']['rss_MiB']:.0f} -> {s['last']['rss_MiB']:.0f} MiB, "
-              f"threads {s['first']['threads']} -> {s['last']['threads']}")
+        print(f"longest time without a step anywhere while a peer was alive: {doc['gap']['seconds']:.2f} s "
+              f"({doc['gap']['at_s']:.0f} s into the run)")
+        if doc["gap"]["wipe_to_step_s"] is not None:
+            print(f"longest wipe -> first step of the restarted group: {doc['gap']['wipe_to_step_s']:.2f} s "
+                  "(includes starting Python and importing numpy)")
+    for i, s in doc.get("lifelong", {}).items():
+        print(f"peer {i} ({s['minutes']:.1f} min sampled): RSS {s['first']['rss_MiB']:.0f} -> "
+              f"{s['last']['rss_MiB']:.0f} MiB, threads {s['first']['threads']} -> {s['last']['threads']}")
     if "leftovers" in doc:
         print(f"peer processes left over after the run: {len(doc['leftovers'])}")
     print(f"content hash: {doc['hash_GBps']:.1f} GB/s on one core")
@@ -181,16 +209,20 @@ def main(argv=None) -> int:
     ap.add_argument("--max-peers", type=int, default=7)
     ap.add_argument("--n", type=int, default=1 << 20, help="float32 elements per state entry (two such entries)")
     ap.add_argument("--no-quantized", action="store_true", help="only the plain all-reduce per step")
+    ap.add_argument("--wipe-rate", type=float, default=0.004,
+                    help="weight of wipes among the events (kill 0.2, stall 0.08, spawn 0.22, leave 0.06)")
     ap.add_argument("--out", default="benchmarks/results/soak_state.json")
     a = ap.parse_args(argv)
     t_start = time.monotonic()
     duration = 40.0 if a.quick else a.minutes * 60
     schedule = Schedule.random(a.seed, duration, a.initial, a.min_peers, a.max_peers, kill_rate=0.2,
-                               stall_rate=0.08, spawn_rate=0.22, min_gap=2.5, stall_s=3.0, start=2.0)
+                               stall_rate=0.08, spawn_rate=0.22, min_gap=2.5, stall_s=3.0, start=2.0,
+                               leave_rate=0.06, wipe_rate=a.wipe_rate)
     doc = {"benchmark": "soak_state", "machine": f"{os.cpu_count()} cores", "hash_GBps": hash_speed(),
            "config": {"duration_s": duration, "seed": a.seed, "initial": a.initial, "min_peers": a.min_peers,
                       "max_peers": a.max_peers, "state_MiB": 2 * a.n * 4 / 2**20},
-           "events": {k: sum(e.action == k for e in schedule.events) for k in ("kill", "stall", "spawn")},
+           "events": {k: sum(e.action == k for e in schedule.events) for k in ("kill", "stall", "spawn", "leave",
+                                                                                 "wipe")},
            "schedule": schedule.as_list(), "checks": None, "figures": {}, "goals": [], "errors": [], "notes": []}
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness({"peer_timeout": 2.0, "handshake_timeout": 2.0}, "pccl_arrays.testing:state_loop",
@@ -217,7 +249,11 @@ def main(argv=None) -> int:
     doc["goals"] = [{"text": "every check of the churn test holds for the whole soak", "met": not doc["errors"]},
                     {"text": f"no gap without a step over {gap_goal:.0f} s", "met": doc.get("gap", {}).get(
                         "seconds", 0) <= gap_goal},
-                    {"text": "no peer process left over", "met": doc["leftovers"] == []}]
+                    {"text": "no peer process left over", "met": doc["leftovers"] == []},
+                    {"text": "long-lived peers: RSS grows at most 10 % + 16 MiB, threads by at most 4 (noise)",
+                     "met": bool(doc.get("lifelong")) and all(
+                         s["last"]["rss_MiB"] <= 1.1 * s["first"]["rss_MiB"] + 16
+                         and s["last"]["threads"] <= s["first"]["threads"] + 4 for s in doc["lifelong"].values())}]
     doc["notes"].append(f"{a.max_peers} peer processes and the master share {doc['machine']}: rates are "
                         "oversubscribed; compare them only within one run")
     save_and_report(doc, a.out, t_start, report)

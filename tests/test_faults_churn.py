@@ -81,3 +81,26 @@ def test_random_churn_is_reproducible_and_consistent(tmp_path):
     finally:
         h.close()
     assert all(p.poll() is not None for p in h.procs.values()), "a child process is still running"
+
+
+def test_random_schedules_with_leaves_and_wipes_keep_their_bounds():
+    """Leaves and wipes join the draw only with a rate: old seeds give the same events; with them, the live peers
+    stay within bounds (a wipe leaves min_peers newcomers) and nothing else happens for stall_s after a wipe."""
+    base = dict(seed=5, duration=600.0, initial=5, min_peers=3, max_peers=7, kill_rate=0.2, stall_rate=0.08,
+                spawn_rate=0.22, min_gap=2.5, stall_s=3.0)
+    assert Schedule.random(**base).as_list() == Schedule.random(**base, leave_rate=0.0, wipe_rate=0.0).as_list()
+    s = Schedule.random(**base, leave_rate=0.06, wipe_rate=0.02)
+    assert {"leave", "wipe"} <= {e.action for e in s.events}, s.as_list()
+    live, next_index = set(range(5)), 5
+    for e, after in zip(s.events, s.events[1:] + [None]):
+        if e.action in ("kill", "leave"):
+            assert e.target in live
+            live.discard(e.target)
+        elif e.action == "spawn":
+            assert e.target == next_index
+            live.add(next_index)
+            next_index += 1
+        elif e.action == "wipe":
+            live, next_index = set(range(next_index, next_index + e.target)), next_index + e.target
+            assert e.target == 3 and (after is None or after.t >= e.t + 3.0), (e, after)
+        assert 3 <= len(live) <= 7, (e, live)

@@ -4,8 +4,8 @@ multi-process run of this project shares (docs/testing.md).
 - :class:`Harness` (harness.py): a master in this process, peers as child processes that are killed, stalled
   and spawned on a :class:`Schedule` (schedule.py); :func:`check_no_hang` checks a finished run.
 - :class:`PeerContext`, :func:`allreduce_loop` (peer.py): what a peer target gets, and the README training
-  loop as the built-in target; :func:`state_loop`, :func:`check_state_run` (state_loop.py): the shared-state
-  loop of the churn test and the soak benchmark, with its checks.
+  loop as the built-in target; :func:`state_loop` (state_loop.py) and :func:`check_state_run` (state_checks.py):
+  the shared-state loop of the churn test and the soak benchmark, and its checks.
 - records.py: the progress-line and result-file format; processes.py: children that die with their parent,
   and :class:`ProcessGroup` for workers that each hand in one result (the benchmarks').
 """
@@ -15,7 +15,8 @@ from .peer import PeerContext, allreduce_loop
 from .processes import ProcessGroup, WorkerError, kill_and_reap, spawn_child
 from .records import ProgressLog, die_with_parent, read_progress, read_result, report, run_target, write_result
 from .schedule import ACTIONS, Event, Schedule
-from .state_loop import check_state_run, state_loop
+from .state_checks import check_state_run
+from .state_loop import state_loop
 
 __all__ = ["ACTIONS", "Event", "Harness", "PeerContext", "ProcessGroup", "ProgressLog", "Schedule", "WorkerError",
            "allreduce_loop", "check_no_hang", "check_state_run", "die_with_parent", "kill_and_reap", "read_progress",

@@ -1,4 +1,5 @@
-"""The churn harness: a master in this process, peers as child processes that are killed, stalled and spawned.
+"""The churn harness: a master in this process, peers as child processes that are killed, stalled, spawned,
+asked to leave, or wiped out together.
 
 How this works. :class:`Harness` starts a :class:`~pccl_arrays.Master` on port 0 and runs each peer as
 ``python -m pccl_arrays.testing TARGET MASTER INDEX ARGS OUT`` (peer.py), where TARGET is ``"module:function"``
@@ -17,6 +18,7 @@ child on exit (stalled ones included), and an ``atexit`` hook does the same.
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
 import signal
@@ -59,7 +61,7 @@ class Harness:
         _LIVE_HARNESSES.add(self)
 
     # -- processes ------------------------------------------------------------------------------------------------
-    def spawn(self, extra_args: Optional[dict] = None) -> int:
+    def spawn(self, extra_args: Optional[dict] = None, _at: Optional[float] = None) -> int:
         """Starts the next peer; returns its index."""
         i = len(self.procs)
         args = {**self.args, **(extra_args or {})}
@@ -67,7 +69,7 @@ class Harness:
                json.dumps(args), str(self.out)]
         with open(self.out / f"peer{i}.log", "wb") as log:
             self.procs[i] = spawn_child(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.out)
-        self._log("spawn", i)
+        self._log("spawn", i, _at)
         return i
 
     def start(self, n: int, join_timeout: float = 60.0) -> list[int]:
@@ -78,11 +80,27 @@ class Harness:
             self.wait_progress(i, 1, join_timeout, what="joined")
         return idx
 
-    def kill(self, i: int) -> None:
+    def kill(self, i: int, _at: Optional[float] = None) -> None:
         self._signal(i, signal.SIGKILL)
         self.procs[i].wait()
         self.stalled.discard(i)
-        self._log("kill", i)
+        self._log("kill", i, _at)
+
+    def leave(self, i: int) -> None:
+        """Asks peer i to leave gracefully (creates ``OUT/LEAVE{i}``): it closes its communicator at its next step
+        (:meth:`PeerContext.leave_requested`) and exits normally."""
+        (self.out / f"LEAVE{i}").touch()
+        self._log("leave", i)
+
+    def wipe(self, newcomers: int) -> list[int]:
+        """Kills every live peer and spawns ``newcomers`` new ones, logged as one moment (every event of it has the
+        same time): the group's state dies with its holders and the newcomers must restart it. Returns their
+        indices."""
+        at = time.monotonic()
+        self._log("wipe", newcomers, at)
+        for i in self.alive():
+            self.kill(i, _at=at)
+        return [self.spawn(_at=at) for _ in range(newcomers)]
 
     def stall(self, i: int) -> None:
         self._signal(i, signal.SIGSTOP)
@@ -106,15 +124,16 @@ class Harness:
         if self.procs[i].poll() is None:
             os.kill(self.procs[i].pid, sig)
 
-    def _log(self, action: str, target: Optional[int]) -> None:
-        self.events.append((time.monotonic(), action, target))
+    def _log(self, action: str, target: Optional[int], at: Optional[float] = None) -> None:
+        self.events.append((time.monotonic() if at is None else at, action, target))
 
     # -- running a schedule -----------------------------------------------------------------------------------------
     def run(self, schedule: Schedule, until: Optional[float] = None) -> None:
         """Executes the schedule's events at their times (seconds from now), then waits until ``until`` (default:
         the schedule's duration) and asks the peers to stop (:meth:`stop`)."""
         start = self.run_started = time.monotonic()
-        actions: dict[str, Callable] = {"kill": self.kill, "stall": self.stall, "resume": self.resume}
+        actions: dict[str, Callable] = {"kill": self.kill, "stall": self.stall, "resume": self.resume,
+                                        "leave": self.leave, "wipe": self.wipe}
         for e in schedule.events:
             _sleep_until(start + e.t)
             if e.action == "spawn":
@@ -199,11 +218,14 @@ def check_no_hang(h: Harness, catch_up_s: float = 8.0) -> None:
     steps = {i: [p["t"] for p in h.progress(i) if p["kind"] == "step"] for i in h.procs}
     running = {i for i in h.procs if h.spawned_at(i) < h.run_started}
     catching_up: dict[int, float] = {}  # peer -> time of its spawn / resume
-    for (ta, action, target), (tb, _, _) in zip(log, log[1:]):
-        if action in ("kill", "stall"):
-            running.discard(target)
-        elif action in ("spawn", "resume"):
-            catching_up[target] = ta
+    moments = [(t, [(a, target) for _, a, target in group]) for t, group in itertools.groupby(log, lambda e: e[0])]
+    for (ta, actions), (tb, _) in zip(moments, moments[1:]):  # the events of a wipe share one moment
+        for action, target in actions:
+            if action in ("kill", "stall", "leave"):  # a leaving peer may still finish the step it is in
+                running.discard(target)
+                catching_up.pop(target, None)
+            elif action in ("spawn", "resume"):
+                catching_up[target] = ta
         for i in sorted(running):
             assert any(ta <= t <= tb for t in steps[i]), f"peer {i} made no step in [{ta:.2f}, {tb:.2f}]: {log}"
         for i, since in list(catching_up.items()):

@@ -32,6 +32,10 @@ class PeerContext:
     def stop_requested(self) -> bool:
         return (self.out / "STOP").exists()
 
+    def leave_requested(self) -> bool:
+        """The harness asked this peer alone to leave gracefully (:meth:`Harness.leave`)."""
+        return (self.out / f"LEAVE{self.index}").exists()
+
     def connect(self):
         """A connected Communicator (``args``: connections, data_timeout), retrying in short waits so that a
         STOP is noticed; None when asked to stop first."""

@@ -1,4 +1,5 @@
-"""Churn schedules: when to kill (SIGKILL), stall (SIGSTOP), resume (SIGCONT) and spawn peers.
+"""Churn schedules: when to kill (SIGKILL), stall (SIGSTOP), resume (SIGCONT), spawn peers, ask one to leave
+gracefully, or wipe the group (kill every live peer at once and spawn newcomers in their place).
 
 How this works. A :class:`Schedule` is a list of ``(t_seconds, action, target)`` events in time order;
 :meth:`Schedule.random` draws one from a seed, keeping the number of live peers within bounds, so that a
@@ -13,14 +14,15 @@ from typing import Optional
 
 from ..errors import InvalidArgumentError
 
-ACTIONS = ("kill", "stall", "resume", "spawn")
+ACTIONS = ("kill", "stall", "resume", "spawn", "leave", "wipe")
 
 
 @dataclasses.dataclass(frozen=True)
 class Event:
     t: float  #: seconds after the start of :meth:`Harness.run`
-    action: str  #: kill, stall, resume or spawn
-    target: Optional[int] = None  #: the peer index (None for spawn: the next index)
+    action: str  #: one of ACTIONS
+    #: the peer index (for spawn: the index it gets, None for the next one; for wipe: how many newcomers)
+    target: Optional[int] = None
 
 
 class Schedule:
@@ -36,13 +38,18 @@ class Schedule:
     @classmethod
     def random(cls, seed: int, duration: float, initial: int, min_peers: int, max_peers: int, *,
                kill_rate: float = 0.1, stall_rate: float = 0.05, spawn_rate: float = 0.1, min_gap: float = 3.0,
-               stall_s: float = 3.0, start: float = 1.0) -> "Schedule":
+               stall_s: float = 3.0, start: float = 1.0, leave_rate: float = 0.0,
+               wipe_rate: float = 0.0) -> "Schedule":
         """A reproducible schedule: the same arguments always give the same events.
 
         Events come at least ``min_gap`` s apart (exponential gaps of the total rate otherwise); each picks an
         action among the feasible ones, weighted by its rate, so that the live peers stay within
         [min_peers, max_peers] (a stalled one counts as live: it rejoins after its resume, which comes ``stall_s``
-        later with no other event in between). Peers are numbered as the harness spawns them (0..initial-1 first).
+        later with no other event in between). A leave takes one live peer out like a kill, but the peer closes its
+        communicator itself at its next step. A wipe kills every live peer and spawns ``min_peers`` newcomers at
+        the same moment (their group's state is gone with its holders), then nothing happens for ``stall_s``. Peers
+        are numbered as the harness spawns them (0..initial-1 first). Rates of 0 add no choice, so schedules
+        drawn before an action existed stay the same.
         """
         if not 1 <= min_peers <= initial <= max_peers:
             raise InvalidArgumentError("need 1 <= min_peers <= initial <= max_peers")
@@ -50,13 +57,15 @@ class Schedule:
         live, next_index = list(range(initial)), initial
         events: list[Event] = []
         t = start
-        total = kill_rate + stall_rate + spawn_rate
+        total = kill_rate + stall_rate + spawn_rate + leave_rate + wipe_rate
         while t < duration - min_gap:  # the last event leaves one gap before the end, to see its effect
             choices = []
             if len(live) - 1 >= min_peers:
-                choices.append(("kill", kill_rate))
+                choices += [("kill", kill_rate), ("leave", leave_rate)]
                 if t + stall_s < duration - min_gap:
                     choices.append(("stall", stall_rate))
+            if t + stall_s < duration - min_gap:
+                choices.append(("wipe", wipe_rate))
             if len(live) + 1 <= max_peers:
                 choices.append(("spawn", spawn_rate))
             choices = [c for c in choices if c[1] > 0]
@@ -67,8 +76,13 @@ class Schedule:
                     events.append(Event(t, "spawn", next_index))
                     live.append(next_index)
                     next_index += 1
-                elif action == "kill":
-                    events.append(Event(t, "kill", live.pop(rng.randrange(len(live)))))
+                elif action in ("kill", "leave"):
+                    events.append(Event(t, action, live.pop(rng.randrange(len(live)))))
+                elif action == "wipe":
+                    events.append(Event(t, "wipe", min_peers))
+                    live = list(range(next_index, next_index + min_peers))
+                    next_index += min_peers
+                    t += stall_s
                 else:  # the stalled peer is the only thing that happens until its resume
                     victim = live[rng.randrange(len(live))]
                     events += [Event(t, "stall", victim), Event(round(t + stall_s, 3), "resume", victim)]

@@ -17,12 +17,22 @@ state and catches up through the sync. Each step records the revision, the hash 
 update, the world size, whether the result was exact, and the bytes the step's sync received. With
 ``quantized`` set, every step also all-reduces the gradient quantized (minmax), concurrently with the plain
 one, and records a hash of that result: peers at one revision must agree on it bit for bit.
+
+Leaving and restarting. A peer the harness asks to leave closes its communicator at the top of its next step
+and exits normally. One peer of the group (the first of the ring) saves a checkpoint every
+``checkpoint_every`` revisions (``OUT/checkpoint.npz``, replaced atomically: a peer killed while writing leaves
+the previous one). When every holder of the state is gone (a wipe) the next sync fails on every peer with
+SharedStateError; each of them says so on stderr, records a ``restart``, loads the checkpoint (or the initial
+state if none was saved), counts a new lineage (the ``lineage`` entry of the state: the checkpoint's + 1) and
+offers it with ``strategy="send_only"``; once that sync is committed they save it, so the next restart counts
+from it. Revisions repeat after a restart, so every check is per (lineage, revision).
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
+import os
+import sys
 import time
 
 import numpy as np
@@ -30,7 +40,6 @@ import numpy as np
 from .. import errors
 from ..quantization import Quantization
 from ..shared_state import SharedState
-from .harness import check_no_hang
 
 
 def gradient(revision: int, n: int) -> np.ndarray:
@@ -51,19 +60,46 @@ def _inner_work(ms: float) -> int:
     return spins
 
 
+def _initial_arrays(n: int) -> dict:
+    return {"w": np.zeros(n, dtype=np.float32), "m": np.zeros(n, dtype=np.float32),
+            "step": np.zeros(1, dtype=np.int64), "lineage": np.zeros(1, dtype=np.int64)}
+
+
+def _save_checkpoint(ctx, state: SharedState) -> None:
+    tmp = ctx.out / f"checkpoint.{os.getpid()}.npz"
+    np.savez(tmp, revision=np.array([state.revision], dtype=np.int64), **{k: state[k] for k in state.keys()})
+    os.replace(tmp, ctx.out / "checkpoint.npz")
+
+
+def _restart(ctx, n: int, error: Exception) -> SharedState:
+    """The state a peer offers after the group's state was lost: the last checkpoint, as a new lineage."""
+    path = ctx.out / "checkpoint.npz"
+    if path.exists():
+        with np.load(path) as z:
+            arrays, revision = {k: z[k].copy() for k in _initial_arrays(0)}, int(z["revision"][0])
+    else:
+        arrays, revision = _initial_arrays(n), 0
+    arrays["lineage"][0] += 1
+    lineage = int(arrays["lineage"][0])
+    print(f"peer {ctx.index}: {error}; restarting the group's state from the checkpoint at revision {revision} "
+          f"as lineage {lineage}", file=sys.stderr, flush=True)
+    ctx.progress(kind="restart", revision=revision, lineage=lineage, error=str(error))
+    return SharedState(arrays, revision=revision)
+
+
 def state_loop(ctx) -> dict:
     """Args (ctx.args): ``initial``, ``n`` (elements per entry, default 1 << 18), ``busy_ms`` (default 20),
-    ``connections`` (default 2), ``data_timeout`` (default 10), ``max_steps``, ``quantized`` (default off)."""
+    ``connections`` (default 2), ``data_timeout`` (default 10), ``max_steps``, ``quantized`` (default off),
+    ``checkpoint_every`` (revisions, default 20)."""
     a = ctx.args
     n, busy_ms, max_steps = a.get("n", 1 << 18), a.get("busy_ms", 20.0), a.get("max_steps", 1 << 62)
+    checkpoint_every = a.get("checkpoint_every", 20)
     quant = Quantization(kind="minmax") if a.get("quantized") else None
-    counts = {"rejoins": 0, "peer_lost": 0, "syncs": 0, "sync_failures": 0, "spins": 0}
-    # A newcomer starts from garbage: the sync must replace it (and must never let it win).
-    rng = np.random.default_rng(ctx.index + 1000)
-    state = SharedState({"w": rng.standard_normal(n).astype(np.float32), "m": np.zeros(n, dtype=np.float32),
-                         "step": np.zeros(1, dtype=np.int64)}, revision=0)
-    if a.get("initial"):  # the initial peers start from the same state
-        state["w"][...] = 0.0
+    counts = {"rejoins": 0, "peer_lost": 0, "syncs": 0, "sync_failures": 0, "spins": 0, "restarts": 0}
+    state = SharedState(_initial_arrays(n), revision=0)
+    if not a.get("initial"):  # a newcomer starts from garbage: the sync must replace it (and never let it win)
+        state["w"][...] = np.random.default_rng(ctx.index + 1000).standard_normal(n).astype(np.float32)
+    offer = False  # after a restart: offer the checkpoint (send_only) until a sync commits it
 
     comm = ctx.connect()
     if comm is None:
@@ -71,19 +107,34 @@ def state_loop(ctx) -> dict:
     initial = a.get("initial")
     ctx.admit_initial(comm)
     vote = initial is not None
+    left = False
     while True:
+        if ctx.leave_requested():
+            ctx.progress(kind="leave", revision=state.revision)
+            left = True
+            break
         try:
             if vote:
                 comm.update_topology()
             vote = True
             try:
-                info = comm.sync_shared_state(state)
+                info = comm.sync_shared_state(state, "send_only" if offer else "enforce_popular")
             except errors.PeerLostError:
                 counts["sync_failures"] += 1
                 raise
+            except errors.SharedStateError as e:
+                if "state is lost" not in str(e):
+                    raise
+                counts["restarts"] += 1
+                state, offer = _restart(ctx, n, e), True
+                continue
+            if offer:
+                _save_checkpoint(ctx, state)
+                offer = False
             counts["syncs"] += 1
             ctx.progress(kind="sync", revision=state.revision, received=info.bytes_received, sent=info.bytes_sent,
-                         sources=len(info.received_from), fetched=list(info.fetched), seconds=info.seconds)
+                         sources=len(info.received_from), fetched=list(info.fetched), seconds=info.seconds,
+                         lineage=int(state["lineage"][0]), hash=state_hash(state))
             stop = 1 if (ctx.stop_requested() or state.revision >= max_steps) else 0
             if comm.all_reduce(np.array([stop], dtype=np.int64), "max")[0]:
                 break
@@ -124,67 +175,9 @@ def state_loop(ctx) -> dict:
         state["step"][0] += 1
         state.revision += 1
         ctx.progress(kind="step", revision=state.revision, world=world, exact=exact, hash=state_hash(state),
-                     **({"qhash": q_hash} if q_hash else {}))
+                     lineage=int(state["lineage"][0]), **({"qhash": q_hash} if q_hash else {}))
+        if state.revision % checkpoint_every == 0 and comm.peer_id == comm.ring()[0]:
+            _save_checkpoint(ctx, state)
     comm.close()
-    return {**counts, "revision": state.revision, "hash": state_hash(state)}
-
-
-def check_state_run(h, schedule, catch_up_s: float = 8.0) -> dict:
-    """The assertions of the shared-state churn test (tests/test_state_churn.py) and the soak benchmark
-    (benchmarks/soak_state.py) over a finished Harness run of :func:`state_loop`; returns figures."""
-    results = h.results()
-    killed = {e.target for e in schedule.events if e.action == "kill"}
-    stalled = {e.target for e in schedule.events if e.action == "stall"}
-    assert set(results) == set(h.procs) - killed, (sorted(results), sorted(h.procs), killed)
-    for i, res in results.items():
-        assert "error" not in res, (i, res.get("traceback"))
-        assert h.procs[i].returncode == 0, (i, h.log(i)[-2000:])
-    # At every revision, every peer that reached it holds the same state (progress files include killed peers),
-    # and every applied result was exact: world x the step's gradient, never a partial sum.
-    by_revision = collections.defaultdict(set)
-    steps = 0
-    for i in h.procs:
-        for p in h.progress(i):
-            if p["kind"] == "step":
-                assert p["exact"], (i, p)
-                by_revision[p["revision"]].add(p["hash"])
-                steps += 1
-    assert len(by_revision) >= 20, f"too few steps to mean anything: {len(by_revision)}"
-    diverged = {r: v for r, v in by_revision.items() if len(v) > 1}
-    assert not diverged, diverged
-    # The quantized all-reduce of each step (with ``quantized``): the same bytes on every peer at a revision.
-    q_by_revision = collections.defaultdict(set)
-    for i in h.procs:
-        for p in h.progress(i):
-            if p["kind"] == "step" and "qhash" in p:
-                q_by_revision[p["revision"]].add(p["qhash"])
-    q_diverged = {r: v for r, v in q_by_revision.items() if len(v) > 1}
-    assert not q_diverged, q_diverged
-    # Final states agree too.
-    finals = {res["revision"]: set() for res in results.values()}
-    for res in results.values():
-        finals[res["revision"]].add(res["hash"])
-        assert res["hash"] in by_revision[res["revision"]]
-    assert all(len(v) == 1 for v in finals.values())
-    # Peers that stayed (never killed, stalled or rejoined) receive 0 bytes of state after their first sync;
-    # peers spawned during the run received the state in their first sync.
-    stayed = [i for i in results if i not in stalled and results[i]["rejoins"] == 0]
-    spawned_late = {i for i in h.procs if h.spawned_at(i) >= h.run_started}
-    received_first, stable_syncs = [], 0
-    for i in h.procs:
-        syncs = [p for p in h.progress(i) if p["kind"] == "sync"]
-        if i in stayed:
-            assert all(s["received"] == 0 for s in syncs[1:]), (i, [s["received"] for s in syncs])
-            stable_syncs += len(syncs) - 1
-        if i in spawned_late and syncs:
-            assert syncs[0]["received"] > 0 and syncs[0]["fetched"], (i, syncs[0])
-            received_first.append(syncs[0])
-    assert received_first, "no newcomer synced: the schedule did not exercise state transfer"
-    check_no_hang(h, catch_up_s)
-    return {"steps": steps, "revisions": len(by_revision), "stayed": len(stayed), "stable_syncs": stable_syncs,
-            "newcomer_syncs": len(received_first),
-            "newcomer_bytes": sum(s["received"] for s in received_first),
-            "newcomer_sources": [s["sources"] for s in received_first],
-            "quantized_revisions": len(q_by_revision),
-            "rejoins": sum(r["rejoins"] for r in results.values()),
-            "peer_lost": sum(r["peer_lost"] for r in results.values())}
+    return {**counts, "revision": state.revision, "hash": state_hash(state), "lineage": int(state["lineage"][0]),
+            "left": left}
