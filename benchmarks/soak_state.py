@@ -129,19 +129,23 @@ class Sampler:
             for i, p in list(self.h.procs.items()):
                 if p.poll() is None and i not in self.h.stalled and (s := sample(p.pid)):
                     self.samples.setdefault(i, []).append((now, s))
+            self.samples.setdefault("master", []).append((now, sample(os.getpid())))  # the harness runs it
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
 
     def lifelong(self, warm: float = 20.0, top: int = 4) -> dict:
+        """The master's process (key "master") and the `top` peers sampled longest."""
         out = {}
         for i, series in self.samples.items():
-            born = max(self.h.spawned_at(i), self.h.run_started)
+            born = self.h.run_started if i == "master" else max(self.h.spawned_at(i), self.h.run_started)
             later = [(t, s) for t, s in series if t - born >= warm]
             if len(later) >= 2:
-                out[i] = {"first": later[0][1], "last": later[-1][1], "minutes": (later[-1][0] - later[0][0]) / 60}
-        return dict(sorted(out.items(), key=lambda kv: -kv[1]["minutes"])[:top])
+                out[i] = {"first": later[0][1], "last": later[-1][1], "minutes": (later[-1][0] - later[0][0]) / 60,
+                          "series": [(round(t - born, 1), s["rss_MiB"], s["threads"]) for t, s in later]}
+        peers = sorted(((i, v) for i, v in out.items() if i != "master"), key=lambda kv: -kv[1]["minutes"])[:top]
+        return {**({"master": out["master"]} if "master" in out else {}), **dict(peers)}
 
 
 def leftovers(out_dir: str) -> list[int]:
@@ -191,7 +195,8 @@ def report(doc: dict) -> None:
             print(f"longest wipe -> first step of the restarted group: {doc['gap']['wipe_to_step_s']:.2f} s "
                   "(includes starting Python and importing numpy)")
     for i, s in doc.get("lifelong", {}).items():
-        print(f"peer {i} ({s['minutes']:.1f} min sampled): RSS {s['first']['rss_MiB']:.0f} -> "
+        who = "the master's process (with the harness)" if i == "master" else f"peer {i}"
+        print(f"{who} ({s['minutes']:.1f} min sampled): RSS {s['first']['rss_MiB']:.0f} -> "
               f"{s['last']['rss_MiB']:.0f} MiB, threads {s['first']['threads']} -> {s['last']['threads']}")
     if "leftovers" in doc:
         print(f"peer processes left over after the run: {len(doc['leftovers'])}")
@@ -209,6 +214,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-peers", type=int, default=7)
     ap.add_argument("--n", type=int, default=1 << 20, help="float32 elements per state entry (two such entries)")
     ap.add_argument("--no-quantized", action="store_true", help="only the plain all-reduce per step")
+    ap.add_argument("--keep", type=int, default=2, help="peers never killed, stalled or asked to leave (only wiped)")
     ap.add_argument("--wipe-rate", type=float, default=0.004,
                     help="weight of wipes among the events (kill 0.2, stall 0.08, spawn 0.22, leave 0.06)")
     ap.add_argument("--out", default="benchmarks/results/soak_state.json")
@@ -217,10 +223,10 @@ def main(argv=None) -> int:
     duration = 40.0 if a.quick else a.minutes * 60
     schedule = Schedule.random(a.seed, duration, a.initial, a.min_peers, a.max_peers, kill_rate=0.2,
                                stall_rate=0.08, spawn_rate=0.22, min_gap=2.5, stall_s=3.0, start=2.0,
-                               leave_rate=0.06, wipe_rate=a.wipe_rate)
+                               leave_rate=0.06, wipe_rate=a.wipe_rate, keep=a.keep)
     doc = {"benchmark": "soak_state", "machine": f"{os.cpu_count()} cores", "hash_GBps": hash_speed(),
            "config": {"duration_s": duration, "seed": a.seed, "initial": a.initial, "min_peers": a.min_peers,
-                      "max_peers": a.max_peers, "state_MiB": 2 * a.n * 4 / 2**20},
+                      "max_peers": a.max_peers, "keep": a.keep, "state_MiB": 2 * a.n * 4 / 2**20},
            "events": {k: sum(e.action == k for e in schedule.events) for k in ("kill", "stall", "spawn", "leave",
                                                                                  "wipe")},
            "schedule": schedule.as_list(), "checks": None, "figures": {}, "goals": [], "errors": [], "notes": []}
@@ -250,7 +256,7 @@ def main(argv=None) -> int:
                     {"text": f"no gap without a step over {gap_goal:.0f} s", "met": doc.get("gap", {}).get(
                         "seconds", 0) <= gap_goal},
                     {"text": "no peer process left over", "met": doc["leftovers"] == []},
-                    {"text": "long-lived peers: RSS grows at most 10 % + 16 MiB, threads by at most 4 (noise)",
+                    {"text": "the master and long-lived peers: RSS grows at most 10 % + 16 MiB, threads by at most 4 (noise)",
                      "met": bool(doc.get("lifelong")) and all(
                          s["last"]["rss_MiB"] <= 1.1 * s["first"]["rss_MiB"] + 16
                          and s["last"]["threads"] <= s["first"]["threads"] + 4 for s in doc["lifelong"].values())}]

@@ -139,11 +139,11 @@ std::vector<uint8_t> Communicator::complete_go(const std::vector<uint8_t>& paylo
     return std::move(w.bytes());
 }
 
-Communicator::SlotResources& Communicator::slot_resources(uint32_t slot) {
+std::shared_ptr<Communicator::SlotResources> Communicator::slot_resources(uint32_t slot) {
     std::lock_guard<std::mutex> g(mu_);
     auto& r = slots_[slot];
-    if (!r) r = std::make_unique<SlotResources>();
-    return *r;
+    if (!r) r = std::make_shared<SlotResources>();
+    return r;
 }
 
 uint8_t* Communicator::SlotResources::scratch_for(size_t bytes, int which) {
@@ -214,7 +214,8 @@ OpInfo Communicator::reduce(const void* input, void* output, uint64_t count, DTy
     const auto go = start_op(tag, descriptor_of(count, dtype, op, quant, options), options.timeout);
 
     OpControl ctl(go.op_id);
-    SlotResources& res = slot_resources(go.slot);
+    const std::shared_ptr<SlotResources> held = slot_resources(go.slot);  // outlives a close() meanwhile
+    SlotResources& res = *held;
     track(ctl);
     // The master may hand this slot to our next operation as soon as it commits this one, while we still copy
     // the result out of the slot's scratch: the next one waits here for that copy.

@@ -432,6 +432,12 @@ void Communicator::close() {
         net::close_fd(master_fd_);
     }
     pool_.stop();
+    // The slots' threads and scratch go now (an operation still unwinding keeps its own until it ends).
+    std::map<uint32_t, std::shared_ptr<SlotResources>> slots;
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        slots.swap(slots_);
+    }
 }
 
 }  // namespace pccl

@@ -170,7 +170,7 @@ private:
     // An OP_GO as it arrives (on the master link's thread, in order, mu_ held): the master sends a ring once
     // per epoch, and the OP_GOs that carry only that epoch get it filled in here.
     std::vector<uint8_t> complete_go(const std::vector<uint8_t>& payload);
-    SlotResources& slot_resources(uint32_t slot);
+    std::shared_ptr<SlotResources> slot_resources(uint32_t slot);
     OpInfo run_ring(RingPlan plan, const wire::OpGo& go, const RingWork& work, const void* input, uint8_t* result,
                     OpControl& ctl, SlotResources& res);
     // Both all-reduces: `exact` set means the quantized host path (input unused).
@@ -215,7 +215,8 @@ private:
     std::map<uint64_t, OpControl*> active_;  // running operations by op id, stopped on OP_ABORT / KICKED / lost master
     // Per connection slot (one running operation each): threads for stripes 1..k-1, and two scratch buffers
     // (the result of in-place operations; the quantized host path's blocks and its in-place result), kept
-    // because fresh pages cost a fault each on first touch.
+    // because fresh pages cost a fault each on first touch. close() lets them go: at once for idle slots, at the
+    // end of the operation for a slot in use (each operation holds its slot's).
     struct SlotResources {
         std::mutex mu;  // held by the operation using the slot, until it has copied its result out
         Workers workers;
@@ -225,7 +226,7 @@ private:
         } scratch[2];
         uint8_t* scratch_for(size_t bytes, int which);  // grown on demand, kept between operations
     };
-    std::map<uint32_t, std::unique_ptr<SlotResources>> slots_;
+    std::map<uint32_t, std::shared_ptr<SlotResources>> slots_;  // guarded by mu_
     std::vector<wire::PeerInfo> go_ring_;  // the ring of the last OP_GO that carried one (guarded by mu_)
     uint64_t go_ring_epoch_ = 0;
     std::atomic<uint32_t> in_flight_{0};     // all_reduce calls between OP_START and their end

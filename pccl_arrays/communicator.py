@@ -212,6 +212,7 @@ class Communicator:
 
         Returns within about a second even with operations in flight: they stop at once and raise
         CommunicatorStateError (in their threads, or from their handles); to the other peers this peer is lost.
+        The communicator's threads and buffers go now (an unwinding operation's when it ends).
         """
         self._core.close()
         self._after_leaving()

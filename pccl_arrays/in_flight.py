@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait, FIRST_COMPLETED
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Optional, Sequence
 
-from .errors import InvalidArgumentError, PCCLError, PCCLTimeoutError
+from .errors import CommunicatorStateError, InvalidArgumentError, PCCLError, PCCLTimeoutError
 
 AUTO_TAG_BASE = 1 << 40  # automatic tags stay clear of small user tags
 
@@ -53,12 +53,19 @@ class AllReduceHandle:
         try:
             result, _info = self._future.result(timeout)
         except FutureTimeout:
+            if self._future.done():  # the operation's own PCCLTimeoutError (a TimeoutError too), not this wait's
+                raise
             raise PCCLTimeoutError(f"all-reduce tag {self.tag} did not finish within {timeout} s; it is still "
                                    "running (wait again, or close() the communicator to stop it)") from None
         except KeyboardInterrupt:
             if self._comm is not None:
                 self._comm._abandon(f"interrupted (KeyboardInterrupt) in handle.wait() of all-reduce tag {self.tag}")
             raise
+        finally:
+            # The operation's error, raised here, keeps this frame in its traceback; this frame held the handle,
+            # the handle its future and the future the error: a cycle that kept the failed operation's arrays
+            # until the cycle collector ran (megabytes per lost peer in a long run).
+            self = None  # noqa: F841
         return result
 
     @property
@@ -73,12 +80,22 @@ class Concurrency:
     """The per-communicator part: a thread pool, the tags in flight, the automatic tag counter."""
 
     def __init__(self, comm, max_threads: int = 32):
-        self._comm = comm
+        # The communicator owns this object; a weak reference back keeps them out of a reference cycle, so that
+        # a dropped communicator (a peer that rejoined with a new one) is freed at once with its threads and
+        # buffers, not at some later run of the cycle collector. Handles hold it strongly.
+        self._comm_ref = weakref.ref(comm)
         self._max_threads = max_threads
         self._pool: Optional[ThreadPoolExecutor] = None
         self._lock = threading.Lock()
         self._tags: set[int] = set()
         self._next = AUTO_TAG_BASE
+
+    @property
+    def _comm(self):
+        comm = self._comm_ref()
+        if comm is None:
+            raise CommunicatorStateError("the communicator of this operation was garbage-collected")
+        return comm
 
     def restart_auto_tags(self) -> None:
         """Called with nothing in flight at the group's synchronisation points (see the module docstring)."""
@@ -152,7 +169,10 @@ class Concurrency:
                 else:
                     for other in running:  # let the others end before raising, so no thread outlives the call
                         other.exception()
-                    raise err
+                    try:
+                        raise err
+                    finally:  # the error's traceback holds this frame: no cycle through its locals (see wait())
+                        err = fut = finished = handle = None  # noqa: F841
         return results
 
 

@@ -177,3 +177,118 @@ def test_floods_and_stray_data_frames_at_a_data_port_leave_the_operations_alone(
         assert "error" not in res, res.get("traceback")
         assert res["exact"] and res["failures"] == [] and res["rounds"] >= 2, res
     assert dropped >= len(silent) - 256, f"at most 256 wait for their greeting ({dropped} of 400 dropped)"
+
+
+@pytest.mark.timeout(60)
+def test_a_peer_that_claims_revisions_far_ahead_is_refused_and_the_group_goes_on(master):
+    """A member of a live group claims revision 2^63 (then 2^64 - 1, where one more would wrap) with other
+    content in every sync: each of its syncs is refused with SharedStateError naming the group's revision, within
+    a second, and leaves its state as it was; the honest peers' syncs commit with nothing moved, the all-reduces
+    with the liar stay exact, and the honest states stay identical."""
+    import numpy as np
+
+    import pccl_arrays as pa
+    from pccl_arrays import errors
+    from test_api import run_peers
+
+    rounds = 12
+
+    def fn(rank, c):
+        state = pa.SharedState({"w": np.zeros(4096, np.float32)}, revision=1)
+        c.sync_shared_state(state)  # everyone holds the group's state
+        out = []
+        for k in range(rounds):
+            if rank == 0:  # the liar
+                claim = 2**63 + k if k % 2 else 2**64 - 1
+                state.revision, state["w"][:] = claim, 7.0
+            t0 = time.monotonic()
+            try:
+                info = c.sync_shared_state(state)
+                got = ("ok", info.bytes_received, info.bytes_sent)
+            except errors.SharedStateError as e:
+                got = ("refused", str(e))
+            got += (time.monotonic() - t0, state.revision, float(state["w"][0]), state.hashes()["w"])
+            total = c.all_reduce(np.ones(1024, np.float32))
+            out.append((got, bool(np.all(total == 3.0))))
+            if rank != 0:  # the honest step
+                state["w"] += 1.0
+                state.revision += 1
+        return out
+
+    liar, *honest = run_peers(master, 3, fn)
+    for k, ((got, exact), (h1, _), (h2, _)) in enumerate(zip(liar, honest[0], honest[1])):
+        assert exact, k
+        claim = 2**63 + k if k % 2 else 2**64 - 1
+        committed = max(1, k)  # the group's last committed revision (its sync of this round is not yet committed)
+        assert got[0] == "refused" and f"ahead of the group's revision {committed} " in got[1], got
+        assert got[2] < 1.0 and got[3] == claim and got[4] == 7.0, got
+        for h in (h1, h2):
+            assert h[0] == "ok" and h[1] == h[2] == 0 and h[3] < 1.0 and h[4] == 1 + k, h
+        assert h1[5] == h2[5] and h1[4:] == h2[4:], (h1, h2)
+    assert all(e for _, e in honest[0] + honest[1])
+
+
+@pytest.mark.timeout(60)
+def test_a_peer_that_floods_update_topology_between_rounds_costs_the_others_nothing(master):
+    """Peer 0 calls update_topology() 20 times per round where the others call it once: its extra calls find the
+    others already in the round's all-reduce and return at once. Every round of every peer is exact, nobody gets
+    an error, and every flooded call returns within a second."""
+    import numpy as np
+
+    from test_api import run_peers
+
+    def fn(rank, c):
+        out, slowest = [], 0.0
+        for _ in range(10):
+            for _ in range(20 if rank == 0 else 1):
+                t0 = time.monotonic()
+                c.update_topology(timeout=5)
+                slowest = max(slowest, time.monotonic() - t0)
+            out.append(bool(np.all(c.all_reduce(np.ones(4096, np.float32)) == 3.0)))
+        return out, slowest, c.world_size
+
+    results = run_peers(master, 3, fn)
+    for rounds, slowest, world in results:
+        assert rounds == [True] * 10 and world == 3, results
+    assert results[0][1] < 1.0, results[0]
+
+
+@pytest.mark.timeout(60)
+def test_a_peer_that_floods_sync_shared_state_gets_the_others_clear_errors_until_it_stops(master):
+    """Peer 0 calls sync_shared_state() over and over for 1.5 s while the others all-reduce: a sync beside an
+    all-reduce is a misordered call, so each such all-reduce fails at once with OperationMismatchError naming
+    the sync (the flooder's sync fails the same way), never a hang or a wrong sum; once peer 0 all-reduces
+    too, every peer's next all-reduces are exact."""
+    import numpy as np
+
+    import pccl_arrays as pa
+    from pccl_arrays import errors
+    from test_api import run_peers
+
+    def fn(rank, c):
+        errors_seen, slowest, exact = [], 0.0, 0
+        if rank == 0:
+            state = pa.SharedState({"w": np.zeros(1024, np.float32)})
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                t0 = time.monotonic()
+                try:
+                    c.sync_shared_state(state, timeout=1.0)
+                except (errors.OperationMismatchError, errors.PCCLTimeoutError) as e:
+                    errors_seen.append(type(e).__name__)
+                slowest = max(slowest, time.monotonic() - t0)
+        while exact < 3:
+            t0 = time.monotonic()
+            try:
+                exact += bool(np.all(c.all_reduce(np.ones(4096, np.float32), timeout=10) == 3.0))
+            except errors.OperationMismatchError as e:
+                errors_seen.append(str(e))
+                slowest = max(slowest, time.monotonic() - t0)
+        return errors_seen, slowest
+
+    (flooder, f_slowest), *honest = run_peers(master, 3, fn)
+    assert flooder and set(flooder) <= {"OperationMismatchError", "PCCLTimeoutError"}, flooder
+    assert f_slowest < 1.0 + 1.0, f_slowest
+    for seen, slowest in honest:
+        assert seen and all("sync_shared_state" in s for s in seen), seen[:3]
+        assert slowest < 1.0, slowest

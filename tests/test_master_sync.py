@@ -123,3 +123,16 @@ def test_syncs_run_per_group(m):
     m.join([3, 4], group=1)
     assert set(sends(sync_all(m, {1: 5, 2: 6}), "sync_plan")) == {1, 2}
     assert set(sends(sync_all(m, {3: 7, 4: 7}), "sync_plan")) == {3, 4}
+
+
+def test_flooding_sync_shared_state_closes_only_the_flooder_and_the_others_commit(m):
+    """A second SYNC_START before the first was answered breaks the protocol: that connection closes (nothing of
+    the flood is kept), and the sync of the others commits without it."""
+    m.join([1, 2, 3])
+    assert not sends(m.msg(1, "sync_start", revision=1, strategy=0, entries=state_entries(5)), "sync_plan")
+    flood = []
+    for _ in range(100):
+        flood += m.msg(1, "sync_start", revision=2**63, strategy=0, entries=state_entries(9))
+    assert 1 in closed(flood)
+    plans = sends(sync_all(m, {2: 5, 3: 5}), "sync_plan")
+    assert set(plans) == {2, 3} and all(p["ok"] and p["commit_now"] for p in plans.values()), plans

@@ -39,7 +39,7 @@ class Schedule:
     def random(cls, seed: int, duration: float, initial: int, min_peers: int, max_peers: int, *,
                kill_rate: float = 0.1, stall_rate: float = 0.05, spawn_rate: float = 0.1, min_gap: float = 3.0,
                stall_s: float = 3.0, start: float = 1.0, leave_rate: float = 0.0,
-               wipe_rate: float = 0.0) -> "Schedule":
+               wipe_rate: float = 0.0, keep: int = 0) -> "Schedule":
         """A reproducible schedule: the same arguments always give the same events.
 
         Events come at least ``min_gap`` s apart (exponential gaps of the total rate otherwise); each picks an
@@ -47,14 +47,19 @@ class Schedule:
         [min_peers, max_peers] (a stalled one counts as live: it rejoins after its resume, which comes ``stall_s``
         later with no other event in between). A leave takes one live peer out like a kill, but the peer closes its
         communicator itself at its next step. A wipe kills every live peer and spawns ``min_peers`` newcomers at
-        the same moment (their group's state is gone with its holders), then nothing happens for ``stall_s``. Peers
-        are numbered as the harness spawns them (0..initial-1 first). Rates of 0 add no choice, so schedules
-        drawn before an action existed stay the same.
+        the same moment (their group's state is gone with its holders), then nothing happens for ``stall_s``. The
+        first ``keep`` peers (and after a wipe the first ``keep`` newcomers) are never killed, stalled or asked to
+        leave, only wiped: long-lived peers whose memory a soak can watch. Peers are numbered as the harness
+        spawns them (0..initial-1 first). Rates of 0 add no choice, so schedules drawn before an action existed
+        stay the same.
         """
         if not 1 <= min_peers <= initial <= max_peers:
             raise InvalidArgumentError("need 1 <= min_peers <= initial <= max_peers")
+        if not 0 <= keep < min_peers:
+            raise InvalidArgumentError("need 0 <= keep < min_peers (someone must be left to kill)")
         rng = random.Random(seed)
         live, next_index = list(range(initial)), initial
+        kept = set(range(keep))
         events: list[Event] = []
         t = start
         total = kill_rate + stall_rate + spawn_rate + leave_rate + wipe_rate
@@ -77,14 +82,19 @@ class Schedule:
                     live.append(next_index)
                     next_index += 1
                 elif action in ("kill", "leave"):
-                    events.append(Event(t, action, live.pop(rng.randrange(len(live)))))
+                    victims = [i for i in live if i not in kept]
+                    victim = victims[rng.randrange(len(victims))]
+                    live.remove(victim)
+                    events.append(Event(t, action, victim))
                 elif action == "wipe":
                     events.append(Event(t, "wipe", min_peers))
                     live = list(range(next_index, next_index + min_peers))
+                    kept = set(live[:keep])
                     next_index += min_peers
                     t += stall_s
                 else:  # the stalled peer is the only thing that happens until its resume
-                    victim = live[rng.randrange(len(live))]
+                    victims = [i for i in live if i not in kept]
+                    victim = victims[rng.randrange(len(victims))]
                     events += [Event(t, "stall", victim), Event(round(t + stall_s, 3), "resume", victim)]
                     t += stall_s
             t += max(min_gap, rng.expovariate(total) if total > 0 else duration)
