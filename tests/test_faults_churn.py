@@ -7,6 +7,7 @@ import collections
 
 import pytest
 
+from pccl_arrays import errors as pa_errors
 from pccl_arrays.testing import Harness, Schedule, check_no_hang
 
 PEER_TIMEOUT = 2.0  # the master evicts a stalled peer after this much silence
@@ -85,22 +86,28 @@ def test_random_churn_is_reproducible_and_consistent(tmp_path):
 
 def test_random_schedules_with_leaves_and_wipes_keep_their_bounds():
     """Leaves and wipes join the draw only with a rate: old seeds give the same events; with them, the live peers
-    stay within bounds (a wipe leaves min_peers newcomers) and nothing else happens for stall_s after a wipe."""
+    stay within bounds (a wipe leaves min_peers newcomers) and nothing else happens for stall_s after a wipe; kept
+    peers are never killed, stalled or asked to leave."""
     base = dict(seed=5, duration=600.0, initial=5, min_peers=3, max_peers=7, kill_rate=0.2, stall_rate=0.08,
                 spawn_rate=0.22, min_gap=2.5, stall_s=3.0)
-    assert Schedule.random(**base).as_list() == Schedule.random(**base, leave_rate=0.0, wipe_rate=0.0).as_list()
-    s = Schedule.random(**base, leave_rate=0.06, wipe_rate=0.02)
+    assert Schedule.random(**base).as_list() == Schedule.random(**base, leave_rate=0.0, wipe_rate=0.0,
+                                                                keep=0).as_list()
+    with pytest.raises(pa_errors.InvalidArgumentError):
+        Schedule.random(**base, keep=3)  # someone must be left to kill
+    s = Schedule.random(**base, leave_rate=0.06, wipe_rate=0.02, keep=2)
     assert {"leave", "wipe"} <= {e.action for e in s.events}, s.as_list()
-    live, next_index = set(range(5)), 5
+    live, next_index, kept = set(range(5)), 5, {0, 1}
     for e, after in zip(s.events, s.events[1:] + [None]):
+        if e.action in ("kill", "leave", "stall"):
+            assert e.target in live and e.target not in kept, (e, kept)
         if e.action in ("kill", "leave"):
-            assert e.target in live
             live.discard(e.target)
         elif e.action == "spawn":
             assert e.target == next_index
             live.add(next_index)
             next_index += 1
-        elif e.action == "wipe":
+        elif e.action == "wipe":  # the kept peers die only here; the first newcomers are kept in their place
             live, next_index = set(range(next_index, next_index + e.target)), next_index + e.target
+            kept = set(sorted(live)[:2])
             assert e.target == 3 and (after is None or after.t >= e.t + 3.0), (e, after)
         assert 3 <= len(live) <= 7, (e, live)
