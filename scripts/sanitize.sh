@@ -34,6 +34,7 @@ mkdir -p "$dir/reports"
 tests=(tests/test_protocol_*.py tests/test_master_*.py tests/test_allreduce_*.py tests/test_faults*.py
        tests/test_contract_*.py tests/test_state_*.py tests/test_security*.py tests/test_topology*.py
        tests/test_quant_ring.py tests/test_quant_kernels.py tests/test_buffer_pool.py tests/test_wan*.py
+       tests/test_abuse.py tests/test_lifetime.py
        -k "not torch and not jax and not memory_limit and not machine_is_not_the_bottleneck")
 # (memory_limit: ASan's shadow memory cannot live under RLIMIT_AS; machine_is_not_the_bottleneck asserts the
 # Python relay's own speed, which an intercepted interpreter does not reach under TSan)
@@ -46,7 +47,7 @@ export LD_PRELOAD="$(gcc -print-file-name=$runtime):$(gcc -print-file-name=libst
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:log_path=$dir/reports/asan"  # Python itself never frees everything
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$dir/reports/ubsan"
 # A race is reported and the process goes on, so one run collects them all (memory errors stop it at once).
-export TSAN_OPTIONS="halt_on_error=0:second_deadlock_stack=1:log_path=$dir/reports/tsan"
+export TSAN_OPTIONS="halt_on_error=0:second_deadlock_stack=1:log_path=$dir/reports/tsan:suppressions=$PWD/scripts/tsan.supp"
 export PCCL_ARRAYS_SANITIZED="$kind"
 start=$(date +%s)
 set +e

@@ -5,6 +5,7 @@ many wait, and its peak memory stays small."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import time
@@ -124,7 +125,9 @@ def test_a_peer_that_announces_two_to_the_forty_elements_costs_nobody_memory(mas
         assert "1099511627776" in message and "1024" in message, message
         assert seconds < 1.0
         assert np.all(after == 3)
-    assert results[0][2] < 2 << 20  # KiB: this process (three peers and the master) stayed under 2 GiB
+    # KiB: this process (three peers and the master) stayed under 2 GiB (16 GiB under a sanitizer, whose shadow
+    # memory multiplies RSS; either is nothing beside the 4 TiB claimed)
+    assert results[0][2] < (16 << 20 if os.environ.get("PCCL_ARRAYS_SANITIZED") else 2 << 20), results[0][2]
 
 
 @pytest.mark.timeout(120)
