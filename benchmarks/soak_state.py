@@ -13,8 +13,9 @@ tests/test_state_churn.py checks it (one state hash per (lineage, revision) on e
 0 bytes of state for peers that stayed, no hang). Besides, it reports the longest gap in which no peer made a
 step while a peer was alive (goal: <= the master's peer deadline, 2 s, + 1 s: a stalled or killed member is
 noticed and evicted within it, and the others go on; from a wipe until a newcomer joined no peer is alive), the
-state restarts, the memory (RSS) and thread counts of the longest-lived peers (sampled every 10 s; first sample
-after 20 s against the last), and any peer process left over after the run; and throughput, how fast
+state restarts, the memory (RSS) and thread counts of the master's process and the longest-lived peers
+(sampled every 10 s; the medians of the first and last quarter of each life after 20 s), and any peer process
+left over after the run; and throughput, how fast
 newcomers caught up, and what state syncs cost. Every peer shares this machine's cores, so absolute rates say
 more about the machine than about the library; the checks are what matters.
 """

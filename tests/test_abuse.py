@@ -1,19 +1,25 @@
 """Connections that abuse the master without breaking a frame (issue 16, docs/protocol.md "Limits"): hundreds of
 connections that never say HELLO, greetings that claim a megabyte, DATA frames aimed at the master. Honest
 peers keep joining and all-reducing, within a bound; the master drops the abusers at the header or when too
-many wait, and its peak memory stays small."""
+many wait, and its peak memory stays small. Then peers that speak the protocol correctly but abuse it: a claim
+of 2^40 elements, a slow reader, floods and stray DATA frames at a data port, revisions far ahead, floods of
+update_topology and sync_shared_state; the honest peers keep working or get a clear error within a bound."""
 
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import struct
 import time
 
+import numpy as np
 import pytest
 
-from pccl_arrays import _core
+import pccl_arrays as pa
+from pccl_arrays import _core, errors
 from procs import spawn, start_master_process, wait_all
+from test_api import run_peers
 
 MAGIC, VERSION = 0x52414350, _core.PROTOCOL_VERSION
 TYPES = {"hello": 1, "data": 33}
@@ -96,11 +102,6 @@ def test_a_peer_that_announces_two_to_the_forty_elements_costs_nobody_memory(mas
     reduce 1024: every peer gets OperationMismatchError naming both sizes, within a second, nothing is
     allocated from the claim (the master compares, the peers size from their own arrays), and the next
     operation of the same peers works."""
-    import resource
-
-    import numpy as np
-    from pccl_arrays import errors
-    from test_api import run_peers
 
     f32, op_sum = _core.CODES["dtype"]["float32"], _core.CODES["op"]["sum"]
 
@@ -188,11 +189,6 @@ def test_a_peer_that_claims_revisions_far_ahead_is_refused_and_the_group_goes_on
     content in every sync: each of its syncs is refused with SharedStateError naming the group's revision, within
     a second, and leaves its state as it was; the honest peers' syncs commit with nothing moved, the all-reduces
     with the liar stay exact, and the honest states stay identical."""
-    import numpy as np
-
-    import pccl_arrays as pa
-    from pccl_arrays import errors
-    from test_api import run_peers
 
     rounds = 12
 
@@ -236,9 +232,6 @@ def test_a_peer_that_floods_update_topology_between_rounds_costs_the_others_noth
     """Peer 0 calls update_topology() 20 times per round where the others call it once: its extra calls find the
     others already in the round's all-reduce and return at once. Every round of every peer is exact, nobody gets
     an error, and every flooded call returns within a second."""
-    import numpy as np
-
-    from test_api import run_peers
 
     def fn(rank, c):
         out, slowest = [], 0.0
@@ -262,11 +255,6 @@ def test_a_peer_that_floods_sync_shared_state_gets_the_others_clear_errors_until
     all-reduce is a misordered call, so each such all-reduce fails at once with OperationMismatchError naming
     the sync (the flooder's sync fails the same way), never a hang or a wrong sum; once peer 0 all-reduces
     too, every peer's next all-reduces are exact."""
-    import numpy as np
-
-    import pccl_arrays as pa
-    from pccl_arrays import errors
-    from test_api import run_peers
 
     def fn(rank, c):
         errors_seen, slowest, exact = [], 0.0, 0
