@@ -384,14 +384,21 @@ void Communicator::settle(OpControl& ctl, uint32_t slot) {
     ErrorKind kind;
     std::string why;
     if (ctl.failed(&kind, &why)) {
-        pool_.clear_slot(slot);
         // Report the local failure, then wait for the master's verdict: it names the root cause (which peer was
         // lost) and is the same on every peer. A broken link (eviction, lost master) raises from the wait. To the
-        // others an interrupted peer is a lost one: their retry runs without it.
+        // others an interrupted peer is a lost one: their retry runs without it. The report goes out before the
+        // slot's connections close, so that the cause reaches the master before the neighbours' reports of a
+        // broken connection, which the closing causes.
         const bool interrupted = kind == ErrorKind::kInterrupted;
-        send_master(MsgType::kOpDone,
-                    wire::OpDone{id, 0, uint8_t(interrupted ? ErrorKind::kPeerLost : kind),
-                                 interrupted ? "peer " + std::to_string(peer_id_.load()) + " was interrupted (Ctrl-C)" : why});
+        try {
+            send_master(MsgType::kOpDone,
+                        wire::OpDone{id, 0, uint8_t(interrupted ? ErrorKind::kPeerLost : kind),
+                                     interrupted ? "peer " + std::to_string(peer_id_.load()) + " was interrupted (Ctrl-C)" : why});
+        } catch (...) {  // the master is gone: the slot's connections close all the same
+            pool_.clear_slot(slot);
+            throw;
+        }
+        pool_.clear_slot(slot);
         Frame f = wait_frame(verdict_for(true), net::now_seconds() + cfg_.master_timeout, "the master's verdict on a failure");
         auto m = wire::decode_payload<wire::OpAbort>(f.payload);
         if (interrupted) throw CoreError(ErrorKind::kInterrupted, why + "; the operation was aborted on every peer");
