@@ -8,14 +8,14 @@ from _quant_workers import F32, HEADER
 
 
 def ring_chunks(units: int, world: int) -> list[tuple[int, int]]:
-    """(first unit, units) of each ring chunk, as the core splits them (cpp/ring.cpp: RingPlan::region)."""
+    """(first unit, units) of each ring chunk, as the core splits them (cpp/peer/ring.cpp: RingPlan::region)."""
     base, rem = divmod(units, world)
     return [(c * base + min(c, rem), base + (1 if c < rem else 0)) for c in range(world)]
 
 
 def simulate_ours(xs, kind: int, block: int, order=None, probe_blocks: int = 0):
     """Exact simulation of the quantized ring with the core's kernels. order[pos] is the data rank at ring
-    position pos (default: the identity). Chunk c (cpp/ring.cpp) starts at position c and travels c, c+1, ...,
+    position pos (default: the identity). Chunk c (cpp/peer/ring.cpp) starts at position c and travels c, c+1, ...,
     c+N-1 (the owner), each hop acc = Q(D(acc) + x_own) (the host path adds its exact input); every peer then
     decodes the owners' bytes.
 

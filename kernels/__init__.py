@@ -1,6 +1,6 @@
 """Triton kernels of the quantized all-reduce (docs/quantization.md): quantize and dequantize device arrays.
 
-They produce the same bytes and floats as the C++ host kernels (cpp/quant.cpp) and the NumPy reference
+They produce the same bytes and floats as the C++ host kernels (cpp/kernels/quant.cpp) and the NumPy reference
 (tests/helpers/quant_reference.py). Without a GPU they run under Triton's interpreter, which must be switched on
 (TRITON_INTERPRET=1) before this package is imported: `@triton.jit` picks compiled or interpreted kernels
 when it decorates them, at import.

@@ -17,7 +17,7 @@ from .quantization import Quantization
 from .dtypes import dtype_code, op_code
 from .errors import CommunicatorStateError, InvalidArgumentError, PCCLError
 
-_DEFAULTS = _core.DEFAULTS  # the core's defaults, written once (cpp/communicator.hpp, cpp/master_state.hpp)
+_DEFAULTS = _core.DEFAULTS  # the core's defaults, written once (cpp/peer/communicator.hpp, cpp/master/state.hpp)
 DEFAULT_OP_TIMEOUT = _DEFAULTS["op_timeout"]  # 30 minutes to wait for the others to start (torch's default too)
 DEFAULT_BUFFER_POOL_BYTES = 1 << 30
 

@@ -1,4 +1,4 @@
-"""The shared-state election as a pure function (cpp/state_election.hpp): who votes, which content wins, who
+"""The shared-state election as a pure function (cpp/planning/state_election.hpp): who votes, which content wins, who
 is refused and why, what each peer fetches, and how a receiver's bytes are striped over the holders."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sealed frames (cpp/crypto.hpp, cpp/handshake.hpp), fuzzed: what one end of an authenticated connection
+"""Sealed frames (cpp/crypto/crypto.hpp, cpp/transport/handshake.hpp), fuzzed: what one end of an authenticated connection
 seals, the other opens unchanged; a changed bit anywhere is refused, never yielded as another frame; random
 bytes never pass; with encryption no payload byte pattern survives on the wire. The handshake's own frames
 are in the wire fuzz (test_protocol_fuzz.py); a live master with a secret is fuzzed at the end."""

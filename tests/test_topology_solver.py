@@ -1,4 +1,4 @@
-"""The ring-order solver (cpp/ring_order.hpp) as a pure function: exact against brute force on random
+"""The ring-order solver (cpp/planning/ring_order.hpp) as a pure function: exact against brute force on random
 asymmetric matrices up to 10 peers, the heuristic within 5 % of the optimum and never worse than the admission
 order, and 64 peers solved within 100 ms."""
 

@@ -7,16 +7,16 @@
 #include <cstring>
 #include <openssl/crypto.h>
 
-#include "communicator.hpp"
-#include "handshake.hpp"
-#include "dicts.hpp"
-#include "dlpack.hpp"
-#include "hash.hpp"
-#include "log.hpp"
-#include "master_server.hpp"
-#include "master_state.hpp"
-#include "reduce.hpp"
-#include "state_election.hpp"
+#include "peer/communicator.hpp"
+#include "transport/handshake.hpp"
+#include "python/dicts.hpp"
+#include "python/dlpack.hpp"
+#include "kernels/hash.hpp"
+#include "base/log.hpp"
+#include "master/server.hpp"
+#include "master/state.hpp"
+#include "kernels/reduce.hpp"
+#include "planning/state_election.hpp"
 
 namespace py = pybind11;
 using namespace pccl;

@@ -1,5 +1,5 @@
 // The result buffer pool (buffer_pool.hpp has how it works).
-#include "buffer_pool.hpp"
+#include "python/buffer_pool.hpp"
 
 #include <algorithm>
 #include <cstdlib>

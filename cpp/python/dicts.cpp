@@ -1,8 +1,8 @@
-#include "dicts.hpp"
+#include "python/dicts.hpp"
 
 #include <pybind11/stl.h>
 
-#include "wire.hpp"
+#include "wire/wire.hpp"
 
 namespace py = pybind11;
 

@@ -14,7 +14,7 @@ std::pair<uint16_t, std::vector<uint8_t>> frame_from_dict(const std::string& typ
 pybind11::dict dict_from_frame(uint16_t type, const std::vector<uint8_t>& payload);
 }  // namespace pccl
 
-#include "wire.hpp"
+#include "wire/wire.hpp"
 
 namespace pccl {
 // Shared-state messages as dicts (also used by the election binding).
@@ -24,7 +24,7 @@ wire::SyncPlan sync_plan_of(const pybind11::dict& d);
 pybind11::dict sync_plan_dict(const wire::SyncPlan& m);
 }  // namespace pccl
 
-#include "master_state.hpp"
+#include "master/state.hpp"
 
 namespace pccl {
 pybind11::dict master_stats_dict(const MasterStats& s);

@@ -1,9 +1,9 @@
-#include "dlpack.hpp"
+#include "python/dlpack.hpp"
 
 #include <cstdlib>
 #include <cstring>
 
-#include "error.hpp"
+#include "base/error.hpp"
 
 namespace py = pybind11;
 

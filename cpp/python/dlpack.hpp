@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "buffer_pool.hpp"
-#include "dtype.hpp"
+#include "python/buffer_pool.hpp"
+#include "base/dtype.hpp"
 
 namespace pccl::dl {
 

@@ -5,8 +5,8 @@
 
 #include <chrono>
 
-#include "dicts.hpp"
-#include "master_state.hpp"
+#include "python/dicts.hpp"
+#include "master/state.hpp"
 
 namespace py = pybind11;
 

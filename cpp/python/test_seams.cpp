@@ -4,15 +4,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "dicts.hpp"
-#include "handshake.hpp"
-#include "net.hpp"
-#include "log.hpp"
-#include "master_state.hpp"
-#include "quant.hpp"
-#include "reduce.hpp"
-#include "ring_order.hpp"
-#include "state_election.hpp"
+#include "python/dicts.hpp"
+#include "transport/handshake.hpp"
+#include "transport/net.hpp"
+#include "base/log.hpp"
+#include "master/state.hpp"
+#include "kernels/quant.hpp"
+#include "kernels/reduce.hpp"
+#include "planning/ring_order.hpp"
+#include "planning/state_election.hpp"
 
 namespace py = pybind11;
 

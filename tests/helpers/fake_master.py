@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pccl_arrays import _core
 
-# Error kinds carried in OP_REJECT / OP_ABORT (cpp/error.hpp, exported as _core.CODES).
+# Error kinds carried in OP_REJECT / OP_ABORT (cpp/base/error.hpp, exported as _core.CODES).
 _KINDS = _core.CODES["error_kind"]
 INVALID_ARGUMENT, PEER_LOST, TOO_FEW_PEERS = _KINDS["invalid_argument"], _KINDS["peer_lost"], _KINDS["too_few_peers"]
 MISMATCH, NETWORK, TIMEOUT, SHARED_STATE = _KINDS["mismatch"], _KINDS["network"], _KINDS["timeout"], _KINDS["shared_state"]

@@ -1,6 +1,6 @@
 """NumPy reference of the quantized all-reduce format (docs/quantization.md), written for clarity, not speed.
 
-The C++ host kernels (cpp/quant.cpp) and the Triton kernels (kernels/) must produce exactly these bytes and
+The C++ host kernels (cpp/kernels/quant.cpp) and the Triton kernels (kernels/) must produce exactly these bytes and
 floats. Everything here is float32 arithmetic on np.float32 scalars and arrays: NumPy rounds each float32
 operation correctly (round to nearest, ties to even) and never fuses a multiply and an add, which is the
 arithmetic the spec prescribes.

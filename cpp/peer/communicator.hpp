@@ -1,0 +1,267 @@
+// One peer's handle on the job: its link to the master (HELLO, heartbeats, votes, operation agreement and
+// commit), its connection pool, and the all-reduce entry point. communicator.cpp holds the link, membership and
+// the two-phase end; all_reduce.cpp the life of an all-reduce; state_sync.cpp the shared-state sync.
+//
+// Many all-reduces may run at once (from different threads, with distinct tags); the master gives each running
+// one a connection slot of its own, so they never share a connection.
+//
+// Life of an all-reduce:
+//   1. OP_START(tag, descriptor, timeout, min_world) to the master; wait for OP_GO (ring, op id, stripes) or
+//      OP_REJECT (different descriptors, too few peers, or the others did not start within the timeout).
+//   2. Run the stripes of the ring (ring.hpp) into a result buffer; the caller's input is never written.
+//   3. OP_DONE(ok) to the master; wait for OP_COMMIT (publish the result into the caller's output) or OP_ABORT
+//      (a peer failed somewhere: clear the pool and raise a retryable PeerLost error).
+// A local failure reports OP_DONE(failed) and raises at once. The master link thread routes OP_ABORT, KICKED
+// and a lost master to the running operation through its stop pipe, so no wait outlives its deadline.
+//
+// Interrupts and close. Every wait of a call made from Python's main thread checks for Ctrl-C every 100 ms
+// (error.hpp). Interrupted while data moves, the operation fails here, is reported to the master as a lost
+// peer (the others get a retryable error) and the call raises once the master has aborted it: the communicator
+// stays usable. Interrupted while waiting for the master or the other peers (to start a collective, to be
+// admitted), the communicator leaves the job, since its request cannot be taken back; later calls say so.
+// close() never waits for operations in flight: it stops them (they raise CommunicatorStateError) and leaves.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <set>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/dtype.hpp"
+#include "transport/net.hpp"
+#include "transport/pool.hpp"
+#include "kernels/quant.hpp"
+#include "peer/ring.hpp"
+#include "base/workers.hpp"
+
+namespace pccl {
+
+struct CommConfig {
+    std::string master;              // host:port
+    uint32_t peer_group = 0;
+    uint32_t connections = 4;        // k connections to the ring successor
+    std::string listen = "0.0.0.0:0";  // data port (port 0: the OS chooses)
+    std::string advertise;           // host[:port] others should dial; default: our address toward the master
+    double connect_timeout = 10.0;   // TCP connects and the master's WELCOME
+    double heartbeat_interval = 0.5;
+    double master_timeout = 10.0;    // silence from the master before it counts as unreachable
+    double data_timeout = 30.0;      // no byte of progress on a data connection for this long fails the op
+    size_t piece_bytes = 1 << 20;   // frame size of what this peer sends (a multiple of 64 bytes)
+    double op_timeout = 1800;        // default bound on waiting for the others to start a collective (0: none)
+    uint32_t min_world = 1;          // collectives with fewer peers in the group fail with kTooFewPeers
+    std::optional<crypto::Key> key;  // a run with a secret: the key derived from it (handshake.hpp)
+};
+
+// Per call: what the master compares beyond count/dtype/op/quantization, and how long to wait for the others.
+struct CallOptions {
+    std::vector<uint64_t> shape;   // the caller's array shape (empty: one dimension of `count`)
+    uint64_t structure = 0;        // a pytree's structure fingerprint (0: a single array)
+    std::string structure_text;    // its readable summary, for mismatch messages
+    double timeout = -1;           // seconds to wait for the others to start; negative: CommConfig::op_timeout
+};
+
+struct OpInfo {
+    uint64_t op_id = 0;
+    uint32_t world_size = 0;
+    uint32_t stripes = 0;
+    uint64_t bytes_sent = 0;
+    uint64_t bytes_received = 0;
+    double seconds = 0;
+};
+
+// What a shared-state sync did on this peer (state_sync.cpp).
+struct SyncOutcome {
+    uint64_t sync_id = 0;
+    uint64_t revision = 0;                          // the group's revision after the sync
+    std::vector<uint32_t> fetched;                  // entries received, by index
+    std::vector<std::shared_ptr<uint8_t>> buffers;  // their new bytes (64-byte aligned), published only on commit
+    uint64_t bytes_sent = 0, bytes_received = 0;    // state payload bytes
+    std::map<uint64_t, uint64_t> sent_to, received_from;  // payload bytes per peer
+    uint32_t world_size = 0;
+    double seconds = 0;
+};
+
+class Communicator {
+public:
+    explicit Communicator(CommConfig config);
+    ~Communicator();
+
+    // Joins the job: waits for WELCOME, then for admission (the others' next update_topology()). A negative
+    // timeout waits for admission without a bound (the master's liveness still bounds it).
+    void connect(double admission_timeout);
+    // A negative timeout: CommConfig::op_timeout. Raises kTimeout naming the peers that did not come.
+    void update_topology(double timeout = -1);
+    // A collective of the group: probes the links the master has not measured, and every peer takes the ring
+    // order the master solves for (docs/topology.md). Returns the number of links this peer measured.
+    uint32_t optimize_topology(double timeout = -1);
+    // Peer ids of this peer's group in ring order, as of the last topology result (the caller's thread).
+    std::vector<uint64_t> ring_ids() const {
+        std::vector<uint64_t> ids;
+        for (const auto& p : ring_) ids.push_back(p.id);
+        return ids;
+    }
+    uint32_t pending_peers();
+    // Plain: input/output hold `count` elements of dtype (output may be input: in place). Quantized
+    // (quant.enabled()): input/output are separate buffers of quantized_bytes(count, block) bytes already
+    // quantized (the device path), op is sum or avg, and the caller dequantizes (dividing by world_size for avg).
+    OpInfo all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
+                      const QuantConfig& quant = {}, const CallOptions& options = {});
+    // The quantized host path: x and out hold `count` elements of a floating dtype (out may be x: in place).
+    // The stripes' threads encode our own chunk as it leaves, add x exactly on every hop, and decode final
+    // blocks into out as they arrive (divided by the world size for avg); the blocks live in the slot's scratch.
+    OpInfo all_reduce_quantized(const void* x, void* out, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
+                                const QuantConfig& quant, const CallOptions& options = {});
+    // Collective shared-state sync (docs/shared_state.md): `entries` in name order with their hashes, `data` the
+    // bytes of each (read while holders send). Throws for a refused peer or a failed sync; nothing is written.
+    SyncOutcome sync_state(const std::vector<wire::StateEntry>& entries, const std::vector<const uint8_t*>& data,
+                           uint64_t revision, uint8_t strategy, double timeout = -1);
+    void close();  // graceful leave; operations in flight fail at once (see the top of this file)
+    // Leaves the job after an interrupt in a wait that cannot be taken back; later calls raise `why`.
+    void abandon(const std::string& why);
+
+    uint64_t peer_id() const { return peer_id_; }
+    uint32_t world_size() const { return world_size_; }
+    uint32_t group_world_size() const { return group_world_size_; }
+    bool connected() const { return state_ == State::kAccepted; }
+    std::string data_address() const {
+        std::lock_guard<std::mutex> g(mu_);
+        return advertised_.host + ":" + std::to_string(advertised_.port);
+    }
+    uint16_t data_port() const { return data_port_; }  // the port this peer listens on (0 before connect)
+    std::vector<ConnStat> connection_stats() const { return pool_.stats(); }
+    uint64_t dropped_data_connections() const { return pool_.dropped(); }
+
+private:
+    enum class State { kNew, kJoining, kAccepted, kBroken, kClosed };
+    struct Frame {
+        uint16_t type;
+        std::vector<uint8_t> payload;
+    };
+    template <class T> void send_master(wire::MsgType type, const T& m);
+    void send_raw(const std::vector<uint8_t>& bytes);
+    void require_quiet(const char* call);
+    static bool is_topo_result(const Frame& f, uint64_t seq);  // the TOPO_RESULT answering request `seq`
+    bool send_sealed(std::vector<uint8_t> frame, int* err);  // with send_mu_ held; seals in a run with a secret
+    void link_loop();
+    void mark_broken(ErrorKind kind, const std::string& why);
+    void require_accepted() const;
+    uint32_t timeout_ms(double timeout) const;  // a call's timeout (negative: op_timeout) on the wire
+    // The error a call raises once the communicator is broken or closed; mu_ held.
+    CoreError unusable_error() const;
+    // Waits for the first queued frame accepted by `match`, removing it; throws when the link breaks or the
+    // deadline (steady seconds, negative: none) passes.
+    template <class Match> Frame wait_frame(Match match, double deadline, const char* what);
+    void apply_topology(const wire::TopoResult& r);
+    // The two-phase end of an operation or a sync: OP_DONE with the local outcome (ctl's failure, if any), then
+    // the master's verdict. Returns on OP_COMMIT; on OP_ABORT (or a local failure) clears the slot's
+    // connections and throws the verdict's error, the same on every peer.
+    void settle(OpControl& ctl, uint32_t slot);
+    // The steps of an all-reduce (communicator.cpp): OP_START and the wait for OP_GO; the slot's resources; the
+    // stripes of the ring into `result`.
+    struct SlotResources;
+    wire::OpGo start_op(uint64_t tag, const wire::OpDesc& desc, double timeout);
+    // An OP_GO as it arrives (on the master link's thread, in order, mu_ held): the master sends a ring once
+    // per epoch, and the OP_GOs that carry only that epoch get it filled in here.
+    std::vector<uint8_t> complete_go(const std::vector<uint8_t>& payload);
+    std::shared_ptr<SlotResources> slot_resources(uint32_t slot);
+    OpInfo run_ring(RingPlan plan, const wire::OpGo& go, const RingWork& work, const void* input, uint8_t* result,
+                    OpControl& ctl, SlotResources& res);
+    // Both all-reduces: `exact` set means the quantized host path (input unused).
+    OpInfo reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
+                  const QuantConfig& quant, const void* exact, const CallOptions& options);
+    // Registers an all-reduce call (its tag, the in-flight count) for as long as it lives.
+    class InFlightCall {
+    public:
+        InFlightCall(Communicator* c, uint64_t tag);
+        ~InFlightCall();
+        InFlightCall(const InFlightCall&) = delete;
+        InFlightCall& operator=(const InFlightCall&) = delete;
+
+    private:
+        Communicator* c_;
+        uint64_t tag_;
+    };
+    // Registers a running operation or sync so that OP_ABORT, KICKED and a lost master stop it (also one that
+    // arrived before it was registered); untrack() when its data phase is over.
+    void track(OpControl& ctl);
+    void untrack(const OpControl& ctl);
+
+    CommConfig cfg_;
+    ConnPool pool_;
+    int master_fd_ = -1;
+    auth::Channel master_channel_;  // sealing of the master link in a run with a secret
+    wire::PeerInfo advertised_;  // guarded by mu_ (written once, in connect())
+    std::atomic<uint16_t> data_port_{0};  // read by other threads (a relay following this peer) during connect()
+    std::atomic<uint64_t> peer_id_{0};
+    std::atomic<uint32_t> world_size_{0}, group_world_size_{0};
+    std::atomic<State> state_{State::kNew};
+    std::vector<wire::PeerInfo> ring_;
+    uint64_t topo_seq_ = 0, next_tag_ = 1;
+
+    std::mutex send_mu_;
+    mutable std::mutex mu_;  // guards inbox_, broken_*, active_
+    std::condition_variable cv_;
+    std::deque<Frame> inbox_;
+    ErrorKind broken_kind_ = ErrorKind::kMasterUnreachable;
+    std::string broken_why_;
+    std::string closed_why_ = "the communicator is closed";
+    std::map<uint64_t, OpControl*> active_;  // running operations by op id, stopped on OP_ABORT / KICKED / lost master
+    // Per connection slot (one running operation each): threads for stripes 1..k-1, and two scratch buffers
+    // (the result of in-place operations; the quantized host path's blocks and its in-place result), kept
+    // because fresh pages cost a fault each on first touch. close() lets them go: at once for idle slots, at the
+    // end of the operation for a slot in use (each operation holds its slot's).
+    struct SlotResources {
+        std::mutex mu;  // held by the operation using the slot, until it has copied its result out
+        Workers workers;
+        struct Scratch {
+            std::unique_ptr<uint8_t[]> data;
+            size_t bytes = 0;
+        } scratch[2];
+        uint8_t* scratch_for(size_t bytes, int which);  // grown on demand, kept between operations
+    };
+    std::map<uint32_t, std::shared_ptr<SlotResources>> slots_;  // guarded by mu_
+    std::vector<wire::PeerInfo> go_ring_;  // the ring of the last OP_GO that carried one (guarded by mu_)
+    uint64_t go_ring_epoch_ = 0;
+    std::atomic<uint32_t> in_flight_{0};     // all_reduce calls between OP_START and their end
+    bool syncing_ = false;                   // inside sync_state(); guarded by mu_
+    std::set<uint64_t> tags_in_flight_;      // guarded by mu_
+    std::atomic<bool> link_running_{false};
+    net::Wakeup link_wake_;
+    std::thread link_thread_;
+};
+
+template <class Match> inline Communicator::Frame Communicator::wait_frame(Match match, double deadline, const char* what) {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+        for (auto it = inbox_.begin(); it != inbox_.end(); ++it) {
+            if (match(*it)) {
+                Frame f = std::move(*it);
+                inbox_.erase(it);
+                return f;
+            }
+        }
+        if (state_ == State::kBroken || state_ == State::kClosed) throw unusable_error();
+        const double now = net::now_seconds();
+        if (deadline >= 0 && now >= deadline) throw CoreError(ErrorKind::kTimeout, std::string("timed out waiting for ") + what);
+        if (interrupt_requested()) {
+            lk.unlock();
+            const std::string why = std::string("interrupted (KeyboardInterrupt) while waiting for ") + what;
+            abandon(why);
+            throw CoreError(ErrorKind::kInterrupted, why + "; this communicator left the job");
+        }
+        cv_.wait_for(lk, std::chrono::milliseconds(100));
+    }
+}
+
+template <class T> inline void Communicator::send_master(wire::MsgType type, const T& m) {
+    send_raw(wire::frame(type, m));
+}
+
+}  // namespace pccl
