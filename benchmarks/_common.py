@@ -1,5 +1,6 @@
-"""Helpers every benchmark shares: sizes, summaries, the machine's CPU, finding pccl_arrays, and the report's
-end (goals, errors, notes) with the JSON written beside it."""
+"""Helpers every benchmark shares: sizes, summaries, the machine's CPU, finding pccl_arrays, the start of a
+benchmark's main() (its command line, its clock) and of a worker (joined, behind a WAN relay when asked), and
+the report's end (goals, errors, notes) with the JSON written beside it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import re
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import _procs
 
@@ -61,6 +64,66 @@ def import_pccl_arrays():
         import pccl_arrays
     _procs.EXTRA_PATHS[:] = [str(Path(pccl_arrays.__file__).resolve().parents[1])]
     return pccl_arrays
+
+
+# -- a benchmark's main() -------------------------------------------------------------------------------------------
+def script_main(main: Callable[[list[str]], int], worker_main: Optional[Callable[[list[str]], int]] = None) -> int:
+    """A benchmark script's entry point: ``SCRIPT _worker ARGS`` is one of its worker processes (the benchmark
+    starts them so), anything else is the benchmark, with the command line's arguments."""
+    argv = sys.argv[1:]
+    if worker_main is not None and argv[:1] == ["_worker"]:
+        return worker_main(argv[1:])
+    return main(argv)
+
+
+def benchmark_parser(doc: str, name: str, quick: str) -> argparse.ArgumentParser:
+    """A benchmark's command line, described by the first paragraph of its docstring `doc`: ``--quick`` (`quick`
+    says what it makes small) and ``--out`` (the JSON document; default results/NAME.json beside the benchmarks)
+    to begin with."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help=quick)
+    ap.add_argument("--out", default=str(HERE / "results" / f"{name}.json"), help="JSON output path")
+    return ap
+
+
+@dataclass
+class Run:
+    """One run of a benchmark: its arguments (``argv``, parsed: ``args``) and when it started, for the runtime
+    its JSON document records."""
+
+    argv: list[str]
+    args: argparse.Namespace
+    t_start: float
+
+    @classmethod
+    def start(cls, ap: argparse.ArgumentParser, argv: Optional[list[str]] = None) -> "Run":
+        """Parses ``argv`` (default: the command line's) and starts the clock."""
+        argv = sys.argv[1:] if argv is None else argv
+        return cls(argv, ap.parse_args(argv), time.monotonic())
+
+    def finish(self, doc: dict, report) -> int:
+        """Writes the document to ``--out`` and prints the report; the exit status: 1 if the run had errors."""
+        save_and_report(doc, self.args.out, self.t_start, report)
+        return 1 if doc["errors"] else 0
+
+
+# -- a worker -------------------------------------------------------------------------------------------------------
+def join_worker(master: str, world: int, relay_profile: Optional[str] = None, timeout: float = 120.0, **kw):
+    """A worker's Communicator (``kw``: its options), joined into a group of `world` peers; returns (communicator,
+    relay). With `relay_profile` (a pccl_arrays.wan profile), its data port sits behind a relay of its own, whose
+    address it advertises, so that every byte the others send it crosses the emulated path; else relay is None.
+    Stop the relay after closing the communicator."""
+    import pccl_arrays as pa
+    from pccl_arrays import wan
+
+    relay = wan.Relay(None, relay_profile).start() if relay_profile else None
+    if relay:
+        kw["advertise"] = relay.address
+    c = pa.Communicator(master, **{"listen": "127.0.0.1:0", "data_timeout": 60.0, **kw})
+    if relay:
+        relay.follow(c)
+    join_group(c, world, timeout=timeout)
+    return c, relay
 
 
 def join_group(c, world: int, timeout: float = 120.0):

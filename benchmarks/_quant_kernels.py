@@ -15,6 +15,7 @@ def bench_kernels(n: int, repeats: int, blocks: list[int], kinds: list[str], log
     """Single-thread C++ kernels on n float32 elements; median [min-max] over repeats, configs round robin."""
     import numpy as np
     from pccl_arrays import _core
+    from pccl_arrays import _core_testing
     x = np.random.default_rng(1).standard_normal(n, dtype=np.float32)
     xr = np.ascontiguousarray(x[::-1])
     y = np.zeros(n, np.float32)
@@ -22,10 +23,10 @@ def bench_kernels(n: int, repeats: int, blocks: list[int], kinds: list[str], log
     bufs = {}  # (kind, block) -> q = Q(x) (quantize rewrites the same bytes), start = Q(x reversed), acc
     for kind in kinds:
         for b in blocks:
-            qb = _core.quantized_bytes(n, b)
+            qb = _core_testing.quantized_bytes(n, b)
             q, start, acc = np.zeros(qb, np.uint8), np.zeros(qb, np.uint8), np.zeros(qb, np.uint8)
-            _core.quantize(x.ctypes.data, F32, n, KINDS[kind], b, q.ctypes.data)
-            _core.quantize(xr.ctypes.data, F32, n, KINDS[kind], b, start.ctypes.data)
+            _core_testing.quantize(x.ctypes.data, F32, n, KINDS[kind], b, q.ctypes.data)
+            _core_testing.quantize(xr.ctypes.data, F32, n, KINDS[kind], b, start.ctypes.data)
             bufs[(kind, b)] = (q, start, acc)
     del xr
     fbytes = n * 4
@@ -48,13 +49,13 @@ def bench_kernels(n: int, repeats: int, blocks: list[int], kinds: list[str], log
                 q, start, acc = bufs[(kind, b)]
                 kc = KINDS[kind]
                 if op == "quantize":
-                    t = time_it(lambda: _core.quantize(x.ctypes.data, F32, n, kc, b, q.ctypes.data))
+                    t = time_it(lambda: _core_testing.quantize(x.ctypes.data, F32, n, kc, b, q.ctypes.data))
                 elif op == "dequantize":
-                    t = time_it(lambda: _core.dequantize(q.ctypes.data, n, kc, b, F32, y.ctypes.data, 1))
+                    t = time_it(lambda: _core_testing.dequantize(q.ctypes.data, n, kc, b, F32, y.ctypes.data, 1))
                 else:  # acc = Q(D(Q(x reversed)) + D(Q(x))), acc reset outside the timing
                     _core.memcpy(acc.ctypes.data, start.ctypes.data, acc.nbytes)
                     nblocks = -(-n // b)
-                    t = time_it(lambda: _core.reduce_hop(acc.ctypes.data, q.ctypes.data, 0, nblocks, n, kc, b))
+                    t = time_it(lambda: _core_testing.reduce_hop(acc.ctypes.data, q.ctypes.data, 0, nblocks, n, kc, b))
             if rep > 0:
                 samples.setdefault(key, []).append(t)
         log(f"  kernels: {'warm-up' if rep == 0 else f'repeat {rep}/{repeats}'} done")
@@ -66,7 +67,7 @@ def bench_kernels(n: int, repeats: int, blocks: list[int], kinds: list[str], log
                "block": int(parts[2]) if len(parts) > 2 else None, "elements": n, "float32_bytes": fbytes,
                "seconds": ts, "GBps": _common.spread([fbytes / t / 1e9 for t in ts])}
         if op == "reduce_hop":
-            qb = _core.quantized_bytes(n, row["block"])
+            qb = _core_testing.quantized_bytes(n, row["block"])
             row["wire_GBps"] = _common.spread([qb / t / 1e9 for t in ts])  # quantized bytes received per second
         rows.append(row)
     return {"elements": n, "float32_bytes": fbytes, "repeats": repeats, "threads": 1, "rows": rows,
@@ -116,10 +117,10 @@ def bench_triton(n: int, repeats: int, blocks: list[int], kinds: list[str], log)
                     td.append(d)
             # the same bytes as the C++ host kernels (docs/quantization.md: all implementations agree bit for bit)
             import numpy as np
-            from pccl_arrays import _core
+            from pccl_arrays import _core_testing
             xh = x.cpu().numpy()
-            qh = np.empty(_core.quantized_bytes(n, b), np.uint8)
-            _core.quantize(xh.ctypes.data, F32, n, KINDS[kind], b, qh.ctypes.data)
+            qh = np.empty(_core_testing.quantized_bytes(n, b), np.uint8)
+            _core_testing.quantize(xh.ctypes.data, F32, n, KINDS[kind], b, qh.ctypes.data)
             same = bool(np.array_equal(q.cpu().numpy(), qh))
             rows.append({"op": "quantize", "kind": kind, "block": b, "same_bytes_as_host": same,
                          "GBps": _common.spread([n * 4 / t / 1e9 for t in tq])})

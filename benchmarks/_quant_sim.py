@@ -22,7 +22,7 @@ def simulate_ours(xs, kind: int, block: int, order=None, probe_blocks: int = 0):
     With probe_blocks > 0 only the first probe_blocks whole blocks of every chunk are simulated:
     returns (element indices, decoded values) of those, to identify the ring order cheaply."""
     import numpy as np
-    from pccl_arrays import _core
+    from pccl_arrays import _core_testing
     world, n = len(xs), xs[0].size
     order = list(order or range(world))
     stride = block + HEADER
@@ -37,22 +37,22 @@ def simulate_ours(xs, kind: int, block: int, order=None, probe_blocks: int = 0):
             sub = [x[fb * block:(fb + k) * block] for x in xs]
             qs = []
             for x in sub:
-                q = np.empty(_core.quantized_bytes(x.size, block), np.uint8)
-                _core.quantize(np.ascontiguousarray(x).ctypes.data, F32, x.size, kind, block, q.ctypes.data)
+                q = np.empty(_core_testing.quantized_bytes(x.size, block), np.uint8)
+                _core_testing.quantize(np.ascontiguousarray(x).ctypes.data, F32, x.size, kind, block, q.ctypes.data)
                 qs.append(q)
             acc = qs[order[c]].copy()
             for h in range(1, world):
                 own = np.ascontiguousarray(sub[order[(c + h) % world]])
-                _core.reduce_hop_exact(acc.ctypes.data, own.ctypes.data, F32, fb, k, n, kind, block)
+                _core_testing.reduce_hop_exact(acc.ctypes.data, own.ctypes.data, F32, fb, k, n, kind, block)
             out = np.empty(k * block, np.float32)
-            _core.dequantize(acc.ctypes.data, k * block, kind, block, F32, out.ctypes.data, 1)
+            _core_testing.dequantize(acc.ctypes.data, k * block, kind, block, F32, out.ctypes.data, 1)
             idx.append(np.arange(fb * block, (fb + k) * block))
             vals.append(out)
         return np.concatenate(idx), np.concatenate(vals)
     qs = []
     for x in xs:
-        q = np.empty(_core.quantized_bytes(n, block), np.uint8)
-        _core.quantize(x.ctypes.data, F32, n, kind, block, q.ctypes.data)
+        q = np.empty(_core_testing.quantized_bytes(n, block), np.uint8)
+        _core_testing.quantize(x.ctypes.data, F32, n, kind, block, q.ctypes.data)
         qs.append(q)
     result = np.empty_like(qs[0])
     for c, (fb, nbk) in enumerate(chunks):
@@ -63,10 +63,10 @@ def simulate_ours(xs, kind: int, block: int, order=None, probe_blocks: int = 0):
         acc = qs[order[c]][lo:hi].copy()
         for h in range(1, world):
             own = np.ascontiguousarray(xs[order[(c + h) % world]][fb * block:(fb + nbk) * block])
-            _core.reduce_hop_exact(acc.ctypes.data, own.ctypes.data, F32, fb, nbk, n, kind, block)
+            _core_testing.reduce_hop_exact(acc.ctypes.data, own.ctypes.data, F32, fb, nbk, n, kind, block)
         result[lo:hi] = acc
     out = np.empty(n, np.float32)
-    _core.dequantize(result.ctypes.data, n, kind, block, F32, out.ctypes.data, 1)
+    _core_testing.dequantize(result.ctypes.data, n, kind, block, F32, out.ctypes.data, 1)
     return out
 
 

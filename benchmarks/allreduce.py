@@ -29,7 +29,6 @@ more peer threads than cores the numbers measure an oversubscribed host, not a n
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import os
 import platform
@@ -45,8 +44,8 @@ WORKERS = str(HERE / "_allreduce_workers.py")
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
-from _common import (cpu_model, fmt_size, import_pccl_arrays, parse_size, print_footer,  # noqa: E402
-                     save_and_report, spread)
+from _common import (Run, benchmark_parser, cpu_model, fmt_size, import_pccl_arrays, parse_size,  # noqa: E402
+                     print_footer, spread)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 FULL_SIZES = [4 * KiB, 1 * MiB, 16 * MiB, 64 * MiB, 256 * MiB]
@@ -296,9 +295,7 @@ def evaluate_goals(doc: dict) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="4 KiB, 1 MiB, 16 MiB, 3 repeats (CI smoke test)")
+    ap = benchmark_parser(__doc__, "allreduce", quick="4 KiB, 1 MiB, 16 MiB, 3 repeats (CI smoke test)")
     ap.add_argument("--peers", type=int, nargs="+", default=[2, 3, 4], help="peer counts (default: 2 3 4)")
     ap.add_argument("--sizes", type=parse_size, nargs="+", help="array sizes in bytes (4KiB, 16MiB, ...)")
     ap.add_argument("--repeats", type=int, help="timed repeats per size (default: 20 up to 1 MiB, 10 up to "
@@ -315,11 +312,10 @@ def main(argv=None) -> int:
                     help="bytes per loopback round (default 1 GiB, 256 MiB with --quick)")
     ap.add_argument("--timeout", type=float, default=None,
                     help="seconds before a group of peers counts as hung (default 600, 120 with --quick)")
-    ap.add_argument("--out", default=str(HERE / "results" / "allreduce.json"), help="JSON output path")
-    a = ap.parse_args(argv)
+    bench = Run.start(ap, argv)
+    a = bench.args
     if any(n < 2 for n in a.peers):
         ap.error("--peers must be >= 2")
-    t_start = time.monotonic()
     sizes = a.sizes or (QUICK_SIZES if a.quick else FULL_SIZES)
     repeats = [a.repeats or default_repeats(s, a.quick) for s in sizes]
     rounds = a.rounds or (1 if a.quick else 3)
@@ -352,7 +348,7 @@ def main(argv=None) -> int:
     doc = {
         "benchmark": "allreduce",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": ["python", os.path.relpath(__file__), *argv],
+        "command": ["python", os.path.relpath(__file__), *bench.argv],
         "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform(),
                     "python": platform.python_version(), "numpy": np.__version__, "torch": tv,
                     "pccl_arrays": pv},
@@ -442,8 +438,7 @@ def main(argv=None) -> int:
                         errors.append(f"{name} N={n} {r['size']}: WRONG all-reduce result")
 
     doc["goals"] = evaluate_goals(doc)
-    save_and_report(doc, a.out, t_start, print_table)
-    return 1 if errors else 0
+    return bench.finish(doc, print_table)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _procs  # noqa: E402
-from _common import import_pccl_arrays, parse_size, print_footer, save_and_report  # noqa: E402
-from wan import join_behind_relay  # noqa: E402
+from _common import (Run, benchmark_parser, import_pccl_arrays, join_worker, parse_size, print_footer,  # noqa: E402
+                     script_main)
+from wan import PIECE  # noqa: E402  (the pieces of wan.py's peers: small enough for the emulated links)
 
-MINMAX, BLOCK = 1, 1024
+CODES = import_pccl_arrays()._core.CODES  # the core's codes for dtypes, ops and quantization kinds
+F32, SUM, MINMAX = CODES["dtype"]["float32"], CODES["op"]["sum"], CODES["quant_kind"]["minmax"]
+BLOCK = 1024
 GPU_COMMAND = "PYTHONPATH=. python benchmarks/gpu_quant_wan.py --size 256MiB  # on a machine with a CUDA GPU"
 
 
@@ -52,12 +55,11 @@ def _clock(torch, fn):
 def worker(a) -> dict:
     import numpy as np
 
-    from pccl_arrays import _core
-
+    from pccl_arrays import _core_testing
     torch = _cuda()
-    c, relay = join_behind_relay(a.master, a.world, a.k, a.profile)
+    c, relay = join_worker(a.master, a.world, a.profile, timeout=60, connections=a.k, piece_bytes=PIECE)
     n = a.size // 4
-    qbytes = _core.quantized_bytes(n, BLOCK)
+    qbytes = _core_testing.quantized_bytes(n, BLOCK)
     q_out = np.zeros(qbytes, np.uint8)
     y = np.zeros(n, np.float32)  # touched now: page faults are not part of the dequantize stage
     stages_all = []
@@ -73,16 +75,17 @@ def worker(a) -> dict:
         else:
             x = (np.arange(n, dtype=np.float32) % 97) * np.float32(a.rank + 1)
             q_host = np.empty(qbytes, np.uint8)
-            _, stages["quantize"] = _clock(None, lambda: _core.quantize(x.ctypes.data, 10, n, MINMAX, BLOCK,
+            _, stages["quantize"] = _clock(None, lambda: _core_testing.quantize(x.ctypes.data, F32, n, MINMAX, BLOCK,
                                                                           q_host.ctypes.data))
         c.all_reduce(np.zeros(1, np.float32))  # lines the peers up
         info, stages["wan_transfer"] = _clock(None, lambda: c._core.all_reduce(
-            q_host.ctypes.data, q_out.ctypes.data, n, 10, 0, 0, MINMAX, BLOCK, 0, 0, 0))
+            input_ptr=q_host.ctypes.data, output_ptr=q_out.ctypes.data, count=n, dtype=F32, op=SUM, tag=0,
+            qkind=MINMAX, qblock=BLOCK))
         if torch is not None:
             q_back, stages["host_to_device"] = _clock(torch, lambda: torch.from_numpy(q_out).cuda())
             _, stages["dequantize"] = _clock(torch, lambda: k.dequantize(q_back, n, MINMAX, BLOCK, torch.float32))
         else:
-            _, stages["dequantize"] = _clock(None, lambda: _core.dequantize(q_out.ctypes.data, n, MINMAX, BLOCK, 10,
+            _, stages["dequantize"] = _clock(None, lambda: _core_testing.dequantize(q_out.ctypes.data, n, MINMAX, BLOCK, F32,
                                                                             y.ctypes.data, 1))
         stages["wire_bytes_sent"] = info.bytes_sent
         if rep:
@@ -124,7 +127,7 @@ def kernel_throughput(n: int, repeats: int) -> dict:
 
     import torch
 
-    from pccl_arrays import _core
+    from pccl_arrays import _core_testing
 
     cuda = _cuda()
     out = {}
@@ -157,12 +160,12 @@ def kernel_throughput(n: int, repeats: int) -> dict:
     else:
         x = torch.randn(n)
         xn = x.numpy()
-        q = np.empty(_core.quantized_bytes(n, BLOCK), np.uint8)
+        q = np.empty(_core_testing.quantized_bytes(n, BLOCK), np.uint8)
         y = np.empty(n, np.float32)
         lo, sc, codes = torch_quantize(x, BLOCK)
         out["device"] = "host (no CUDA device: Triton's interpreter is not a speed path and is not measured)"
-        out["cpp_quantize_GBps"] = best(lambda: _core.quantize(xn.ctypes.data, 10, n, MINMAX, BLOCK, q.ctypes.data))
-        out["cpp_dequantize_GBps"] = best(lambda: _core.dequantize(q.ctypes.data, n, MINMAX, BLOCK, 10, y.ctypes.data, 1))
+        out["cpp_quantize_GBps"] = best(lambda: _core_testing.quantize(xn.ctypes.data, F32, n, MINMAX, BLOCK, q.ctypes.data))
+        out["cpp_dequantize_GBps"] = best(lambda: _core_testing.dequantize(q.ctypes.data, n, MINMAX, BLOCK, F32, y.ctypes.data, 1))
         out["torch_quantize_GBps"] = best(lambda: torch_quantize(x, BLOCK))
         out["torch_dequantize_GBps"] = best(lambda: torch_dequantize(lo, sc, codes))
     return out
@@ -218,20 +221,14 @@ def report(doc: dict) -> None:
 
 
 def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv and argv[0] == "_worker":
-        return worker_main(argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="16 MiB, one repeat")
+    ap = benchmark_parser(__doc__, "gpu_quant_wan", quick="16 MiB, one repeat")
     ap.add_argument("--size", default=None, help="float32 bytes per array (default 64MiB; --quick 16MiB)")
     ap.add_argument("--profile", default="continent")
     ap.add_argument("--peers", type=int, default=2)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--out", default=str(HERE / "results" / "gpu_quant_wan.json"))
-    a = ap.parse_args(argv)
-    t_start = time.monotonic()
+    bench = Run.start(ap, argv)
+    a = bench.args
     pa = import_pccl_arrays()
     from pccl_arrays import wan
 
@@ -264,9 +261,8 @@ def main(argv=None) -> int:
         doc["notes"].append("no CUDA device: host path only; the device stages were not measured. On a GPU "
                             f"machine: {GPU_COMMAND}")
     doc["notes"].append(plot(doc, Path(a.out).with_suffix(".png")))
-    save_and_report(doc, a.out, t_start, report)
-    return 0
+    return bench.finish(doc, report)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main, worker_main))

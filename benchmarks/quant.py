@@ -27,7 +27,7 @@ What it measures, in one run (``--sections`` picks a subset):
   inputs) of our format and of a PCCL-style per-chunk baseline, for N = 2, 3, 4 peers, float32 Gaussian data
   with and without a few outliers. Our format's results come from real all-reduces of N peer processes (rank 0
   writes its result to a temporary file). Beside them runs an exact simulation with the core's kernels
-  (``_core.quantize``, ``_core.reduce_hop``, ``_core.dequantize``) in ring order, which must give the same
+  (``_core_testing.quantize``, ``_core_testing.reduce_hop``, ``_core_testing.dequantize``) in ring order, which must give the same
   bits; the master orders the ring by admission, which the benchmark does not control, so the order is
   identified first (the one of the N! orders that reproduces the first blocks of every chunk). The baseline is
   NumPy: one (min, max) pair per ring chunk of count/N elements, codes = floor((x - min) / (max - min) * 255)
@@ -47,7 +47,6 @@ group of peers until other processes are idle.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import os
 import platform
@@ -154,9 +153,7 @@ def evaluate_goals(doc: dict) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes, 2 peers, few repeats (CI smoke test)")
+    ap = _common.benchmark_parser(__doc__, "quant", quick="small sizes, 2 peers, few repeats (CI smoke test)")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS, help="what to run (default: all)")
     ap.add_argument("--peers", type=int, nargs="+", help="peer counts of the bandwidth test (default 2 3; 2 quick)")
     ap.add_argument("--sizes", type=_common.parse_size, nargs="+", help="all-reduce sizes (default 1 16 64 256 MiB)")
@@ -174,8 +171,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet-wait", type=float, default=0.0,
                     help="before each section and group of peers, wait up to this many seconds until other "
                          "processes use < 0.15 cores (default 0: no wait); for shared machines")
-    ap.add_argument("--out", default=str(HERE / "results" / "quant.json"), help="JSON output path")
-    a = ap.parse_args(argv)
+    bench = _common.Run.start(ap, argv)
+    a = bench.args
     QUIET_WAIT["limit_s"] = a.quiet_wait
     cfg = dict(QUICK if a.quick else FULL)
     peers = a.peers or cfg["peers"]
@@ -190,7 +187,6 @@ def main(argv=None) -> int:
     timeout = a.timeout or (120.0 if a.quick else 600.0)
     if any(n < 2 for n in peers + error_peers):
         ap.error("peer counts must be >= 2")
-    t_start = time.monotonic()
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -206,7 +202,7 @@ def main(argv=None) -> int:
     doc = {
         "benchmark": "quant",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": ["python", os.path.relpath(__file__), *argv],
+        "command": ["python", os.path.relpath(__file__), *bench.argv],
         "machine": {"nproc": os.cpu_count(), "cpu": _common.cpu_model(), "platform": platform.platform(),
                     "python": platform.python_version(), "numpy": np.__version__, "pccl_arrays": pv,
                     "pccl_arrays_path": str(Path(pccl_arrays.__file__).resolve().parent)},
@@ -257,8 +253,7 @@ def main(argv=None) -> int:
     doc["load_average"].append(("end", os.getloadavg()))
     doc["quiet_waits"] = QUIET_WAIT["waits"]
     doc["goals"] = evaluate_goals(doc)
-    _common.save_and_report(doc, a.out, t_start, print_report)
-    return 1 if errors else 0
+    return bench.finish(doc, print_report)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ What it measures, per N (one group of N peer processes and a master in this proc
 * the master's CPU per collective: its thread's CPU time over the whole run (Master.stats()["cpu_seconds"])
   divided by the collectives it coordinated (committed operations and topology updates).
 Then it fits the 4 KiB latency to a + b * 2(N - 1) (the ring's hop count) and reports each N's residual.
-Apart from the processes, the master's own work per all-reduce without sockets (``_core.master_cost``: a
+Apart from the processes, the master's own work per all-reduce without sockets (``_core_testing.master_cost``: a
 MasterState with N admitted peers handling N OP_STARTs and N OP_DONEs per operation) for N = 2 ... 256: time
 and bytes of its answers per operation, and their growth per doubling of N, which must stay near 2 (linear).
 All
@@ -34,7 +34,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
-from _common import cpu_model, fmt_size, import_pccl_arrays, join_group, print_footer, save_and_report  # noqa: E402
+from _common import (Run, benchmark_parser, cpu_model, fmt_size, import_pccl_arrays, join_group,  # noqa: E402
+                     print_footer, script_main)
 
 KiB, MiB = 1 << 10, 1 << 20
 SIZES = [4 * KiB, 1 * MiB]
@@ -123,7 +124,7 @@ def master_logic(pa, peers: list[int]) -> list[dict]:
     for n in peers:
         best = None
         for _ in range(3):
-            got = pa._core.master_cost(n, max(20, 4000 // n))
+            got = pa._core_testing.master_cost(n, max(20, 4000 // n))
             best = got if best is None or got["seconds_per_op"] < best["seconds_per_op"] else best
         rows.append({"peers": n, "us_per_op": best["seconds_per_op"] * 1e6, "bytes_per_op": best["bytes_per_op"]})
     for prev, r in zip(rows, rows[1:]):
@@ -155,20 +156,16 @@ def report(doc: dict) -> None:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "_worker":
-        return worker_main(argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="N = 2, 4 and 5 repeats (CI smoke test)")
+    ap = benchmark_parser(__doc__, "scale", quick="N = 2, 4 and 5 repeats (CI smoke test)")
     ap.add_argument("--peers", type=int, nargs="+", help="group sizes (default 2 4 8 16 32)")
     ap.add_argument("--repeats", type=int, help="repeats per measure (default 15; 5 quick)")
-    ap.add_argument("--out", default=str(HERE / "results" / "scale.json"))
-    a = ap.parse_args(argv)
-    t_start = time.monotonic()
+    bench = Run.start(ap, argv)
+    a = bench.args
     pa = import_pccl_arrays()
+    import pccl_arrays._core_testing  # noqa: F401 (pa._core_testing.master_cost)
     peers = a.peers or ([2, 4] if a.quick else [2, 4, 8, 16, 32])
     repeats = a.repeats or (5 if a.quick else 15)
-    doc = {"benchmark": "scale", "command": ["python", os.path.relpath(__file__), *argv],
+    doc = {"benchmark": "scale", "command": ["python", os.path.relpath(__file__), *bench.argv],
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
            "config": {"peers": peers, "repeats": repeats, "sizes": [fmt_size(s) for s in SIZES]},
            "rows": [], "goals": [], "errors": [], "notes": [
@@ -186,9 +183,8 @@ def main(argv=None) -> int:
     doc["fit"] = fit(doc["rows"])
     for r in doc["rows"]:
         r["latency_s"] = {int(k): v for k, v in r["latency_s"].items()}
-    save_and_report(doc, a.out, t_start, report)
-    return 1 if doc["errors"] else 0
+    return bench.finish(doc, report)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main, worker_main))

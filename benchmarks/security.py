@@ -28,8 +28,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
-from _common import (cpu_model, expected_sum, fmt_size, import_pccl_arrays, join_group, parse_size,  # noqa: E402
-                     pattern, print_footer, save_and_report)
+from _common import (Run, benchmark_parser, cpu_model, expected_sum, fmt_size, import_pccl_arrays,  # noqa: E402
+                     join_worker, parse_size, pattern, print_footer, script_main)
 
 KiB, MiB = 1 << 10, 1 << 20
 MODES = ("plain", "integrity", "encrypted")
@@ -42,18 +42,10 @@ GOAL_LATENCY_S = 1e-4  # 4 KiB: at most this much slower than plain
 # -- worker side ---------------------------------------------------------------------------------------------------
 def worker(a) -> dict:
     import numpy as np
-    import pccl_arrays as pa
-    from pccl_arrays import wan
 
-    relay = wan.Relay(None, a.wan).start() if a.wan else None
-    kw = {"advertise": relay.address} if relay else {}
     # The secret comes from PCCL_ARRAYS_SECRET, set by the parent for the authenticated modes.
-    if a.piece_bytes:
-        kw["piece_bytes"] = a.piece_bytes
-    c = pa.Communicator(a.master, connections=a.connections, listen="127.0.0.1:0", data_timeout=60.0, **kw)
-    if relay:
-        relay.follow(c)
-    join_group(c, a.world)
+    kw = {"piece_bytes": a.piece_bytes} if a.piece_bytes else {}
+    c, relay = join_worker(a.master, a.world, a.wan or None, connections=a.connections, **kw)
     tiny = np.zeros(1, np.float32)
     rows = []
     for size in a.sizes:
@@ -156,11 +148,7 @@ def report(doc: dict) -> None:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "_worker":
-        return worker_main(argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes, 2 peers, no WAN (CI smoke test)")
+    ap = benchmark_parser(__doc__, "security", quick="small sizes, 2 peers, no WAN (CI smoke test)")
     ap.add_argument("--sizes", type=parse_size, nargs="+", help="loopback sizes (default 4KiB 64MiB 256MiB)")
     ap.add_argument("--peers", type=int, nargs="+", help="peer counts (default 2 3)")
     ap.add_argument("--rounds", type=int, help="rounds of the three modes (default 2; 1 quick)")
@@ -168,15 +156,14 @@ def main(argv=None) -> int:
     ap.add_argument("--piece-bytes", type=parse_size, default=0, help="the peers' piece_bytes (default: theirs)")
     ap.add_argument("--no-wan", action="store_true", help="loopback only")
     ap.add_argument("--wan-size", type=parse_size, default=24 * MiB, help="all-reduce size through the WAN relays")
-    ap.add_argument("--out", default=str(HERE / "results" / "security.json"))
-    a = ap.parse_args(argv)
-    t_start = time.monotonic()
+    bench = Run.start(ap, argv)
+    a = bench.args
     pa = import_pccl_arrays()
     sizes = a.sizes or ([4 * KiB, 1 * MiB] if a.quick else [4 * KiB, 64 * MiB, 256 * MiB])
     peers = a.peers or ([2] if a.quick else [2, 3])
     rounds, repeats = a.rounds or (1 if a.quick else 2), a.repeats or (3 if a.quick else 5)
     networks = [("loopback", "", sizes)] + ([] if a.quick or a.no_wan else [(WAN_PROFILE, WAN_PROFILE, [a.wan_size])])
-    doc = {"benchmark": "security", "command": ["python", os.path.relpath(__file__), *argv],
+    doc = {"benchmark": "security", "command": ["python", os.path.relpath(__file__), *bench.argv],
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
            "config": {"sizes": sizes, "peers": peers, "rounds": rounds, "repeats": repeats, "wan_profile": WAN_PROFILE,
                       "wan_size": a.wan_size, "piece_bytes": a.piece_bytes or "default"},
@@ -196,9 +183,8 @@ def main(argv=None) -> int:
             doc["runs"].append({"network": net, "peers": n, "mode": mode, "round": rnd, "rows": rows})
     sys.stderr.write("\r" + " " * 60 + "\r")
     summarize(doc)
-    save_and_report(doc, a.out, t_start, report)
-    return 1 if doc["errors"] else 0
+    return bench.finish(doc, report)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main, worker_main))

@@ -22,7 +22,6 @@ more about the machine than about the library; the checks are what matters.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -34,11 +33,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_footer, save_and_report  # noqa: E402
+from _common import Run, benchmark_parser, print_footer  # noqa: E402
 
 from pccl_arrays import _core  # noqa: E402
 from pccl_arrays.testing import Harness, Schedule  # noqa: E402
-from pccl_arrays.testing import check_state_run  # noqa: E402
+from pccl_arrays.testing import check_state_run, process_status  # noqa: E402
 
 
 def hash_speed() -> float:
@@ -103,12 +102,9 @@ def longest_gap(h: Harness) -> dict:
 
 
 def sample(pid: int) -> dict | None:
-    """RSS (MiB) and thread count of a process, from /proc (None once it is gone)."""
-    try:
-        fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
-    except OSError:
-        return None
-    return {"rss_MiB": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"])}
+    """RSS (MiB) and thread count of a process (None once it is gone)."""
+    s = process_status(pid)
+    return None if s is None else {"rss_MiB": s.rss / 2**20, "threads": s.threads}
 
 
 class Sampler:
@@ -215,9 +211,8 @@ def report(doc: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = benchmark_parser(__doc__, "soak_state", quick="40 s")
     ap.add_argument("--minutes", type=float, default=5.0)
-    ap.add_argument("--quick", action="store_true", help="40 s")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--initial", type=int, default=5)
     ap.add_argument("--min-peers", type=int, default=3)
@@ -227,9 +222,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", type=int, default=2, help="peers never killed, stalled or asked to leave (only wiped)")
     ap.add_argument("--wipe-rate", type=float, default=0.004,
                     help="weight of wipes among the events (kill 0.2, stall 0.08, spawn 0.22, leave 0.06)")
-    ap.add_argument("--out", default="benchmarks/results/soak_state.json")
-    a = ap.parse_args(argv)
-    t_start = time.monotonic()
+    bench = Run.start(ap, argv)
+    a = bench.args
     duration = 40.0 if a.quick else a.minutes * 60
     schedule = Schedule.random(a.seed, duration, a.initial, a.min_peers, a.max_peers, kill_rate=0.2,
                                stall_rate=0.08, spawn_rate=0.22, min_gap=2.5, stall_s=3.0, start=2.0,
@@ -273,8 +267,7 @@ def main(argv=None) -> int:
                          and s["threads_max"] <= s["first"]["threads"] + 4 for s in doc["lifelong"].values())}]
     doc["notes"].append(f"{a.max_peers} peer processes and the master share {doc['machine']}: rates are "
                         "oversubscribed; compare them only within one run")
-    save_and_report(doc, a.out, t_start, report)
-    return 1 if doc["errors"] else 0
+    return bench.finish(doc, report)
 
 
 if __name__ == "__main__":

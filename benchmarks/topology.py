@@ -32,8 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
-from _common import (cpu_model, fmt_size, import_pccl_arrays, join_group, parse_size, print_footer,  # noqa: E402
-                     save_and_report)
+from _common import (Run, benchmark_parser, cpu_model, fmt_size, import_pccl_arrays, join_group,  # noqa: E402
+                     parse_size, print_footer, script_main)
 
 MiB = 1 << 20
 GOAL_VS_BEST, GOAL_VS_CROSSING, GOAL_PROBE_S = 0.90, 2.0, 5.0
@@ -236,18 +236,13 @@ def plot(doc: dict, net, path: Path) -> str:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "_worker":
-        return worker_main(argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = benchmark_parser(__doc__, "topology", quick="small arrays, one repeat (CI smoke test)")
     ap.add_argument("--links", default=str(HERE / "layouts" / "three_regions.json"), help="a wan_regions layout")
-    ap.add_argument("--quick", action="store_true", help="small arrays, one repeat (CI smoke test)")
     ap.add_argument("--size", type=parse_size, help="all-reduce bytes (default 8 MiB; 1 MiB quick)")
     ap.add_argument("--repeats", type=int, help="timed all-reduces per ring (default 2; 1 quick)")
-    ap.add_argument("--out", default=str(HERE / "results" / "topology.json"))
     ap.add_argument("--plot", default=None, help="PNG path (default: next to --out)")
-    a = ap.parse_args(argv)
-    t_start = time.monotonic()
+    bench = Run.start(ap, argv)
+    a = bench.args
     pa = import_pccl_arrays()
     from pccl_arrays.wan_regions import Regions
 
@@ -257,7 +252,7 @@ def main(argv=None) -> int:
         ap.error(f"--links {a.links}: {e}")
     size, repeats = a.size or (1 * MiB if a.quick else 8 * MiB), a.repeats or (1 if a.quick else 2)
     crossing, best = crossing_order(net), brute_force(net)
-    doc = {"benchmark": "topology", "command": ["python", os.path.relpath(__file__), *argv],
+    doc = {"benchmark": "topology", "command": ["python", os.path.relpath(__file__), *bench.argv],
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
            "config": {"links": os.path.relpath(a.links), "layout": json.loads(Path(a.links).read_text()),
                       "peers": net.peers, "size": size, "repeats": repeats, "crossing_order": crossing,
@@ -273,9 +268,8 @@ def main(argv=None) -> int:
     summarize(doc, size)
     out = Path(a.out)
     doc["notes"].append(plot(doc, net, Path(a.plot) if a.plot else out.with_suffix(".png")))
-    save_and_report(doc, a.out, t_start, report)
-    return 0 if not doc["errors"] else 1
+    return bench.finish(doc, report)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main, worker_main))

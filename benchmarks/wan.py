@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _procs  # noqa: E402
-from _common import import_pccl_arrays, join_group, print_footer, save_and_report  # noqa: E402
+from _common import Run, benchmark_parser, import_pccl_arrays, join_worker, print_footer, script_main  # noqa: E402
 
 MiB = 1 << 20
 KS = [1, 2, 4, 8, 16, 32]
@@ -35,24 +35,10 @@ U8_SCALE = 4  # uint8 operations reduce 4x larger arrays, so they too last about
 
 
 # -- worker side ---------------------------------------------------------------------------------------------------
-def join_behind_relay(master: str, world: int, k: int, profile: str):
-    """A peer whose data port sits behind its own relay (others dial the relay), joined into a group of `world`;
-    returns (communicator, relay)."""
-    import pccl_arrays as pa
-    from pccl_arrays import wan
-
-    relay = wan.Relay(None, profile).start()
-    c = pa.Communicator(master, connections=k, listen="127.0.0.1:0", advertise=relay.address, piece_bytes=PIECE,
-                        data_timeout=60.0)
-    relay.follow(c)
-    join_group(c, world, timeout=60)
-    return c, relay
-
-
 def worker(a) -> dict:
     import numpy as np
 
-    c, relay = join_behind_relay(a.master, a.world, a.k, a.profile)
+    c, relay = join_worker(a.master, a.world, a.profile, timeout=60, connections=a.k, piece_bytes=PIECE)
     rows = []
     for kind in ("float32", "uint8"):
         quant = "minmax" if kind == "uint8" else None
@@ -237,21 +223,15 @@ def report(doc: dict) -> None:
 
 
 def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv and argv[0] == "_worker":
-        return worker_main(argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="2 peers, one repeat")
+    ap = benchmark_parser(__doc__, "wan", quick="2 peers, one repeat")
     ap.add_argument("--profiles", default="continent,transatlantic")
     ap.add_argument("--peers", default=None, help="comma list (default 2,3,4; --quick: 2)")
     ap.add_argument("--ks", default=",".join(map(str, KS)))
     ap.add_argument("--seconds", type=float, default=None, help="target duration of one operation at the bound")
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--out", default=str(HERE / "results" / "wan.json"))
     ap.add_argument("--plot", default=None, help="PNG path (default: next to --out)")
-    a = ap.parse_args(argv)
-    t_start = time.monotonic()
+    bench = Run.start(ap, argv)
+    a = bench.args
     pa = import_pccl_arrays()
     from pccl_arrays import wan
     from pccl_arrays.testing import WorkerError
@@ -281,9 +261,8 @@ def main(argv=None) -> int:
     doc["notes"].append(plot(doc, Path(a.plot) if a.plot else out.with_suffix(".png")))
     doc["notes"].append("profiles are scaled about 1/50 of real links so this machine is not the bottleneck "
                         "(tests/test_wan.py); at real speeds the times scale down by the same factor")
-    save_and_report(doc, a.out, t_start, report)
-    return 1 if doc["errors"] else 0
+    return bench.finish(doc, report)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main, worker_main))

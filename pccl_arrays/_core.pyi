@@ -5,31 +5,9 @@ from __future__ import annotations
 import collections.abc
 import typing
 import typing_extensions
-__all__: list[str] = ['BufferPool', 'CODES', 'Communicator', 'DEFAULTS', 'DLView', 'HostBuffer', 'MasterServer', 'MasterState', 'OpInfo', 'PROTOCOL_VERSION', 'SealedPipe', 'best_ring', 'content_hash', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'log_attach_drain', 'log_for_tests', 'log_level', 'log_take', 'master_cost', 'memcpy', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into', 'ring_score', 'solve_ring_exact', 'solve_ring_heuristic']
-class MasterState:
-    def __init__(self, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, probe_addresses: bool = False) -> None:
-        ...
-    def on_connect(self, conn: typing.SupportsInt | typing.SupportsIndex, addr: str, now: typing.SupportsFloat | typing.SupportsIndex) -> list:
-        ...
-    def on_disconnect(self, conn: typing.SupportsInt | typing.SupportsIndex, reason: str, now: typing.SupportsFloat | typing.SupportsIndex) -> list:
-        ...
-    def on_message(self, conn: typing.SupportsInt | typing.SupportsIndex, type: str, fields: dict, now: typing.SupportsFloat | typing.SupportsIndex) -> list:
-        ...
-    def on_probe_result(self, conn: typing.SupportsInt | typing.SupportsIndex, reachable: bool, reason: str, now: typing.SupportsFloat | typing.SupportsIndex) -> list:
-        ...
-    def on_tick(self, now: typing.SupportsFloat | typing.SupportsIndex) -> list:
-        ...
-    def stats(self) -> dict:
-        ...
-class SealedPipe:
-    def __init__(self, secret: bytes, encrypt: bool) -> None:
-        ...
-    def open(self, arg0: bytes) -> list:
-        ...
-    def seal(self, arg0: bytes) -> bytes:
-        ...
+__all__: list[str] = ['BufferPool', 'CODES', 'Communicator', 'DEFAULTS', 'DLView', 'HostBuffer', 'MasterServer', 'OpInfo', 'PROTOCOL_VERSION', 'content_hash', 'log_attach_drain', 'log_level', 'log_take', 'memcpy']
 class MasterServer:
-    def __init__(self, listen: str, peer_timeout: typing.SupportsFloat | typing.SupportsIndex, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex, secret: bytes | None = None, encrypt: bool = False) -> None:
+    def __init__(self, *, listen: str, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, secret: bytes | None = None, encrypt: bool = False) -> None:
         ...
     def links(self) -> list:
         ...
@@ -65,13 +43,13 @@ class OpInfo:
     def world_size(self) -> int:
         ...
 class Communicator:
-    def __init__(self, master: str, peer_group: typing.SupportsInt | typing.SupportsIndex, connections: typing.SupportsInt | typing.SupportsIndex, listen: str, advertise: str, connect_timeout: typing.SupportsFloat | typing.SupportsIndex, heartbeat_interval: typing.SupportsFloat | typing.SupportsIndex, master_timeout: typing.SupportsFloat | typing.SupportsIndex, data_timeout: typing.SupportsFloat | typing.SupportsIndex, piece_bytes: typing.SupportsInt | typing.SupportsIndex, op_timeout: typing.SupportsFloat | typing.SupportsIndex = 1800.0, min_world: typing.SupportsInt | typing.SupportsIndex = 1, secret: bytes | None = None) -> None:
+    def __init__(self, *, master: str, peer_group: typing.SupportsInt | typing.SupportsIndex = 0, connections: typing.SupportsInt | typing.SupportsIndex = 4, listen: str = '0.0.0.0:0', advertise: str = '', connect_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, heartbeat_interval: typing.SupportsFloat | typing.SupportsIndex = 0.5, master_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, data_timeout: typing.SupportsFloat | typing.SupportsIndex = 30.0, piece_bytes: typing.SupportsInt | typing.SupportsIndex = 1048576, op_timeout: typing.SupportsFloat | typing.SupportsIndex = 1800.0, min_world: typing.SupportsInt | typing.SupportsIndex = 1, secret: bytes | None = None) -> None:
         ...
     def abandon(self, why: str) -> None:
         """
         Leaves the job because of an interrupt the core did not see; later calls raise `why`.
         """
-    def all_reduce(self, input_ptr: typing.SupportsInt | typing.SupportsIndex, output_ptr: typing.SupportsInt | typing.SupportsIndex, count: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex, tag: typing.SupportsInt | typing.SupportsIndex, qkind: typing.SupportsInt | typing.SupportsIndex = 0, qblock: typing.SupportsInt | typing.SupportsIndex = 0, qround: typing.SupportsInt | typing.SupportsIndex = 0, qseed: typing.SupportsInt | typing.SupportsIndex = 0, host_quantized: bool = False, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], structure: typing.SupportsInt | typing.SupportsIndex = 0, structure_text: str = '', timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0) -> OpInfo:
+    def all_reduce(self, *, input_ptr: typing.SupportsInt | typing.SupportsIndex, output_ptr: typing.SupportsInt | typing.SupportsIndex, count: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex, tag: typing.SupportsInt | typing.SupportsIndex, qkind: typing.SupportsInt | typing.SupportsIndex = 0, qblock: typing.SupportsInt | typing.SupportsIndex = 0, qround: typing.SupportsInt | typing.SupportsIndex = 0, qseed: typing.SupportsInt | typing.SupportsIndex = 0, host_quantized: bool = False, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], structure: typing.SupportsInt | typing.SupportsIndex = 0, structure_text: str = '', timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0) -> OpInfo:
         """
         Plain, or quantized: host_quantized takes arrays of the dtype and quantizes on the stripes' threads; otherwise input and output are quantized bytes (the device path).
         """
@@ -87,7 +65,7 @@ class Communicator:
         ...
     def ring_ids(self) -> list[int]:
         ...
-    def sync_state(self, entries: list, data_ptrs: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], revision: typing.SupportsInt | typing.SupportsIndex, strategy: typing.SupportsInt | typing.SupportsIndex, timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0) -> dict:
+    def sync_state(self, *, entries: list, data_ptrs: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], revision: typing.SupportsInt | typing.SupportsIndex, strategy: typing.SupportsInt | typing.SupportsIndex, timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0) -> dict:
         ...
     def update_topology(self, timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0) -> None:
         ...
@@ -185,64 +163,20 @@ class HostBuffer:
     @property
     def shape(self) -> list[int]:
         ...
-def best_ring(bandwidth: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], latency: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], admission: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> list[int]:
-    ...
 def content_hash(data_ptr: typing.SupportsInt | typing.SupportsIndex, nbytes: typing.SupportsInt | typing.SupportsIndex) -> int:
     """
     The 64-bit content hash of shared state (docs/shared_state.md).
     """
-def decode_frame(frame: bytes) -> tuple[str, dict]:
-    """
-    Decodes one whole frame; raises ProtocolError on anything malformed.
-    """
-def dequantize(q_ptr: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, out_ptr: typing.SupportsInt | typing.SupportsIndex, divide_by: typing.SupportsInt | typing.SupportsIndex = 1) -> None:
-    ...
-def elect_state(peers: list, group_revision: typing.Any = None) -> dict:
-    ...
-def encode_frame(type: str, fields: dict) -> bytes:
-    """
-    Header + payload of one message, for tests and tools.
-    """
-def finalize_avg(ptr: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, world: typing.SupportsInt | typing.SupportsIndex) -> None:
-    ...
 def log_attach_drain() -> None:
     ...
-def log_for_tests(level: typing.SupportsInt | typing.SupportsIndex, text: str) -> None:
-    """
-    Emits one core log line (tests of the logging bridge).
-    """
 def log_level() -> int:
     ...
 def log_take(timeout: typing.SupportsFloat | typing.SupportsIndex) -> list[tuple[int, str]]:
     ...
-def master_cost(peers: typing.SupportsInt | typing.SupportsIndex, ops: typing.SupportsInt | typing.SupportsIndex) -> dict:
-    """
-    The master's time and answer bytes per all-reduce of `peers` peers, without sockets (benchmarks/scale.py).
-    """
 def memcpy(dst_ptr: typing.SupportsInt | typing.SupportsIndex, src_ptr: typing.SupportsInt | typing.SupportsIndex, nbytes: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
     Copies bytes between host buffers (packing pytrees).
     """
-def quantize(x_ptr: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, out_ptr: typing.SupportsInt | typing.SupportsIndex) -> None:
-    ...
-def quantized_bytes(n: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex) -> int:
-    ...
-def reduce_hop(acc_ptr: typing.SupportsInt | typing.SupportsIndex, own_ptr: typing.SupportsInt | typing.SupportsIndex, first_block: typing.SupportsInt | typing.SupportsIndex, n_blocks: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, rounding: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, op_id: typing.SupportsInt | typing.SupportsIndex = 0, step: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
-    """
-    One ring hop over whole blocks: acc = Q(D(acc) + D(own)).
-    """
-def reduce_hop_exact(acc_ptr: typing.SupportsInt | typing.SupportsIndex, own_ptr: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, first_block: typing.SupportsInt | typing.SupportsIndex, n_blocks: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, rounding: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, op_id: typing.SupportsInt | typing.SupportsIndex = 0, step: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
-    """
-    One ring hop adding our own unquantized values: acc = Q(D(acc) + float32(own)).
-    """
-def reduce_into(acc_ptr: typing.SupportsInt | typing.SupportsIndex, local_ptr: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex) -> None:
-    ...
-def ring_score(bandwidth: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], latency: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], order: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> tuple[float, int, float]:
-    ...
-def solve_ring_exact(bandwidth: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], latency: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]]) -> list[int]:
-    ...
-def solve_ring_heuristic(bandwidth: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], latency: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], admission: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> list[int]:
-    ...
 CODES: dict = {'dtype': {'int8': 0, 'uint8': 1, 'int16': 2, 'uint16': 3, 'int32': 4, 'uint32': 5, 'int64': 6, 'uint64': 7, 'float16': 8, 'bfloat16': 9, 'float32': 10, 'float64': 11}, 'op': {'sum': 0, 'avg': 1, 'prod': 2, 'max': 3, 'min': 4}, 'quant_kind': {'none': 0, 'minmax': 1, 'zeropoint': 2}, 'rounding': {'nearest': 0, 'stochastic': 1}, 'sync_strategy': {'enforce_popular': 0, 'receive_only': 1, 'send_only': 2}, 'error_kind': {'invalid_argument': 1, 'peer_lost': 2, 'too_few_peers': 3, 'master_unreachable': 4, 'protocol': 5, 'mismatch': 6, 'evicted': 7, 'state': 8, 'network': 9, 'timeout': 10, 'shared_state': 11, 'interrupted': 12, 'authentication': 13}}
 DEFAULTS: dict = {'peer_timeout': 10.0, 'handshake_timeout': 5.0, 'connections': 4, 'connect_timeout': 10.0, 'heartbeat_interval': 0.5, 'master_timeout': 10.0, 'data_timeout': 30.0, 'piece_bytes': 1048576, 'op_timeout': 1800.0}
 PROTOCOL_VERSION: int = 4

@@ -93,9 +93,11 @@ class Communicator:
         if not isinstance(buffer_pool_bytes, int) or isinstance(buffer_pool_bytes, bool) or buffer_pool_bytes < 0:
             raise InvalidArgumentError(f"buffer_pool_bytes must be an int >= 0, not {buffer_pool_bytes!r}")
         self._core = _core.Communicator(
-            master, peer_group, connections, listen, advertise or "", connect_timeout, heartbeat_interval,
-            master_timeout, data_timeout, piece_bytes, 0.0 if op_timeout is None else float(op_timeout),
-            min_world_size, _secret.resolve(secret),
+            master=master, peer_group=peer_group, connections=connections, listen=listen, advertise=advertise or "",
+            connect_timeout=connect_timeout, heartbeat_interval=heartbeat_interval, master_timeout=master_timeout,
+            data_timeout=data_timeout, piece_bytes=piece_bytes,
+            op_timeout=0.0 if op_timeout is None else float(op_timeout), min_world=min_world_size,
+            secret=_secret.resolve(secret),
         )
         self.min_world_size = min_world_size
         self._pool = _core.BufferPool(buffer_pool_bytes)
@@ -328,7 +330,8 @@ class Communicator:
             buf = arrays.new_host_buffer(src.shape, name, self._pool)
             dst = arrays.buffer_view(buf, name)
         if quant is None:
-            info = self._core.all_reduce(src.ptr, dst.ptr, src.count, dcode, ocode, tag, **call)
+            info = self._core.all_reduce(input_ptr=src.ptr, output_ptr=dst.ptr, count=src.count, dtype=dcode, op=ocode,
+                                         tag=tag, **call)
         else:
             info = _quantization.host_all_reduce(self, src, dst, dcode, ocode, tag, quant, call)
         if target is None:
@@ -399,9 +402,10 @@ class Communicator:
                         timeout: Optional[float] = None) -> None:
         """All-reduces one core-owned host buffer into another (used by all_reduce_tree); ``structure`` is the
         tree's (fingerprint, summary)."""
-        info = self._core.all_reduce(src.data, dst.data, int(np.prod(src.shape, dtype=np.int64)), dtype_code(name),
-                                     op_code(op, name), tag, structure=structure[0], structure_text=structure[1],
-                                     **_call_args(src.shape, timeout))
+        info = self._core.all_reduce(input_ptr=src.data, output_ptr=dst.data,
+                                     count=int(np.prod(src.shape, dtype=np.int64)), dtype=dtype_code(name),
+                                     op=op_code(op, name), tag=tag, structure=structure[0],
+                                     structure_text=structure[1], **_call_args(src.shape, timeout))
         self._finish(None, info, False)
 
 

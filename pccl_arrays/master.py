@@ -31,7 +31,8 @@ class Master:
         if encrypt and key is None:
             raise InvalidArgumentError("encrypt=True needs a secret (secret= or PCCL_ARRAYS_SECRET)")
         self.authenticated, self.encrypted = key is not None, bool(encrypt)
-        self._server = _core.MasterServer(listen, peer_timeout, handshake_timeout, key, bool(encrypt))
+        self._server = _core.MasterServer(listen=listen, peer_timeout=peer_timeout, handshake_timeout=handshake_timeout,
+                                          secret=key, encrypt=bool(encrypt))
 
     def start(self) -> "Master":
         """Binds and starts serving; returns self."""

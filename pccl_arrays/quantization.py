@@ -91,8 +91,8 @@ def host_all_reduce(comm: Any, src: Any, dst: Any, dcode: int, ocode: int, tag: 
     unquantized values on every hop (rather than its decoded blocks: less error), and decodes final blocks into
     ``dst`` as they arrive."""
     kind, block, rounding, seed = quant.core_args
-    return comm._core.all_reduce(src.ptr, dst.ptr, src.count, dcode, ocode, tag, kind, block, rounding, seed,
-                                 host_quantized=True, **call)
+    return comm._core.all_reduce(input_ptr=src.ptr, output_ptr=dst.ptr, count=src.count, dtype=dcode, op=ocode, tag=tag,
+                                 qkind=kind, qblock=block, qround=rounding, qseed=seed, host_quantized=True, **call)
 
 
 def device_all_reduce(comm: Any, x: Any, fw: str, dcode: int, ocode: int, op: str, target: Any, tag: int,
@@ -106,8 +106,8 @@ def device_all_reduce(comm: Any, x: Any, fw: str, dcode: int, ocode: int, op: st
     xt = as_device_tensor(x, fw).contiguous().reshape(-1)
     q_in = k.quantize(xt, kind, block).to("cpu").contiguous()  # the compact bytes cross to the host
     q_out = torch.empty_like(q_in)
-    info = comm._core.all_reduce(q_in.data_ptr(), q_out.data_ptr(), xt.numel(), dcode, ocode, tag, kind, block,
-                                 rounding, seed, **call)
+    info = comm._core.all_reduce(input_ptr=q_in.data_ptr(), output_ptr=q_out.data_ptr(), count=xt.numel(), dtype=dcode,
+                                 op=ocode, tag=tag, qkind=kind, qblock=block, qround=rounding, qseed=seed, **call)
     divide_by = info.world_size if op.lower() == "avg" else 1
     q_dev = q_out.to(xt.device)
     if target is not None and fw == "torch" and target.is_contiguous():

@@ -147,7 +147,8 @@ def sync(core: Any, state: SharedState, strategy: str, timeout: float = -1.0) ->
                         "nbytes": view.nbytes, "hash": _core.content_hash(view.ptr, view.nbytes),
                         "tolerate": int(name in state.allow_content_inequality)})
         ptrs.append(view.ptr)
-    r = core.sync_state(entries, ptrs, state.revision, STRATEGIES[strategy], timeout)
+    r = core.sync_state(entries=entries, data_ptrs=ptrs, revision=state.revision, strategy=STRATEGIES[strategy],
+                        timeout=timeout)
     fetched = []
     for index, buf in zip(r["fetched"], r["buffers"]):
         name = names[index]

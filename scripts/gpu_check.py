@@ -171,7 +171,7 @@ def check_quantized(pair) -> list:
 def check_parity(sizes) -> list:
     import numpy as np
     import torch
-    from pccl_arrays import _core, kernels as k
+    from pccl_arrays import _core, _core_testing, kernels as k
     rows = []
     f32 = _core.CODES["dtype"]["float32"]
     for n in sizes:
@@ -181,11 +181,11 @@ def check_parity(sizes) -> list:
             kind = _core.CODES["quant_kind"][kind_name]
             qd = k.quantize(x, kind, 1024).cpu().numpy()
             xh = x.cpu().numpy()
-            qh = np.empty(_core.quantized_bytes(n, 1024), np.uint8)
-            _core.quantize(xh.ctypes.data, f32, n, kind, 1024, qh.ctypes.data)
+            qh = np.empty(_core_testing.quantized_bytes(n, 1024), np.uint8)
+            _core_testing.quantize(xh.ctypes.data, f32, n, kind, 1024, qh.ctypes.data)
             yd = k.dequantize(torch.from_numpy(qh).cuda(), n, kind, 1024, torch.float32).cpu().numpy()
             yh = np.empty(n, np.float32)
-            _core.dequantize(qh.ctypes.data, n, kind, 1024, f32, yh.ctypes.data, 1)
+            _core_testing.dequantize(qh.ctypes.data, n, kind, 1024, f32, yh.ctypes.data, 1)
             ok = qd.tobytes() == qh.tobytes() and yd.tobytes() == yh.tobytes()
             rows.append((f"Triton = C++ bytes, {kind_name}, {n // (1 << 20)} M elements", ok,
                          "quantize and dequantize bit for bit"))
@@ -195,7 +195,7 @@ def check_parity(sizes) -> list:
 
 def check_speed() -> list:
     import torch
-    from pccl_arrays import _core, kernels as k
+    from pccl_arrays import _core, _core_testing, kernels as k
     n = 64 << 20
     x = torch.randn(n, device="cuda")
 

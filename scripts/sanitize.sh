@@ -6,7 +6,8 @@
 # Builds an instrumented extension into .sanitize/KIND (beside .venv's normal one, which stays as it is), puts it
 # first on PYTHONPATH, preloads the sanitizer's runtime into every Python process (the peers the tests start
 # inherit both), runs the tests, and fails if any process wrote a sanitizer report (they go to
-# .sanitize/KIND/reports/, one file per process, and are printed at the end).
+# .sanitize/KIND/reports/, one file per process, and are printed at the end). The native tests (cpp/tests/) are
+# built with the same sanitizer into build/native-sanitize-KIND and run first, always; a failure fails the script.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 kind=${1:?usage: scripts/sanitize.sh address|thread [pytest arguments]}
@@ -25,8 +26,25 @@ if [ -z "${PCCL_SANITIZE_REUSE:-}" ]; then  # PCCL_SANITIZE_REUSE=1: run again w
     --config-settings=cmake.define.PCCL_SANITIZE="$flags" --config-settings=build-dir="build/sanitize-$kind" \
     --config-settings=install.strip=false .  # symbols, for reports with file and line
 fi
+native=build/native-sanitize-$kind
+if [ -z "${PCCL_SANITIZE_REUSE:-}" ]; then
+  echo "building the native tests with -fsanitize=$flags into $native ..."
+  .venv/bin/cmake -S . -B "$native" -G Ninja -DCMAKE_MAKE_PROGRAM="$PWD/.venv/bin/ninja" -DPCCL_PYTHON=OFF \
+    -DPCCL_NATIVE_TESTS=ON -DPCCL_SANITIZE="$flags" >/dev/null
+  .venv/bin/cmake --build "$native" -j2 >"$native/build.log" 2>&1 || { tail -40 "$native/build.log"; exit 1; }
+fi
 rm -rf "$dir/reports"
 mkdir -p "$dir/reports"
+
+# The native tests: executables linked with the runtime themselves (nothing to preload), reports beside the
+# others. Leaks are looked for here, where no Python interpreter holds memory until exit.
+set +e
+ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:log_path=$dir/reports/native-asan" \
+UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$dir/reports/native-ubsan" \
+TSAN_OPTIONS="halt_on_error=0:second_deadlock_stack=1:log_path=$dir/reports/native-tsan" \
+  .venv/bin/ctest --test-dir "$native" --output-on-failure --no-tests=error 2>&1 | tee "$dir/native.log"
+native_status=${PIPESTATUS[0]}
+set -e
 
 # The tests of the core: every multi-process test and every protocol and master test, without the ones that
 # load torch or JAX (their native libraries do not run under a preloaded sanitizer runtime: jaxlib aborts in
@@ -47,7 +65,7 @@ export LD_PRELOAD="$(gcc -print-file-name=$runtime):$(gcc -print-file-name=libst
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:log_path=$dir/reports/asan"  # Python itself never frees everything
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$dir/reports/ubsan"
 # A race is reported and the process goes on, so one run collects them all (memory errors stop it at once).
-export TSAN_OPTIONS="halt_on_error=0:second_deadlock_stack=1:log_path=$dir/reports/tsan:suppressions=$PWD/scripts/tsan.supp"
+export TSAN_OPTIONS="halt_on_error=0:second_deadlock_stack=1:log_path=$dir/reports/tsan"
 export PCCL_ARRAYS_SANITIZED="$kind"
 start=$(date +%s)
 set +e
@@ -55,7 +73,7 @@ set +e
   2>&1 | tee "$dir/pytest.log"
 status=${PIPESTATUS[0]}
 set -e
-echo "tests: exit $status after $(( $(date +%s) - start )) s"
+echo "tests: exit $status after $(( $(date +%s) - start )) s; native tests: exit $native_status"
 reports=("$dir"/reports/*)
 if [ -e "${reports[0]}" ]; then
   echo "${#reports[@]} sanitizer report(s):"
@@ -63,4 +81,5 @@ if [ -e "${reports[0]}" ]; then
   exit 1
 fi
 echo "no sanitizer reports"
-exit "$status"
+[ "$status" -ne 0 ] && exit "$status"
+exit "$native_status"

@@ -18,6 +18,7 @@ import pytest
 
 import pccl_arrays as pa
 from pccl_arrays import _core, errors
+from pccl_arrays.testing import process_status
 from procs import spawn, start_master_process, wait_all
 from test_api import run_peers
 
@@ -30,10 +31,7 @@ def header(type_code: int, length: int) -> bytes:
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
+    return process_status(pid).peak_rss / 2**20
 
 
 def closed_by_peer(s: socket.socket) -> bool:
@@ -111,7 +109,8 @@ def test_a_peer_that_announces_two_to_the_forty_elements_costs_nobody_memory(mas
         try:
             if rank == 0:  # the liar: its buffers hold 1024 elements
                 y = np.empty_like(x)
-                c._core.all_reduce(x.ctypes.data, y.ctypes.data, 2**40, f32, op_sum, 0, shape=[2**40])
+                c._core.all_reduce(input_ptr=x.ctypes.data, output_ptr=y.ctypes.data, count=2**40, dtype=f32,
+                                   op=op_sum, tag=0, shape=[2**40])
             else:
                 c.all_reduce(x)
         except errors.OperationMismatchError as e:

@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from pccl_arrays import _core
+from pccl_arrays import _core_testing
 from pccl_arrays.dtypes import DTYPE_CODES, OP_CODES
 from pccl_arrays.errors import InvalidArgumentError
 
@@ -37,12 +37,12 @@ def np_dtype(name: str) -> np.dtype:
 def reduce_into(acc: np.ndarray, local: np.ndarray, name: str, op: str) -> np.ndarray:
     """acc = op(acc, local) by the core, in place (acc is returned for convenience)."""
     assert acc.flags.c_contiguous and local.flags.c_contiguous and acc.dtype == local.dtype == np_dtype(name)
-    _core.reduce_into(acc.ctypes.data, local.ctypes.data, acc.size, DTYPE_CODES[name], OP_CODES[op])
+    _core_testing.reduce_into(acc.ctypes.data, local.ctypes.data, acc.size, DTYPE_CODES[name], OP_CODES[op])
     return acc
 
 
 def finalize_avg(buf: np.ndarray, name: str, world: int) -> np.ndarray:
-    _core.finalize_avg(buf.ctypes.data, buf.size, DTYPE_CODES[name], world)
+    _core_testing.finalize_avg(buf.ctypes.data, buf.size, DTYPE_CODES[name], world)
     return buf
 
 
@@ -247,7 +247,7 @@ def test_lengths_and_tails_touch_only_n_elements(n):
         a = (rng.standard_normal(n + 8) * 10).astype(dt)
         b = (rng.standard_normal(n + 8) * 10).astype(dt)
         got = a.copy()
-        _core.reduce_into(got.ctypes.data, b.ctypes.data, n, DTYPE_CODES[name], OP_CODES["sum"])
+        _core_testing.reduce_into(got.ctypes.data, b.ctypes.data, n, DTYPE_CODES[name], OP_CODES["sum"])
         assert_bits_equal(got[:n], reference(a[:n], b[:n], name, "sum"), f"{name} n={n}")
         assert_bits_equal(got[n:], a[n:], "past n untouched")
 
@@ -320,8 +320,8 @@ def test_unknown_codes_are_refused():
     a = np.ones(4, dtype=np.float32)
     b = np.ones(4, dtype=np.float32)
     with pytest.raises(InvalidArgumentError):
-        _core.reduce_into(a.ctypes.data, b.ctypes.data, 4, 12, OP_CODES["sum"])
+        _core_testing.reduce_into(a.ctypes.data, b.ctypes.data, 4, 12, OP_CODES["sum"])
     with pytest.raises(InvalidArgumentError):
-        _core.reduce_into(a.ctypes.data, b.ctypes.data, 4, DTYPE_CODES["float32"], 5)
+        _core_testing.reduce_into(a.ctypes.data, b.ctypes.data, 4, DTYPE_CODES["float32"], 5)
     with pytest.raises(InvalidArgumentError):
-        _core.finalize_avg(a.ctypes.data, 4, 12, 2)
+        _core_testing.finalize_avg(a.ctypes.data, 4, 12, 2)

@@ -14,13 +14,11 @@ import numpy as np
 import pytest
 
 import pccl_arrays as pa
+from pccl_arrays.testing import process_status
 
 
 def os_threads() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise AssertionError("no Threads line")
+    return process_status().threads
 
 
 def pair(master, group: int) -> list:

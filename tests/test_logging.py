@@ -18,7 +18,8 @@ SCRIPT = textwrap.dedent("""
             records.append((record.levelname, record.getMessage()))
     logging.getLogger("pccl_arrays").addHandler(Keep())
     import pccl_arrays as pa
-    pa._core.log_for_tests(int(sys.argv[1]), "a line from the core")
+    import pccl_arrays._core_testing
+    pa._core_testing.log_for_tests(int(sys.argv[1]), "a line from the core")
     deadline = time.monotonic() + 5
     while not any("from the core" in m for _, m in records) and time.monotonic() < deadline:
         time.sleep(0.01)

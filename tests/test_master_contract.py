@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from pccl_arrays import _core_testing
 from fake_master import DESC, NETWORK, SHARED_STATE, TIMEOUT, TOO_FEW_PEERS, Master, closed, sends
 from test_master_sync import state_entries, sync_all
 
@@ -128,7 +129,7 @@ def test_a_brand_new_groups_first_sync_is_unaffected(m):
 
 def test_a_newcomer_is_admitted_only_after_its_address_answers():
     m = Master()
-    m.state = __import__("pccl_arrays")._core.MasterState(peer_timeout=10.0, handshake_timeout=5.0, probe_addresses=True)
+    m.state = _core_testing.MasterState(peer_timeout=10.0, handshake_timeout=5.0, probe_addresses=True)
     acts = m.hello(1)
     assert [a[:3] for a in acts] == [("send", 1, "welcome"), ("probe", 1, "10.0.0.1:9001")]
     results = sends(m.state.on_probe_result(1, True, "", m.now), "topo_result")
@@ -137,7 +138,7 @@ def test_a_newcomer_is_admitted_only_after_its_address_answers():
 
 def test_a_newcomer_whose_address_refuses_is_told_why_and_nobody_notices():
     m = Master()
-    m.state = __import__("pccl_arrays")._core.MasterState(peer_timeout=10.0, handshake_timeout=5.0, probe_addresses=True)
+    m.state = _core_testing.MasterState(peer_timeout=10.0, handshake_timeout=5.0, probe_addresses=True)
     m.hello(1)
     m.state.on_probe_result(1, True, "", m.now)
     m.hello(2)

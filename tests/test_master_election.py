@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fake_master import F32, SHARED_STATE
-from pccl_arrays import _core
-
+from pccl_arrays import _core_testing
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -23,7 +22,7 @@ def peer(id, hashes, revision=1, strategy=0, synced=False, connections=1, **kw):
 
 
 def elect(peers, group_revision=None):
-    return _core.elect_state(peers, group_revision)
+    return _core_testing.elect_state(peers, group_revision)
 
 
 def covered(plan_of_receiver, plans, receiver):

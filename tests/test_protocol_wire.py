@@ -1,7 +1,9 @@
-"""The wire format: every message round-trips through the dict converter (cpp/python/dicts.hpp), the byte
-layout of the header and of each payload is pinned (the format docs/protocol.md describes), and the decoder
+"""The wire format: every message round-trips through the dict converter (cpp/python/schema_dicts.hpp, made from
+the one declaration of each message in cpp/wire/messages.hpp), the bytes of the header and of one sample of
+every message are pinned (tests/golden/wire_frames.json: a layout change is a protocol change), and the decoder
 answers anything malformed with ProtocolError — never a crash, a hang, a huge allocation or another exception
-(test_protocol_fuzz.py does the same under fuzzing)."""
+(test_protocol_fuzz.py does the same under fuzzing; test_protocol_schema.py holds docs/protocol.md to the
+declarations)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pccl_arrays import _core
+from pccl_arrays import _core, _core_testing
 from pccl_arrays.errors import InvalidArgumentError, PCCLError, ProtocolError
 
 MAGIC = 0x52414350
@@ -24,12 +26,9 @@ MAX_DATA = (64 << 20) + 24  # one piece plus the data header
 MAX_STRING = 4096
 MAX_PEERS = 65536
 
-TYPE_CODES = {
-    "hello": 1, "welcome": 2, "heartbeat": 3, "heartbeat_ack": 4, "topo_request": 5, "topo_result": 6,
-    "op_start": 7, "op_go": 8, "op_reject": 9, "op_done": 10, "op_commit": 11, "op_abort": 12,
-    "pending_request": 13, "pending_reply": 14, "leave": 15, "kicked": 16, "sync_start": 17, "sync_plan": 18,
-    "opt_start": 19, "opt_plan": 20, "opt_report": 21, "peer_hello": 32, "data": 33, "auth_hello": 40, "auth_challenge": 41, "auth_proof": 42, "auth_refused": 43,
-}
+GOLDEN = Path(__file__).parent / "golden" / "wire_frames.json"
+# Type codes from the schema; the golden frames and docs/protocol.md (test_protocol_schema.py) pin them.
+TYPE_CODES = {m["name"]: m["code"] for m in _core_testing.schema()["messages"]}
 MAX_STATE = 16 << 20  # SYNC_START / SYNC_PLAN
 EMPTY_TYPES = {"heartbeat", "leave"}
 
@@ -43,8 +42,9 @@ SAMPLES = {
     "heartbeat_ack": {"pending": 4},
     "topo_request": {"seq": 12, "timeout_ms": 30000, "min_world": 2},
     "topo_result": {"seq": 12, "world_size": 5, "pending": 1, "ring": RING, "kind": 10, "reason": "timed out"},
-    "op_start": {"tag": 99, "count": 2**40 + 3, "dtype": 9, "op": 1, "quant": 2, "qblock": 1024, "qround": 1,
-                 "qseed": 7, "shape": [2**20, 2**20 + 3], "structure": 2**63 + 5, "structure_text": "{'a': float32[3]}",
+    "op_start": {"tag": 99, "desc": {"count": 2**40 + 3, "dtype": 9, "op": 1, "quant": 2, "qblock": 1024,
+                                      "qround": 1, "qseed": 7, "shape": [2**20, 2**20 + 3], "structure": 2**63 + 5,
+                                      "structure_text": "{'a': float32[3]}"},
                  "timeout_ms": 1800000, "min_world": 3},
     "op_go": {"tag": 99, "op_id": 17, "stripes": 4, "ring": RING, "slot": 3, "ring_epoch": 5},
     "op_reject": {"tag": 99, "kind": 6, "reason": "peers started different operations"},
@@ -93,95 +93,9 @@ def wstr(s: bytes | str) -> bytes:
     return struct.pack("<H", len(s)) + s
 
 
-def wring(ring) -> bytes:
-    out = struct.pack("<I", len(ring))
-    for p in ring:
-        out += struct.pack("<Q", p["id"]) + wstr(p["host"]) + struct.pack("<H", p["port"])
-    return out
-
-
-def expected_payload(type_name: str, f: dict) -> bytes:
-    """The payload layout of every message, written independently of the C++ encoder."""
-    match type_name:
-        case "hello":
-            return struct.pack("<II", f["group"], f["connections"]) + wstr(f["host"]) + struct.pack("<H", f["port"])
-        case "welcome":
-            return struct.pack("<Q", f["peer_id"])
-        case "heartbeat" | "leave":
-            return b""
-        case "heartbeat_ack" | "pending_reply":
-            return struct.pack("<I", f["pending"])
-        case "topo_request" | "pending_request" | "opt_start":
-            return struct.pack("<QII", f["seq"], f["timeout_ms"], f["min_world"])
-        case "topo_result":
-            return (struct.pack("<QII", f["seq"], f["world_size"], f["pending"]) + wring(f["ring"]) +
-                    struct.pack("<B", f["kind"]) + wstr(f["reason"]))
-        case "op_start":
-            return (struct.pack("<QQBBBIBI", f["tag"], f["count"], f["dtype"], f["op"], f["quant"], f["qblock"],
-                                f["qround"], f["qseed"]) +
-                    struct.pack(f"<I{len(f['shape'])}QQ", len(f["shape"]), *f["shape"], f["structure"]) +
-                    wstr(f["structure_text"]) + struct.pack("<II", f["timeout_ms"], f["min_world"]))
-        case "op_go":
-            return (struct.pack("<QQI", f["tag"], f["op_id"], f["stripes"]) + wring(f["ring"]) +
-                    struct.pack("<IQ", f["slot"], f["ring_epoch"]))
-        case "op_reject":
-            return struct.pack("<QB", f["tag"], f["kind"]) + wstr(f["reason"])
-        case "op_done":
-            return struct.pack("<QBB", f["op_id"], f["ok"], f["kind"]) + wstr(f["reason"])
-        case "op_commit":
-            return struct.pack("<Q", f["op_id"])
-        case "op_abort":
-            return struct.pack("<QB", f["op_id"], f["kind"]) + wstr(f["reason"])
-        case "kicked":
-            return wstr(f["reason"])
-        case "sync_start":
-            out = struct.pack("<QBIII", f["revision"], f["strategy"], f["timeout_ms"], f["min_world"], len(f["entries"]))
-            for e in f["entries"]:
-                out += wstr(e["name"]) + struct.pack("<BI", e["dtype"], len(e["shape"]))
-                out += struct.pack(f"<{len(e['shape'])}Q", *e["shape"])
-                out += struct.pack("<QQB", e["nbytes"], e["hash"], e["tolerate"])
-            return out
-        case "sync_plan":
-            def u32s(v):
-                return struct.pack(f"<I{len(v)}I", len(v), *v)
-            out = struct.pack("<QBB", f["sync_id"], f["ok"], f["kind"]) + wstr(f["reason"])
-            out += struct.pack("<QB", f["revision"], f["commit_now"]) + u32s(f["fetch"])
-            out += struct.pack(f"<I{len(f['expect'])}Q", len(f["expect"]), *f["expect"])
-            out += struct.pack("<I", len(f["sends"]))
-            for x in f["sends"]:
-                out += wring([x["to"]])[4:] + u32s(x["fetch"]) + struct.pack("<QQI", x["begin"], x["end"], x["stripes"])
-            out += struct.pack("<I", len(f["recvs"]))
-            for x in f["recvs"]:
-                out += struct.pack("<QQQI", x["from"], x["begin"], x["end"], x["stripes"])
-            return out
-        case "peer_hello":
-            return struct.pack("<QQII", f["from"], f["to"], f["index"], f["slot"])
-        case "data":
-            return struct.pack("<QIIQ", f["op_id"], f["step"], f["stripe"], f["offset"]) + f["payload"]
-        case "opt_plan":
-            out = struct.pack("<QQII", f["opt_id"], f["seq"], f["probe_ms"], len(f["rounds"]))
-            for r in f["rounds"]:
-                out += wring([r["send_to"]])[4:] + struct.pack("<Q", r["recv_from"])
-            return out
-        case "opt_report":
-            out = struct.pack("<QI", f["opt_id"], len(f["links"]))
-            for x in f["links"]:
-                out += struct.pack("<QQQI", x["from"], x["to"], x["bandwidth"], x["rtt_us"])
-            return out
-        case "auth_hello":
-            return struct.pack("<B", f["context"]) + f["nonce"]
-        case "auth_challenge":
-            return f["nonce"] + struct.pack("<B", f["encrypt"]) + f["mac"]
-        case "auth_proof":
-            return f["mac"]
-        case "auth_refused":
-            return wstr(f["reason"])
-    raise AssertionError(type_name)
-
-
 def assert_protocol_error(frame: bytes, match: str | None = None) -> None:
     with pytest.raises(ProtocolError, match=match):
-        _core.decode_frame(frame)
+        _core_testing.decode_frame(frame)
 
 
 # --------------------------------------------------------------------------------------------- round trips
@@ -211,21 +125,38 @@ def test_the_code_table_is_the_documented_protocol():
 @pytest.mark.parametrize("type_name", sorted(SAMPLES))
 def test_every_message_round_trips(type_name):
     fields = SAMPLES[type_name]
-    frame = _core.encode_frame(type_name, fields)
-    assert _core.decode_frame(frame) == (type_name, fields)
+    frame = _core_testing.encode_frame(type_name, fields)
+    assert _core_testing.decode_frame(frame) == (type_name, fields)
+
+
+def golden_frames() -> dict:
+    """The bytes of every sample as protocol version 4 lays them out, checked once against a layout written by
+    hand, field by field; regenerate only together with a protocol version bump (PCCL_REGEN_GOLDEN=1)."""
+    import json
+    import os
+
+    if os.environ.get("PCCL_REGEN_GOLDEN"):
+        frames = {name: _core_testing.encode_frame(name, f).hex() for name, f in sorted(SAMPLES.items())}
+        GOLDEN.write_text(json.dumps({"version": VERSION, "frames": frames}, indent=1, sort_keys=True) + "\n")
+    golden = json.loads(GOLDEN.read_text())
+    assert golden["version"] == VERSION, "a new protocol version: regenerate the golden frames"
+    return {name: bytes.fromhex(h) for name, h in golden["frames"].items()}
 
 
 @pytest.mark.parametrize("type_name", sorted(SAMPLES))
-def test_every_message_has_the_documented_layout(type_name):
-    fields = SAMPLES[type_name]
-    payload = expected_payload(type_name, fields)
-    assert _core.encode_frame(type_name, fields) == header(TYPE_CODES[type_name], len(payload)) + payload
-    # And the decoder reads a frame built by hand, not only the encoder's own output.
-    assert _core.decode_frame(frame_of(type_name, payload)) == (type_name, fields)
+def test_every_message_has_the_pinned_bytes(type_name):
+    frame = golden_frames()[type_name]
+    assert _core_testing.encode_frame(type_name, SAMPLES[type_name]) == frame
+    # And the decoder reads the pinned bytes, not only the encoder's own output.
+    assert _core_testing.decode_frame(frame) == (type_name, SAMPLES[type_name])
+
+
+def test_golden_frames_cover_every_message():
+    assert set(golden_frames()) == set(TYPE_CODES) == set(SAMPLES)
 
 
 def test_header_layout_byte_by_byte():
-    frame = _core.encode_frame("welcome", {"peer_id": 0x0102030405060708})
+    frame = _core_testing.encode_frame("welcome", {"peer_id": 0x0102030405060708})
     assert len(frame) == 16 + 8
     assert frame[0:4] == bytes([0x50, 0x43, 0x41, 0x52]) == b"PCAR"  # magic 0x52414350, little-endian
     assert frame[4:6] == bytes([0x04, 0x00])  # protocol version 4
@@ -235,21 +166,14 @@ def test_header_layout_byte_by_byte():
     assert frame[16:24] == bytes([0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01])  # u64 little-endian
 
 
-@pytest.mark.parametrize("type_name", sorted(TYPE_CODES))
-def test_type_codes_are_pinned(type_name):
-    frame = _core.encode_frame(type_name, {})
-    magic, version, code, length, reserved = HEADER.unpack_from(frame)
-    assert (magic, version, code, reserved) == (MAGIC, VERSION, TYPE_CODES[type_name], 0)
-    assert length == len(frame) - 16
-
-
-def test_defaults_of_missing_fields():
-    assert _core.decode_frame(_core.encode_frame("hello", {})) == (
-        "hello", {"group": 0, "connections": 1, "host": "127.0.0.1", "port": 0})
-    assert _core.decode_frame(_core.encode_frame("op_done", {})) == (
-        "op_done", {"op_id": 0, "ok": 1, "kind": 0, "reason": ""})
-    assert _core.decode_frame(_core.encode_frame("op_go", {}))[1]["stripes"] == 1
-    assert _core.decode_frame(_core.encode_frame("data", {}))[1]["payload"] == b""
+def test_missing_fields_take_their_declared_defaults():
+    assert _core_testing.decode_frame(_core_testing.encode_frame("hello", {})) == (
+        "hello", {"group": 0, "connections": 1, "host": "", "port": 0})
+    assert _core_testing.decode_frame(_core_testing.encode_frame("op_done", {})) == (
+        "op_done", {"op_id": 0, "ok": 0, "kind": 0, "reason": ""})
+    assert _core_testing.decode_frame(_core_testing.encode_frame("sync_plan", {}))[1]["ok"] == 1
+    assert _core_testing.decode_frame(_core_testing.encode_frame("op_go", {}))[1]["stripes"] == 1
+    assert _core_testing.decode_frame(_core_testing.encode_frame("data", {}))[1]["payload"] == b""
 
 
 def test_extreme_values_round_trip():
@@ -258,17 +182,18 @@ def test_extreme_values_round_trip():
         "hello": {"group": 2**32 - 1, "connections": 2**32 - 1, "host": "h" * MAX_STRING, "port": 65535},
         "topo_result": {"seq": 2**64 - 1, "world_size": 2**32 - 1, "pending": 2**32 - 1, "ring": ring, "kind": 255,
                         "reason": "r" * MAX_STRING},
-        "op_start": {"tag": 2**64 - 1, "count": 2**64 - 1, "dtype": 255, "op": 255, "quant": 255,
-                     "qblock": 2**32 - 1, "qround": 255, "qseed": 2**32 - 1, "shape": [2**64 - 1] * 32,
-                     "structure": 2**64 - 1, "structure_text": "s" * MAX_STRING, "timeout_ms": 2**32 - 1,
-                     "min_world": 2**32 - 1},
+        "op_start": {"tag": 2**64 - 1, "desc": {"count": 2**64 - 1, "dtype": 255, "op": 255, "quant": 255,
+                                                 "qblock": 2**32 - 1, "qround": 255, "qseed": 2**32 - 1,
+                                                 "shape": [2**64 - 1] * 32, "structure": 2**64 - 1,
+                                                 "structure_text": "s" * MAX_STRING},
+                     "timeout_ms": 2**32 - 1, "min_world": 2**32 - 1},
         "op_go": {"tag": 0, "op_id": 2**64 - 1, "stripes": 2**32 - 1, "ring": [], "slot": 2**32 - 1,
                   "ring_epoch": 2**64 - 1},
         "kicked": {"reason": "é" * (MAX_STRING // 2)},  # 4096 bytes of UTF-8
         "data": {"op_id": 2**64 - 1, "step": 2**32 - 1, "stripe": 2**32 - 1, "offset": 2**64 - 1, "payload": b""},
     }
     for type_name, fields in cases.items():
-        assert _core.decode_frame(_core.encode_frame(type_name, fields)) == (type_name, fields)
+        assert _core_testing.decode_frame(_core_testing.encode_frame(type_name, fields)) == (type_name, fields)
 
 
 def test_control_frame_exactly_at_the_length_limit_decodes():
@@ -277,18 +202,22 @@ def test_control_frame_exactly_at_the_length_limit_decodes():
     ring = [{"id": i, "host": "a" * MAX_STRING, "port": i} for i in range(255)]
     ring.append({"id": 255, "host": "b" * 1001, "port": 255})
     fields = {"seq": 1, "world_size": 256, "pending": 0, "ring": ring, "kind": 0, "reason": ""}
-    frame = _core.encode_frame("topo_result", fields)
+    frame = _core_testing.encode_frame("topo_result", fields)
     assert len(frame) == 16 + MAX_CONTROL
-    assert _core.decode_frame(frame) == ("topo_result", fields)
+    assert _core_testing.decode_frame(frame) == ("topo_result", fields)
 
 
 def test_encoder_refuses_strings_longer_than_the_wire_allows():
     with pytest.raises(InvalidArgumentError):
-        _core.encode_frame("kicked", {"reason": "x" * (MAX_STRING + 1)})
+        _core_testing.encode_frame("kicked", {"reason": "x" * (MAX_STRING + 1)})
     with pytest.raises(InvalidArgumentError):
-        _core.encode_frame("hello", {"host": "é" * (MAX_STRING // 2 + 1)})  # 4098 bytes
+        _core_testing.encode_frame("hello", {"host": "é" * (MAX_STRING // 2 + 1)})  # 4098 bytes
     with pytest.raises(ValueError):
-        _core.encode_frame("no_such_message", {})
+        _core_testing.encode_frame("no_such_message", {})
+    with pytest.raises(ValueError, match="'grup' is not a field of Hello"):
+        _core_testing.encode_frame("hello", {"grup": 3})
+    with pytest.raises(ValueError, match="'cnt' is not a field of OpDesc"):
+        _core_testing.encode_frame("op_start", {"desc": {"cnt": 3}})
 
 
 # --------------------------------------------------------------------------------------- malformed headers
@@ -296,7 +225,7 @@ def test_encoder_refuses_strings_longer_than_the_wire_allows():
 
 @pytest.mark.parametrize("index", range(4))
 def test_bad_magic(index):
-    frame = bytearray(_core.encode_frame("heartbeat", {}))
+    frame = bytearray(_core_testing.encode_frame("heartbeat", {}))
     frame[index] ^= 0x01
     assert_protocol_error(bytes(frame), "magic")
 
@@ -313,7 +242,7 @@ def test_unknown_type(code):
 
 @pytest.mark.parametrize("byte", range(12, 16))
 def test_reserved_bits_set(byte):
-    frame = bytearray(_core.encode_frame("heartbeat", {}))
+    frame = bytearray(_core_testing.encode_frame("heartbeat", {}))
     frame[byte] = 0x80
     assert_protocol_error(bytes(frame), "reserved")
 
@@ -340,7 +269,7 @@ def test_length_limits_are_exact():
 
 @pytest.mark.parametrize("size", range(16))
 def test_shorter_than_a_header(size):
-    assert_protocol_error(_core.encode_frame("heartbeat", {})[:size])
+    assert_protocol_error(_core_testing.encode_frame("heartbeat", {})[:size])
 
 
 # -------------------------------------------------------------------------------------- malformed payloads
@@ -348,7 +277,7 @@ def test_shorter_than_a_header(size):
 
 @pytest.mark.parametrize("type_name", sorted(set(SAMPLES) - EMPTY_TYPES))
 def test_truncated_payloads(type_name):
-    payload = _core.encode_frame(type_name, SAMPLES[type_name])[16:]
+    payload = _core_testing.encode_frame(type_name, SAMPLES[type_name])[16:]
     for cut in range(len(payload)):
         if type_name == "data" and cut >= 24:
             continue  # a shorter piece is still a valid data frame
@@ -360,16 +289,16 @@ def test_truncated_payloads(type_name):
 
 @pytest.mark.parametrize("type_name", sorted(set(SAMPLES) - {"data"}))
 def test_trailing_bytes(type_name):
-    payload = _core.encode_frame(type_name, SAMPLES[type_name])[16:]
+    payload = _core_testing.encode_frame(type_name, SAMPLES[type_name])[16:]
     for extra in (b"\x00", b"\xff" * 7):
         assert_protocol_error(frame_of(type_name, payload + extra))
     # Bytes past the length the header gives.
-    assert_protocol_error(_core.encode_frame(type_name, SAMPLES[type_name]) + b"\x00", "does not match")
+    assert_protocol_error(_core_testing.encode_frame(type_name, SAMPLES[type_name]) + b"\x00", "does not match")
 
 
 def test_trailing_bytes_of_a_data_frame_are_its_piece():
     frame = frame_of("data", struct.pack("<QIIQ", 1, 2, 3, 4) + b"piece")
-    assert _core.decode_frame(frame) == ("data", {"op_id": 1, "step": 2, "stripe": 3, "offset": 4, "payload": b"piece"})
+    assert _core_testing.decode_frame(frame) == ("data", {"op_id": 1, "step": 2, "stripe": 3, "offset": 4, "payload": b"piece"})
     assert_protocol_error(frame + b"x", "does not match")  # but the header's length still rules
 
 
@@ -387,7 +316,7 @@ def test_string_length_beyond_the_bytes_present():
 
 def test_string_length_over_the_wire_limit():
     assert_protocol_error(frame_of("kicked", struct.pack("<H", MAX_STRING + 1) + b"x" * (MAX_STRING + 1)), "string length")
-    assert _core.decode_frame(frame_of("kicked", wstr(b"x" * MAX_STRING))) == ("kicked", {"reason": "x" * MAX_STRING})
+    assert _core_testing.decode_frame(frame_of("kicked", wstr(b"x" * MAX_STRING))) == ("kicked", {"reason": "x" * MAX_STRING})
 
 
 def test_invalid_utf8_string_is_a_protocol_error():
@@ -411,7 +340,7 @@ def test_ring_counts_beyond_the_bytes_present(type_name):
 
 @pytest.mark.parametrize("type_name", sorted(EMPTY_TYPES))
 def test_empty_messages_carry_no_payload(type_name):
-    assert _core.decode_frame(frame_of(type_name, b"")) == (type_name, {})
+    assert _core_testing.decode_frame(frame_of(type_name, b"")) == (type_name, {})
     assert_protocol_error(frame_of(type_name, b"\x00"))
 
 
@@ -422,7 +351,7 @@ def test_hostile_inputs_under_a_memory_limit():
     script = textwrap.dedent(
         """
         import resource, struct, sys
-        from pccl_arrays import _core
+        from pccl_arrays import _core, _core_testing
         from pccl_arrays.errors import ProtocolError
         cap = 1 << 30
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
@@ -439,7 +368,7 @@ def test_hostile_inputs_under_a_memory_limit():
         for _ in range(20):
             for c in cases:
                 try:
-                    _core.decode_frame(c)
+                    _core_testing.decode_frame(c)
                 except ProtocolError:
                     pass
                 else:
@@ -448,7 +377,7 @@ def test_hostile_inputs_under_a_memory_limit():
         # from them, and a frame whose tag is missing or wrong is never yielded.
         for encrypt in (False, True):
             for c in cases:
-                pipe = _core.SealedPipe(b"secret", encrypt)
+                pipe = _core_testing.SealedPipe(b"secret", encrypt)
                 try:
                     frames = pipe.open(c + bytes(16))
                 except ProtocolError:
@@ -474,22 +403,22 @@ def test_state_frames_have_their_own_length_limit():
         assert_protocol_error(header(TYPE_CODES[name], MAX_STATE + 1), "over the limit")
     entries = [{"name": f"layer.{i}.weight" + "x" * 100, "dtype": 10, "shape": [1024, 1024], "nbytes": 4 << 20,
                 "hash": i, "tolerate": 0} for i in range(20000)]
-    frame = _core.encode_frame("sync_start", {"revision": 1, "strategy": 0, "entries": entries})
+    frame = _core_testing.encode_frame("sync_start", {"revision": 1, "strategy": 0, "entries": entries})
     assert MAX_CONTROL < len(frame) < MAX_STATE
-    assert _core.decode_frame(frame)[1]["entries"] == entries
+    assert _core_testing.decode_frame(frame)[1]["entries"] == entries
 
 
 @pytest.mark.parametrize("fields,needle", [
-    ({"strategy": 3}, "sync strategy"),
-    ({"entries": [{"name": "x", "tolerate": 2}]}, "tolerate flag"),
+    ({"strategy": 3}, "SyncStart.strategy is 3, at most 2"),
+    ({"entries": [{"name": "x", "tolerate": 2}]}, "StateEntry.tolerate is 2, at most 1"),
 ])
 def test_bad_sync_start_fields_are_protocol_errors(fields, needle):
-    assert_protocol_error(_core.encode_frame("sync_start", fields), needle)
+    assert_protocol_error(_core_testing.encode_frame("sync_start", fields), needle)
 
 
 def test_bad_sync_plans_are_protocol_errors():
-    assert_protocol_error(_core.encode_frame("sync_plan", {"fetch": [1, 2], "expect": [5]}), "a hash for every")
-    assert_protocol_error(_core.encode_frame("sync_plan", {"recvs": [{"from": 1, "begin": 5, "end": 4}]}), "sync range")
-    assert_protocol_error(_core.encode_frame("sync_plan", {"recvs": [{"from": 1, "stripes": 0}]}), "sync range")
+    assert_protocol_error(_core_testing.encode_frame("sync_plan", {"fetch": [1, 2], "expect": [5]}), "a hash for every")
+    assert_protocol_error(_core_testing.encode_frame("sync_plan", {"recvs": [{"from": 1, "begin": 5, "end": 4}]}), "sync range")
+    assert_protocol_error(_core_testing.encode_frame("sync_plan", {"recvs": [{"from": 1, "stripes": 0}]}), "sync range")
     dims = struct.pack("<QBIII", 0, 0, 0, 0, 1) + wstr("x") + struct.pack("<BI", 10, 33)  # more dimensions than allowed
     assert_protocol_error(frame_of("sync_start", dims + bytes(33 * 8 + 17)), "element count")

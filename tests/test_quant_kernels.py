@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import quant_reference as ref
-from pccl_arrays import _core
+from pccl_arrays import _core_testing
 from pccl_arrays.dtypes import dtype_code
 
 DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
@@ -37,15 +37,15 @@ def make(rng: np.random.Generator, n: int, dtype, flavour: str) -> np.ndarray:
 
 def c_quantize(x: np.ndarray, kind: int, block: int) -> np.ndarray:
     name = "bfloat16" if x.dtype == ml_dtypes.bfloat16 else x.dtype.name
-    out = np.empty(_core.quantized_bytes(x.size, block), np.uint8)
-    _core.quantize(x.ctypes.data, dtype_code(name), x.size, kind, block, out.ctypes.data)
+    out = np.empty(_core_testing.quantized_bytes(x.size, block), np.uint8)
+    _core_testing.quantize(x.ctypes.data, dtype_code(name), x.size, kind, block, out.ctypes.data)
     return out
 
 
 def c_dequantize(q: np.ndarray, n: int, kind: int, block: int, dtype, divide_by: int) -> np.ndarray:
     out = np.empty(n, dtype)
     name = "bfloat16" if out.dtype == ml_dtypes.bfloat16 else out.dtype.name
-    _core.dequantize(q.ctypes.data, n, kind, block, dtype_code(name), out.ctypes.data, divide_by)
+    _core_testing.dequantize(q.ctypes.data, n, kind, block, dtype_code(name), out.ctypes.data, divide_by)
     return out
 
 
@@ -81,7 +81,7 @@ def test_ring_hop_matches_the_reference(kind, rounding):
         acc = recv.copy()
         n_total = first_block * block + n_chunk  # the chunk ends the array, so its last block may be short
         n_blocks = ref.num_blocks(n_chunk, block)
-        _core.reduce_hop(acc.ctypes.data, own.ctypes.data, first_block, n_blocks, n_total, kind, block,
+        _core_testing.reduce_hop(acc.ctypes.data, own.ctypes.data, first_block, n_blocks, n_total, kind, block,
                          1 if rounding == "stochastic" else 0, 1234, 2**40 + 7, 3)
         want = ref.reduce_hop(recv, own, n_chunk, kind, block, rounding, seed=1234, op_id=2**40 + 7, step=3,
                               first_block=first_block)
@@ -100,7 +100,7 @@ def test_exact_ring_hop_matches_the_reference(dtype, rounding):
             own = make(rng, n_chunk, dtype, flavour)
             acc = recv.copy()
             name = "bfloat16" if own.dtype == ml_dtypes.bfloat16 else own.dtype.name
-            _core.reduce_hop_exact(acc.ctypes.data, own.ctypes.data, dtype_code(name), first_block,
+            _core_testing.reduce_hop_exact(acc.ctypes.data, own.ctypes.data, dtype_code(name), first_block,
                                    ref.num_blocks(n_chunk, block), first_block * block + n_chunk, kind, block,
                                    1 if rounding == "stochastic" else 0, 99, 5, 1)
             want = ref.reduce_hop_exact(recv, own, n_chunk, kind, block, rounding, seed=99, op_id=5, step=1,
@@ -110,10 +110,10 @@ def test_exact_ring_hop_matches_the_reference(dtype, rounding):
 
 def test_unknown_settings_are_refused():
     x = np.zeros(10, np.float32)
-    out = np.empty(_core.quantized_bytes(10, 1024), np.uint8)
+    out = np.empty(_core_testing.quantized_bytes(10, 1024), np.uint8)
     with pytest.raises(ValueError):
-        _core.quantize(x.ctypes.data, dtype_code("float32"), 10, 3, 1024, out.ctypes.data)
+        _core_testing.quantize(x.ctypes.data, dtype_code("float32"), 10, 3, 1024, out.ctypes.data)
     with pytest.raises(ValueError):
-        _core.quantize(x.ctypes.data, dtype_code("float32"), 10, 1, 100, out.ctypes.data)
+        _core_testing.quantize(x.ctypes.data, dtype_code("float32"), 10, 1, 100, out.ctypes.data)
     with pytest.raises(ValueError):
-        _core.quantize(x.ctypes.data, dtype_code("int32"), 10, 1, 1024, out.ctypes.data)
+        _core_testing.quantize(x.ctypes.data, dtype_code("int32"), 10, 1, 1024, out.ctypes.data)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pccl_arrays as pa
-from pccl_arrays import _core
+from pccl_arrays import _core_testing
 from pccl_arrays.errors import ProtocolError
 from test_protocol_fuzz import messages
 
@@ -22,14 +22,14 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _sealed_stream(pipe, msgs) -> tuple[bytes, list]:
-    frames = [_core.encode_frame(t, f) for t, f in msgs]
-    return b"".join(pipe.seal(f) for f in frames), [_core.decode_frame(f) for f in frames]
+    frames = [_core_testing.encode_frame(t, f) for t, f in msgs]
+    return b"".join(pipe.seal(f) for f in frames), [_core_testing.decode_frame(f) for f in frames]
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(messages, min_size=1, max_size=4), st.booleans())
 def test_what_is_sealed_opens_unchanged(msgs, encrypt):
-    sender = _core.SealedPipe(b"secret", encrypt)
+    sender = _core_testing.SealedPipe(b"secret", encrypt)
     stream, want = _sealed_stream(sender, msgs)
     assert sender.open(stream) == want  # the pipe's own two ends: client seals, server opens
 
@@ -37,7 +37,7 @@ def test_what_is_sealed_opens_unchanged(msgs, encrypt):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(messages, min_size=1, max_size=3), st.booleans(), st.data())
 def test_a_flipped_bit_is_refused_and_never_yields_another_frame(msgs, encrypt, data):
-    pipe = _core.SealedPipe(b"secret", encrypt)
+    pipe = _core_testing.SealedPipe(b"secret", encrypt)
     stream, want = _sealed_stream(pipe, msgs)
     at = data.draw(st.integers(0, len(stream) - 1))
     bit = data.draw(st.integers(0, 7))
@@ -54,7 +54,7 @@ def test_a_flipped_bit_is_refused_and_never_yields_another_frame(msgs, encrypt, 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300), st.booleans())
 def test_random_bytes_never_pass(raw, encrypt):
-    pipe = _core.SealedPipe(b"secret", encrypt)
+    pipe = _core_testing.SealedPipe(b"secret", encrypt)
     try:
         assert pipe.open(raw) == []
     except ProtocolError:
@@ -64,15 +64,15 @@ def test_random_bytes_never_pass(raw, encrypt):
 def test_encrypted_payloads_do_not_show_on_the_wire():
     marker = "KNOWN-PLAINTEXT-" * 8
     for encrypt in (False, True):
-        pipe = _core.SealedPipe(b"secret", encrypt)
-        sealed = pipe.seal(_core.encode_frame("kicked", {"reason": marker}))
+        pipe = _core_testing.SealedPipe(b"secret", encrypt)
+        sealed = pipe.seal(_core_testing.encode_frame("kicked", {"reason": marker}))
         assert (marker.encode() in sealed) == (not encrypt)
         assert pipe.open(sealed) == [("kicked", {"reason": marker})]
 
 
 def test_a_frame_replayed_on_the_same_connection_is_refused():
-    pipe = _core.SealedPipe(b"secret", False)
-    frame = pipe.seal(_core.encode_frame("heartbeat", {}))
+    pipe = _core_testing.SealedPipe(b"secret", False)
+    frame = pipe.seal(_core_testing.encode_frame("heartbeat", {}))
     assert pipe.open(frame) == [("heartbeat", {})]
     with pytest.raises(ProtocolError, match="integrity"):
         pipe.open(frame)  # the receiver's counter moved on
@@ -85,7 +85,7 @@ def fuzzed_master():
 
 
 def _hello() -> bytes:
-    return _core.encode_frame("auth_hello", {"context": 1, "nonce": bytes(32)})
+    return _core_testing.encode_frame("auth_hello", {"context": 1, "nonce": bytes(32)})
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

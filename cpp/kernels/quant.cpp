@@ -4,7 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <vector>
+#include <memory>
 
 #include "base/error.hpp"
 #include "kernels/reduce.hpp"
@@ -15,7 +15,9 @@ namespace pccl {
 // loader picks one per machine (GCC target_clones). All do the same IEEE operations in the same order, without
 // fused multiply-add (-ffp-contract=off), so they produce the same bytes. (CMakeLists.txt tunes this file for
 // a recent core rather than GCC's generic tuning: quantize runs 5.1 -> 6.8 GB/s on one core here.)
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+// Not under ThreadSanitizer: GCC instruments the clones' resolvers, which the loader runs before the sanitizer's
+// runtime is up, so an executable linked to an instrumented core would crash before main().
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
 #define PCCL_SIMD __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define PCCL_SIMD
@@ -222,7 +224,22 @@ void check_float(DType t, const char* what) {
 
 size_t block_len(size_t k, size_t n, uint32_t block) { return std::min<size_t>(block, n - k * block); }
 
-thread_local std::vector<float> tl_a, tl_b;
+// Room for one block of float32 values, owned by the call that needs it: on the stack for blocks up to
+// kStackFloats (the default block and every block the benchmarks try), so the hot path allocates nothing; on the
+// heap, once per call, for larger ones. (A thread_local vector did this before; its destructor at thread exit
+// raced, for ThreadSanitizer, with glibc's reclaim of the ended thread's TLS, which needed a suppression.)
+class BlockScratch {
+public:
+    explicit BlockScratch(uint32_t block) {
+        if (block > kStackFloats) heap_.reset(new float[block]);  // left uninitialised, as the stack array
+    }
+    float* data() { return heap_ ? heap_.get() : stack_; }
+
+private:
+    static constexpr size_t kStackFloats = 4096;  // 16 KiB
+    alignas(64) float stack_[kStackFloats];
+    std::unique_ptr<float[]> heap_;
+};
 
 }  // namespace
 
@@ -241,7 +258,8 @@ size_t quantized_bytes(size_t n, uint32_t block) { return quant_blocks(n, block)
 void quantize_blocks(const void* x, DType dtype, size_t first_block, size_t n_blocks, size_t n, const QuantConfig& q,
                      uint8_t* out) {
     check_float(dtype, "cannot quantize ");
-    tl_a.resize(q.block);
+    BlockScratch scratch(q.block);
+    float* const vals = scratch.data();
     const size_t esize = dtype_size(dtype);
     const auto* src = static_cast<const uint8_t*>(x);
     for (size_t b = 0; b < n_blocks; b++) {
@@ -250,8 +268,8 @@ void quantize_blocks(const void* x, DType dtype, size_t first_block, size_t n_bl
         const uint8_t* xk = src + k * q.block * esize;
         const float* v = reinterpret_cast<const float*>(xk);  // float32 is used where it lies
         if (dtype != DType::kFloat32 || reinterpret_cast<uintptr_t>(xk) % alignof(float)) {
-            to_float(xk, dtype, nb, tl_a.data());
-            v = tl_a.data();
+            to_float(xk, dtype, nb, vals);
+            v = vals;
         }
         encode_block(v, nb, q.kind, Stochastic{}, out + b * (q.block + kQuantHeader));
     }
@@ -260,17 +278,18 @@ void quantize_blocks(const void* x, DType dtype, size_t first_block, size_t n_bl
 void dequantize_blocks(const uint8_t* qbytes, size_t first_block, size_t n_blocks, size_t n, const QuantConfig& q,
                        DType dtype, void* out, uint32_t divide_by) {
     check_float(dtype, "cannot dequantize to ");
-    tl_a.resize(q.block);
+    BlockScratch scratch(q.block);
+    float* const vals = scratch.data();
     const size_t esize = dtype_size(dtype);
     auto* dst = static_cast<uint8_t*>(out);
     const float w = float(divide_by);
     for (size_t b = 0; b < n_blocks; b++) {
         const size_t k = first_block + b;
         const size_t nb = block_len(k, n, q.block);
-        decode_block(qbytes + b * (q.block + kQuantHeader), nb, q.kind, tl_a.data());
+        decode_block(qbytes + b * (q.block + kQuantHeader), nb, q.kind, vals);
         if (divide_by > 1)
-            for (size_t i = 0; i < nb; i++) tl_a[i] = tl_a[i] / w;
-        from_float(tl_a.data(), nb, dtype, dst + k * q.block * esize);
+            for (size_t i = 0; i < nb; i++) vals[i] = vals[i] / w;
+        from_float(vals, nb, dtype, dst + k * q.block * esize);
     }
 }
 
@@ -286,41 +305,43 @@ void dequantize(const uint8_t* qbytes, size_t n, const QuantConfig& q, DType dty
 
 void reduce_hop(uint8_t* acc, const uint8_t* own, size_t first_block, size_t n_blocks, size_t n, const QuantConfig& q,
                 uint64_t op_id, uint32_t step) {
-    tl_a.resize(q.block);
-    tl_b.resize(q.block);
+    BlockScratch sum_scratch(q.block), other_scratch(q.block);
+    float* const sum = sum_scratch.data();
+    float* const other = other_scratch.data();
     const size_t stride = q.block + kQuantHeader;
     for (size_t b = 0; b < n_blocks; b++) {
         const size_t k = first_block + b;
         const size_t nb = block_len(k, n, q.block);
-        decode_block(acc + b * stride, nb, q.kind, tl_a.data());
-        decode_block(own + b * stride, nb, q.kind, tl_b.data());
-        for (size_t i = 0; i < nb; i++) tl_a[i] = tl_a[i] + tl_b[i];
+        decode_block(acc + b * stride, nb, q.kind, sum);
+        decode_block(own + b * stride, nb, q.kind, other);
+        for (size_t i = 0; i < nb; i++) sum[i] = sum[i] + other[i];
         Stochastic sr{q.rounding == Rounding::kStochastic, q.seed, uint32_t(op_id), step, uint32_t(k)};
-        encode_block(tl_a.data(), nb, q.kind, sr, acc + b * stride);
+        encode_block(sum, nb, q.kind, sr, acc + b * stride);
     }
 }
 
 void reduce_hop_exact(uint8_t* acc, const void* own_x, DType dtype, size_t first_block, size_t n_blocks, size_t n,
                       const QuantConfig& q, uint64_t op_id, uint32_t step) {
     check_float(dtype, "cannot quantize ");
-    tl_a.resize(q.block);
-    tl_b.resize(q.block);
+    BlockScratch sum_scratch(q.block), other_scratch(q.block);
+    float* const sum = sum_scratch.data();
+    float* const other = other_scratch.data();
     const size_t stride = q.block + kQuantHeader;
     const size_t esize = dtype_size(dtype);
     const auto* own = static_cast<const uint8_t*>(own_x);
     for (size_t b = 0; b < n_blocks; b++) {
         const size_t k = first_block + b;
         const size_t nb = block_len(k, n, q.block);
-        decode_block(acc + b * stride, nb, q.kind, tl_a.data());
+        decode_block(acc + b * stride, nb, q.kind, sum);
         const uint8_t* xk = own + b * q.block * esize;
         const float* v = reinterpret_cast<const float*>(xk);  // float32 is added where it lies
         if (dtype != DType::kFloat32 || reinterpret_cast<uintptr_t>(xk) % alignof(float)) {
-            to_float(xk, dtype, nb, tl_b.data());
-            v = tl_b.data();
+            to_float(xk, dtype, nb, other);
+            v = other;
         }
-        add_into(tl_a.data(), v, nb);
+        add_into(sum, v, nb);
         Stochastic sr{q.rounding == Rounding::kStochastic, q.seed, uint32_t(op_id), step, uint32_t(k)};
-        encode_block(tl_a.data(), nb, q.kind, sr, acc + b * stride);
+        encode_block(sum, nb, q.kind, sr, acc + b * stride);
     }
 }
 

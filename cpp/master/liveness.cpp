@@ -143,7 +143,7 @@ std::vector<MasterAction> MasterState::on_tick(double now) {
     std::vector<std::pair<uint64_t, std::string>> victims;
     for (const auto& [id, c] : conns_) {
         if (!c.hello && now - c.since > config_.handshake_timeout)
-            victims.emplace_back(id, "no HELLO within " + std::to_string(config_.handshake_timeout) + " s");
+            victims.emplace_back(id, "no HELLO within " + seconds_text(config_.handshake_timeout));
         else if (c.hello && now - c.last_seen > config_.peer_timeout)
             victims.emplace_back(id, "");
     }
@@ -153,7 +153,7 @@ std::vector<MasterAction> MasterState::on_tick(double now) {
             continue;
         }
         const std::string reason =
-            describe(id) + " was silent for more than " + std::to_string(config_.peer_timeout) + " s and was evicted";
+            describe(id) + " was silent for more than " + seconds_text(config_.peer_timeout) + " and was evicted";
         send(out, id, MsgType::kKicked, wire::Kicked{reason});
         stats_.evictions++;
         remove(id, reason, out);

@@ -62,8 +62,7 @@ void MasterServer::close_link(uint64_t id) {
 
 void MasterServer::refuse(uint64_t id, Link& link, const std::string& reason, const std::string& log_reason, double now) {
     log_warn("master: refused " + link.addr + ": " + log_reason);
-    auto f = wire::frame(wire::MsgType::kAuthRefused, wire::AuthRefused{reason});
-    link.out.insert(link.out.end(), f.begin(), f.end());
+    link.out.append(wire::frame(wire::MsgType::kAuthRefused, wire::AuthRefused{reason}));
     apply(state_.on_disconnect(id, "refused: " + log_reason, now));
     close_link(id);
 }
@@ -85,9 +84,8 @@ bool MasterServer::handshake_frame(uint64_t id, Link& link, const wire::Header& 
                 return false;
             }
             link.server = std::make_unique<auth::Server>(*auth_.key, auth::kMasterLink, auth_.encrypt);
-            auto challenge = wire::frame(wire::MsgType::kAuthChallenge,
-                                         link.server->challenge(wire::decode_payload<wire::AuthHello>(payload)));
-            link.out.insert(link.out.end(), challenge.begin(), challenge.end());
+            link.out.append(wire::frame(wire::MsgType::kAuthChallenge,
+                                        link.server->challenge(wire::decode_payload<wire::AuthHello>(payload))));
             flush(link);
             link.auth = Link::kWantProof;
             return true;
@@ -108,11 +106,22 @@ bool MasterServer::handshake_frame(uint64_t id, Link& link, const wire::Header& 
     }
 }
 
+void Outbox::consume(size_t n) {
+    sent_ += n;
+    if (sent_ == buf_.size()) {  // all out: start again at the front (the capacity stays for the next frames)
+        buf_.clear();
+        sent_ = 0;
+    } else if (sent_ >= buf_.size() - sent_) {  // the rest moves, and it is no longer than what was sent
+        buf_.erase(buf_.begin(), buf_.begin() + ptrdiff_t(sent_));
+        sent_ = 0;
+    }
+}
+
 void MasterServer::flush(Link& link) {
     while (!link.out.empty() && link.fd >= 0) {
         ssize_t n = ::send(link.fd, link.out.data(), link.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n <= 0) return;  // full (a stalled peer) or broken: the read side will notice
-        link.out.erase(link.out.begin(), link.out.begin() + n);
+        link.out.consume(size_t(n));
     }
 }
 
@@ -138,7 +147,7 @@ void MasterServer::apply(std::vector<MasterAction> actions) {
         if (it == links_.end()) continue;
         if (a.kind == MasterAction::kSend) {
             if (it->second.channel.tx) auth::seal_frame(a.frame, *it->second.channel.tx);
-            it->second.out.insert(it->second.out.end(), a.frame.begin(), a.frame.end());
+            it->second.out.append(a.frame);
             flush(it->second);
             if (it->second.out.size() > kMaxQueuedOut) {  // it stopped reading: as good as lost
                 const std::string why = "stopped reading: " + std::to_string(it->second.out.size()) + " bytes queued";

@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "transport/handshake.hpp"
 #include "master/state.hpp"
@@ -40,6 +41,23 @@ constexpr size_t kMaxUngreeted = 256;
 constexpr double kUngreetedGrace = 0.5;
 constexpr size_t kMaxQueuedOut = 8 << 20;
 
+// The bytes queued for one connection, sent from the front. Sent bytes are passed over by an offset rather than
+// erased from the front on every send (which moved the whole rest each time, O(queued) per send); the space is
+// taken back when everything is sent, or once the sent part is at least as large as what is left, so each
+// queued byte is moved at most once on average.
+class Outbox {
+public:
+    void append(const std::vector<uint8_t>& bytes) { buf_.insert(buf_.end(), bytes.begin(), bytes.end()); }
+    bool empty() const { return sent_ == buf_.size(); }
+    size_t size() const { return buf_.size() - sent_; }  // queued and not sent yet
+    const uint8_t* data() const { return buf_.data() + sent_; }
+    void consume(size_t n);  // the first n bytes of data() went out
+
+private:
+    std::vector<uint8_t> buf_;
+    size_t sent_ = 0;
+};
+
 class MasterServer {
 public:
     MasterServer(std::string listen, MasterConfig config, AuthConfig auth = {});
@@ -56,7 +74,7 @@ private:
         int fd = -1;
         std::string addr;
         net::FrameReader reader;
-        std::vector<uint8_t> out;
+        Outbox out;
         bool closing = false;
         double since = 0;  // accepted at (steady seconds)
         enum Auth { kOpen, kWantHello, kWantProof, kSealed } auth = kOpen;

@@ -179,6 +179,20 @@ void MasterState::answer_topology(uint64_t id, Conn& c, ErrorKind kind, const st
     c.in_topo = false;
 }
 
+void MasterState::Collective::add_starter(uint32_t timeout_ms, uint32_t starter_min_world, double now) {
+    const double d = master_text::deadline_of(timeout_ms, now);
+    if (d >= 0 && (deadline < 0 || d < deadline)) {
+        deadline = d;
+        timeout = timeout_ms / 1000.0;
+    }
+    if (starter_min_world > min_world) min_world = starter_min_world;
+}
+
+void MasterState::enter_collective(Conn& c, const char* what, Actions& out) {
+    if (c.in_collective()) throw CoreError(ErrorKind::kProtocol, std::string(what) + " with a collective in flight");
+    release_topology(c.group, out);
+}
+
 void MasterState::release_topology(uint32_t group, Actions& out) {
     for (auto& [id, c] : conns_)
         if (c.accepted && c.in_topo && c.group == group) answer_topology(id, c, ErrorKind(0), "", out);
@@ -226,7 +240,7 @@ void MasterState::on_op_start(uint64_t id, Conn& c, const std::vector<uint8_t>& 
     c.op_tags.insert(m.tag);
     Op& o = op->second;
     o.started[id] = m.desc;
-    add_starter(o, m.timeout_ms, m.min_world, now);
+    o.add_starter(m.timeout_ms, m.min_world, now);
     // Peers still in update_topology() come to this operation instead (once: from now on the group is in a
     // collective, so a later TOPO_REQUEST of this group is answered at once).
     if (first) release_topology(c.group, out);
@@ -257,7 +271,7 @@ void MasterState::on_op_done(uint64_t id, const std::vector<uint8_t>& payload, A
         return;
     }
     for (auto op = ops_.begin(); op != ops_.end(); ++op) {
-        if (!op->second.running || op->second.op_id != m.op_id) continue;
+        if (!op->second.running || op->second.id != m.op_id) continue;
         if (!op->second.member_set.count(id)) return;
         if (!m.ok) return fail_op(op, failure, describe(id) + " reported: " + m.reason, out);
         op->second.done.insert(id);
@@ -350,7 +364,7 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
         return;
     }
     op.running = true;
-    op.op_id = next_op_id_++;
+    op.id = next_op_id_++;
     op.members = ring;
     op.member_set.insert(ring.begin(), ring.end());
     std::set<uint32_t> taken;
@@ -360,7 +374,7 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
     uint32_t stripes = 1024;
     for (uint64_t id : ring) stripes = std::min(stripes, conns_.at(id).connections);
     // Two frames at most, encoded once: with the ring for peers that have not got this epoch, without for the rest.
-    wire::OpGo go{op.tag, op.op_id, stripes, {}, op.slot, ring_epoch_};
+    wire::OpGo go{op.tag, op.id, stripes, {}, op.slot, ring_epoch_};
     const std::vector<uint8_t> short_go = wire::frame(MsgType::kOpGo, go);
     std::vector<uint8_t> full_go;
     for (uint64_t id : ring) {
@@ -380,7 +394,7 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
 
 void MasterState::finish_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator it, Actions& out) {
     for (uint64_t id : it->second.members) {
-        send(out, id, MsgType::kOpCommit, wire::OpCommit{it->second.op_id});
+        send(out, id, MsgType::kOpCommit, wire::OpCommit{it->second.id});
         conns_.at(id).op_tags.erase(it->second.tag);
     }
     stats_.ops_committed++;
@@ -393,7 +407,7 @@ void MasterState::fail_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator 
     if (op.running) {
         for (uint64_t id : op.members) {
             if (!conns_.count(id)) continue;
-            send(out, id, MsgType::kOpAbort, wire::OpAbort{op.op_id, uint8_t(kind), reason});
+            send(out, id, MsgType::kOpAbort, wire::OpAbort{op.id, uint8_t(kind), reason});
             conns_.at(id).op_tags.erase(op.tag);
         }
         stats_.ops_aborted++;

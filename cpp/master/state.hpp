@@ -75,7 +75,7 @@ struct MasterAction {
     uint64_t conn = 0;
     std::vector<uint8_t> frame;  // kSend: header + payload
     std::string reason;          // kClose: logged
-    wire::PeerInfo probe;        // kProbe: try to connect to probe.host:probe.port, then call on_probe_result
+    wire::PeerInfo probe{};      // kProbe: try to connect to probe.host:probe.port, then call on_probe_result
 };
 
 struct MasterStats {
@@ -136,45 +136,38 @@ private:
         bool synced = false;             // completed a sync of its group: holds the group's state
         uint64_t ring_epoch_sent = 0;    // the ring epoch this peer last got with an OP_GO
     };
-    struct Sync {
+    // What every collective of a group shares, an operation, a sync or an optimize_topology(): it waits for its
+    // starters until the earliest starter's deadline, needs the largest min_world any of them asked for, runs
+    // over its members in ring order and ends when all of them are done.
+    struct Collective {
         uint32_t group = 0;
-        uint64_t id = 0, revision = 0;
-        std::map<uint64_t, wire::SyncStart> started;  // while collecting announcements
-        double deadline = -1;                         // the earliest starter's timeout (negative: none)
-        double timeout = 0;                           // that starter's timeout in seconds, for the message
-        uint32_t min_world = 0;                       // the largest min_world of the starters
-        std::vector<uint64_t> members;                // peers taking part, once running
-        std::set<uint64_t> done;
+        uint64_t id = 0;                  // once running: the op / sync / optimize id peers report with
+        double deadline = -1;             // the earliest starter's timeout (negative: none)
+        double timeout = 0;               // that starter's timeout in seconds, for the message
+        uint32_t min_world = 0;           // the largest min_world of the starters
+        std::vector<uint64_t> members;    // ring order once running
+        std::set<uint64_t> done;          // members that reported success
+        void add_starter(uint32_t timeout_ms, uint32_t starter_min_world, double now);
     };
-    struct Optimize {
-        uint32_t group = 0;
-        uint64_t id = 0;
+    struct Sync : Collective {
+        uint64_t revision = 0;
+        std::map<uint64_t, wire::SyncStart> started;  // while collecting announcements
+    };
+    struct Optimize : Collective {
         bool running = false;
         std::set<uint64_t> started;      // while collecting OPT_START
-        double deadline = -1;            // the earliest starter's timeout (negative: none)
-        double timeout = 0;
-        uint32_t min_world = 0;
-        std::vector<uint64_t> members;   // the ring order when it started
-        std::set<uint64_t> reported;
         uint64_t probes = 0;             // edges measured by this run
     };
     struct Measure {
         uint64_t bandwidth = 0;  // bytes/s
         uint32_t rtt_us = 0;
     };
-    struct Op {
-        uint32_t group = 0;
+    struct Op : Collective {
         uint64_t tag = 0;
         bool running = false;
-        uint64_t op_id = 0;
         uint32_t slot = 0;  // which set of pooled connections it runs on (concurrent operations do not share)
         std::map<uint64_t, wire::OpDesc> started;  // peer -> descriptor it announced
-        double deadline = -1;                      // the earliest starter's timeout (negative: none)
-        double timeout = 0;                        // that starter's timeout in seconds, for the message
-        uint32_t min_world = 0;                    // the largest min_world of the starters
-        std::vector<uint64_t> members;             // ring order once running
-        std::set<uint64_t> member_set;             // the same, for O(log N) membership checks
-        std::set<uint64_t> done;
+        std::set<uint64_t> member_set;             // the members, for O(log N) membership checks
     };
     using Actions = std::vector<MasterAction>;
 
@@ -183,6 +176,9 @@ private:
     void drop(uint64_t id, const std::string& reason, Actions& out);
     void on_hello(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, Actions& out);
     void on_topo_request(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out);
+    // The opening every collective of a group shares: the peer may be in no other collective (what: the message
+    // it sent, for the error), and peers still waiting in update_topology() come to this collective instead.
+    void enter_collective(Conn& c, const char* what, Actions& out);
     void on_op_start(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out);
     void on_sync_start(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out);
     void on_op_done(uint64_t id, const std::vector<uint8_t>& payload, Actions& out);

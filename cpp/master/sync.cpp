@@ -11,19 +11,16 @@
 namespace pccl {
 
 using wire::MsgType;
-using master_text::add_starter;
 using master_text::kSameOrder;
 
 void MasterState::on_sync_start(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out) {
     auto m = wire::decode_payload<wire::SyncStart>(payload);
-    if (c.in_collective())
-        throw CoreError(ErrorKind::kProtocol, "SYNC_START with a collective in flight");
+    enter_collective(c, "SYNC_START", out);
     c.in_sync = true;
     auto& sync = syncs_pending_[c.group];
     sync.group = c.group;
-    add_starter(sync, m.timeout_ms, m.min_world, now);
+    sync.add_starter(m.timeout_ms, m.min_world, now);
     sync.started[id] = std::move(m);
-    release_topology(c.group, out);
     // Operations that wait for this peer, which now waits for them: both fail, on every peer.
     std::string conflict;
     for (auto op = ops_.begin(); op != ops_.end();) {

@@ -40,17 +40,6 @@ inline constexpr const char* kSameOrder = ": collectives must be called in the s
 
 inline double deadline_of(uint32_t timeout_ms, double now) { return timeout_ms ? now + timeout_ms / 1000.0 : -1; }
 
-// One more starter of a pending collective (an operation, a sync, an optimize_topology()): the collective waits
-// until the earliest starter's deadline and needs the largest min_world any starter asked for.
-template <class Pending> void add_starter(Pending& p, uint32_t timeout_ms, uint32_t min_world, double now) {
-    const double deadline = deadline_of(timeout_ms, now);
-    if (deadline >= 0 && (p.deadline < 0 || deadline < p.deadline)) {
-        p.deadline = deadline;
-        p.timeout = timeout_ms / 1000.0;
-    }
-    if (min_world > p.min_world) p.min_world = min_world;
-}
-
 inline std::string seconds_text(double s) {
     char buf[32];
     std::snprintf(buf, sizeof(buf), "%g s", s);

@@ -16,7 +16,6 @@
 namespace pccl {
 
 using wire::MsgType;
-using master_text::add_starter;
 using master_text::kSameOrder;
 using master_text::seconds_text;
 
@@ -26,15 +25,13 @@ constexpr uint32_t kProbeMs = 1000;  // the longest a probe may take; a stable e
 
 void MasterState::on_opt_start(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out) {
     auto m = wire::decode_payload<wire::TopoRequest>(payload);
-    if (c.in_collective())
-        throw CoreError(ErrorKind::kProtocol, "OPT_START with a collective in flight");
+    enter_collective(c, "OPT_START", out);
     c.in_opt = true;
     c.opt_seq = m.seq;
     auto& opt = opts_[c.group];
     opt.group = c.group;
-    add_starter(opt, m.timeout_ms, m.min_world, now);
+    opt.add_starter(m.timeout_ms, m.min_world, now);
     opt.started.insert(id);
-    release_topology(c.group, out);  // peers still in update_topology() come to this collective instead
     check_opt_conflict(c.group, out);
     try_start_opt(c.group, out);
 }
@@ -112,8 +109,8 @@ void MasterState::on_opt_report(uint64_t id, const std::vector<uint8_t>& payload
         if (l.to != id || l.from == id || std::find(members.begin(), members.end(), l.from) == members.end()) continue;
         links_[{l.from, l.to}] = Measure{l.bandwidth, l.rtt_us};
     }
-    opt->second.reported.insert(id);
-    if (opt->second.reported.size() == members.size()) finish_opt(opt->second.group, out);
+    opt->second.done.insert(id);
+    if (opt->second.done.size() == members.size()) finish_opt(opt->second.group, out);
 }
 
 void MasterState::finish_opt(uint32_t group, Actions& out) {

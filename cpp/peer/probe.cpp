@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
-#include <poll.h>
 #include <thread>
 
 #include "transport/data_link.hpp"
+#include "transport/wait.hpp"
 
 namespace pccl {
 
@@ -17,52 +17,16 @@ constexpr double kMinProbe = 0.3;      // seconds of data before a probe may sto
 constexpr double kLookBack = 0.15;     // the estimate must have held this long...
 constexpr double kStable = 0.03;       // ...within this fraction
 
-// Waits until fd is ready for `events` or the operation stops; false when stopped. On the caller's thread a
-// Ctrl-C stops it too (interrupt_requested() is only ever true there).
-bool wait_ready(int fd, short events, OpControl& ctl, int timeout_ms) {
-    pollfd p[2] = {{ctl.wake_fd(), POLLIN, 0}, {fd, events, 0}};
-    ::poll(p, fd >= 0 ? 2 : 1, timeout_ms);
-    if (interrupt_requested()) ctl.fail(ErrorKind::kInterrupted, "interrupted (KeyboardInterrupt)");
-    return !ctl.stopped();
-}
-
-// Sends one piece whole; false when the connection failed or the deadline passed (or the operation stopped).
+// Sends one piece whole within the deadline; false when the connection failed, the deadline passed or the
+// operation stopped.
 bool send_piece(const ConnPtr& c, const wire::DataHeader& h, const uint8_t* data, size_t len, OpControl& ctl,
                 double deadline) {
-    PieceSender tx;
-    tx.start(h, data, len, c->tx());
-    for (;;) {
-        size_t n;
-        int err = 0;
-        const auto st = tx.pump(c->fd, &n, &err);
-        if (st == PieceSender::kSent) return true;
-        if (st == PieceSender::kFailed || net::now_seconds() > deadline) return false;
-        if (!wait_ready(c->fd, POLLOUT, ctl, 50)) return false;
-    }
-}
-
-// Receives one whole piece into `buf` (at most `cap` bytes); its length, or -1 on failure / deadline / stop.
-int64_t recv_piece(const ConnPtr& c, PieceReceiver& rx, uint8_t* buf, size_t cap, OpControl& ctl, double deadline) {
-    for (;;) {
-        size_t n;
-        int err = 0;
-        switch (rx.pump(c->fd, &n, &err, c->rx())) {
-            case PieceReceiver::kHeader:
-                if (rx.piece_len() > cap) return -1;
-                rx.accept(buf);
-                break;
-            case PieceReceiver::kPiece: return int64_t(rx.piece_len());
-            case PieceReceiver::kProgress: break;
-            case PieceReceiver::kAgain:
-                if (net::now_seconds() > deadline || !wait_ready(c->fd, POLLIN, ctl, 50)) return -1;
-                break;
-            default: return -1;
-        }
-    }
+    int err = 0;
+    return send_whole(*c, h, data, len, ctl, 1e300, deadline, &err) == PieceResult::kSent;
 }
 
 // The sender's side of one probe: wait for GO, answer it, stream until the receiver closes the connection.
-void send_probe(const wire::PeerInfo& to, uint32_t round, uint64_t opt_id, ConnPool& pool, OpControl& ctl,
+void send_probe(const wire::PeerInfo& to, uint32_t round, uint64_t opt_id, LinkSource& pool, OpControl& ctl,
                 double wait_s, double probe_s) {
     ConnPtr c;
     try {
@@ -74,7 +38,7 @@ void send_probe(const wire::PeerInfo& to, uint32_t round, uint64_t opt_id, ConnP
     static const std::vector<uint8_t> zeros(kPiece, 0);
     uint8_t go[kSignal];
     PieceReceiver rx;
-    if (recv_piece(c, rx, go, sizeof(go), ctl, net::now_seconds() + wait_s) < 0) {
+    if (recv_whole(*c, rx, go, sizeof(go), ctl, net::now_seconds() + wait_s) < 0) {
         if (!ctl.stopped())
             ctl.fail(ErrorKind::kPeerLost, "peer " + std::to_string(to.id) + " did not start its probe (round " +
                                                std::to_string(round) + ")");
@@ -91,19 +55,19 @@ void send_probe(const wire::PeerInfo& to, uint32_t round, uint64_t opt_id, ConnP
 }
 
 // The receiver's side of one probe: GO, the answer (the round trip), then the rate until it is stable.
-bool recv_probe(uint64_t from, uint32_t round, uint64_t opt_id, ConnPool& pool, OpControl& ctl, double wait_s,
+bool recv_probe(uint64_t from, uint32_t round, uint64_t opt_id, LinkSource& pool, OpControl& ctl, double wait_s,
                 double probe_s, wire::LinkMeasure* out) {
     const double give_up = net::now_seconds() + wait_s;
     ConnPtr c;
     while (!(c = pool.incoming(from, probe_slot(opt_id), round))) {
-        if (net::now_seconds() > give_up || !wait_ready(-1, 0, ctl, 5)) return false;
+        if (net::now_seconds() > give_up || !wait_for(ctl, {}, 5)) return false;
     }
     uint8_t go[kSignal] = {};
     const double t_go = net::now_seconds();
     if (!send_piece(c, wire::DataHeader{opt_id, round, 1, 0}, go, kSignal, ctl, give_up)) return false;
     PieceReceiver rx;
     std::vector<uint8_t> buf(kPiece);
-    if (recv_piece(c, rx, buf.data(), buf.size(), ctl, give_up) != int64_t(kSignal)) return false;
+    if (recv_whole(*c, rx, buf.data(), buf.size(), ctl, give_up) != int64_t(kSignal)) return false;
     const double t_first = net::now_seconds();
     out->rtt_us = uint32_t(std::min(4e9, (t_first - t_go) * 1e6));
     // The estimate is the mean rate since the first data piece; it settles as 1/t. Stop once it has moved by
@@ -113,7 +77,7 @@ bool recv_probe(uint64_t from, uint32_t round, uint64_t opt_id, ConnPool& pool, 
     uint64_t bytes = 0;
     const double end = t_first + probe_s;
     for (;;) {
-        const int64_t n = recv_piece(c, rx, buf.data(), buf.size(), ctl, end + wait_s);
+        const int64_t n = recv_whole(*c, rx, buf.data(), buf.size(), ctl, end + wait_s);
         if (n < 0) return false;
         const double now = net::now_seconds();
         if (t0 < 0) {  // the first data piece starts the clock
@@ -137,7 +101,7 @@ bool recv_probe(uint64_t from, uint32_t round, uint64_t opt_id, ConnPool& pool, 
 }
 }  // namespace
 
-std::vector<wire::LinkMeasure> run_probes(const wire::OptPlan& plan, uint64_t self, ConnPool& pool, OpControl& ctl,
+std::vector<wire::LinkMeasure> run_probes(const wire::OptPlan& plan, uint64_t self, LinkSource& pool, OpControl& ctl,
                                           const ProbeSettings& settings) {
     std::vector<wire::LinkMeasure> measured;
     const double probe_s = plan.probe_ms / 1000.0;

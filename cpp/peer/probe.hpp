@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "transport/pool.hpp"
+#include "transport/link.hpp"
 #include "transport/op_control.hpp"
 #include "wire/wire.hpp"
 
@@ -31,7 +31,7 @@ struct ProbeSettings {
 
 // Runs the plan's rounds; returns the measurements of the probes this peer received (to = self). On failure
 // the control is failed (retryable kPeerLost) and what was measured so far is returned.
-std::vector<wire::LinkMeasure> run_probes(const wire::OptPlan& plan, uint64_t self, ConnPool& pool, OpControl& ctl,
+std::vector<wire::LinkMeasure> run_probes(const wire::OptPlan& plan, uint64_t self, LinkSource& pool, OpControl& ctl,
                                           const ProbeSettings& settings);
 
 }  // namespace pccl

@@ -1,9 +1,8 @@
 #include "peer/ring.hpp"
 
 #include <algorithm>
-#include <poll.h>
-
 #include "transport/data_link.hpp"
+#include "transport/wait.hpp"
 
 namespace pccl {
 
@@ -54,10 +53,7 @@ public:
             bool progressed = false;
             if (r_step_ < steps_ && !receive(&progressed)) return;
             if (s_step_ < steps_ && !send(&progressed)) return;
-            if (interrupt_requested()) {  // only the calling thread has a check (Ctrl-C in Python's main thread)
-                ctl_.fail(ErrorKind::kInterrupted, "interrupted (KeyboardInterrupt) while data moved");
-                return;
-            }
+            if (interrupted(ctl_)) return;  // only the calling thread has a check (Ctrl-C in Python's main thread)
             const double now = net::now_seconds();
             if (progressed) {
                 last_progress = now;
@@ -72,12 +68,9 @@ public:
                                                 : "peer " + std::to_string(links_.next.id) + " stopped reading"));
                 return;
             }
-            pollfd pfds[3];
-            nfds_t n = 0;
-            pfds[n++] = {ctl_.wake_fd(), POLLIN, 0};
-            if (in_ && r_step_ < steps_) pfds[n++] = {in_->fd, POLLIN, 0};
-            if (sender_blocked_) pfds[n++] = {out_->fd, POLLOUT, 0};
-            ::poll(pfds, n, in_ || r_step_ >= steps_ ? 100 : 5);
+            // Without an incoming connection yet, look again soon: the predecessor is dialing it.
+            wait_for(ctl_, {{r_step_ < steps_ ? in_.get() : nullptr, true, false}, {sender_blocked_ ? out_.get() : nullptr, false, true}},
+                     in_ || r_step_ >= steps_ ? 100 : 5);
         }
     }
 
@@ -122,7 +115,7 @@ private:
         for (int rounds = 0; rounds < 64 && r_step_ < steps_; rounds++) {
             size_t n;
             int err = 0;
-            const auto st = rx_.pump(in_->fd, &n, &err, in_->rx());
+            const auto st = rx_.pump(*in_->stream, &n, &err, in_->rx());
             if (n) {
                 *progressed = true;
                 in_->bytes += n;
@@ -217,7 +210,7 @@ private:
             }
             size_t n;
             int err = 0;
-            const auto st = tx_.pump(out_->fd, &n, &err);
+            const auto st = tx_.pump(*out_->stream, &n, &err);
             if (n) {
                 *progressed = true;
                 out_->bytes += n;

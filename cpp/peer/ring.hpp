@@ -18,7 +18,8 @@
 // Pipelining. Regions travel as pieces (frames of at most piece_bytes). A piece of step s may leave as soon as
 // the same bytes of step s-1 have arrived and been reduced, so receiving, reducing and sending overlap. Each
 // piece carries (op id, step, stripe, offset): bytes of an aborted operation are recognised, never reduced.
-// Pieces are written and read by the data link (data_link.hpp); this file decides which bytes and when.
+// Pieces are written and read by the data link (data_link.hpp) on connections of a LinkSource (link.hpp), and
+// every wait is transport/wait.hpp's; this file decides which bytes and when.
 //
 // Failure. Every wait polls the operation's stop pipe and has a progress deadline. The first failure of any
 // stripe stops the others and is reported once (OpControl). The input is never written; results land in
@@ -32,7 +33,7 @@
 
 #include "base/dtype.hpp"
 #include "transport/op_control.hpp"
-#include "transport/pool.hpp"
+#include "transport/link.hpp"
 
 namespace pccl {
 
@@ -68,7 +69,7 @@ struct RingPlan {
 };
 
 struct RingLinks {
-    ConnPool* pool = nullptr;
+    LinkSource* pool = nullptr;  // the TCP pool, or an in-memory network in tests
     uint32_t slot = 0;
     wire::PeerInfo next;
     wire::PeerInfo prev;

@@ -1,11 +1,9 @@
 #include "peer/state_transfer.hpp"
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
-#include <poll.h>
 
 #include "transport/data_link.hpp"
+#include "transport/wait.hpp"
 
 namespace pccl {
 
@@ -17,13 +15,6 @@ void locate(const Stream& s, uint64_t off, size_t* entry, uint64_t* inner) {
     while (k < s.sizes.size() && off >= s.sizes[k]) off -= s.sizes[k++];
     *entry = k;
     *inner = off;
-}
-
-// Waits until fd is ready for `events` or the sync stops; false when stopped.
-bool wait_ready(int fd, short events, OpControl& ctl, int timeout_ms) {
-    pollfd p[2] = {{ctl.wake_fd(), POLLIN, 0}, {fd, events, 0}};
-    ::poll(p, fd >= 0 ? 2 : 1, timeout_ms);
-    return !ctl.stopped();
 }
 
 std::string who(const wire::PeerInfo& p) {
@@ -47,35 +38,23 @@ void send_stream(const Stream& s, uint64_t begin, uint64_t end, const TransferLi
         ctl.fail(ErrorKind::kPeerLost, e.what());
         return;
     }
-    PieceSender tx;
-    uint64_t off = begin;
-    double last_progress = net::now_seconds();
-    while (off < end) {
+    for (uint64_t off = begin; off < end;) {
         size_t k;
         uint64_t inner;
         locate(s, off, &k, &inner);
         const uint64_t piece = std::min<uint64_t>({link.piece_bytes, end - off, s.sizes[k] - inner});
-        tx.start(wire::DataHeader{ctl.op_id(), 0, link.stripe, off}, s.data[k] + inner, size_t(piece), out->tx());
-        for (;;) {
-            if (ctl.stopped()) return;
-            size_t n;
-            int err = 0;
-            const auto st = tx.pump(out->fd, &n, &err);
-            if (n) {
-                out->bytes += n;
-                last_progress = net::now_seconds();
-            }
-            if (st == PieceSender::kSent) break;
-            if (st == PieceSender::kFailed) {
+        int err = 0;
+        switch (send_whole(*out, wire::DataHeader{ctl.op_id(), 0, link.stripe, off}, s.data[k] + inner, size_t(piece),
+                           ctl, link.progress_timeout, 1e300, &err)) {
+            case PieceResult::kSent: break;
+            case PieceResult::kStopped: return;
+            case PieceResult::kFailed:
                 ctl.fail(ErrorKind::kPeerLost, errno_text("sending state to " + who(link.peer) + " failed", err));
                 return;
-            }
-            if (net::now_seconds() - last_progress > link.progress_timeout) {
+            case PieceResult::kTimedOut:
                 ctl.fail(ErrorKind::kPeerLost, who(link.peer) + " stopped reading state for " +
                                                    std::to_string(link.progress_timeout) + " s");
                 return;
-            }
-            if (!wait_ready(out->fd, POLLOUT, ctl, 100)) return;
         }
         *bytes += piece;
         off += piece;
@@ -113,20 +92,20 @@ void recv_stream(const Stream& s, uint64_t begin, uint64_t end, const TransferLi
         if (!in) {
             in = link.pool->incoming(link.peer.id, kStateSlot, link.stripe);
             left.replaced();
-            if (!in) {
-                wait_ready(-1, 0, ctl, 5);
+            if (!in) {  // the holder is dialing it
+                wait_for(ctl, {}, 5);
                 continue;
             }
         }
         size_t n;
         int err = 0;
-        const auto st = rx.pump(in->fd, &n, &err, in->rx());
+        const auto st = rx.pump(*in->stream, &n, &err, in->rx());
         if (n) {
             last_progress = net::now_seconds();
             in->bytes += n;
         }
         switch (st) {
-            case PieceReceiver::kAgain: wait_ready(in->fd, POLLIN, ctl, 100); break;
+            case PieceReceiver::kAgain: wait_for(ctl, {{in.get(), true, false}}, 100); break;
             case PieceReceiver::kProgress: break;
             case PieceReceiver::kClosed:
                 if (!lost(ErrorKind::kPeerLost, "connection closed by the other side")) return;

@@ -10,13 +10,13 @@
 // Failure. Every wait polls the sync's stop pipe (OpControl) and has a progress deadline. A connection that
 // ends, or shows bytes of another sync, before it delivered a byte of this one is a leftover of an aborted
 // sync: the receiver drops it and waits for the holder's fresh connection, as the ring does. Frames are written
-// and read by the data link (data_link.hpp).
+// and read by the data link (data_link.hpp), every wait is transport/wait.hpp's.
 #pragma once
 #include <atomic>
 #include <cstdint>
 #include <vector>
 
-#include "transport/pool.hpp"
+#include "transport/link.hpp"
 #include "transport/op_control.hpp"
 
 namespace pccl {
@@ -33,7 +33,7 @@ struct Stream {
 void stripe_range(uint64_t begin, uint64_t end, uint32_t stripes, uint32_t j, uint64_t* b, uint64_t* e);
 
 struct TransferLink {
-    ConnPool* pool = nullptr;
+    LinkSource* pool = nullptr;  // the TCP pool, or an in-memory network in tests
     wire::PeerInfo peer;  // the receiver (sending) or the holder (receiving; only the id matters)
     uint32_t stripe = 0;
     double connect_timeout = 10.0;

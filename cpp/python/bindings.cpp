@@ -1,6 +1,8 @@
-// The runtime bindings: converts types, releases the GIL around every blocking call (Ctrl-C still reaches it)
-// and maps the core's error kinds to the exception classes of pccl_arrays.errors. No Python object crosses
-// into core threads. What exists only for tests and tools is bound in test_seams.cpp.
+// The runtime module, pccl_arrays._core: only what the package itself calls. Converts types, releases the GIL
+// around every blocking call (Ctrl-C still reaches it) and maps the core's error kinds to the exception classes
+// of pccl_arrays.errors. No Python object crosses into core threads. Arguments are keywords, and their
+// defaults are the core's config structs' (CommConfig, MasterConfig): written once. What exists only for tests
+// and tools is the second module, pccl_arrays._core_testing (test_seams.cpp).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -9,12 +11,14 @@
 
 #include "peer/communicator.hpp"
 #include "transport/handshake.hpp"
-#include "python/dicts.hpp"
+#include "python/module_common.hpp"
+#include "python/schema_dicts.hpp"
 #include "python/dlpack.hpp"
 #include "kernels/hash.hpp"
 #include "base/log.hpp"
 #include "master/server.hpp"
 #include "master/state.hpp"
+#include "kernels/quant.hpp"
 #include "kernels/reduce.hpp"
 #include "planning/state_election.hpp"
 
@@ -65,37 +69,25 @@ template <class F> auto blocking(F&& f) {
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
+    const CommConfig kComm;
     m.doc() = "C++ core of pccl_arrays: master, peers, striped ring all-reduce";
 
-    py::register_exception_translator([](std::exception_ptr p) {
-        try {
-            if (p) std::rethrow_exception(p);
-        } catch (const CoreError& e) {
-            if (e.kind() == ErrorKind::kInterrupted) {  // what the signal handler raised, else KeyboardInterrupt
-                if (t_pending_type) {
-                    PyErr_Restore(t_pending_type, t_pending_value, t_pending_tb);
-                    t_pending_type = t_pending_value = t_pending_tb = nullptr;
-                } else {
-                    PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
-                }
-                return;
-            }
-            py::object errors = py::module_::import("pccl_arrays.errors");
-            py::object cls = errors.attr("error_class")(error_kind_name(e.kind()));
-            PyErr_SetString(cls.ptr(), e.what());
-        }
+    register_core_errors([] {
+        if (!t_pending_type) return false;
+        PyErr_Restore(t_pending_type, t_pending_value, t_pending_tb);
+        t_pending_type = t_pending_value = t_pending_tb = nullptr;
+        return true;
     });
 
     g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
-    bind_test_seams(m);  // test_seams.cpp: the pure decision functions and raw kernels, for tests and tools
-    bind_master_cost(m);  // master_cost.cpp: the master's work per operation, for benchmarks/scale.py
 
     py::class_<MasterServer>(m, "MasterServer")
         .def(py::init([](const std::string& listen, double peer_timeout, double handshake_timeout,
                          const std::optional<py::bytes>& secret, bool encrypt) {
                  return new MasterServer(listen, MasterConfig{peer_timeout, handshake_timeout}, AuthConfig{run_key(secret), encrypt});
              }),
-             py::arg("listen"), py::arg("peer_timeout"), py::arg("handshake_timeout"), py::arg("secret") = py::none(),
+             py::kw_only(), py::arg("listen"), py::arg("peer_timeout") = MasterConfig{}.peer_timeout,
+             py::arg("handshake_timeout") = MasterConfig{}.handshake_timeout, py::arg("secret") = py::none(),
              py::arg("encrypt") = false)
         .def("start", &MasterServer::start, py::call_guard<py::gil_scoped_release>())
         .def("stop", &MasterServer::stop, py::call_guard<py::gil_scoped_release>())
@@ -177,9 +169,12 @@ PYBIND11_MODULE(_core, m) {
                  c.min_world = min_world;
                  return new Communicator(c);
              }),
-             py::arg("master"), py::arg("peer_group"), py::arg("connections"), py::arg("listen"), py::arg("advertise"),
-             py::arg("connect_timeout"), py::arg("heartbeat_interval"), py::arg("master_timeout"),
-             py::arg("data_timeout"), py::arg("piece_bytes"), py::arg("op_timeout") = 1800.0, py::arg("min_world") = 1,
+             py::kw_only(), py::arg("master"), py::arg("peer_group") = kComm.peer_group,
+             py::arg("connections") = kComm.connections, py::arg("listen") = kComm.listen,
+             py::arg("advertise") = kComm.advertise, py::arg("connect_timeout") = kComm.connect_timeout,
+             py::arg("heartbeat_interval") = kComm.heartbeat_interval, py::arg("master_timeout") = kComm.master_timeout,
+             py::arg("data_timeout") = kComm.data_timeout, py::arg("piece_bytes") = kComm.piece_bytes,
+             py::arg("op_timeout") = kComm.op_timeout, py::arg("min_world") = kComm.min_world,
              py::arg("secret") = py::none())
         .def("connect", [](Communicator& c, double t) { blocking([&] { c.connect(t); }); }, py::arg("admission_timeout"))
         .def("update_topology", [](Communicator& c, double t) { blocking([&] { c.update_topology(t); }); },
@@ -200,7 +195,7 @@ PYBIND11_MODULE(_core, m) {
                                            : c.all_reduce(in, out, count, DType(dtype), ReduceOp(op), tag, q, o);
                  });
              },
-             py::arg("input_ptr"), py::arg("output_ptr"), py::arg("count"), py::arg("dtype"), py::arg("op"), py::arg("tag"),
+             py::kw_only(), py::arg("input_ptr"), py::arg("output_ptr"), py::arg("count"), py::arg("dtype"), py::arg("op"), py::arg("tag"),
              py::arg("qkind") = 0, py::arg("qblock") = 0, py::arg("qround") = 0, py::arg("qseed") = 0,
              py::arg("host_quantized") = false, py::arg("shape") = std::vector<uint64_t>{}, py::arg("structure") = 0,
              py::arg("structure_text") = "", py::arg("timeout") = -1.0,
@@ -211,7 +206,7 @@ PYBIND11_MODULE(_core, m) {
                 uint8_t strategy, double timeout) {
                  std::vector<wire::StateEntry> es;
                  std::vector<const uint8_t*> data;
-                 for (auto item : entries) es.push_back(sync_start_of(py::dict(py::arg("entries") = py::list(py::make_tuple(item)))).entries[0]);
+                 for (auto item : entries) es.push_back(pydict::from_dict<wire::StateEntry>(item.cast<py::dict>()));
                  for (uintptr_t p : ptrs) data.push_back(reinterpret_cast<const uint8_t*>(p));
                  SyncOutcome o = blocking([&] { return c.sync_state(es, data, revision, strategy, timeout); });
                  py::list buffers;
@@ -226,7 +221,8 @@ PYBIND11_MODULE(_core, m) {
                  d["received_from"] = o.received_from; d["world_size"] = o.world_size; d["seconds"] = o.seconds;
                  return d;
              },
-             py::arg("entries"), py::arg("data_ptrs"), py::arg("revision"), py::arg("strategy"), py::arg("timeout") = -1.0)
+             py::kw_only(), py::arg("entries"), py::arg("data_ptrs"), py::arg("revision"), py::arg("strategy"),
+             py::arg("timeout") = -1.0)
         .def("close", &Communicator::close, py::call_guard<py::gil_scoped_release>())
         .def("abandon", &Communicator::abandon, py::arg("why"), py::call_guard<py::gil_scoped_release>(),
              "Leaves the job because of an interrupt the core did not see; later calls raise `why`.")
@@ -310,18 +306,4 @@ PYBIND11_MODULE(_core, m) {
         py::gil_scoped_release release;
         if (n) std::memcpy(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
     }, py::arg("dst_ptr"), py::arg("src_ptr"), py::arg("nbytes"), "Copies bytes between host buffers (packing pytrees).");
-
-    // Quantization kernels (docs/quantization.md) on raw host buffers.
-    m.def("quantized_bytes", [](size_t n, uint32_t block) { return quantized_bytes(n, block); }, py::arg("n"), py::arg("block"));
-    m.def("quantize", [](uintptr_t x, uint8_t dtype, size_t n, uint8_t kind, uint32_t block, uintptr_t out) {
-        QuantConfig q{QuantKind(kind), block};
-        py::gil_scoped_release release;
-        quantize(reinterpret_cast<const void*>(x), DType(dtype), n, q, reinterpret_cast<uint8_t*>(out));
-    }, py::arg("x_ptr"), py::arg("dtype"), py::arg("n"), py::arg("kind"), py::arg("block"), py::arg("out_ptr"));
-    m.def("dequantize", [](uintptr_t qb, size_t n, uint8_t kind, uint32_t block, uint8_t dtype, uintptr_t out, uint32_t divide_by) {
-        QuantConfig q{QuantKind(kind), block};
-        py::gil_scoped_release release;
-        dequantize(reinterpret_cast<const uint8_t*>(qb), n, q, DType(dtype), reinterpret_cast<void*>(out), divide_by);
-    }, py::arg("q_ptr"), py::arg("n"), py::arg("kind"), py::arg("block"), py::arg("dtype"), py::arg("out_ptr"),
-       py::arg("divide_by") = 1);
 }

@@ -5,7 +5,7 @@
 
 #include <chrono>
 
-#include "python/dicts.hpp"
+#include "python/module_common.hpp"
 #include "master/state.hpp"
 
 namespace py = pybind11;

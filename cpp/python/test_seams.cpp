@@ -1,10 +1,13 @@
-// Test seams of pccl_arrays._core: the master's decisions and the shared-state election as pure functions
-// driven from Python with a fake clock, frames encoded and decoded through dicts, the reduction and
-// quantization hop kernels on raw buffers, and a log line on demand. The runtime never calls these.
+// pccl_arrays._core_testing, the test module: seams for tests and benchmarks, never imported by the package.
+// The master's decisions and the shared-state election as pure functions driven from Python with a fake clock,
+// frames encoded and decoded through dicts made from the message schema (schema_dicts.hpp) and the schema
+// itself, the ring-order solver, the reduction and quantization kernels on raw buffers, sealed frames, the
+// master's cost per operation (master_cost.cpp), and a log line on demand.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "python/dicts.hpp"
+#include "python/module_common.hpp"
+#include "python/schema_dicts.hpp"
 #include "transport/handshake.hpp"
 #include "transport/net.hpp"
 #include "base/log.hpp"
@@ -32,7 +35,7 @@ py::list actions_list(const std::vector<MasterAction>& actions) {
         }
         wire::Header h = wire::decode_header(a.frame.data());
         std::vector<uint8_t> payload(a.frame.begin() + wire::kHeaderSize, a.frame.end());
-        out.append(py::make_tuple("send", a.conn, frame_type_name(h.type), dict_from_frame(h.type, payload)));
+        out.append(py::make_tuple("send", a.conn, pydict::type_name(h.type), pydict::dict_from_frame(h.type, payload)));
     }
     return out;
 }
@@ -43,9 +46,20 @@ std::vector<uint8_t> bytes_of(const py::bytes& b) {
 }
 }  // namespace
 
-void bind_test_seams(py::module_& m) {
+void bind_master_cost(py::module_& m);  // master_cost.cpp
+
+}  // namespace pccl
+
+using namespace pccl;
+
+PYBIND11_MODULE(_core_testing, m) {
+    m.doc() = "Test seams of pccl_arrays' core: for tests and benchmarks only";
+    register_core_errors(nullptr);
+    bind_master_cost(m);
+    m.attr("PROTOCOL_VERSION") = wire::kVersion;
+    m.def("schema", &pydict::schema, "Every message and record as declared once in cpp/wire/messages.hpp.");
     // The master's pure decision logic, for tests with a fake clock. Frames are given and returned as
-    // (type name, dict) pairs (dicts.hpp).
+    // (type name, dict) pairs (schema_dicts.hpp).
     py::class_<MasterState>(m, "MasterState")
         .def(py::init([](double peer_timeout, double handshake_timeout, bool probe_addresses) {
                  return new MasterState(MasterConfig{peer_timeout, handshake_timeout, probe_addresses});
@@ -58,7 +72,7 @@ void bind_test_seams(py::module_& m) {
             return actions_list(s.on_connect(conn, addr, now));
         }, py::arg("conn"), py::arg("addr"), py::arg("now"))
         .def("on_message", [](MasterState& s, uint64_t conn, const std::string& type, const py::dict& fields, double now) {
-            auto [code, payload] = frame_from_dict(type, fields);
+            auto [code, payload] = pydict::frame_from_dict(type, fields);
             return actions_list(s.on_frame(conn, code, payload, now));
         }, py::arg("conn"), py::arg("type"), py::arg("fields"), py::arg("now"))
         .def("on_disconnect", [](MasterState& s, uint64_t conn, const std::string& reason, double now) {
@@ -78,14 +92,19 @@ void bind_test_seams(py::module_& m) {
             s.synced = p.contains("synced") && p["synced"].cast<bool>();
             s.connections = p.contains("connections") ? p["connections"].cast<uint32_t>() : 1;
             s.info = wire::PeerInfo{s.id, "127.0.0.1", uint16_t(1000 + s.id)};
-            s.start = sync_start_of(p);
+            py::dict start;  // the peer's SYNC_START: its dict without the election's own keys
+            for (auto item : p)
+                if (!py::str(item.first).equal(py::str("id")) && !py::str(item.first).equal(py::str("seniority")) &&
+                    !py::str(item.first).equal(py::str("synced")) && !py::str(item.first).equal(py::str("connections")))
+                    start[item.first] = item.second;
+            s.start = pydict::from_dict<wire::SyncStart>(start);
             in.push_back(std::move(s));
         }
         std::optional<uint64_t> rev;
         if (!group_revision.is_none()) rev = group_revision.cast<uint64_t>();
         SyncDecision d = elect_state(in, rev);
         py::dict plans;
-        for (const auto& [id, plan] : d.plans) plans[py::int_(id)] = sync_plan_dict(plan);
+        for (const auto& [id, plan] : d.plans) plans[py::int_(id)] = pydict::to_dict(plan);
         return py::dict(py::arg("revision") = d.revision, py::arg("members") = d.members, py::arg("moves") = d.moves,
                         py::arg("plans") = plans);
     }, py::arg("peers"), py::arg("group_revision") = py::none());
@@ -118,7 +137,7 @@ void bind_test_seams(py::module_& m) {
             py::list out;
             wire::Header h;
             std::vector<uint8_t> payload;
-            while (p.reader.next(&h, &payload)) out.append(py::make_tuple(frame_type_name(h.type), dict_from_frame(h.type, payload)));
+            while (p.reader.next(&h, &payload)) out.append(py::make_tuple(pydict::type_name(h.type), pydict::dict_from_frame(h.type, payload)));
             return out;
         });
 
@@ -158,9 +177,9 @@ void bind_test_seams(py::module_& m) {
     }, py::arg("bandwidth"), py::arg("latency"), py::arg("admission"));
 
     m.def("encode_frame", [](const std::string& type, const py::dict& fields) {
-        auto [code, payload] = frame_from_dict(type, fields);
+        auto [code, payload] = pydict::frame_from_dict(type, fields);
         std::vector<uint8_t> out(wire::kHeaderSize);
-        wire::encode_header(out.data(), wire::MsgType(code), uint32_t(payload.size()));
+        wire::encode_header(out.data(), code, uint32_t(payload.size()));
         out.insert(out.end(), payload.begin(), payload.end());
         return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
     }, py::arg("type"), py::arg("fields"), "Header + payload of one message, for tests and tools.");
@@ -171,7 +190,7 @@ void bind_test_seams(py::module_& m) {
         if (bytes.size() != wire::kHeaderSize + h.length)
             throw CoreError(ErrorKind::kProtocol, "malformed frame: length field does not match the bytes");
         std::vector<uint8_t> payload(bytes.begin() + wire::kHeaderSize, bytes.end());
-        return py::make_tuple(frame_type_name(h.type), dict_from_frame(h.type, payload));
+        return py::make_tuple(pydict::type_name(h.type), pydict::dict_from_frame(h.type, payload));
     }, py::arg("frame"), "Decodes one whole frame; raises ProtocolError on anything malformed.");
 
     m.def("log_for_tests", [](int level, const std::string& text) {
@@ -209,6 +228,18 @@ void bind_test_seams(py::module_& m) {
     m.def("finalize_avg", [](uintptr_t buf, size_t n, uint8_t dtype, uint32_t world) {
         finalize_avg(DType(dtype), reinterpret_cast<void*>(buf), n, world);
     }, py::arg("ptr"), py::arg("n"), py::arg("dtype"), py::arg("world"));
-}
 
-}  // namespace pccl
+    // Quantization kernels (docs/quantization.md) on raw host buffers.
+    m.def("quantized_bytes", [](size_t n, uint32_t block) { return quantized_bytes(n, block); }, py::arg("n"), py::arg("block"));
+    m.def("quantize", [](uintptr_t x, uint8_t dtype, size_t n, uint8_t kind, uint32_t block, uintptr_t out) {
+        QuantConfig q{QuantKind(kind), block};
+        py::gil_scoped_release release;
+        quantize(reinterpret_cast<const void*>(x), DType(dtype), n, q, reinterpret_cast<uint8_t*>(out));
+    }, py::arg("x_ptr"), py::arg("dtype"), py::arg("n"), py::arg("kind"), py::arg("block"), py::arg("out_ptr"));
+    m.def("dequantize", [](uintptr_t qb, size_t n, uint8_t kind, uint32_t block, uint8_t dtype, uintptr_t out, uint32_t divide_by) {
+        QuantConfig q{QuantKind(kind), block};
+        py::gil_scoped_release release;
+        dequantize(reinterpret_cast<const uint8_t*>(qb), n, q, DType(dtype), reinterpret_cast<void*>(out), divide_by);
+    }, py::arg("q_ptr"), py::arg("n"), py::arg("kind"), py::arg("block"), py::arg("dtype"), py::arg("out_ptr"),
+       py::arg("divide_by") = 1);
+}

@@ -2,8 +2,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <sys/socket.h>
-#include <sys/uio.h>
 
 namespace pccl {
 
@@ -35,7 +33,7 @@ void PieceSender::start(const wire::DataHeader& header, const uint8_t* payload, 
     active_ = true;
 }
 
-PieceSender::Status PieceSender::pump(int fd, size_t* wrote, int* err) {
+PieceSender::Status PieceSender::pump(ByteStream& stream, size_t* wrote, int* err) {
     *wrote = 0;
     while (sent_ < total_) {
         iovec iov[4];
@@ -49,15 +47,9 @@ PieceSender::Status PieceSender::pump(int fd, size_t* wrote, int* err) {
             if (parts_[i].n - skip) iov[cnt++] = {const_cast<uint8_t*>(parts_[i].p) + skip, parts_[i].n - skip};
             skip = 0;
         }
-        msghdr msg{};
-        msg.msg_iov = iov;
-        msg.msg_iovlen = size_t(cnt);
-        const ssize_t n = ::sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return kBlocked;
-            *err = errno;
-            return kFailed;
-        }
+        const ssize_t n = stream.write(iov, cnt, err);
+        if (n == ByteStream::kWouldBlock) return kBlocked;
+        if (n < 0) return kFailed;
         sent_ += size_t(n);
         *wrote += size_t(n);
     }
@@ -66,20 +58,17 @@ PieceSender::Status PieceSender::pump(int fd, size_t* wrote, int* err) {
 }
 
 namespace {
-// One non-blocking recv; 0 when nothing is there (kAgain), -1 closed, -2 error.
-ssize_t read_some(int fd, uint8_t* p, size_t n, int* err) {
-    const ssize_t got = ::recv(fd, p, n, MSG_DONTWAIT);
-    if (got == 0) return -1;
-    if (got < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 0;
-        *err = errno;
-        return -2;
-    }
+// One non-blocking read; 0 when nothing is there (kAgain), -1 closed, -2 error.
+ssize_t read_some(ByteStream& stream, uint8_t* p, size_t n, int* err) {
+    const ssize_t got = stream.read(p, n, err);
+    if (got == ByteStream::kWouldBlock) return 0;
+    if (got == ByteStream::kClosed) return -1;
+    if (got < 0) return -2;
     return got;
 }
 }  // namespace
 
-PieceReceiver::Status PieceReceiver::read_head(int fd, size_t* got, int* err, crypto::Opener* open) {
+PieceReceiver::Status PieceReceiver::read_head(ByteStream& fd, size_t* got, int* err, crypto::Opener* open) {
     const size_t want = kPieceHead + (open ? crypto::kTagBytes : 0);
     const ssize_t n = read_some(fd, head_ + have_, want - have_, err);
     if (n == 0) return kAgain;
@@ -108,7 +97,7 @@ PieceReceiver::Status PieceReceiver::read_head(int fd, size_t* got, int* err, cr
     return kHeader;
 }
 
-PieceReceiver::Status PieceReceiver::pump(int fd, size_t* got, int* err, crypto::Opener* open) {
+PieceReceiver::Status PieceReceiver::pump(ByteStream& fd, size_t* got, int* err, crypto::Opener* open) {
     *got = 0;
     if (dst_ == nullptr) return read_head(fd, got, err, open);
     if (piece_got_ < piece_) {

@@ -1,4 +1,5 @@
-// The data link: the only code that writes DATA frames to a peer-to-peer connection or reads them from one.
+// The data link: the only code that writes DATA frames to a peer-to-peer connection's byte stream (stream.hpp:
+// TCP, or in memory for tests) or reads them from one.
 // The algorithms on top (ring.cpp, state_transfer.cpp) decide which bytes go where; they hand this layer one
 // piece at a time and never touch headers or sockets. Integrity and encryption will live here and only here.
 //
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "crypto/crypto.hpp"
+#include "transport/stream.hpp"
 #include "wire/wire.hpp"
 
 namespace pccl {
@@ -42,7 +44,7 @@ public:
     bool in_piece() const { return active_; }
     // Writes what the socket takes now. kSent: the whole piece left; kBlocked: the socket is full; kFailed: a
     // socket error (errno in *err). *wrote: bytes written by this call.
-    Status pump(int fd, size_t* wrote, int* err);
+    Status pump(ByteStream& stream, size_t* wrote, int* err);
 
 private:
     struct Part { const uint8_t* p; size_t n; };
@@ -68,7 +70,7 @@ public:
         kFailed,    // a socket error (errno in *err)
     };
     // One non-blocking read. *got: bytes read. `open`: the connection's receiving side when it is sealed.
-    Status pump(int fd, size_t* got, int* err, crypto::Opener* open);
+    Status pump(ByteStream& stream, size_t* got, int* err, crypto::Opener* open);
     const wire::DataHeader& header() const { return header_; }
     size_t piece_len() const { return piece_; }
     const std::string& why() const { return why_; }
@@ -78,7 +80,7 @@ public:
     void reset();
 
 private:
-    Status read_head(int fd, size_t* got, int* err, crypto::Opener* open);
+    Status read_head(ByteStream& stream, size_t* got, int* err, crypto::Opener* open);
     uint8_t head_[kPieceHead + crypto::kTagBytes] = {};
     size_t have_ = 0;  // header bytes read (with its tag, when sealed)
     wire::DataHeader header_;

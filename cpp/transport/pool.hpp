@@ -3,11 +3,10 @@
 // operation needs them and kept across operations; an aborted operation clears the pool on every peer, so the
 // next operation never reads bytes left over from the aborted one.
 //
-// Incoming connections announce themselves with PEER_HELLO (from, to, index) on the data port. The accept
-// thread reads exactly that frame, with a handshake deadline: garbage, a wrong version or a hello meant for
-// another peer closes that connection with a logged reason and nothing else changes. In a run with a secret,
-// the handshake (handshake.hpp) comes first on every connection and PEER_HELLO is sealed; a connection that
-// does not prove the secret is closed the same way, before anything it sent is acted on.
+// Incoming connections announce themselves with PEER_HELLO (from, to, index) on the data port, in a run with a
+// secret after the handshake; the accept thread runs one Greeting (greeting.hpp) per connection, with a
+// handshake deadline: garbage, a wrong version, a hello meant for another peer or a missing secret closes that
+// connection with a logged reason and nothing else changes.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -22,26 +21,11 @@
 #include <vector>
 
 #include "transport/handshake.hpp"
+#include "transport/link.hpp"
 #include "transport/net.hpp"
 
 namespace pccl {
 
-struct Conn {
-    int fd = -1;
-    uint64_t peer = 0;
-    uint32_t slot = 0;  // concurrent operations run on different slots (the master assigns them)
-    uint32_t index = 0;
-    bool outgoing = false;
-    std::atomic<uint64_t> bytes{0};  // bytes moved on this connection, for diagnostics
-    auth::Channel channel;           // sealing state in a run with a secret (else empty)
-    crypto::Sealer* tx() const { return channel.tx.get(); }
-    crypto::Opener* rx() const { return channel.rx.get(); }
-    Conn() = default;
-    Conn(const Conn&) = delete;
-    Conn& operator=(const Conn&) = delete;
-    ~Conn() { net::close_fd(fd); }  // the last holder (pool or a running stripe) closes the socket
-};
-using ConnPtr = std::shared_ptr<Conn>;
 
 struct ConnStat {
     uint64_t peer;
@@ -51,10 +35,10 @@ struct ConnStat {
     uint64_t bytes;
 };
 
-class ConnPool {
+class ConnPool final : public LinkSource {
 public:
     ConnPool() = default;
-    ~ConnPool();
+    ~ConnPool() override;
     uint16_t start(const std::string& host, uint16_t port, double handshake_timeout);
     void stop();
     void set_self(uint64_t id) { self_ = id; }
@@ -64,11 +48,11 @@ public:
     void set_policy(bool encrypt) { encrypt_ = encrypt; policy_known_ = true; }
 
     // The outgoing connection (slot, index) to `to`, opened (and greeted) now if there is none.
-    ConnPtr outgoing(const wire::PeerInfo& to, uint32_t slot, uint32_t index, double connect_timeout);
+    ConnPtr outgoing(const wire::PeerInfo& to, uint32_t slot, uint32_t index, double connect_timeout) override;
     // The incoming connection (slot, index) from peer `from`, or null if it has not arrived yet.
-    ConnPtr incoming(uint64_t from, uint32_t slot, uint32_t index);
+    ConnPtr incoming(uint64_t from, uint32_t slot, uint32_t index) override;
     // Closes one connection (found stale or broken) so that a replacement can take its place.
-    void discard(const ConnPtr& c);
+    void discard(const ConnPtr& c) override;
     // Closes the connections of one slot, after an operation on it aborted: the next one starts fresh.
     void clear_slot(uint32_t slot);
     // Closes every connection: on shutdown.

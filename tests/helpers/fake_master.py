@@ -1,4 +1,4 @@
-"""The master's state machine (_core.MasterState) with a fake clock, and helpers to play peers against it: the
+"""The master's state machine (_core_testing.MasterState) with a fake clock, and helpers to play peers against it: the
 harness of tests/test_master_*.py.
 
 Every event returns the master's actions: ("send", conn, type, fields) or ("close", conn, reason). Peer ids are
@@ -7,7 +7,7 @@ connection ids (WELCOME carries the connection id), so the tests name peers by t
 
 from __future__ import annotations
 
-from pccl_arrays import _core
+from pccl_arrays import _core, _core_testing
 
 # Error kinds carried in OP_REJECT / OP_ABORT (cpp/base/error.hpp, exported as _core.CODES).
 _KINDS = _core.CODES["error_kind"]
@@ -15,6 +15,7 @@ INVALID_ARGUMENT, PEER_LOST, TOO_FEW_PEERS = _KINDS["invalid_argument"], _KINDS[
 MISMATCH, NETWORK, TIMEOUT, SHARED_STATE = _KINDS["mismatch"], _KINDS["network"], _KINDS["timeout"], _KINDS["shared_state"]
 F32 = _core.CODES["dtype"]["float32"]
 
+_DESC_FIELDS = {f[0] for f in _core_testing.schema()["structs"]["OpDesc"]}
 DESC = {"count": 1024, "dtype": F32, "op": _core.CODES["op"]["sum"], "quant": 0}
 
 
@@ -49,7 +50,7 @@ class Master:
     """A MasterState with a fake clock and helpers to play peers."""
 
     def __init__(self, peer_timeout: float = 10.0, handshake_timeout: float = 5.0):
-        self.state = _core.MasterState(peer_timeout=peer_timeout, handshake_timeout=handshake_timeout)
+        self.state = _core_testing.MasterState(peer_timeout=peer_timeout, handshake_timeout=handshake_timeout)
         self.now = 100.0
         self.accepted: list[int] = []  # admitted by join(), in admission order
 
@@ -57,6 +58,10 @@ class Master:
         return self.state.on_connect(conn, f"10.0.0.{conn}:{50000 + conn}", self.now)
 
     def msg(self, conn: int, type_name: str, **fields):
+        if type_name == "op_start":  # the descriptor's fields may be given flat, beside tag and timeout_ms
+            desc = {k: fields.pop(k) for k in list(fields) if k in _DESC_FIELDS}
+            fields["desc"] = {**desc, **fields.get("desc", {})}
+            fields["desc"].setdefault("shape", [fields["desc"].get("count", 0)])  # a flat array of `count`
         return self.state.on_message(conn, type_name, fields, self.now)
 
     def hello(self, conn: int, group: int = 0, connections: int = 1):

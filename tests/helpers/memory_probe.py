@@ -10,19 +10,7 @@ import threading
 import numpy as np
 
 import pccl_arrays as pa
-
-
-def peak_rss_reset() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-
-
-def rss(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
+from pccl_arrays.testing import process_status, reset_peak_rss
 
 
 def main() -> None:
@@ -80,10 +68,10 @@ def main() -> None:
         report = {"array_bytes": n * 4}
         kinds = ["new"] if fw == "jax" else ["out", "inplace", "new"]
         for kind in kinds:
-            peak_rss_reset()
-            before = rss("VmRSS")
+            reset_peak_rss()
+            before = process_status().rss
             run(kind)
-            report[kind] = rss("VmHWM") - before
+            report[kind] = process_status().peak_rss - before
             results.clear()
         for c in comms:
             c.close()
