@@ -87,3 +87,16 @@ def test_scale_benchmark_quick_mode_writes_valid_json(tmp_path):
         assert r["latency_s"]["4096"] > 0 and r["update_topology_s"] > 0 and r["master_cpu_per_op_us"] > 0
     assert "per_hop_s" in doc["fit"] and "hops" in stdout
     assert [r["peers"] for r in doc["master_logic"]] == [2, 4, 8] and "no sockets" in stdout
+
+
+@pytest.mark.timeout(120)
+def test_join_benchmark_quick_mode_writes_valid_json(tmp_path):
+    stdout, doc = run_quick(tmp_path, "join.py", "--quick", timeout=110)
+    this = doc["builds"]["this"]
+    assert this["joins"] == 2 and this["joins_correct"]  # every newcomer received the holders' state exactly
+    assert all(j["bytes_received"] == 64 << 20 for j in doc["samples"]["this"]["joins"])
+    assert 0 < this["admission_s"]["median"] < this["total_s"]["median"]
+    for n in ("2", "3"):
+        assert this["latency_s"][n]["fresh"]["median"] > 0 and this["latency_s"][n]["out"]["median"] > 0
+    assert {g["goal"] for g in doc["goals"]} >= {"join"} and not doc["errors"]
+    assert "4 KiB all-reduce" in stdout

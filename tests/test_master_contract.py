@@ -136,6 +136,22 @@ def test_a_newcomer_is_admitted_only_after_its_address_answers():
     assert results[1]["seq"] == 0 and results[1]["kind"] == 0
 
 
+def test_a_newcomer_counts_as_pending_only_once_its_address_answered():
+    # Peers vote a newcomer in when the master says one is pending (are_peers_pending()); a newcomer still being
+    # probed cannot be admitted by that vote, so it must not be counted yet.
+    m = Master()
+    m.state = _core_testing.MasterState(peer_timeout=10.0, handshake_timeout=5.0, probe_addresses=True)
+    m.hello(1)
+    m.state.on_probe_result(1, True, "", m.now)
+    m.hello(2)  # probing its address
+    assert sends(m.msg(1, "pending_request"), "pending_reply")[1]["pending"] == 0
+    assert sends(m.msg(1, "heartbeat"), "heartbeat_ack")[1]["pending"] == 0
+    m.state.on_probe_result(2, True, "", m.now)
+    assert sends(m.msg(1, "pending_request"), "pending_reply")[1]["pending"] == 1
+    admitted = sends(m.msg(1, "topo_request", seq=1), "topo_result")  # the vote this triggers admits it
+    assert set(admitted) == {1, 2} and [p["id"] for p in admitted[1]["ring"]] == [1, 2]
+
+
 def test_a_newcomer_whose_address_refuses_is_told_why_and_nobody_notices():
     m = Master()
     m.state = _core_testing.MasterState(peer_timeout=10.0, handshake_timeout=5.0, probe_addresses=True)

@@ -30,7 +30,9 @@ std::vector<uint64_t> MasterState::group_missing(uint32_t group, const std::set<
 
 uint32_t MasterState::pending_count() const {
     uint32_t n = 0;
-    for (const auto& [id, c] : conns_) n += (c.hello && !c.accepted) ? 1 : 0;
+    // Only newcomers a vote could admit now: one whose address is still being probed would make the others vote
+    // without it, and vote again once it passed (are_peers_pending() in the README loop).
+    for (const auto& [id, c] : conns_) n += (c.hello && !c.accepted && c.reachable) ? 1 : 0;
     return n;
 }
 
