@@ -22,7 +22,7 @@ constexpr double kStable = 0.03;       // ...within this fraction
 bool send_piece(const ConnPtr& c, const wire::DataHeader& h, const uint8_t* data, size_t len, OpControl& ctl,
                 double deadline) {
     int err = 0;
-    return send_whole(*c, h, data, len, ctl, 1e300, deadline, &err) == PieceResult::kSent;
+    return send_whole(*c, h, data, len, ctl, kNever, deadline, &err) == PieceResult::kSent;
 }
 
 // The sender's side of one probe: wait for GO, answer it, stream until the receiver closes the connection.

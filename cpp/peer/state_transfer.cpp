@@ -45,7 +45,7 @@ void send_stream(const Stream& s, uint64_t begin, uint64_t end, const TransferLi
         const uint64_t piece = std::min<uint64_t>({link.piece_bytes, end - off, s.sizes[k] - inner});
         int err = 0;
         switch (send_whole(*out, wire::DataHeader{ctl.op_id(), 0, link.stripe, off}, s.data[k] + inner, size_t(piece),
-                           ctl, link.progress_timeout, 1e300, &err)) {
+                           ctl, link.progress_timeout, kNever, &err)) {
             case PieceResult::kSent: break;
             case PieceResult::kStopped: return;
             case PieceResult::kFailed:

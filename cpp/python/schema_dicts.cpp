@@ -2,7 +2,6 @@
 
 #include <pybind11/stl.h>
 
-#include <functional>
 #include <set>
 
 namespace pccl::pydict {
@@ -70,27 +69,25 @@ template <class T> std::string type_text() {
     else return wire::struct_name(static_cast<const T*>(nullptr));
 }
 
+// Lists a struct's fields as (name, type, limit) under its name in `structs`, and the structs it nests.
 struct Describe {
-    py::list& fields;
-    std::vector<std::function<void(py::dict&)>>* nested;
+    py::dict& structs;
+    py::list fields;
     template <class T> void operator()(const char* name, const T&, uint64_t limit) {
         fields.append(py::make_tuple(name, type_text<T>(), limit == wire::kAny ? py::object(py::none()) : py::int_(limit)));
-        add_nested<T>();
+        nested<T>();
     }
-    template <class T> void add_nested() {
-        if constexpr (wire::IsVector<T>::value) add_nested<typename wire::IsVector<T>::Element>();
-        else if constexpr (wire::WireStruct<T>) nested->push_back([](py::dict& structs) { describe<T>(structs); });
+    template <class T> void nested() {
+        if constexpr (wire::IsVector<T>::value) nested<typename wire::IsVector<T>::Element>();
+        else if constexpr (wire::WireStruct<T>) describe<T>(structs);
     }
     template <class T> static void describe(py::dict& structs) {
         const char* n = wire::struct_name(static_cast<const T*>(nullptr));
         if (structs.contains(n)) return;
-        py::list fields;
-        std::vector<std::function<void(py::dict&)>> nested;
-        Describe v{fields, &nested};
+        Describe v{structs, py::list()};
         T m{};
         visit_fields(v, m);
-        structs[n] = fields;
-        for (auto& f : nested) f(structs);
+        structs[n] = v.fields;
     }
 };
 
@@ -116,12 +113,10 @@ template <class T> T from_dict(const py::dict& d) {
     return m;
 }
 
+// The instances the bindings use outside this file.
 template py::dict to_dict(const wire::SyncPlan&);
-template py::dict to_dict(const wire::SyncStart&);
-template py::dict to_dict(const wire::LinkMeasure&);
 template wire::StateEntry from_dict(const py::dict&);
 template wire::SyncStart from_dict(const py::dict&);
-template wire::SyncPlan from_dict(const py::dict&);
 
 std::string type_name(uint16_t type) {
     const auto* info = wire::message_info(type);

@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <set>
+
 #include "python/module_common.hpp"
 #include "python/schema_dicts.hpp"
 #include "transport/handshake.hpp"
@@ -93,10 +95,9 @@ PYBIND11_MODULE(_core_testing, m) {
             s.connections = p.contains("connections") ? p["connections"].cast<uint32_t>() : 1;
             s.info = wire::PeerInfo{s.id, "127.0.0.1", uint16_t(1000 + s.id)};
             py::dict start;  // the peer's SYNC_START: its dict without the election's own keys
+            static const std::set<std::string> own = {"id", "seniority", "synced", "connections"};
             for (auto item : p)
-                if (!py::str(item.first).equal(py::str("id")) && !py::str(item.first).equal(py::str("seniority")) &&
-                    !py::str(item.first).equal(py::str("synced")) && !py::str(item.first).equal(py::str("connections")))
-                    start[item.first] = item.second;
+                if (!own.count(item.first.cast<std::string>())) start[item.first] = item.second;
             s.start = pydict::from_dict<wire::SyncStart>(start);
             in.push_back(std::move(s));
         }

@@ -1,6 +1,5 @@
 #include "transport/data_link.hpp"
 
-#include <cerrno>
 #include <cstring>
 
 namespace pccl {

@@ -41,8 +41,8 @@ public:
             return kError;
         }
         size_t room = pipe_->capacity - std::min(pipe_->capacity, lane.bytes.size());
-        if (lane.fault.kind == Fault::kStall) room = std::min<uint64_t>(room, lane.fault.at - std::min(lane.fault.at, lane.carried));
-        if (lane.fault.kind == Fault::kFail) room = std::min<uint64_t>(room, lane.fault.at - std::min(lane.fault.at, lane.carried));
+        if (lane.fault.kind == Fault::kStall || lane.fault.kind == Fault::kFail)  // nothing past the fault's byte
+            room = std::min<uint64_t>(room, lane.fault.at - std::min(lane.fault.at, lane.carried));
         size_t moved = 0;
         for (int i = 0; i < count && moved < room; i++) {
             const auto* p = static_cast<const uint8_t*>(parts[i].iov_base);

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 
 #include "transport/data_link.hpp"
 #include "transport/link.hpp"
@@ -30,6 +31,7 @@ bool interrupted(OpControl& ctl);
 // Sends one whole piece on c: kSent, or why not (kFailed: a stream error, errno in *err; kTimedOut: no byte moved
 // for progress_s, or the deadline (steady seconds) passed; kStopped: the operation stopped). *moved: bytes written.
 enum class PieceResult { kSent, kFailed, kTimedOut, kStopped };
+constexpr double kNever = std::numeric_limits<double>::infinity();  // no such bound
 PieceResult send_whole(Conn& c, const wire::DataHeader& header, const uint8_t* data, size_t len, OpControl& ctl,
                        double progress_s, double deadline, int* err, size_t* moved = nullptr);
 // Receives one whole piece on c into buf (at most cap bytes): its length, or -1 (the connection failed or

@@ -17,8 +17,11 @@ const std::vector<MessageInfo>& message_table() {
 
 const MessageInfo* message_info(uint16_t type) {
     static const auto by_code = [] {
-        std::vector<const MessageInfo*> v(64, nullptr);
-        for (const auto& m : message_table()) v[m.code] = &m;
+        std::vector<const MessageInfo*> v;
+        for (const auto& m : message_table()) {
+            if (m.code >= v.size()) v.resize(m.code + 1u, nullptr);
+            v[m.code] = &m;
+        }
         return v;
     }();
     return type < by_code.size() ? by_code[type] : nullptr;
