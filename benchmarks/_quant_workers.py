@@ -16,8 +16,8 @@ import _procs
 _core = _common.import_pccl_arrays()._core
 from pccl_arrays import _core_testing  # noqa: E402
 F32 = _core.CODES["dtype"]["float32"]
-KINDS = {name: code for name, code in _core.CODES["quant_kind"].items() if name != "none"}
-HEADER = _core_testing.quantized_bytes(1, 1) - 1  # bytes of (p0, p1) per block
+KINDS = {name: code for name, code in _core.CODES["quant_kind"].items() if name not in ("none", "minmax4")}  # 8-bit
+HEADER = _core_testing.quantized_bytes(1, 64) - 1  # bytes of (p0, p1) per block
 
 DATASETS = {
     "gauss+outliers": "N(0, 1) float32, plus 16 outliers per peer at random positions, +-U(20, 50)",

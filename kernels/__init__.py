@@ -1,5 +1,10 @@
 """Triton kernels of the quantized all-reduce (docs/quantization.md): quantize and dequantize device arrays.
 
+`quantize(x, kind, block, rotate_seed=None)` and `dequantize(q, n, kind, block, out_dtype, divide_by=1, out=None,
+rotate_seed=None)` handle the three kinds (1 minmax, 2 zeropoint, 3 minmax4: 4-bit codes, two per byte) and the
+optional randomized Hadamard rotation of each block (rotate_seed: the quantization's seed, an int in
+[0, 2**32); None: no rotation). `format.quantized_bytes(n, block, kind)` is the size of the quantized array.
+
 They produce the same bytes and floats as the C++ host kernels (cpp/kernels/quant.cpp) and the NumPy reference
 (tests/helpers/quant_reference.py). Without a GPU they run under Triton's interpreter, which must be switched on
 (TRITON_INTERPRET=1) before this package is imported: `@triton.jit` picks compiled or interpreted kernels

@@ -29,13 +29,14 @@ from .errors import (
     TooFewPeersError,
 )
 from .master import Master
+from .feedback import ErrorFeedback
 from .quantization import Quantization
 from .shared_state import SharedState, SyncInfo
 
 log.start()
 
 __all__ = [
-    "AllReduceInfo", "Communicator", "Master", "Quantization", "errors", "PCCLError", "PeerLostError", "TooFewPeersError",
+    "AllReduceInfo", "Communicator", "ErrorFeedback", "Master", "Quantization", "errors", "PCCLError", "PeerLostError", "TooFewPeersError",
     "MasterUnreachableError", "PeerEvictedError", "ProtocolError", "OperationMismatchError", "SharedState", "SyncInfo",
     "SharedStateError", "AuthenticationError",
 ]

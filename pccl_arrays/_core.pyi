@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import typing
 import typing_extensions
-__all__: list[str] = ['BufferPool', 'CODES', 'Communicator', 'DEFAULTS', 'DLView', 'HostBuffer', 'MasterServer', 'OpInfo', 'PROTOCOL_VERSION', 'content_hash', 'log_attach_drain', 'log_level', 'log_take', 'memcpy']
+__all__: list[str] = ['BufferPool', 'CODES', 'Communicator', 'DEFAULTS', 'DLView', 'HostBuffer', 'MasterServer', 'OpInfo', 'PROTOCOL_VERSION', 'content_hash', 'log_attach_drain', 'log_level', 'log_take', 'memcpy', 'quantization_residual']
 class MasterServer:
     def __init__(self, *, listen: str, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, secret: bytes | None = None, encrypt: bool = False) -> None:
         ...
@@ -49,7 +49,7 @@ class Communicator:
         """
         Leaves the job because of an interrupt the core did not see; later calls raise `why`.
         """
-    def all_reduce(self, *, input_ptr: typing.SupportsInt | typing.SupportsIndex, output_ptr: typing.SupportsInt | typing.SupportsIndex, count: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex, tag: typing.SupportsInt | typing.SupportsIndex, qkind: typing.SupportsInt | typing.SupportsIndex = 0, qblock: typing.SupportsInt | typing.SupportsIndex = 0, qround: typing.SupportsInt | typing.SupportsIndex = 0, qseed: typing.SupportsInt | typing.SupportsIndex = 0, host_quantized: bool = False, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], structure: typing.SupportsInt | typing.SupportsIndex = 0, structure_text: str = '', timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0) -> OpInfo:
+    def all_reduce(self, *, input_ptr: typing.SupportsInt | typing.SupportsIndex, output_ptr: typing.SupportsInt | typing.SupportsIndex, count: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex, tag: typing.SupportsInt | typing.SupportsIndex, qkind: typing.SupportsInt | typing.SupportsIndex = 0, qblock: typing.SupportsInt | typing.SupportsIndex = 0, qround: typing.SupportsInt | typing.SupportsIndex = 0, qseed: typing.SupportsInt | typing.SupportsIndex = 0, qrotate: bool = False, qdirect: bool = False, host_quantized: bool = False, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], structure: typing.SupportsInt | typing.SupportsIndex = 0, structure_text: str = '', timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0) -> OpInfo:
         """
         Plain, or quantized: host_quantized takes arrays of the dtype and quantizes on the stripes' threads; otherwise input and output are quantized bytes (the device path).
         """
@@ -177,6 +177,10 @@ def memcpy(dst_ptr: typing.SupportsInt | typing.SupportsIndex, src_ptr: typing.S
     """
     Copies bytes between host buffers (packing pytrees).
     """
-CODES: dict = {'dtype': {'int8': 0, 'uint8': 1, 'int16': 2, 'uint16': 3, 'int32': 4, 'uint32': 5, 'int64': 6, 'uint64': 7, 'float16': 8, 'bfloat16': 9, 'float32': 10, 'float64': 11}, 'op': {'sum': 0, 'avg': 1, 'prod': 2, 'max': 3, 'min': 4}, 'quant_kind': {'none': 0, 'minmax': 1, 'zeropoint': 2}, 'rounding': {'nearest': 0, 'stochastic': 1}, 'sync_strategy': {'enforce_popular': 0, 'receive_only': 1, 'send_only': 2}, 'error_kind': {'invalid_argument': 1, 'peer_lost': 2, 'too_few_peers': 3, 'master_unreachable': 4, 'protocol': 5, 'mismatch': 6, 'evicted': 7, 'state': 8, 'network': 9, 'timeout': 10, 'shared_state': 11, 'interrupted': 12, 'authentication': 13}}
+def quantization_residual(*, input_ptr: typing.SupportsInt | typing.SupportsIndex, output_ptr: typing.SupportsInt | typing.SupportsIndex, count: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, qkind: typing.SupportsInt | typing.SupportsIndex, qblock: typing.SupportsInt | typing.SupportsIndex, qseed: typing.SupportsInt | typing.SupportsIndex = 0, qrotate: bool = False) -> None:
+    """
+    What quantizing the input loses, x - D(Q(x)), into output (error feedback; docs/quantization.md).
+    """
+CODES: dict = {'dtype': {'int8': 0, 'uint8': 1, 'int16': 2, 'uint16': 3, 'int32': 4, 'uint32': 5, 'int64': 6, 'uint64': 7, 'float16': 8, 'bfloat16': 9, 'float32': 10, 'float64': 11}, 'op': {'sum': 0, 'avg': 1, 'prod': 2, 'max': 3, 'min': 4}, 'quant_kind': {'none': 0, 'minmax': 1, 'zeropoint': 2, 'minmax4': 3}, 'rounding': {'nearest': 0, 'stochastic': 1}, 'sync_strategy': {'enforce_popular': 0, 'receive_only': 1, 'send_only': 2}, 'error_kind': {'invalid_argument': 1, 'peer_lost': 2, 'too_few_peers': 3, 'master_unreachable': 4, 'protocol': 5, 'mismatch': 6, 'evicted': 7, 'state': 8, 'network': 9, 'timeout': 10, 'shared_state': 11, 'interrupted': 12, 'authentication': 13}}
 DEFAULTS: dict = {'peer_timeout': 10.0, 'handshake_timeout': 5.0, 'connections': 4, 'connect_timeout': 10.0, 'heartbeat_interval': 0.5, 'master_timeout': 10.0, 'data_timeout': 30.0, 'piece_bytes': 1048576, 'op_timeout': 1800.0}
-PROTOCOL_VERSION: int = 4
+PROTOCOL_VERSION: int = 5

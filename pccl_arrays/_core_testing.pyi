@@ -4,7 +4,7 @@ Test seams of pccl_arrays' core: for tests and benchmarks only
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['MasterState', 'PROTOCOL_VERSION', 'SealedPipe', 'best_ring', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'log_for_tests', 'master_cost', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into', 'ring_score', 'schema', 'solve_ring_exact', 'solve_ring_heuristic']
+__all__: list[str] = ['MasterState', 'PROTOCOL_VERSION', 'SealedPipe', 'best_ring', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'log_for_tests', 'master_cost', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into', 'reduce_owner', 'ring_score', 'schema', 'solve_ring_exact', 'solve_ring_heuristic']
 class MasterState:
     def __init__(self, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, probe_addresses: bool = False) -> None:
         ...
@@ -33,7 +33,7 @@ def decode_frame(frame: bytes) -> tuple[str, dict]:
     """
     Decodes one whole frame; raises ProtocolError on anything malformed.
     """
-def dequantize(q_ptr: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, out_ptr: typing.SupportsInt | typing.SupportsIndex, divide_by: typing.SupportsInt | typing.SupportsIndex = 1) -> None:
+def dequantize(q_ptr: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, out_ptr: typing.SupportsInt | typing.SupportsIndex, divide_by: typing.SupportsInt | typing.SupportsIndex = 1, rotate: bool = False, seed: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
     ...
 def elect_state(peers: list, group_revision: typing.Any = None) -> dict:
     ...
@@ -51,20 +51,24 @@ def master_cost(peers: typing.SupportsInt | typing.SupportsIndex, ops: typing.Su
     """
     The master's time and answer bytes per all-reduce of `peers` peers, without sockets (benchmarks/scale.py).
     """
-def quantize(x_ptr: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, out_ptr: typing.SupportsInt | typing.SupportsIndex) -> None:
+def quantize(x_ptr: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, out_ptr: typing.SupportsInt | typing.SupportsIndex, rotate: bool = False, seed: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
     ...
-def quantized_bytes(n: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex) -> int:
+def quantized_bytes(n: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex = 1) -> int:
     ...
-def reduce_hop(acc_ptr: typing.SupportsInt | typing.SupportsIndex, own_ptr: typing.SupportsInt | typing.SupportsIndex, first_block: typing.SupportsInt | typing.SupportsIndex, n_blocks: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, rounding: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, op_id: typing.SupportsInt | typing.SupportsIndex = 0, step: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+def reduce_hop(acc_ptr: typing.SupportsInt | typing.SupportsIndex, own_ptr: typing.SupportsInt | typing.SupportsIndex, first_block: typing.SupportsInt | typing.SupportsIndex, n_blocks: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, rounding: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, op_id: typing.SupportsInt | typing.SupportsIndex = 0, step: typing.SupportsInt | typing.SupportsIndex = 0, rotate: bool = False) -> None:
     """
     One ring hop over whole blocks: acc = Q(D(acc) + D(own)).
     """
-def reduce_hop_exact(acc_ptr: typing.SupportsInt | typing.SupportsIndex, own_ptr: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, first_block: typing.SupportsInt | typing.SupportsIndex, n_blocks: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, rounding: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, op_id: typing.SupportsInt | typing.SupportsIndex = 0, step: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+def reduce_hop_exact(acc_ptr: typing.SupportsInt | typing.SupportsIndex, own_ptr: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, first_block: typing.SupportsInt | typing.SupportsIndex, n_blocks: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, rounding: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, op_id: typing.SupportsInt | typing.SupportsIndex = 0, step: typing.SupportsInt | typing.SupportsIndex = 0, rotate: bool = False) -> None:
     """
-    One ring hop adding our own unquantized values: acc = Q(D(acc) + float32(own)).
+    One ring hop adding our own unquantized values: acc = Q(D(acc) + R(float32(own))).
     """
 def reduce_into(acc_ptr: typing.SupportsInt | typing.SupportsIndex, local_ptr: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...
+def reduce_owner(out_ptr: typing.SupportsInt | typing.SupportsIndex, received_ptrs: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], own_q_ptr: typing.SupportsInt | typing.SupportsIndex, own_x_ptr: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, first_block: typing.SupportsInt | typing.SupportsIndex, n_blocks: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, rounding: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, op_id: typing.SupportsInt | typing.SupportsIndex = 0, rotate: bool = False) -> None:
+    """
+    The direct all-reduce's owner sum: Q(own + D(received[0]) + ...), own exact (own_x) or decoded (own_q).
+    """
 def ring_score(bandwidth: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], latency: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], order: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> tuple[float, int, float]:
     ...
 def schema() -> dict:
@@ -75,4 +79,4 @@ def solve_ring_exact(bandwidth: collections.abc.Sequence[collections.abc.Sequenc
     ...
 def solve_ring_heuristic(bandwidth: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], latency: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], admission: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> list[int]:
     ...
-PROTOCOL_VERSION: int = 4
+PROTOCOL_VERSION: int = 5

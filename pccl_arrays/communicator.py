@@ -14,6 +14,7 @@ from . import quantization as _quantization
 from . import shared_state as _shared_state
 from . import tree as _tree
 from .quantization import Quantization
+from . import feedback as _feedback
 from .dtypes import dtype_code, op_code
 from .errors import CommunicatorStateError, InvalidArgumentError, PCCLError
 
@@ -275,7 +276,7 @@ class Communicator:
 
     # -- collectives --------------------------------------------------------------------------------------------
     def all_reduce(self, x: Any, op: str = "sum", out: Any = None, *, tag: int = 0, quantization=None,
-                   return_info: bool = False, timeout: Optional[float] = None):
+                   return_info: bool = False, timeout: Optional[float] = None, feedback=None):
         """All-reduces ``x`` over the peers of this group.
 
         Args:
@@ -285,12 +286,16 @@ class Communicator:
             out: None for a new array of x's framework and device, ``x`` itself for in place (torch, NumPy,
                 CuPy; JAX arrays are immutable), or another mutable array of the same shape and dtype.
             tag: distinguishes operations; every peer of the group must use the same tag for the same operation.
-            quantization: None, ``"minmax"`` / ``"zeropoint"``, or a :class:`~pccl_arrays.Quantization`: moves
-                uint8 blocks instead of the dtype (about 4x fewer bytes than float32) for sum and avg of
+            quantization: None, ``"minmax"`` / ``"zeropoint"`` / ``"minmax4"``, or a
+                :class:`~pccl_arrays.Quantization` (block size, rounding, rotation): moves 8-bit (about 4x fewer
+                bytes than float32) or 4-bit blocks (about 8x fewer) instead of the dtype, for sum and avg of
                 floating arrays; every peer must use the same settings (docs/quantization.md).
             return_info: also return an :class:`AllReduceInfo` (it is always kept in :attr:`last_info`).
             timeout: seconds to wait for the other peers to start it (default: the communicator's
                 ``op_timeout``); data-plane stalls are bounded by ``data_timeout`` separately.
+            feedback: a :class:`~pccl_arrays.ErrorFeedback` (needs ``quantization``): sends ``x`` plus what
+                quantizing this peer's last contribution lost, and keeps the new loss once the operation
+                committed (docs/quantization.md, "Error feedback").
         Returns:
             the result (``out`` when given), or ``(result, info)`` with ``return_info=True``.
         Raises:
@@ -305,6 +310,9 @@ class Communicator:
                 this communicator has left the job.
             UnsupportedDTypeError / InvalidArgumentError: bad input (also TypeError / ValueError).
         """
+        if feedback is not None:
+            return _feedback.all_reduce(self, x, op, out, feedback, Quantization.of(quantization), tag=tag,
+                                        return_info=return_info, timeout=timeout)
         fw = arrays.framework_of(x)
         name = arrays.dtype_name_of(x)
         call = _call_args(x.shape, timeout)

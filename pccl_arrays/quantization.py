@@ -22,9 +22,13 @@ from .dtypes import FLOAT_DTYPES
 from .errors import InvalidArgumentError, UnsupportedDTypeError
 
 _KIND_CODES = _core.CODES["quant_kind"]
-KINDS = {"minmax": _KIND_CODES["minmax"], "uint8": _KIND_CODES["minmax"], "zeropoint": _KIND_CODES["zeropoint"]}
+KINDS = {"minmax": _KIND_CODES["minmax"], "uint8": _KIND_CODES["minmax"], "zeropoint": _KIND_CODES["zeropoint"],
+         "minmax4": _KIND_CODES["minmax4"], "uint4": _KIND_CODES["minmax4"]}
+FOUR_BIT = {"minmax4", "uint4"}
+MAX_ROTATE_BLOCK = 4096
 ROUNDINGS: dict = dict(_core.CODES["rounding"])
 PATHS = ("auto", "host", "triton")
+REDUCES = ("direct", "ring")
 
 
 @dataclass(frozen=True)
@@ -32,27 +36,46 @@ class Quantization:
     """How an all-reduce quantizes (docs/quantization.md).
 
     Args:
-        kind: ``"minmax"`` (alias ``"uint8"``) or ``"zeropoint"`` (zero decodes exactly).
+        kind: ``"minmax"`` (alias ``"uint8"``), ``"zeropoint"`` (zero decodes exactly) or ``"minmax4"`` (alias
+            ``"uint4"``: 4 bits, two codes per byte).
         block: elements per block, a multiple of 64 in [64, 65536]; each block carries 8 bytes of parameters.
+            Default 1024, or 512 for ``"minmax4"``.
         rounding: ``"nearest"`` (round half to even) or ``"stochastic"`` for the re-quantization of partial sums
             on the ring, seeded by (seed, operation id, step, block, element): reproducible.
-        seed: the stochastic rounding seed.
+        seed: the stochastic rounding seed, and the rotation's (vary it per step to vary the rotation).
+        rotate: rotate each block with a randomized Hadamard transform before quantizing (and back after): a
+            block's range is then set by its typical element, not its largest. Needs a power-of-two block of at
+            most 4096.
+        reduce: ``"direct"``: every peer sends each chunk of its contribution straight to the chunk's owner,
+            which adds them in float32 and quantizes the sum once (the error does not grow with the number of
+            peers); ``"ring"``: the ring re-quantizes the partial sum at every hop.
         path: ``"auto"`` (Triton for CUDA arrays, C++ for host arrays), ``"host"`` (always stage to host and use
             the C++ kernels) or ``"triton"`` (Triton kernels for torch tensors on any device; on CPU this needs
             ``TRITON_INTERPRET=1`` and is slow, for tests).
     """
 
     kind: str = "minmax"
-    block: int = 1024
+    block: Optional[int] = None
     rounding: str = "nearest"
     seed: int = 0
     path: str = "auto"
+    rotate: bool = False
+    reduce: str = "direct"
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise InvalidArgumentError(f"quantization kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+        if self.block is None:
+            object.__setattr__(self, "block", 512 if self.kind in FOUR_BIT else 1024)
         if not isinstance(self.block, int) or not 64 <= self.block <= 65536 or self.block % 64:
             raise InvalidArgumentError(f"quantization block must be a multiple of 64 in [64, 65536], not {self.block!r}")
+        if self.reduce not in REDUCES:
+            raise InvalidArgumentError(f"reduce must be one of {', '.join(REDUCES)}, not {self.reduce!r}")
+        if not isinstance(self.rotate, bool):
+            raise InvalidArgumentError(f"rotate must be True or False, not {self.rotate!r}")
+        if self.rotate and (self.block & (self.block - 1) or self.block > MAX_ROTATE_BLOCK):
+            raise InvalidArgumentError(f"rotation needs a power-of-two block of at most {MAX_ROTATE_BLOCK}, "
+                                       f"not {self.block}")
         if self.rounding not in ROUNDINGS:
             raise InvalidArgumentError(f"rounding must be 'nearest' or 'stochastic', not {self.rounding!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
@@ -69,9 +92,15 @@ class Quantization:
         raise InvalidArgumentError(f"quantization must be None, a kind name or a Quantization, not {q!r}")
 
     @property
-    def core_args(self) -> tuple[int, int, int, int]:
-        """(kind, block, rounding, seed) as the core's all_reduce takes them."""
-        return KINDS[self.kind], self.block, ROUNDINGS[self.rounding], self.seed
+    def core_args(self) -> dict:
+        """The quantization as the core's all_reduce takes it (keyword arguments)."""
+        return {"qkind": KINDS[self.kind], "qblock": self.block, "qround": ROUNDINGS[self.rounding],
+                "qseed": self.seed, "qrotate": self.rotate, "qdirect": self.reduce == "direct"}
+
+    @property
+    def rotate_seed(self) -> Optional[int]:
+        """The seed the kernels rotate with, or None without rotation."""
+        return self.seed if self.rotate else None
 
     def check_for(self, dtype_name: str, op: str) -> None:
         """Quantization is for sum and avg of floating arrays."""
@@ -90,9 +119,8 @@ def host_all_reduce(comm: Any, src: Any, dst: Any, dcode: int, ocode: int, tag: 
     threads, overlapping the network: it quantizes this peer's own chunk as it leaves, adds this peer's
     unquantized values on every hop (rather than its decoded blocks: less error), and decodes final blocks into
     ``dst`` as they arrive."""
-    kind, block, rounding, seed = quant.core_args
     return comm._core.all_reduce(input_ptr=src.ptr, output_ptr=dst.ptr, count=src.count, dtype=dcode, op=ocode, tag=tag,
-                                 qkind=kind, qblock=block, qround=rounding, qseed=seed, host_quantized=True, **call)
+                                 host_quantized=True, **quant.core_args, **call)
 
 
 def device_all_reduce(comm: Any, x: Any, fw: str, dcode: int, ocode: int, op: str, target: Any, tag: int,
@@ -102,18 +130,20 @@ def device_all_reduce(comm: Any, x: Any, fw: str, dcode: int, ocode: int, op: st
     import torch
 
     k = kernels()
-    kind, block, rounding, seed = quant.core_args
+    kind, block, rotate_seed = KINDS[quant.kind], quant.block, quant.rotate_seed
     xt = as_device_tensor(x, fw).contiguous().reshape(-1)
-    q_in = k.quantize(xt, kind, block).to("cpu").contiguous()  # the compact bytes cross to the host
+    q_in = k.quantize(xt, kind, block, rotate_seed=rotate_seed).to("cpu").contiguous()  # only these bytes cross
     q_out = torch.empty_like(q_in)
     info = comm._core.all_reduce(input_ptr=q_in.data_ptr(), output_ptr=q_out.data_ptr(), count=xt.numel(), dtype=dcode,
-                                 op=ocode, tag=tag, qkind=kind, qblock=block, qround=rounding, qseed=seed, **call)
+                                 op=ocode, tag=tag, **quant.core_args, **call)
     divide_by = info.world_size if op.lower() == "avg" else 1
     q_dev = q_out.to(xt.device)
     if target is not None and fw == "torch" and target.is_contiguous():
-        k.dequantize(q_dev, xt.numel(), kind, block, xt.dtype, divide_by, out=target.detach().reshape(-1))
+        k.dequantize(q_dev, xt.numel(), kind, block, xt.dtype, divide_by, out=target.detach().reshape(-1),
+                     rotate_seed=rotate_seed)
         return target, info
-    r = k.dequantize(q_dev, xt.numel(), kind, block, xt.dtype, divide_by).reshape(tuple(x.shape))
+    r = k.dequantize(q_dev, xt.numel(), kind, block, xt.dtype, divide_by, rotate_seed=rotate_seed)
+    r = r.reshape(tuple(x.shape))
     result = from_device_tensor(r, fw)
     if target is not None:
         arrays.copy_back(target, result, fw)

@@ -10,9 +10,13 @@ without a GPU):
 2. trees: ``all_reduce_tree`` of a dict mixing torch CUDA, CuPy, JAX GPU and NumPy leaves.
 3. shared state: ``sync_shared_state`` of a state holding a torch CUDA tensor; the receiver gets the holder's bits.
 4. quantized: the device path (Triton) on torch CUDA tensors, both peers bit-identical, within the format's bound.
-5. parity: Triton quantize / dequantize on the GPU against the C++ host kernels, bit for bit, 1 M to 256 M elements.
-6. speed: Triton quantize and dequantize GB/s against the device's own copy bandwidth (goal >= 70 %).
-7. gpu_quant_wan: ``benchmarks/gpu_quant_wan.py --quick`` (its stages, printed by it).
+5. parity: Triton quantize / dequantize on the GPU against the C++ host kernels, bit for bit, 1 M to 256 M elements
+   (minmax4 and rotation too, up to 16 M elements, where the built core has them).
+6. reference: Triton quantize / dequantize on the GPU against the NumPy reference (tests/helpers/quant_reference.py),
+   bit for bit: minmax, zeropoint and minmax4, with and without rotation, each input dtype, 0.5 M + 1001 elements.
+7. speed: Triton quantize and dequantize GB/s against the device's own copy bandwidth (goal >= 70 %; minmax4 and
+   rotated kernels measured too, without a goal).
+8. gpu_quant_wan: ``benchmarks/gpu_quant_wan.py --quick`` (its stages, printed by it).
 
 A framework that is not installed is reported as absent (not a failure). Everything else that goes wrong with a
 CUDA device present is a FAIL, and the exit status is 1: this script never skips a broken path. Without a CUDA
@@ -32,7 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 PARITY_SIZES = [1 << 20, 16 << 20, 256 << 20]  # elements
+PARITY_NEW_MAX = 16 << 20  # minmax4 and rotation against C++ up to this size (the largest takes long on the host)
 SPEED_GOAL = 0.70
+ROTATE_SEED = 0x9E3779B8  # seed ^ 0x9E3779B9 == 1: the kernels' key argument must not specialize into a constexpr
 
 
 def have(module: str) -> bool:
@@ -172,24 +178,94 @@ def check_parity(sizes) -> list:
     import numpy as np
     import torch
     from pccl_arrays import _core, _core_testing, kernels as k
+    from pccl_arrays.kernels.format import quantized_bytes
     rows = []
     f32 = _core.CODES["dtype"]["float32"]
+    codes = _core.CODES["quant_kind"]
+    rotating = "rotate" in (_core_testing.quantize.__doc__ or "")  # a core built before rotation lacks it
     for n in sizes:
         x = torch.randn(n, device="cuda") * 3
         x[:: 997] *= 100
-        for kind_name in ("minmax", "zeropoint"):
-            kind = _core.CODES["quant_kind"][kind_name]
-            qd = k.quantize(x, kind, 1024).cpu().numpy()
+        configs = [("minmax", 1024, None), ("zeropoint", 1024, None)]
+        if n <= PARITY_NEW_MAX:
+            configs += [("minmax4", 512, None)] if "minmax4" in codes else []
+            configs += [(name, 512, ROTATE_SEED) for name in ("minmax", "minmax4") if name in codes] if rotating else []
+        for kind_name, block, seed in configs:
+            kind = codes[kind_name]
+            rot = {} if seed is None else {"rotate": True, "seed": seed}
+            qd = k.quantize(x, kind, block, rotate_seed=seed).cpu().numpy()
             xh = x.cpu().numpy()
-            qh = np.empty(_core_testing.quantized_bytes(n, 1024), np.uint8)
-            _core_testing.quantize(xh.ctypes.data, f32, n, kind, 1024, qh.ctypes.data)
-            yd = k.dequantize(torch.from_numpy(qh).cuda(), n, kind, 1024, torch.float32).cpu().numpy()
+            qh = np.empty(quantized_bytes(n, block, kind), np.uint8)
+            _core_testing.quantize(xh.ctypes.data, f32, n, kind, block, qh.ctypes.data, **rot)
+            yd = k.dequantize(torch.from_numpy(qh).cuda(), n, kind, block, torch.float32,
+                              rotate_seed=seed).cpu().numpy()
             yh = np.empty(n, np.float32)
-            _core_testing.dequantize(qh.ctypes.data, n, kind, 1024, f32, yh.ctypes.data, 1)
+            _core_testing.dequantize(qh.ctypes.data, n, kind, block, f32, yh.ctypes.data, 1, **rot)
             ok = qd.tobytes() == qh.tobytes() and yd.tobytes() == yh.tobytes()
-            rows.append((f"Triton = C++ bytes, {kind_name}, {n // (1 << 20)} M elements", ok,
+            what = f"{kind_name}{', rotated' if seed is not None else ''}"
+            rows.append((f"Triton = C++ bytes, {what}, {n // (1 << 20)} M elements", ok,
                          "quantize and dequantize bit for bit"))
+        if n <= PARITY_NEW_MAX and not ("minmax4" in codes and rotating):
+            rows.append((f"Triton = C++ bytes, minmax4 / rotated, {n // (1 << 20)} M elements", None,
+                         "this build of the core has no minmax4 or no rotation"))
         del x
+    return rows
+
+
+def _reference():
+    """tests/helpers/quant_reference.py, the NumPy reference of the format (needs ml_dtypes)."""
+    sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+    import quant_reference
+    return quant_reference
+
+
+def check_reference() -> list:
+    """Triton on the GPU against the NumPy reference: every kind, with and without rotation, each input dtype;
+    the quantized bytes, and the decoded bits of the reference's bytes (an `avg` of 3)."""
+    import ml_dtypes
+    import numpy as np
+    import torch
+    from pccl_arrays import kernels as k
+    ref = _reference()
+    n = (1 << 19) + 1001  # the last block is partial and of odd length for every block size below
+    g = torch.Generator(device="cuda").manual_seed(7)
+    x32 = torch.randn(n, device="cuda", generator=g) * 3
+    x32[:: 997] *= 100  # outliers: what rotation is for
+    x32[100] = float("nan")  # poisons its block
+    x32[3000] = float("inf")
+    x32[10000:10002] = 3e38  # finite, but their sum overflows in the first butterfly: poisons when rotating
+    x32[20480:24576] = torch.randn(4096, device="cuda", generator=g) * 1e-41  # subnormals
+    x32[30000:31000] = -0.0
+    numpy_dtype = {torch.float16: np.float16, torch.bfloat16: ml_dtypes.bfloat16, torch.float32: np.float32,
+                   torch.float64: np.float64}
+    bits = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+    def host(t):
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).cpu().numpy().view(ml_dtypes.bfloat16)
+        return t.cpu().numpy()
+
+    configs = [(ref.MINMAX, 1024, None), (ref.ZEROPOINT, 1024, None), (ref.MINMAX4, 512, None),
+               (ref.MINMAX, 512, ROTATE_SEED), (ref.ZEROPOINT, 256, 12345), (ref.MINMAX4, 512, 2**32 - 1),
+               (ref.MINMAX4, 4096, 0)]
+    rows = []
+    for kind, block, seed in configs:
+        bad = []
+        for dtype, np_dtype in numpy_dtype.items():
+            x = x32.to(dtype)
+            xh = host(x)
+            qr = ref.quantize(xh, kind, block, rotate_seed=seed)
+            if k.quantize(x, kind, block, rotate_seed=seed).cpu().numpy().tobytes() != qr.tobytes():
+                bad.append(f"quantize {dtype}")
+            with np.errstate(all="ignore"):
+                yr = ref.dequantize(qr, n, kind, block, np_dtype, divide_by=3, rotate_seed=seed)
+            yd = host(k.dequantize(torch.from_numpy(qr).cuda(), n, kind, block, dtype, 3, rotate_seed=seed))
+            if not np.array_equal(yd.view(bits[yd.itemsize]), yr.view(bits[yr.itemsize])):
+                bad.append(f"dequantize {dtype}")
+        name = {ref.MINMAX: "minmax", ref.ZEROPOINT: "zeropoint", ref.MINMAX4: "minmax4"}[kind]
+        what = f"{name}, block {block}" + ("" if seed is None else f", rotated (seed {seed:#x})")
+        rows.append((f"Triton = reference, {what}", not bad,
+                     "bytes and bits, 4 dtypes" if not bad else "differs: " + ", ".join(bad)))
     return rows
 
 
@@ -218,6 +294,14 @@ def check_speed() -> list:
         g = gbps(fn, 4 * n)
         rows.append((f"Triton {name}, 256 MiB float32", g >= SPEED_GOAL * copy,
                      f"{g:.0f} GB/s = {g / copy:.0%} of copy (goal >= {SPEED_GOAL:.0%})"))
+    # The new kind and the rotation: measured, no goal yet (a row fails only if the kernel fails).
+    for kind, block, seed in ((3, 512, None), (1, 1024, ROTATE_SEED), (3, 512, ROTATE_SEED), (3, 4096, ROTATE_SEED)):
+        q = k.quantize(x, kind, block, rotate_seed=seed)
+        what = f"{'minmax4' if kind == 3 else 'minmax'}, block {block}{', rotated' if seed is not None else ''}"
+        for name, fn in (("quantize", lambda: k.quantize(x, kind, block, rotate_seed=seed)),
+                         ("dequantize", lambda: k.dequantize(q, n, kind, block, torch.float32, rotate_seed=seed))):
+            g = gbps(fn, 4 * n)
+            rows.append((f"Triton {name}, {what}", True, f"{g:.0f} GB/s = {g / copy:.0%} of copy (no goal)"))
     return rows
 
 
@@ -234,6 +318,7 @@ CHECKS = [
     ("shared_state", "sync_shared_state of a CUDA tensor", "pair", check_shared_state),
     ("quantized", "the Triton device path between two peers", "pair", check_quantized),
     ("parity", "Triton vs C++ bytes, 1 M .. 256 M elements", None, lambda: check_parity(PARITY_SIZES)),
+    ("reference", "Triton vs the NumPy reference: 3 kinds, rotation, 4 dtypes", None, check_reference),
     ("speed", f"Triton GB/s vs device copy (goal >= {SPEED_GOAL:.0%})", None, check_speed),
     ("gpu_quant_wan", "benchmarks/gpu_quant_wan.py --quick", None, check_gpu_quant_wan),
 ]
@@ -262,7 +347,14 @@ def main(argv=None) -> int:
         print("installed here: " + ", ".join(f"{m}: {'yes' if v else 'no'}" for m, v in needs.items()))
         bench = ROOT / "benchmarks" / "gpu_quant_wan.py"
         print(f"benchmarks/gpu_quant_wan.py present: {bench.exists()}")
-        return 0 if bench.exists() else 1
+        try:
+            _reference()
+            reference = True
+        except ImportError as e:
+            print(f"tests/helpers/quant_reference.py does not import: {e}")
+            reference = False
+        print(f"tests/helpers/quant_reference.py importable: {reference}")
+        return 0 if bench.exists() and reference else 1
     try:
         import torch
         cuda = torch.cuda.is_available()

@@ -155,6 +155,22 @@ def test_mismatched_descriptors_are_rejected_for_all(m, field, other, words):
     assert set(sends(m.start_all([1, 2, 3], tag=5), "op_go")) == {1, 2, 3}
 
 
+def test_a_rotation_on_one_peer_only_is_refused_in_words(m):
+    """4-bit with rotation on two peers, without on the third: the reason names both settings."""
+    four = {**DESC, "quant": 3, "qblock": 512, "qseed": 5}
+    m.join([1, 2, 3])
+    acts = m.msg(1, "op_start", tag=4, desc={**four, "qrotate": 1}) + m.msg(2, "op_start", tag=4, desc={**four, "qrotate": 1})
+    acts += m.msg(3, "op_start", tag=4, desc=four)
+    rejects = sends(acts, "op_reject")
+    assert set(rejects) == {1, 2, 3}
+    for r in rejects.values():
+        assert r["kind"] == MISMATCH
+        for w in ("quantization settings differ",
+                  "quantized minmax4 (block 512, nearest-even rounding, seed 5, rotated, ring)",
+                  "quantized minmax4 (block 512, nearest-even rounding, seed 5, ring)"):
+            assert w in r["reason"], r["reason"]
+
+
 @pytest.mark.parametrize("voter", [1, 2, 3])
 def test_peer_in_update_topology_is_released_when_others_start_an_op(m, voter):
     # A peer one step behind (a newcomer's first update_topology(), say) must not break the others' operation:

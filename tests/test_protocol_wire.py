@@ -19,7 +19,7 @@ from pccl_arrays import _core, _core_testing
 from pccl_arrays.errors import InvalidArgumentError, PCCLError, ProtocolError
 
 MAGIC = 0x52414350
-VERSION = 4
+VERSION = 5
 HEADER = struct.Struct("<IHHII")  # magic, version, type, length, reserved
 MAX_CONTROL = 1 << 20
 MAX_DATA = (64 << 20) + 24  # one piece plus the data header
@@ -43,7 +43,7 @@ SAMPLES = {
     "topo_request": {"seq": 12, "timeout_ms": 30000, "min_world": 2},
     "topo_result": {"seq": 12, "world_size": 5, "pending": 1, "ring": RING, "kind": 10, "reason": "timed out"},
     "op_start": {"tag": 99, "desc": {"count": 2**40 + 3, "dtype": 9, "op": 1, "quant": 2, "qblock": 1024,
-                                      "qround": 1, "qseed": 7, "shape": [2**20, 2**20 + 3], "structure": 2**63 + 5,
+                                      "qround": 1, "qseed": 7, "qrotate": 1, "qreduce": 1, "shape": [2**20, 2**20 + 3], "structure": 2**63 + 5,
                                       "structure_text": "{'a': float32[3]}"},
                  "timeout_ms": 1800000, "min_world": 3},
     "op_go": {"tag": 99, "op_id": 17, "stripes": 4, "ring": RING, "slot": 3, "ring_epoch": 5},
@@ -112,7 +112,7 @@ def test_the_code_table_is_the_documented_protocol():
     assert codes["dtype"] == {"int8": 0, "uint8": 1, "int16": 2, "uint16": 3, "int32": 4, "uint32": 5, "int64": 6,
                               "uint64": 7, "float16": 8, "bfloat16": 9, "float32": 10, "float64": 11}
     assert codes["op"] == {"sum": 0, "avg": 1, "prod": 2, "max": 3, "min": 4}
-    assert codes["quant_kind"] == {"none": 0, "minmax": 1, "zeropoint": 2}
+    assert codes["quant_kind"] == {"none": 0, "minmax": 1, "zeropoint": 2, "minmax4": 3}
     assert codes["rounding"] == {"nearest": 0, "stochastic": 1}
     assert codes["sync_strategy"] == {"enforce_popular": 0, "receive_only": 1, "send_only": 2}
     assert list(codes["error_kind"].values()) == list(range(1, 14))
@@ -130,7 +130,7 @@ def test_every_message_round_trips(type_name):
 
 
 def golden_frames() -> dict:
-    """The bytes of every sample as protocol version 4 lays them out, checked once against a layout written by
+    """The bytes of every sample as protocol version 5 lays them out, checked once against a layout written by
     hand, field by field; regenerate only together with a protocol version bump (PCCL_REGEN_GOLDEN=1)."""
     import json
     import os
@@ -159,7 +159,7 @@ def test_header_layout_byte_by_byte():
     frame = _core_testing.encode_frame("welcome", {"peer_id": 0x0102030405060708})
     assert len(frame) == 16 + 8
     assert frame[0:4] == bytes([0x50, 0x43, 0x41, 0x52]) == b"PCAR"  # magic 0x52414350, little-endian
-    assert frame[4:6] == bytes([0x04, 0x00])  # protocol version 4
+    assert frame[4:6] == bytes([0x05, 0x00])  # protocol version 5
     assert frame[6:8] == bytes([0x02, 0x00])  # type 2 = welcome
     assert frame[8:12] == bytes([0x08, 0x00, 0x00, 0x00])  # payload length 8
     assert frame[12:16] == bytes([0x00, 0x00, 0x00, 0x00])  # reserved, zero
@@ -184,7 +184,7 @@ def test_extreme_values_round_trip():
                         "reason": "r" * MAX_STRING},
         "op_start": {"tag": 2**64 - 1, "desc": {"count": 2**64 - 1, "dtype": 255, "op": 255, "quant": 255,
                                                  "qblock": 2**32 - 1, "qround": 255, "qseed": 2**32 - 1,
-                                                 "shape": [2**64 - 1] * 32, "structure": 2**64 - 1,
+                                                 "qrotate": 1, "qreduce": 1, "shape": [2**64 - 1] * 32, "structure": 2**64 - 1,
                                                  "structure_text": "s" * MAX_STRING},
                      "timeout_ms": 2**32 - 1, "min_world": 2**32 - 1},
         "op_go": {"tag": 0, "op_id": 2**64 - 1, "stripes": 2**32 - 1, "ring": [], "slot": 2**32 - 1,
@@ -230,7 +230,7 @@ def test_bad_magic(index):
     assert_protocol_error(bytes(frame), "magic")
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, 0x0100, 0xFFFF])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 6, 0x0100, 0xFFFF])
 def test_wrong_protocol_version(version):
     assert_protocol_error(header(TYPE_CODES["heartbeat"], 0, version=version), "version")
 

@@ -35,17 +35,19 @@ def make(rng: np.random.Generator, n: int, dtype, flavour: str) -> np.ndarray:
         return x.astype(dtype)
 
 
-def c_quantize(x: np.ndarray, kind: int, block: int) -> np.ndarray:
+def c_quantize(x: np.ndarray, kind: int, block: int, rotate_seed=None) -> np.ndarray:
     name = "bfloat16" if x.dtype == ml_dtypes.bfloat16 else x.dtype.name
-    out = np.empty(_core_testing.quantized_bytes(x.size, block), np.uint8)
-    _core_testing.quantize(x.ctypes.data, dtype_code(name), x.size, kind, block, out.ctypes.data)
+    out = np.empty(_core_testing.quantized_bytes(x.size, block, kind), np.uint8)
+    _core_testing.quantize(x.ctypes.data, dtype_code(name), x.size, kind, block, out.ctypes.data,
+                           rotate=rotate_seed is not None, seed=rotate_seed or 0)
     return out
 
 
-def c_dequantize(q: np.ndarray, n: int, kind: int, block: int, dtype, divide_by: int) -> np.ndarray:
+def c_dequantize(q: np.ndarray, n: int, kind: int, block: int, dtype, divide_by: int, rotate_seed=None) -> np.ndarray:
     out = np.empty(n, dtype)
     name = "bfloat16" if out.dtype == ml_dtypes.bfloat16 else out.dtype.name
-    _core_testing.dequantize(q.ctypes.data, n, kind, block, dtype_code(name), out.ctypes.data, divide_by)
+    _core_testing.dequantize(q.ctypes.data, n, kind, block, dtype_code(name), out.ctypes.data, divide_by,
+                             rotate=rotate_seed is not None, seed=rotate_seed or 0)
     return out
 
 
@@ -53,7 +55,7 @@ CASES = [(n, block, flavour) for n, block in [(1, 64), (63, 64), (1000, 256), (4
          for flavour in ["normal", "outliers", "constant", "tiny", "huge", "zeros", "nonfinite", "positive"]]
 
 
-@pytest.mark.parametrize("kind", [ref.MINMAX, ref.ZEROPOINT])
+@pytest.mark.parametrize("kind", [ref.MINMAX, ref.ZEROPOINT, ref.MINMAX4])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_quantize_and_dequantize_match_the_reference_bit_for_bit(kind, dtype):
     rng = np.random.default_rng([kind, np.dtype(dtype).itemsize])
@@ -69,8 +71,30 @@ def test_quantize_and_dequantize_match_the_reference_bit_for_bit(kind, dtype):
                 assert got.view(np.uint8).tobytes() == want.view(np.uint8).tobytes(), (n, block, flavour, out_dtype)
 
 
+ROTATED_CASES = [(n, block, flavour) for n, block in [(1, 64), (63, 64), (1000, 256), (4097, 1024), (9999, 4096)]
+                 for flavour in ["normal", "outliers", "constant", "huge", "zeros", "nonfinite"]]
+
+
+@pytest.mark.parametrize("kind", [ref.MINMAX, ref.ZEROPOINT, ref.MINMAX4])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_rotated_quantize_and_dequantize_match_the_reference_bit_for_bit(kind, dtype):
+    """With rotation: odd lengths whose last block is several power-of-two segments, poisoned blocks (NaN, never
+    rotated back), blocks whose rotated values overflow; every output dtype, with and without a division."""
+    rng = np.random.default_rng([kind, np.dtype(dtype).itemsize, 1])
+    for n, block, flavour in ROTATED_CASES:
+        x = make(rng, n, dtype, flavour)
+        seed = int(rng.integers(0, 2**32))
+        q = c_quantize(x, kind, block, rotate_seed=seed)
+        assert q.tobytes() == ref.quantize(x, kind, block, rotate_seed=seed).tobytes(), (n, block, flavour)
+        for out_dtype in DTYPES:
+            for divide_by in (1, 3):
+                got = c_dequantize(q, n, kind, block, out_dtype, divide_by, rotate_seed=seed)
+                want = ref.dequantize(q, n, kind, block, out_dtype, divide_by, rotate_seed=seed)
+                assert got.view(np.uint8).tobytes() == want.view(np.uint8).tobytes(), (n, block, flavour, out_dtype)
+
+
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
-@pytest.mark.parametrize("kind", [ref.MINMAX, ref.ZEROPOINT])
+@pytest.mark.parametrize("kind", [ref.MINMAX, ref.ZEROPOINT, ref.MINMAX4])
 def test_ring_hop_matches_the_reference(kind, rounding):
     rng = np.random.default_rng([kind, len(rounding)])
     block = 256
@@ -78,7 +102,7 @@ def test_ring_hop_matches_the_reference(kind, rounding):
                                           (100, 9, "constant"), (256 * 2, 2, "nonfinite")]:
         recv = ref.quantize(make(rng, n_chunk, np.float32, flavour), kind, block)
         own = ref.quantize(make(rng, n_chunk, np.float32, "normal"), kind, block)
-        acc = recv.copy()
+        acc = recv.copy()  # (whether these bytes were rotated makes no difference to a hop)
         n_total = first_block * block + n_chunk  # the chunk ends the array, so its last block may be short
         n_blocks = ref.num_blocks(n_chunk, block)
         _core_testing.reduce_hop(acc.ctypes.data, own.ctypes.data, first_block, n_blocks, n_total, kind, block,
@@ -88,12 +112,14 @@ def test_ring_hop_matches_the_reference(kind, rounding):
         assert acc.tobytes() == want, (n_chunk, first_block, flavour)
 
 
+@pytest.mark.parametrize("rotate", [False, True], ids=["plain", "rotated"])
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_exact_ring_hop_matches_the_reference(dtype, rounding):
-    rng = np.random.default_rng([np.dtype(dtype).itemsize, len(rounding)])
+def test_exact_ring_hop_matches_the_reference(dtype, rounding, rotate):
+    """The host path's hop; with rotation our own values are rotated (by their global block index) first."""
+    rng = np.random.default_rng([np.dtype(dtype).itemsize, len(rounding), rotate])
     block = 256
-    for kind in (ref.MINMAX, ref.ZEROPOINT):
+    for kind in (ref.MINMAX, ref.ZEROPOINT, ref.MINMAX4):
         for n_chunk, first_block, flavour in [(256 * 4, 0, "normal"), (256 * 2 + 5, 3, "outliers"),
                                               (256, 1, "nonfinite"), (40, 6, "tiny")]:
             recv = ref.quantize(make(rng, n_chunk, np.float32, "normal"), kind, block)
@@ -102,9 +128,9 @@ def test_exact_ring_hop_matches_the_reference(dtype, rounding):
             name = "bfloat16" if own.dtype == ml_dtypes.bfloat16 else own.dtype.name
             _core_testing.reduce_hop_exact(acc.ctypes.data, own.ctypes.data, dtype_code(name), first_block,
                                    ref.num_blocks(n_chunk, block), first_block * block + n_chunk, kind, block,
-                                   1 if rounding == "stochastic" else 0, 99, 5, 1)
+                                   1 if rounding == "stochastic" else 0, 99, 5, 1, rotate=rotate)
             want = ref.reduce_hop_exact(recv, own, n_chunk, kind, block, rounding, seed=99, op_id=5, step=1,
-                                        first_block=first_block)
+                                        first_block=first_block, rotate_seed=99 if rotate else None)
             assert acc.tobytes() == want, (kind, n_chunk, flavour)
 
 
@@ -112,7 +138,10 @@ def test_unknown_settings_are_refused():
     x = np.zeros(10, np.float32)
     out = np.empty(_core_testing.quantized_bytes(10, 1024), np.uint8)
     with pytest.raises(ValueError):
-        _core_testing.quantize(x.ctypes.data, dtype_code("float32"), 10, 3, 1024, out.ctypes.data)
+        _core_testing.quantize(x.ctypes.data, dtype_code("float32"), 10, 4, 1024, out.ctypes.data)
+    for block in (192, 8192):  # rotation: a power of two, at most 4096
+        with pytest.raises(ValueError, match="power-of-two block"):
+            _core_testing.quantize(x.ctypes.data, dtype_code("float32"), 10, 3, block, out.ctypes.data, rotate=True)
     with pytest.raises(ValueError):
         _core_testing.quantize(x.ctypes.data, dtype_code("float32"), 10, 1, 100, out.ctypes.data)
     with pytest.raises(ValueError):

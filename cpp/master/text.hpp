@@ -21,9 +21,10 @@ inline std::string desc_text(const wire::OpDesc& d) {
     std::string s = std::string(op_name(ReduceOp(d.op))) + " of " + dtype_name(DType(d.dtype)) + " " + shape_text(d.shape);
     if (d.structure) s += " packed from the tree " + d.structure_text;
     if (d.quant)
-        s += std::string(" quantized ") + (d.quant == 1 ? "minmax" : d.quant == 2 ? "zeropoint" : "unknown") + " (block " +
+        s += std::string(" quantized ") +
+             (d.quant == 1 ? "minmax" : d.quant == 2 ? "zeropoint" : d.quant == 3 ? "minmax4" : "unknown") + " (block " +
              std::to_string(d.qblock) + ", " + (d.qround ? "stochastic" : "nearest-even") + " rounding, seed " +
-             std::to_string(d.qseed) + ")";
+             std::to_string(d.qseed) + (d.qrotate ? ", rotated" : "") + (d.qreduce ? ", direct" : ", ring") + ")";
     return s;
 }
 

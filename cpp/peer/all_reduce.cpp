@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "peer/communicator.hpp"
+#include "peer/direct.hpp"
 #include "kernels/reduce.hpp"
 
 namespace pccl {
@@ -40,6 +41,24 @@ static RingWork make_work(DType dtype, ReduceOp op, const QuantConfig& quant, ui
     return work;
 }
 
+// The direct all-reduce's work (peer/direct.hpp): the host path's encode and finish as for the ring, and the
+// owner's sum of its own contribution (exact on the host path, the quantized input on the device path) and the
+// world - 1 senders' units.
+static DirectWork make_direct_work(const RingWork& ring, DType dtype, const QuantConfig& quant, uint64_t count,
+                                   uint64_t op_id, const void* exact, const void* input, uint32_t world) {
+    DirectWork work;
+    work.encode = ring.encode;
+    work.finish = ring.finish;
+    const auto* x = static_cast<const uint8_t*>(exact);
+    const auto* q = static_cast<const uint8_t*>(input);
+    const size_t stride = size_t(quant.block) * dtype_size(dtype), unit = quant_block_bytes(quant, quant.block);
+    work.reduce = [=](uint8_t* out, const uint8_t* const* received, size_t first, size_t n) {
+        reduce_owner(out, received, world - 1, x ? nullptr : q + first * unit, x ? x + first * stride : nullptr, dtype,
+                     first, n, count, quant, op_id);
+    };
+    return work;
+}
+
 // Arguments the core refuses before anything is sent.
 static void check_call(DType dtype, ReduceOp op, const QuantConfig& quant, const void* input, const void* output,
                        const CallOptions& options) {
@@ -64,8 +83,8 @@ static RingPlan ring_units(uint64_t count, DType dtype, const QuantConfig& quant
     RingPlan plan;
     if (quant.enabled()) {
         plan.units = quant_blocks(count, quant.block);
-        plan.unit_bytes = quant.block + kQuantHeader;
-        plan.last_unit_bytes = (count % quant.block ? count % quant.block : quant.block) + kQuantHeader;
+        plan.unit_bytes = quant_block_bytes(quant, quant.block);
+        plan.last_unit_bytes = quant_block_bytes(quant, count % quant.block ? count % quant.block : quant.block);
     } else {
         plan.units = count;
         plan.unit_bytes = plan.last_unit_bytes = dtype_size(dtype);
@@ -81,6 +100,8 @@ static wire::OpDesc descriptor_of(uint64_t count, DType dtype, ReduceOp op, cons
         desc.qblock = quant.block;
         desc.qround = uint8_t(quant.rounding);
         desc.qseed = quant.seed;
+        desc.qrotate = quant.rotate ? 1 : 0;
+        desc.qreduce = quant.direct ? 1 : 0;
     }
     desc.shape = options.shape.empty() ? std::vector<uint64_t>{count} : options.shape;
     desc.structure = options.structure;
@@ -156,7 +177,7 @@ uint8_t* Communicator::SlotResources::scratch_for(size_t bytes, int which) {
 }
 
 OpInfo Communicator::run_ring(RingPlan plan, const wire::OpGo& go, const RingWork& work, const void* input,
-                              uint8_t* result, OpControl& ctl, SlotResources& res) {
+                              uint8_t* result, OpControl& ctl, SlotResources& res, const DirectWork* direct) {
     const uint32_t world = uint32_t(go.ring.size());
     auto me = std::find_if(go.ring.begin(), go.ring.end(), [this](const wire::PeerInfo& p) { return p.id == peer_id_; });
     if (me == go.ring.end()) throw CoreError(ErrorKind::kProtocol, "the master started an operation without this peer");
@@ -179,11 +200,21 @@ OpInfo Communicator::run_ring(RingPlan plan, const wire::OpGo& go, const RingWor
     plan.rank = rank;
     plan.stripes = info.stripes;
     plan.piece_bytes = cfg_.piece_bytes;
-    RingLinks links{&pool_, go.slot, go.ring[(rank + 1) % world], go.ring[(rank + world - 1) % world],
-                    cfg_.connect_timeout, cfg_.data_timeout};
     std::vector<StripeBytes> bytes(info.stripes);
     const auto* in = static_cast<const uint8_t*>(input);
-    res.workers.run(info.stripes, [&](uint32_t j) { run_stripe(plan, j, work, in, result, links, ctl, &bytes[j]); });
+    if (direct) {
+        DirectLinks links{&pool_, go.slot, go.ring, cfg_.connect_timeout, cfg_.data_timeout};
+        // Our quantized contribution: encoded as it leaves on the host path, the caller's bytes on the device path.
+        uint8_t* mine = direct->encode ? res.scratch_for(total_bytes, 2) : const_cast<uint8_t*>(in);
+        uint8_t* inbox = res.scratch_for((world - 1) * direct_inbox_bytes(plan), 3);
+        res.workers.run(info.stripes, [&](uint32_t j) {
+            run_direct_stripe(plan, j, *direct, mine, inbox, result, links, ctl, &bytes[j]);
+        });
+    } else {
+        RingLinks links{&pool_, go.slot, go.ring[(rank + 1) % world], go.ring[(rank + world - 1) % world],
+                        cfg_.connect_timeout, cfg_.data_timeout};
+        res.workers.run(info.stripes, [&](uint32_t j) { run_stripe(plan, j, work, in, result, links, ctl, &bytes[j]); });
+    }
     for (const auto& b : bytes) {
         info.bytes_sent += b.sent;
         info.bytes_received += b.received;
@@ -234,7 +265,11 @@ OpInfo Communicator::reduce(const void* input, void* output, uint64_t count, DTy
     }
     const uint32_t divide_by = op == ReduceOp::kAvg && exact ? uint32_t(go.ring.size()) : 1;
     const RingWork work = make_work(dtype, op, quant, count, go.op_id, exact, decoded, divide_by);
-    OpInfo info = run_ring(plan, go, work, exact ? result : input, result, ctl, res);
+    const bool direct = quant.enabled() && quant.direct;
+    const DirectWork direct_work = direct ? make_direct_work(work, dtype, quant, count, go.op_id, exact, input,
+                                                             uint32_t(go.ring.size()))
+                                          : DirectWork{};
+    OpInfo info = run_ring(plan, go, work, exact ? result : input, result, ctl, res, direct ? &direct_work : nullptr);
     untrack(ctl);
     ErrorKind kind;
     std::string why;

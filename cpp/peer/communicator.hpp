@@ -38,6 +38,7 @@
 #include "transport/net.hpp"
 #include "transport/pool.hpp"
 #include "kernels/quant.hpp"
+#include "peer/direct.hpp"
 #include "peer/ring.hpp"
 #include "base/workers.hpp"
 
@@ -109,7 +110,7 @@ public:
     }
     uint32_t pending_peers();
     // Plain: input/output hold `count` elements of dtype (output may be input: in place). Quantized
-    // (quant.enabled()): input/output are separate buffers of quantized_bytes(count, block) bytes already
+    // (quant.enabled()): input/output are separate buffers of quantized_bytes(count, quant) bytes already
     // quantized (the device path), op is sum or avg, and the caller dequantizes (dividing by world_size for avg).
     OpInfo all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
                       const QuantConfig& quant = {}, const CallOptions& options = {});
@@ -171,8 +172,9 @@ private:
     // per epoch, and the OP_GOs that carry only that epoch get it filled in here.
     std::vector<uint8_t> complete_go(const std::vector<uint8_t>& payload);
     std::shared_ptr<SlotResources> slot_resources(uint32_t slot);
+    // The ring, or the direct all-reduce when `direct` is set (quantized operations; peer/direct.hpp).
     OpInfo run_ring(RingPlan plan, const wire::OpGo& go, const RingWork& work, const void* input, uint8_t* result,
-                    OpControl& ctl, SlotResources& res);
+                    OpControl& ctl, SlotResources& res, const DirectWork* direct);
     // Both all-reduces: `exact` set means the quantized host path (input unused).
     OpInfo reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
                   const QuantConfig& quant, const void* exact, const CallOptions& options);
@@ -223,7 +225,7 @@ private:
         struct Scratch {
             std::unique_ptr<uint8_t[]> data;
             size_t bytes = 0;
-        } scratch[2];
+        } scratch[4];  // the result, the decoded result, our quantized contribution, the direct inboxes
         uint8_t* scratch_for(size_t bytes, int which);  // grown on demand, kept between operations
     };
     std::map<uint32_t, std::shared_ptr<SlotResources>> slots_;  // guarded by mu_

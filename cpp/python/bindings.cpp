@@ -102,6 +102,15 @@ PYBIND11_MODULE(_core, m) {
             return out;
         });
 
+    m.def("quantization_residual", [](uintptr_t input, uintptr_t output, size_t count, uint8_t dtype, uint8_t qkind,
+                                      uint32_t qblock, uint32_t qseed, bool qrotate) {
+        const QuantConfig q{QuantKind(qkind), qblock, Rounding::kNearest, qseed, qrotate};
+        check_quant_config(q);
+        py::gil_scoped_release release;
+        quantization_residual(reinterpret_cast<const void*>(input), DType(dtype), count, q, reinterpret_cast<void*>(output));
+    }, py::kw_only(), py::arg("input_ptr"), py::arg("output_ptr"), py::arg("count"), py::arg("dtype"), py::arg("qkind"),
+       py::arg("qblock"), py::arg("qseed") = 0, py::arg("qrotate") = false,
+       "What quantizing the input loses, x - D(Q(x)), into output (error feedback; docs/quantization.md).");
     m.def("content_hash", [](uintptr_t data, size_t n) {
         py::gil_scoped_release release;
         return content_hash(reinterpret_cast<const void*>(data), n);
@@ -118,7 +127,8 @@ PYBIND11_MODULE(_core, m) {
         codes["dtype"] = dtypes;
         codes["op"] = ops;
         codes["quant_kind"] = py::dict(py::arg("none") = uint8_t(QuantKind::kNone), py::arg("minmax") = uint8_t(QuantKind::kMinMax),
-                                       py::arg("zeropoint") = uint8_t(QuantKind::kZeroPoint));
+                                       py::arg("zeropoint") = uint8_t(QuantKind::kZeroPoint),
+                                       py::arg("minmax4") = uint8_t(QuantKind::kMinMax4));
         codes["rounding"] = py::dict(py::arg("nearest") = uint8_t(Rounding::kNearest),
                                      py::arg("stochastic") = uint8_t(Rounding::kStochastic));
         codes["sync_strategy"] = py::dict(py::arg("enforce_popular") = uint8_t(wire::SyncStrategy::kEnforcePopular),
@@ -184,9 +194,10 @@ PYBIND11_MODULE(_core, m) {
         .def("pending_peers", [](Communicator& c) { return blocking([&] { return c.pending_peers(); }); })
         .def("all_reduce",
              [](Communicator& c, uintptr_t input, uintptr_t output, uint64_t count, uint8_t dtype, uint8_t op, uint64_t tag,
-                uint8_t qkind, uint32_t qblock, uint8_t qround, uint32_t qseed, bool host_quantized,
-                std::vector<uint64_t> shape, uint64_t structure, std::string structure_text, double timeout) {
-                 QuantConfig q{QuantKind(qkind), qblock, Rounding(qround), qseed};
+                uint8_t qkind, uint32_t qblock, uint8_t qround, uint32_t qseed, bool qrotate, bool qdirect,
+                bool host_quantized, std::vector<uint64_t> shape, uint64_t structure, std::string structure_text,
+                double timeout) {
+                 QuantConfig q{QuantKind(qkind), qblock, Rounding(qround), qseed, qrotate, qdirect};
                  CallOptions o{std::move(shape), structure, std::move(structure_text), timeout};
                  const auto* in = reinterpret_cast<const void*>(input);
                  auto* out = reinterpret_cast<void*>(output);
@@ -197,7 +208,7 @@ PYBIND11_MODULE(_core, m) {
              },
              py::kw_only(), py::arg("input_ptr"), py::arg("output_ptr"), py::arg("count"), py::arg("dtype"), py::arg("op"), py::arg("tag"),
              py::arg("qkind") = 0, py::arg("qblock") = 0, py::arg("qround") = 0, py::arg("qseed") = 0,
-             py::arg("host_quantized") = false, py::arg("shape") = std::vector<uint64_t>{}, py::arg("structure") = 0,
+             py::arg("qrotate") = false, py::arg("qdirect") = false, py::arg("host_quantized") = false, py::arg("shape") = std::vector<uint64_t>{}, py::arg("structure") = 0,
              py::arg("structure_text") = "", py::arg("timeout") = -1.0,
              "Plain, or quantized: host_quantized takes arrays of the dtype and quantizes on the stripes' threads; "
              "otherwise input and output are quantized bytes (the device path).")

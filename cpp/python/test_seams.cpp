@@ -201,26 +201,42 @@ PYBIND11_MODULE(_core_testing, m) {
 
 
     m.def("reduce_hop", [](uintptr_t acc, uintptr_t own, size_t first_block, size_t n_blocks, size_t n, uint8_t kind,
-                           uint32_t block, uint8_t rounding, uint32_t seed, uint64_t op_id, uint32_t step) {
-        QuantConfig q{QuantKind(kind), block, Rounding(rounding), seed};
+                           uint32_t block, uint8_t rounding, uint32_t seed, uint64_t op_id, uint32_t step, bool rotate) {
+        QuantConfig q{QuantKind(kind), block, Rounding(rounding), seed, rotate};
         check_quant_config(q);
         py::gil_scoped_release release;
         reduce_hop(reinterpret_cast<uint8_t*>(acc), reinterpret_cast<const uint8_t*>(own), first_block, n_blocks, n, q,
                    op_id, step);
     }, py::arg("acc_ptr"), py::arg("own_ptr"), py::arg("first_block"), py::arg("n_blocks"), py::arg("n"), py::arg("kind"),
        py::arg("block"), py::arg("rounding") = 0, py::arg("seed") = 0, py::arg("op_id") = 0, py::arg("step") = 0,
-       "One ring hop over whole blocks: acc = Q(D(acc) + D(own)).");
+       py::arg("rotate") = false, "One ring hop over whole blocks: acc = Q(D(acc) + D(own)).");
     m.def("reduce_hop_exact", [](uintptr_t acc, uintptr_t own_x, uint8_t dtype, size_t first_block, size_t n_blocks,
                                  size_t n, uint8_t kind, uint32_t block, uint8_t rounding, uint32_t seed, uint64_t op_id,
-                                 uint32_t step) {
-        QuantConfig q{QuantKind(kind), block, Rounding(rounding), seed};
+                                 uint32_t step, bool rotate) {
+        QuantConfig q{QuantKind(kind), block, Rounding(rounding), seed, rotate};
         check_quant_config(q);
         py::gil_scoped_release release;
         reduce_hop_exact(reinterpret_cast<uint8_t*>(acc), reinterpret_cast<const void*>(own_x), DType(dtype), first_block,
                          n_blocks, n, q, op_id, step);
     }, py::arg("acc_ptr"), py::arg("own_ptr"), py::arg("dtype"), py::arg("first_block"), py::arg("n_blocks"), py::arg("n"),
        py::arg("kind"), py::arg("block"), py::arg("rounding") = 0, py::arg("seed") = 0, py::arg("op_id") = 0,
-       py::arg("step") = 0, "One ring hop adding our own unquantized values: acc = Q(D(acc) + float32(own)).");
+       py::arg("step") = 0, py::arg("rotate") = false,
+       "One ring hop adding our own unquantized values: acc = Q(D(acc) + R(float32(own))).");
+
+    m.def("reduce_owner", [](uintptr_t out, const std::vector<uintptr_t>& received, uintptr_t own_q, uintptr_t own_x,
+                             uint8_t dtype, size_t first_block, size_t n_blocks, size_t n, uint8_t kind, uint32_t block,
+                             uint8_t rounding, uint32_t seed, uint64_t op_id, bool rotate) {
+        QuantConfig q{QuantKind(kind), block, Rounding(rounding), seed, rotate};
+        check_quant_config(q);
+        std::vector<const uint8_t*> from;
+        for (uintptr_t p : received) from.push_back(reinterpret_cast<const uint8_t*>(p));
+        py::gil_scoped_release release;
+        reduce_owner(reinterpret_cast<uint8_t*>(out), from.data(), from.size(), reinterpret_cast<const uint8_t*>(own_q),
+                     reinterpret_cast<const void*>(own_x), DType(dtype), first_block, n_blocks, n, q, op_id);
+    }, py::arg("out_ptr"), py::arg("received_ptrs"), py::arg("own_q_ptr"), py::arg("own_x_ptr"), py::arg("dtype"),
+       py::arg("first_block"), py::arg("n_blocks"), py::arg("n"), py::arg("kind"), py::arg("block"),
+       py::arg("rounding") = 0, py::arg("seed") = 0, py::arg("op_id") = 0, py::arg("rotate") = false,
+       "The direct all-reduce's owner sum: Q(own + D(received[0]) + ...), own exact (own_x) or decoded (own_q).");
 
     // Reduction kernels on raw buffers, so tests can hold them to NumPy element by element.
     m.def("reduce_into", [](uintptr_t acc, uintptr_t local, size_t n, uint8_t dtype, uint8_t op) {
@@ -231,16 +247,21 @@ PYBIND11_MODULE(_core_testing, m) {
     }, py::arg("ptr"), py::arg("n"), py::arg("dtype"), py::arg("world"));
 
     // Quantization kernels (docs/quantization.md) on raw host buffers.
-    m.def("quantized_bytes", [](size_t n, uint32_t block) { return quantized_bytes(n, block); }, py::arg("n"), py::arg("block"));
-    m.def("quantize", [](uintptr_t x, uint8_t dtype, size_t n, uint8_t kind, uint32_t block, uintptr_t out) {
-        QuantConfig q{QuantKind(kind), block};
+    m.def("quantized_bytes", [](size_t n, uint32_t block, uint8_t kind) {
+        return quantized_bytes(n, QuantConfig{QuantKind(kind), block});
+    }, py::arg("n"), py::arg("block"), py::arg("kind") = uint8_t(QuantKind::kMinMax));
+    m.def("quantize", [](uintptr_t x, uint8_t dtype, size_t n, uint8_t kind, uint32_t block, uintptr_t out, bool rotate,
+                         uint32_t seed) {
+        QuantConfig q{QuantKind(kind), block, Rounding::kNearest, seed, rotate};
         py::gil_scoped_release release;
         quantize(reinterpret_cast<const void*>(x), DType(dtype), n, q, reinterpret_cast<uint8_t*>(out));
-    }, py::arg("x_ptr"), py::arg("dtype"), py::arg("n"), py::arg("kind"), py::arg("block"), py::arg("out_ptr"));
-    m.def("dequantize", [](uintptr_t qb, size_t n, uint8_t kind, uint32_t block, uint8_t dtype, uintptr_t out, uint32_t divide_by) {
-        QuantConfig q{QuantKind(kind), block};
+    }, py::arg("x_ptr"), py::arg("dtype"), py::arg("n"), py::arg("kind"), py::arg("block"), py::arg("out_ptr"),
+       py::arg("rotate") = false, py::arg("seed") = 0);
+    m.def("dequantize", [](uintptr_t qb, size_t n, uint8_t kind, uint32_t block, uint8_t dtype, uintptr_t out,
+                           uint32_t divide_by, bool rotate, uint32_t seed) {
+        QuantConfig q{QuantKind(kind), block, Rounding::kNearest, seed, rotate};
         py::gil_scoped_release release;
         dequantize(reinterpret_cast<const uint8_t*>(qb), n, q, DType(dtype), reinterpret_cast<void*>(out), divide_by);
     }, py::arg("q_ptr"), py::arg("n"), py::arg("kind"), py::arg("block"), py::arg("dtype"), py::arg("out_ptr"),
-       py::arg("divide_by") = 1);
+       py::arg("divide_by") = 1, py::arg("rotate") = false, py::arg("seed") = 0);
 }

@@ -99,8 +99,11 @@ def half_reductions(dtype) -> dict[str, np.ndarray]:
 
 
 def goldens() -> dict[str, bytes]:
-    mm, zp = ref.MINMAX, ref.ZEROPOINT
+    mm, zp, mm4 = ref.MINMAX, ref.ZEROPOINT, ref.MINMAX4
     x, y = f32_input(), f32_second_input()
+    q_mm4 = ref.quantize(x, mm4, BLOCK)
+    q_rot = ref.quantize(x, mm4, BLOCK, rotate_seed=9)  # the last block (8 elements) is one segment
+    q_rot_small = ref.quantize(f16_input(), mm, BLOCK, rotate_seed=3)  # 100 = 64 + 32 + 4: three segments
     q_mm = ref.quantize(x, mm, BLOCK)
     q_zp = ref.quantize(x, zp, BLOCK)
     q_f16 = ref.quantize(f16_input(), mm, BLOCK)
@@ -111,6 +114,14 @@ def goldens() -> dict[str, bytes]:
         "kQuantZeroPointF32": q_zp,
         "kDequantMinMaxToF32": ref.dequantize(q_mm, N, mm, BLOCK, np.float32),
         "kDequantZeroPointToF16Div3": ref.dequantize(q_zp, N, zp, BLOCK, np.float16, divide_by=3),
+        "kQuantMinMax4F32": q_mm4,
+        "kDequantMinMax4ToF32": ref.dequantize(q_mm4, N, mm4, BLOCK, np.float32),
+        "kQuantMinMax4RotatedF32": q_rot,
+        "kDequantMinMax4RotatedToF32Div3": ref.dequantize(q_rot, N, mm4, BLOCK, np.float32, divide_by=3, rotate_seed=9),
+        "kQuantMinMaxRotatedF16": q_rot_small,
+        "kDequantMinMaxRotatedToF16": ref.dequantize(q_rot_small, N_SMALL, mm, BLOCK, np.float16, rotate_seed=3),
+        "kHopExactMinMax4RotatedStochastic": ref.reduce_hop_exact(q_rot, y, N, mm4, BLOCK, "stochastic", seed=9,
+                                                                  op_id=4, step=1, rotate_seed=9),
         "kQuantMinMaxF16": q_f16,
         "kDequantMinMaxF16ToF16": ref.dequantize(q_f16, N_SMALL, mm, BLOCK, np.float16),
         "kQuantZeroPointBF16": q_bf16,

@@ -107,25 +107,30 @@ std::vector<double> f64_input() {
     return x;
 }
 
-QuantConfig config(QuantKind kind, Rounding rounding = Rounding::kNearest, uint32_t seed = 0) {
+QuantConfig config(QuantKind kind, Rounding rounding = Rounding::kNearest, uint32_t seed = 0, bool rotate = false) {
     QuantConfig q;
     q.kind = kind;
     q.block = kBlock;
     q.rounding = rounding;
     q.seed = seed;
+    q.rotate = rotate;
     return q;
 }
 
-Bytes quantized(const void* x, DType t, size_t n, QuantKind kind) {
-    Bytes out(quantized_bytes(n, kBlock));
-    quantize(x, t, n, config(kind), out.data());
+Bytes quantized(const void* x, DType t, size_t n, const QuantConfig& q) {
+    Bytes out(quantized_bytes(n, q));
+    quantize(x, t, n, q, out.data());
     return out;
 }
+Bytes quantized(const void* x, DType t, size_t n, QuantKind kind) { return quantized(x, t, n, config(kind)); }
 
-template <class T> Bytes dequantized(const Bytes& q, size_t n, QuantKind kind, DType t, uint32_t divide_by) {
+template <class T> Bytes dequantized(const Bytes& q, size_t n, const QuantConfig& cfg, DType t, uint32_t divide_by) {
     std::vector<T> out(n);
-    dequantize(q.data(), n, config(kind), t, out.data(), divide_by);
+    dequantize(q.data(), n, cfg, t, out.data(), divide_by);
     return bytes_of(out);
+}
+template <class T> Bytes dequantized(const Bytes& q, size_t n, QuantKind kind, DType t, uint32_t divide_by) {
+    return dequantized<T>(q, n, config(kind), t, divide_by);
 }
 
 float f32_bits(uint32_t b) {
@@ -145,9 +150,38 @@ uint32_t bits_of(float f) {
 
 TEST(layout_sizes) {
     CHECK_EQ(quant_blocks(kN, kBlock), size_t(6));
-    CHECK_EQ(quantized_bytes(kN, kBlock), size_t(kN + 6 * 8));
-    CHECK_EQ(quantized_bytes(1, 1024), size_t(9));
-    CHECK_EQ(quantized_bytes(0, 1024), size_t(0));
+    CHECK_EQ(quantized_bytes(kN, config(QuantKind::kMinMax)), size_t(kN + 6 * 8));
+    CHECK_EQ(quantized_bytes(1, QuantConfig{QuantKind::kMinMax, 1024}), size_t(9));
+    CHECK_EQ(quantized_bytes(0, QuantConfig{QuantKind::kMinMax, 1024}), size_t(0));
+    // minmax4: two codes per byte, a short block of odd length rounds up
+    CHECK_EQ(quantized_bytes(kN, config(QuantKind::kMinMax4)), size_t(kN / 2 + 6 * 8));
+    CHECK_EQ(quantized_bytes(65, config(QuantKind::kMinMax4)), size_t(32 + 1 + 2 * 8));
+    CHECK_EQ(quant_block_bytes(config(QuantKind::kMinMax4), 7), size_t(8 + 4));
+}
+
+TEST(four_bit_and_rotated_blocks_match_the_reference) {
+    const auto x = f32_input();
+    const Bytes q4 = quantized(x.data(), DType::kFloat32, kN, QuantKind::kMinMax4);
+    check_bytes(q4, hex(golden::kQuantMinMax4F32), "minmax4");
+    check_bytes(dequantized<float>(q4, kN, QuantKind::kMinMax4, DType::kFloat32, 1), hex(golden::kDequantMinMax4ToF32),
+                "minmax4 to float32");
+    const QuantConfig rot = config(QuantKind::kMinMax4, Rounding::kNearest, 9, true);
+    const Bytes qr = quantized(x.data(), DType::kFloat32, kN, rot);
+    check_bytes(qr, hex(golden::kQuantMinMax4RotatedF32), "minmax4 rotated");
+    check_bytes(dequantized<float>(qr, kN, rot, DType::kFloat32, 3), hex(golden::kDequantMinMax4RotatedToF32Div3),
+                "minmax4 rotated back, divided by 3");
+    // 100 elements: a whole block, then segments of 32 and 4
+    const auto h = f16_input();
+    const QuantConfig rot8 = config(QuantKind::kMinMax, Rounding::kNearest, 3, true);
+    const Bytes qh = quantized(h.data(), DType::kFloat16, kSmall, rot8);
+    check_bytes(qh, hex(golden::kQuantMinMaxRotatedF16), "minmax rotated float16");
+    check_bytes(dequantized<uint16_t>(qh, kSmall, rot8, DType::kFloat16, 1), hex(golden::kDequantMinMaxRotatedToF16),
+                "minmax rotated back to float16");
+    // the exact hop rotates our own values before adding them
+    Bytes acc = qr;
+    reduce_hop_exact(acc.data(), f32_second_input().data(), DType::kFloat32, 0, quant_blocks(kN, kBlock), kN,
+                     config(QuantKind::kMinMax4, Rounding::kStochastic, 9, true), 4, 1);
+    check_bytes(acc, hex(golden::kHopExactMinMax4RotatedStochastic), "reduce_hop_exact minmax4 rotated stochastic");
 }
 
 TEST(float32_quantizes_to_the_reference_bytes) {
@@ -160,7 +194,7 @@ TEST(float32_quantizes_to_the_reference_bytes) {
 TEST(a_block_with_inf_or_nan_is_poisoned_and_a_constant_block_has_scale_zero) {
     const auto x = f32_input();
     const Bytes q = quantized(x.data(), DType::kFloat32, kN, QuantKind::kMinMax);
-    const size_t stride = kBlock + kQuantHeader;
+    const size_t stride = quant_block_bytes(config(QuantKind::kMinMax), kBlock);
     float p[2];
     std::memcpy(p, q.data() + 4 * stride, 8);  // block 4 holds Inf and NaN
     CHECK_EQ(bits_of(p[0]), 0x7FC00000u);
@@ -221,7 +255,7 @@ TEST(ring_hops_match_the_reference_with_nearest_and_stochastic_rounding) {
 TEST(a_hop_over_a_chunk_equals_the_same_blocks_of_the_whole_hop) {
     // Stochastic offsets depend on the global block index, not on the chunk's first block.
     const auto x = f32_input(), y = f32_second_input();
-    const size_t stride = kBlock + kQuantHeader, first = 2, count = 3;
+    const size_t stride = quant_block_bytes(config(QuantKind::kMinMax), kBlock), first = 2, count = 3;
     const Bytes whole = hex(golden::kHopMinMaxStochastic);
     Bytes acc = quantized(x.data(), DType::kFloat32, kN, QuantKind::kMinMax);
     const Bytes own = quantized(y.data(), DType::kFloat32, kN, QuantKind::kMinMax);
@@ -257,7 +291,12 @@ TEST(bad_quantization_configs_and_dtypes_are_refused) {
     q.block = 32;
     CHECK_THROWS_KIND(quantize(x, DType::kFloat32, 64, q, out), kInvalidArgument);
     CHECK_THROWS_KIND(quantize(x, DType::kFloat32, 64, config(QuantKind::kNone), out), kInvalidArgument);
-    CHECK_THROWS_KIND(quantize(x, DType::kFloat32, 64, config(QuantKind(3)), out), kInvalidArgument);
+    CHECK_THROWS_KIND(quantize(x, DType::kFloat32, 64, config(QuantKind(4)), out), kInvalidArgument);
+    q = config(QuantKind::kMinMax4, Rounding::kNearest, 0, true);
+    q.block = 192;  // rotation needs a power of two
+    CHECK_THROWS_KIND(quantize(x, DType::kFloat32, 64, q, out), kInvalidArgument);
+    q.block = 8192;  // of at most 4096
+    CHECK_THROWS_KIND(quantize(x, DType::kFloat32, 64, q, out), kInvalidArgument);
     CHECK_THROWS_KIND(quantize(x, DType::kFloat32, 64, config(QuantKind::kMinMax, Rounding(2)), out), kInvalidArgument);
     CHECK_THROWS_KIND(quantize(x, DType::kInt32, 64, config(QuantKind::kMinMax), out), kInvalidArgument);
     CHECK_THROWS_KIND(dequantize(out, 64, config(QuantKind::kMinMax), DType::kUInt8, out, 1), kInvalidArgument);

@@ -2,6 +2,8 @@
 
 #include <poll.h>
 
+#include <vector>
+
 #include "transport/net.hpp"
 
 namespace pccl {
@@ -13,11 +15,18 @@ bool interrupted(OpControl& ctl) {
 }
 
 bool wait_for(OpControl& ctl, std::initializer_list<Want> wants, int timeout_ms) {
-    pollfd p[8];
+    return wait_for(ctl, wants.begin(), wants.size(), timeout_ms);
+}
+
+bool wait_for(OpControl& ctl, const Want* wants, size_t count, int timeout_ms) {
+    pollfd on_stack[16];  // the ring's waits: no allocation; the direct reduce-scatter's with many peers: one
+    std::vector<pollfd> on_heap(count + 1 > 16 ? count + 1 : 0);
+    pollfd* p = on_heap.empty() ? on_stack : on_heap.data();
     nfds_t n = 0;
     p[n++] = {ctl.wake_fd(), POLLIN, 0};
-    for (const Want& w : wants)
-        if (w.conn && (w.read || w.write) && n < 8) p[n++] = w.conn->stream->readiness(w.read, w.write);
+    for (size_t i = 0; i < count; i++)
+        if (wants[i].conn && (wants[i].read || wants[i].write))
+            p[n++] = wants[i].conn->stream->readiness(wants[i].read, wants[i].write);
     ::poll(p, n, timeout_ms);
     interrupted(ctl);
     return !ctl.stopped();

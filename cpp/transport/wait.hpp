@@ -25,6 +25,7 @@ struct Want {
 
 // Waits as described above; false once the operation has stopped.
 bool wait_for(OpControl& ctl, std::initializer_list<Want> wants, int timeout_ms);
+bool wait_for(OpControl& ctl, const Want* wants, size_t count, int timeout_ms);
 // Fails the operation with kInterrupted when a Ctrl-C is pending on this thread; true when it did.
 bool interrupted(OpControl& ctl);
 

@@ -27,10 +27,12 @@ PCCL_WIRE_STRUCT(PeerInfo, PCCL_PEER_INFO)
     X(uint64_t, count, 0, kAny)                                                                               \
     X(uint8_t, dtype, 0, kAny)                                                                                \
     X(uint8_t, op, 0, kAny)                                                                                   \
-    X(uint8_t, quant, 0, kAny)     /* 0 none, 1 minmax, 2 zeropoint (docs/quantization.md) */                \
+    X(uint8_t, quant, 0, kAny)     /* 0 none, 1 minmax, 2 zeropoint, 3 minmax4 (docs/quantization.md) */     \
     X(uint32_t, qblock, 0, kAny)   /* quantization block size */                                             \
     X(uint8_t, qround, 0, kAny)    /* 0 nearest even, 1 stochastic */                                        \
-    X(uint32_t, qseed, 0, kAny)    /* stochastic rounding seed */                                            \
+    X(uint32_t, qseed, 0, kAny)    /* stochastic rounding's and the rotation's seed */                        \
+    X(uint8_t, qrotate, 0, 1)      /* 1: the randomized Hadamard rotation */                                  \
+    X(uint8_t, qreduce, 0, 1)      /* 0: the ring, 1: the direct all-reduce (quantized operations) */         \
     X(std::vector<uint64_t>, shape, {}, kMaxDims)  /* the caller's array shape (a tree: the packed buffer's) */ \
     X(uint64_t, structure, 0, kAny)       /* a pytree's structure fingerprint; 0: one array */               \
     X(std::string, structure_text, {}, kAny)  /* its readable summary, for mismatch messages */

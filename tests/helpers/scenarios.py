@@ -136,15 +136,20 @@ def _die_when_busy(comm: pa.Communicator, threshold: int, how: int, stamp: Path)
 
 def fail_mid_op(ctx: Context) -> dict:
     """Victim dies (SIGKILL) or stalls (SIGSTOP) while an all-reduce is in flight; survivors see PeerLostError,
-    keep their input, and the retry on the smaller ring is exact."""
+    keep their input, and the retry on the smaller ring is exact. With `quant` (Quantization's arguments) the
+    operations are quantized, the input is random, and the retry's result is reported for the test to compare
+    (its bytes' hash, and its rms error against the exact sum relative to the sum's rms)."""
     n, victim, how = ctx.args["n"], ctx.args["victim"], ctx.args["how"]
+    q = pa.Quantization(**ctx.args["quant"]) if ctx.args.get("quant") else None
     comm = ctx.join(ctx.comm(connections=2))
     x = np.full(n, ctx.rank + 1, dtype=np.float32)
-    comm.all_reduce(x.copy(), "sum")  # warm-up: connections open
+    if q is not None:
+        x = np.random.default_rng([ctx.rank, 5]).standard_normal(n).astype(np.float32)
+    comm.all_reduce(x.copy(), "sum", quantization=q)  # warm-up: connections open
     if ctx.rank == victim:
         _die_when_busy(comm, n // 2, signal.SIGKILL if how == "kill" else signal.SIGSTOP, ctx.out / "stamp")
         try:  # only a stopped victim comes back here, after SIGCONT
-            comm.all_reduce(x, "sum", out=x)
+            comm.all_reduce(x, "sum", out=x, quantization=q)
             return {"victim_error": None}
         except errors.PCCLError as e:
             out = {"victim_error": type(e).__name__, "victim_message": str(e)}
@@ -159,16 +164,22 @@ def fail_mid_op(ctx: Context) -> dict:
     original = x.copy()
     t0 = time.time()
     try:
-        comm.all_reduce(x, "sum", out=x)
+        comm.all_reduce(x, "sum", out=x, quantization=q)
         return {"error": None}
     except errors.PCCLError as e:
         t_err = time.time()
         res = {"error": type(e).__name__, "retryable": e.retryable, "message": str(e), "t_error": t_err,
                "t_start": t0, "input_intact": bool(np.array_equal(x, original))}
-    r = comm.all_reduce(x, "sum", out=x)
+    r = comm.all_reduce(x, "sum", out=x, quantization=q)
     survivors = [k for k in range(ctx.world) if k != victim]
-    res.update(retry_world=comm.last_info.world_size,
-               retry_exact=bool(np.all(r == float(sum(k + 1 for k in survivors)))))
+    res.update(retry_world=comm.last_info.world_size)
+    if q is None:
+        res.update(retry_exact=bool(np.all(r == float(sum(k + 1 for k in survivors)))))
+    else:
+        exact = sum(np.random.default_rng([k, 5]).standard_normal(n).astype(np.float32).astype(np.float64)
+                    for k in survivors)
+        res.update(retry_digest=hashlib.sha256(r.tobytes()).hexdigest(),
+                   retry_error=float(np.sqrt(np.mean((r - exact) ** 2) / np.mean(exact**2))))
     if how == "stop":
         # Admit the victim when it comes back as a new peer, and reduce once with it.
         ctx.event("survived")
@@ -215,6 +226,10 @@ def mismatch(ctx: Context) -> dict:
         quant = "minmax"
     elif kind == "qblock":
         quant = pa.Quantization(block=1024 if ctx.rank == 0 else 2048)
+    elif kind == "qrotate":
+        quant = pa.Quantization("minmax4", rotate=ctx.rank == 1)
+    elif kind == "qreduce":
+        quant = pa.Quantization("minmax4", reduce="ring" if ctx.rank == 1 else "direct")
     x = np.arange(n).astype(name)
     original = x.copy()
     res = {}
@@ -325,14 +340,15 @@ def quant_input(rank: int, n: int, dtype: str = "float32") -> np.ndarray:
 def quantized(ctx: Context) -> dict:
     """Quantized sum and avg; the rank given by `triton_rank` quantizes with the Triton kernels (interpreter)."""
     a = ctx.args
-    n, kind, block, dtype = a["n"], a.get("kind", "minmax"), a.get("block", 1024), a.get("dtype", "float32")
+    n, kind, block, dtype = a["n"], a.get("kind", "minmax"), a.get("block"), a.get("dtype", "float32")
     use_triton = ctx.rank == a.get("triton_rank", -1)
     if use_triton:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported (no GPU here)
     comm = ctx.join(ctx.comm(**({"piece_bytes": a["piece_bytes"]} if "piece_bytes" in a else {})))
     x = quant_input(ctx.rank, n, dtype)
     q = pa.Quantization(kind=kind, block=block, path="triton" if use_triton else "host",
-                        rounding=a.get("rounding", "nearest"), seed=a.get("seed", 0))
+                        rounding=a.get("rounding", "nearest"), seed=a.get("seed", 0), rotate=a.get("rotate", False),
+                        reduce=a.get("reduce", "direct"))
     if use_triton:
         import torch
 

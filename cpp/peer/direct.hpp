@@ -1,0 +1,57 @@
+// The direct all-reduce of quantized operations: every partial sum is quantized once, whatever the world size.
+//
+// How this works. The array's units (quantized blocks) are cut into `world` chunks and stripes exactly as the
+// ring cuts them (RingPlan::region); chunk c belongs to the peer at position c of the ring order. Each stripe
+// j is an independent all-reduce over connection j to every other peer, in two steps:
+//
+//   step 0, scatter: this peer sends stripe j of chunk p of its quantized contribution straight to peer p, for
+//     every p, and receives stripe j of its own chunk from every other peer into an inbox per sender;
+//   the owner's sum: as soon as a run of units has arrived from every sender, the owner adds, in float32, its
+//     own contribution and the senders' decoded units in ring order from its successor, and quantizes the sum
+//     once (DirectWork::reduce) into the result;
+//   step 1, gather: the owner sends its final units to every other peer as soon as they are summed, and stores
+//     the others' final units verbatim as they arrive.
+//
+// Every peer sends and receives (world-1)/world of the array per step, the ring's bytes, over world-1
+// connections per stripe instead of one; an element's error no longer grows with the number of peers, because
+// no partial sum is re-quantized on its way round. All peers end with the owners' bytes: bitwise identical.
+//
+// Pieces, headers (op id, step, stripe, offset), leftovers of aborted operations, the progress deadline and
+// failure reporting are the ring's (ring.hpp): only which bytes go where differs.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "peer/ring.hpp"
+
+namespace pccl {
+
+// The owner's sum over `n_units` units from global unit `first_unit`: `received` holds world-1 pointers, one
+// per sender in summation order (ring order from the owner's successor), each at that unit's bytes; the sum
+// goes to `out`.
+using OwnerSum = std::function<void(uint8_t* out, const uint8_t* const* received, size_t first_unit, size_t n_units)>;
+
+struct DirectWork {
+    UnitWork encode;   // host path: quantizes our own units into `mine` just before they leave (else empty)
+    OwnerSum reduce;   // the owner's sum (always set)
+    UnitWork finish;   // host path: decodes final units as soon as they are final (else empty)
+};
+
+struct DirectLinks {
+    LinkSource* pool = nullptr;
+    uint32_t slot = 0;
+    std::vector<wire::PeerInfo> peers;  // the whole group in ring order (this peer at plan.rank)
+    double connect_timeout = 10.0;
+    double progress_timeout = 30.0;
+};
+
+// Bytes the owner keeps per sender for one operation: its largest chunk (the inbox of each sender).
+size_t direct_inbox_bytes(const RingPlan& plan);
+
+// Runs stripe j. `mine`: our quantized contribution (filled by work.encode on the host path); `inbox`:
+// (world-1) * direct_inbox_bytes(plan) bytes of scratch; `result`: the whole quantized result.
+void run_direct_stripe(const RingPlan& plan, uint32_t j, const DirectWork& work, uint8_t* mine, uint8_t* inbox,
+                       uint8_t* result, const DirectLinks& links, OpControl& ctl, StripeBytes* bytes);
+
+}  // namespace pccl
