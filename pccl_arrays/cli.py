@@ -24,11 +24,13 @@ from .secret import new_secret
 _LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 
-def _wait_for_signal() -> None:
+def _on_signal() -> threading.Event:
+    """An event that SIGINT or SIGTERM sets. Installed before the "listening on" line, which scripts wait for
+    and may answer with SIGTERM at once: a signal in between would kill the process unhandled."""
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    return done
 
 
 def main(argv=None) -> int:
@@ -84,8 +86,9 @@ def _run(args, wan) -> int:
             print(f"pccl-arrays: warning: the master listens on {master.address}, beyond this machine, without a "
                   "secret; anyone who can reach that port can join the run (give it --secret-file, see "
                   "docs/security.md)", file=sys.stderr, flush=True)
+        stop = _on_signal()
         print(f"pccl-arrays master listening on {master.address} ({mode})", flush=True)
-        _wait_for_signal()
+        stop.wait()
         master.stop()
         return 0
     p = wan.PROFILES[args.profile]
@@ -96,8 +99,9 @@ def _run(args, wan) -> int:
     profile = wan.Profile(p.name, p.rtt_s if args.rtt_ms is None else args.rtt_ms / 1e3,
                           rate(args.conn_mbps, p.conn_Bps), rate(args.link_mbps, p.link_Bps))
     relay = wan.Relay(args.target, profile, listen=args.listen).start()
+    stop = _on_signal()
     print(f"pccl-arrays wan-relay listening on {relay.address} -> {args.target} ({profile.describe()})", flush=True)
-    _wait_for_signal()
+    stop.wait()
     relay.stop()
     return 0
 

@@ -366,7 +366,9 @@ class Communicator:
         until the handle is done. ``update_topology()`` refuses to run while operations are in flight.
 
         ``timeout`` bounds the wait for the others to start it, as for :meth:`all_reduce`; ``handle.wait(t)``
-        bounds the caller's wait (PCCLTimeoutError) without touching the operation.
+        bounds the caller's wait (PCCLTimeoutError) without touching the operation. Error feedback with an
+        async call: send ``y = ef.compensate(g)`` and call ``ef.update(y, quantization)`` once ``wait()``
+        returned (:class:`~pccl_arrays.ErrorFeedback`).
 
         Raises:
             InvalidArgumentError: the tag is already in flight on this communicator.

@@ -41,9 +41,13 @@ class ErrorFeedback:
         self._check_like(g)
         return g + self.residual
 
-    def update(self, y: Any, quantization: Quantization) -> None:
-        """Keeps what quantizing ``y`` (the compensated contribution that was sent) loses."""
-        self.residual = residual_of(y, quantization)
+    def update(self, y: Any, quantization: Any) -> None:
+        """Keeps what quantizing ``y`` (the compensated contribution that was sent) loses; ``quantization`` as
+        the all-reduce took it (a kind name or a :class:`~pccl_arrays.Quantization`)."""
+        q = Quantization.of(quantization)
+        if q is None:
+            raise InvalidArgumentError("ErrorFeedback.update needs the operation's quantization")
+        self.residual = residual_of(y, q)
 
     def state_dict(self) -> dict:
         """``{"residual": a NumPy copy or None}``, for the user's checkpoint (bfloat16 as ml_dtypes' type)."""

@@ -199,3 +199,15 @@ def test_master_cli_runs_until_signalled(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+@pytest.mark.timeout(60)
+def test_master_cli_handles_a_signal_sent_the_moment_its_line_appears(tmp_path):
+    """Scripts wait for the "listening on" line and may stop the master at once: its handler is in place by
+    then (CI saw SIGTERM kill a master whose main thread had printed the line but not yet installed it)."""
+    from procs import start_master_process
+
+    for _ in range(5):
+        proc, _address = start_master_process(tmp_path)
+        proc.terminate()
+        assert proc.wait(10) == 0

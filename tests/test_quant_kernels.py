@@ -146,3 +146,31 @@ def test_unknown_settings_are_refused():
         _core_testing.quantize(x.ctypes.data, dtype_code("float32"), 10, 1, 100, out.ctypes.data)
     with pytest.raises(ValueError):
         _core_testing.quantize(x.ctypes.data, dtype_code("int32"), 10, 1, 1024, out.ctypes.data)
+
+
+@pytest.mark.parametrize("rotate", [False, True], ids=["plain", "rotated"])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("kind", [ref.MINMAX, ref.ZEROPOINT, ref.MINMAX4])
+def test_owner_sum_matches_the_reference(kind, rounding, rotate):
+    """The direct all-reduce's owner sum over a chunk of whole blocks: its own contribution exact (the host
+    path, rotated with the blocks' global indices) or quantized (the device path), plus every sender's decoded
+    blocks in order, quantized once."""
+    rng = np.random.default_rng([kind, len(rounding), rotate])
+    block = 256
+    seed = 77 if rotate else 0
+    for n_chunk, first_block, senders, flavour in [(256 * 4, 0, 3, "normal"), (256 * 2 + 5, 3, 1, "outliers"),
+                                                   (256, 1, 2, "nonfinite"), (40, 6, 4, "tiny")]:
+        own = make(rng, n_chunk, np.float32, flavour)
+        received = [ref.quantize_float32(make(rng, n_chunk, np.float32, "normal"), kind, block) for _ in range(senders)]
+        own_q = ref.quantize_float32(own, kind, block)
+        n_total, n_blocks = first_block * block + n_chunk, ref.num_blocks(n_chunk, block)
+        for exact in (True, False):
+            out = np.zeros_like(own_q)
+            _core_testing.reduce_owner(out.ctypes.data, [q.ctypes.data for q in received],
+                                       0 if exact else own_q.ctypes.data, own.ctypes.data if exact else 0,
+                                       dtype_code("float32"), first_block, n_blocks, n_total, kind, block,
+                                       1 if rounding == "stochastic" else 0, seed, 2**33 + 9, rotate=rotate)
+            want = ref.reduce_owner(received, n_chunk, kind, block, own_x=own if exact else None,
+                                    own_q=None if exact else own_q, rounding=rounding, seed=seed, op_id=2**33 + 9,
+                                    first_block=first_block, rotate_seed=seed if rotate and exact else None)
+            assert out.tobytes() == want, (n_chunk, first_block, flavour, exact)
