@@ -34,6 +34,9 @@ class OpInfo:
     def op_id(self) -> int:
         ...
     @property
+    def rank(self) -> int:
+        ...
+    @property
     def seconds(self) -> float:
         ...
     @property

@@ -33,6 +33,7 @@ class AllReduceInfo:
     seconds: float  #: wall time from the start announcement to the commit
     stripes: int  #: connections the operation was striped over
     op_id: int  #: the master's id of the operation
+    rank: int = 0  #: this peer's position in the operation's ring order (chunk ``rank`` is the one it owns)
 
 
 class Communicator:
@@ -352,7 +353,7 @@ class Communicator:
 
     def _finish(self, result: Any, info: Any, return_info: bool):
         self.last_info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
-                                       info.stripes, info.op_id)
+                                       info.stripes, info.op_id, info.rank)
         return (result, self.last_info) if return_info else result
 
     def all_reduce_async(self, x: Any, op: str = "sum", out: Any = None, *, tag: Optional[int] = None,

@@ -1,6 +1,8 @@
 """Error feedback (pccl_arrays.ErrorFeedback, docs/quantization.md "Error feedback"): the residual is exactly
-what quantizing the sent contribution lost, sums telescope over steps, a failed operation leaves the residual
-as it was, the state round-trips through a checkpoint, and bad uses are refused in words."""
+what quantizing the sent contribution lost, on the chunks the operation quantized (a host array's own chunk is
+added exactly by the direct all-reduce, all but that chunk by the ring), sums telescope over steps, a failed
+operation leaves the residual as it was, the state round-trips through a checkpoint, and bad uses are refused
+in words."""
 
 from __future__ import annotations
 
@@ -10,18 +12,36 @@ import pytest
 import pccl_arrays as pa
 import quant_reference as ref
 from pccl_arrays import errors
-from pccl_arrays.feedback import residual_of
+from pccl_arrays.feedback import owned_elements, residual_of
 from test_api import run_peers
 
 Q4 = pa.Quantization("minmax4", rotate=True, seed=7)
 
 
-def reference_residual(y: np.ndarray, q: pa.Quantization) -> np.ndarray:
+def reference_residual(y: np.ndarray, q: pa.Quantization, world: int = 1, rank: int = 0) -> np.ndarray:
+    """y - D(Q(y)) by the NumPy reference, kept where a host array's contribution was quantized: the direct
+    all-reduce sends every chunk but chunk `rank` quantized, the ring only chunk `rank` (RingPlan::region)."""
     kind = {"minmax": ref.MINMAX, "zeropoint": ref.ZEROPOINT, "minmax4": ref.MINMAX4}[q.kind]
     seed = q.seed if q.rotate else None
     back = ref.dequantize(ref.quantize(y, kind, q.block, rotate_seed=seed), y.size, kind, q.block, np.float32,
                           rotate_seed=seed)
-    return (y.astype(np.float32) - back).astype(y.dtype)
+    r = (y.astype(np.float32) - back).astype(y.dtype)
+    if world > 1:
+        blocks = ref.num_blocks(y.size, q.block)
+        base, rem = divmod(blocks, world)
+        first = rank * base + min(rank, rem)
+        lo, hi = first * q.block, min(y.size, (first + base + (rank < rem)) * q.block)
+        quantized = np.zeros(y.size, bool)
+        quantized[lo:hi] = True
+        r[quantized if q.reduce == "direct" else ~quantized] = 0
+    return r
+
+
+def test_owned_elements_split_blocks_as_the_core_does():
+    assert owned_elements(10 * 64 + 5, 64, 3, 0) == (0, 4 * 64)  # 11 blocks: 4, 4, 3
+    assert owned_elements(10 * 64 + 5, 64, 3, 1) == (4 * 64, 8 * 64)
+    assert owned_elements(10 * 64 + 5, 64, 3, 2) == (8 * 64, 10 * 64 + 5)
+    assert owned_elements(100, 64, 4, 3) == (100, 100)  # 2 blocks for 4 peers: the last two own nothing
 
 
 @pytest.mark.parametrize("q", [Q4, pa.Quantization("minmax"), pa.Quantization("zeropoint", block=256)],
@@ -57,7 +77,11 @@ def test_one_peer_telescopes_exactly(master):
 
 
 @pytest.mark.timeout(60)
-def test_three_peers_agree_and_keep_their_own_residuals(master):
+@pytest.mark.parametrize("reduce", ["direct", "ring"])
+def test_three_peers_agree_and_keep_their_own_residuals(master, reduce):
+    """The residual is the reference's y - D(Q(y)) on exactly the chunks the core quantized (by the rank the
+    operation reports), and each peer keeps its own."""
+    q = pa.Quantization("minmax4", rotate=True, seed=7, reduce=reduce)
     rng = np.random.default_rng(3)
     data = [[rng.standard_normal(5000).astype(np.float32) for _ in range(3)] for _ in range(4)]
 
@@ -65,14 +89,37 @@ def test_three_peers_agree_and_keep_their_own_residuals(master):
         ef, results = pa.ErrorFeedback(), []
         for step in data:
             sent = ef.compensate(step[rank])
-            results.append(c.all_reduce(step[rank], "avg", quantization=Q4, feedback=ef))
-            assert ef.residual.tobytes() == reference_residual(sent, Q4).tobytes()
+            r, info = c.all_reduce(step[rank], "avg", quantization=q, feedback=ef, return_info=True)
+            results.append(r)
+            assert info.world_size == 3 and ef.residual.tobytes() == reference_residual(sent, q, 3, info.rank).tobytes()
+            assert np.count_nonzero(ef.residual) > 0
         return results, ef.residual
 
     out = run_peers(master, 3, fn)
     for step in range(4):
         assert out[0][0][step].tobytes() == out[1][0][step].tobytes() == out[2][0][step].tobytes()
     assert out[0][1].tobytes() != out[1][1].tobytes()  # each peer's own loss, never shared
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("reduce", ["direct", "ring"])
+def test_feedback_never_makes_the_accumulated_error_worse(master, reduce):
+    """Three peers, 25 steps of heavy-tailed updates: the results' sum drifts from the exact sum less with
+    feedback than without (feeding back error a host array's exactly-added chunks never lost would not)."""
+    q = pa.Quantization("minmax4", rotate=True, seed=5, reduce=reduce)
+    rng = np.random.default_rng(8)
+    steps = [[rng.standard_t(3, 6000).astype(np.float32) * 1e-2 for _ in range(3)] for _ in range(25)]
+
+    def fn(rank, c):
+        ef = pa.ErrorFeedback()
+        with_ef = sum(c.all_reduce(s[rank], "sum", quantization=q, feedback=ef).astype(np.float64) for s in steps)
+        without = sum(c.all_reduce(s[rank], "sum", quantization=q).astype(np.float64) for s in steps)
+        return with_ef, without
+
+    with_ef, without = run_peers(master, 3, fn)[0]
+    exact = sum(np.sum(s, axis=0, dtype=np.float64) for s in steps)
+    drift_ef, drift_plain = np.sqrt(np.mean((with_ef - exact) ** 2)), np.sqrt(np.mean((without - exact) ** 2))
+    assert drift_ef < drift_plain, (drift_ef, drift_plain)
 
 
 @pytest.mark.timeout(60)

@@ -1,5 +1,6 @@
 """The JAX DiLoCo example (examples/jax_diloco): short runs with 3 peers where one is killed mid-all-reduce and
-one joins, in sync and async mode, and the golden trajectory that locks the outer step's numerics."""
+one joins, in sync and async mode, a short run with the 4-bit outer all-reduce (rotation and error feedback),
+and the golden trajectory that locks the outer step's numerics."""
 
 from __future__ import annotations
 
@@ -47,6 +48,36 @@ def test_peer_killed_mid_all_reduce_and_a_joiner_the_run_goes_on(launch, tmp_pat
     for peer in s["per_peer"].values():  # stable rounds move no state: only the joiner received any
         if not peer["newcomer"]:
             assert peer["state_bytes_received"] == 0
+
+
+def test_4bit_rotated_outer_all_reduce_with_error_feedback(launch, tmp_path):
+    """--outer-quant 4+rotate+ef: the run completes bitwise identical, each outer step sends about 1/8 of the
+    float32 run's bytes (computed from the wire formats, not run), and the loss is sane."""
+    peers, rounds = 3, 20
+    s = launch.run(peers=peers, mode="sync", rounds=rounds, inner_steps=20, outer_quant="4+rotate+ef",
+                   out=str(tmp_path), timeout=110, quiet=True)
+    assert not s["errors"], s["errors"]
+    assert s["identical"] and s["survivors"] == list(range(peers))
+    assert s["config"]["outer_quant"] == "4+rotate+ef"
+    assert s["final"]["round"] == rounds and s["final"]["eval_loss"] < LOSS_BOUND, s["final"]
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import task
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    n = task.DIM * task.HIDDEN + task.HIDDEN + task.HIDDEN * task.HIDDEN + task.HIDDEN + task.HIDDEN * task.CLASSES \
+        + task.CLASSES  # 22026 parameters
+    ring = 2 * (peers - 1) / peers  # each peer sends this fraction of the array (reduce-scatter + all-gather)
+    float32_step = (-(-n // 1024) * 1024 + 1024) * 4 * ring  # --outer-quant none: padded delta + the weight block
+    minmax4_step = (-(-n // 512) * 8 + -(-n // 2)) * ring  # 8 bytes per block of 512, then 4 bits per element
+    steps = []
+    for r, peer in s["per_peer"].items():
+        assert peer["allreduce_rounds"] == rounds, (r, peer)
+        steps.append(peer["allreduce_bytes_sent"] / rounds)
+        assert 0.9 * minmax4_step <= steps[-1] <= 1.1 * minmax4_step, (r, steps[-1], minmax4_step)  # chunk sizes vary
+    step = sum(steps) / len(steps)  # over the peers, their chunks make up the array exactly: the formula + headers
+    assert minmax4_step <= step <= 1.05 * minmax4_step, (step, minmax4_step)
+    assert 7.5 < float32_step / step < 8.5, (step, float32_step)
 
 
 def test_golden_trajectory_locks_the_outer_step():

@@ -186,6 +186,7 @@ OpInfo Communicator::run_ring(RingPlan plan, const wire::OpGo& go, const RingWor
     OpInfo info;
     info.op_id = go.op_id;
     info.world_size = world;
+    info.rank = rank;
     info.stripes = stripes_for(total_bytes, go.stripes);
     if (world == 1) {
         if (work.encode && plan.units) {

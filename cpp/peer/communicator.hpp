@@ -71,6 +71,7 @@ struct CallOptions {
 struct OpInfo {
     uint64_t op_id = 0;
     uint32_t world_size = 0;
+    uint32_t rank = 0;  // this peer's position in the operation's ring order
     uint32_t stripes = 0;
     uint64_t bytes_sent = 0;
     uint64_t bytes_received = 0;

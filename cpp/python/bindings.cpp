@@ -153,6 +153,7 @@ PYBIND11_MODULE(_core, m) {
     py::class_<OpInfo>(m, "OpInfo")
         .def_readonly("op_id", &OpInfo::op_id)
         .def_readonly("world_size", &OpInfo::world_size)
+        .def_readonly("rank", &OpInfo::rank)
         .def_readonly("stripes", &OpInfo::stripes)
         .def_readonly("bytes_sent", &OpInfo::bytes_sent)
         .def_readonly("bytes_received", &OpInfo::bytes_received)

@@ -1,6 +1,6 @@
 """One DiLoCo peer: JAX inner training, pccl_arrays for the outer all-reduce and the shared state.
 
-    python diloco.py --master HOST:PORT --rank R [--mode sync|async] [--quantization minmax] ...
+    python diloco.py --master HOST:PORT --rank R [--mode sync|async] [--outer-quant 4+rotate+ef] ...
 
 (launch.py starts a master and the peers for you.)
 
@@ -15,10 +15,15 @@ as a pccl_arrays.SharedState, so a peer that joins receives them bit-exact. A ro
   5. theta_{t+1} = outer(theta_t, avg)          4. update_topology(); sync_shared_state()
                                                 5. start the all-reduce of delta_t (all_reduce_async)
 
-The outer optimizer is SGD with Nesterov momentum (lr 0.7, momentum 0.9 by default). The all-reduce carries
-each peer's delta times a weight (1, or 0 for a peer that joined this round in async mode and has no delta
-yet) plus one block holding the weight, with op sum; the average is sum / (sum of weights). Every peer
-applies the same committed average to the same state, so the outer parameters stay bitwise identical.
+The outer optimizer is SGD with Nesterov momentum (lr 0.7, momentum 0.9 by default). Each peer's delta has a
+weight: 1, or 0 for a peer that joined this round in async mode and has no delta yet. With --outer-quant none
+or 8 the all-reduce carries the delta times the weight plus one block holding the weight, with op sum, and the
+average is sum / (sum of weights): a block of equal values is exact in float32 and in uint8 minmax. The 4-bit
+modes cannot carry the weight that way (a rotated constant block is not constant, and 4 bits are coarse), so
+the quantized all-reduce carries the delta alone: in sync mode every weight is 1 and the op is avg (the world
+size divides); in async mode the op is sum of weight * delta and a second, unquantized all-reduce of the one
+float32 weight gives the divisor. Error feedback (4+rotate+ef) applies to the delta only. Every peer applies
+the same committed average to the same state, so the outer parameters stay bitwise identical.
 
 Failures, as users should handle them: a PeerLostError from the all-reduce retries it on the smaller ring
 (every surviving member of the failed operation gets the same error, so all retry together); a failed sync
@@ -50,7 +55,7 @@ from pccl_arrays.testing import ProgressLog, die_with_parent, run_target, write_
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import task  # noqa: E402
 
-BLOCK = 1024  # the weight travels in a block of its own, so quantization represents it exactly
+BLOCK = 1024  # packed modes: the weight travels in a block of its own, so uint8 minmax represents it exactly
 
 
 # -- the outer optimizer ------------------------------------------------------------------------------------------
@@ -113,6 +118,89 @@ def unpack(total: np.ndarray, n: int) -> tuple[np.ndarray, float]:
     return (total[:n] / np.float32(weight) if weight > 0 else np.zeros(n, np.float32)), weight
 
 
+# -- how the pseudo-gradient travels: --outer-quant ---------------------------------------------------------------
+OUTER_QUANT = ("none", "8", "4", "4+rotate", "4+rotate+ef")
+LEGACY_QUANTIZATION = {"none": "none", "minmax": "8", "uint8": "8", "zeropoint": "8"}  # the older --quantization
+
+
+class OuterQuant:
+    """One --outer-quant mode: the quantization of each round's all-reduce and the error feedback state.
+
+    none, 8: one all-reduce of pack(delta, weight), op sum (float32, or uint8 minmax blocks of 1024).
+    4, 4+rotate, 4+rotate+ef: the delta alone in 4-bit minmax blocks of 512 (rotated with seed = the round, so
+    every round draws new signs), op avg in sync mode; in async mode op sum of weight * delta plus an
+    unquantized all-reduce of [weight]. +ef: pa.ErrorFeedback on the delta (local state, never sent).
+    """
+
+    def __init__(self, name: str, kind8: str = "minmax"):
+        if name not in OUTER_QUANT:
+            raise ValueError(f"--outer-quant must be one of {', '.join(OUTER_QUANT)}, not {name!r}")
+        self.name, self.kind8 = name, kind8
+        self.packed = name in ("none", "8")
+        self.rotate = "rotate" in name
+        self.ef = pa.ErrorFeedback() if name.endswith("+ef") else None
+
+    def __str__(self) -> str:
+        return self.name if self.kind8 == "minmax" or self.name != "8" else f"8 ({self.kind8})"
+
+    def quantization(self, rnd: int):
+        if self.name == "none":
+            return None
+        if self.name == "8":
+            return self.kind8
+        return pa.Quantization("minmax4", rotate=self.rotate, seed=rnd if self.rotate else 0)
+
+
+class Contribution:
+    """What this peer sends for one round: the all-reduces (buffer, op, quantization) it takes part in, in
+    order, and for error feedback the compensated delta y = delta + residual it sent."""
+
+    def __init__(self, oq: OuterQuant, delta: np.ndarray, weight: float, rnd: int, sync: bool):
+        self.oq, self.n, self.weight, self.q = oq, delta.size, weight, oq.quantization(rnd)
+        self.y = None
+        if oq.packed:
+            self.ops = [(pack(delta, weight), "sum", self.q)]
+            return
+        if oq.ef is not None and weight > 0:  # a weight-0 peer sends nothing of its own: no feedback either
+            self.y = np.asarray(oq.ef.compensate(delta), dtype=np.float32)
+        y = self.y if self.y is not None else delta
+        if sync:  # every peer's weight is 1: the average over the ring's peers, one operation
+            assert weight == 1.0
+            self.ops = [(y, "avg", self.q)]
+        else:  # the divisor comes exact, unquantized: 4 bytes per peer
+            self.ops = [(y * np.float32(weight), "sum", self.q), (np.array([weight], np.float32), "sum", None)]
+
+    def average(self, totals: list, world: int) -> tuple[np.ndarray, float]:
+        """(the average delta, the sum of the weights) from the committed results of self.ops."""
+        if self.oq.packed:
+            return unpack(np.asarray(totals[0]), self.n)
+        if len(totals) == 1:  # avg: the library divided by the world size
+            return np.asarray(totals[0], dtype=np.float32), float(world)
+        weight = float(np.asarray(totals[1])[0])
+        return (np.asarray(totals[0]) / np.float32(weight) if weight > 0 else np.zeros(self.n, np.float32)), weight
+
+    def applied(self, info) -> None:
+        """The round's average was applied: keep what quantizing y lost, for the next round (error feedback);
+        `info` (the quantized all-reduce's) says which chunks the core quantized. A failed or dropped round
+        keeps the old residual, so a retry or the next round sends it again."""
+        if self.y is not None:
+            self.oq.ef.update(self.y, self.q, info)
+
+
+def _wait_all(handles: list) -> list:
+    """Every handle's (result, info); waits for all of them before raising the first error, so that no
+    operation of the round is still in flight when the round is retried."""
+    done, first = [], None
+    for h in handles:
+        try:
+            done.append((h.wait(), h.info))
+        except errors.PCCLError as e:
+            first = first or e
+    if first is not None:
+        raise first
+    return done
+
+
 def _die_mid_allreduce(comm: pa.Communicator) -> None:
     """For the fault demo: SIGKILL this process as soon as its all-reduce has moved bytes."""
     start = sum(s["bytes"] for s in comm.connection_stats())
@@ -133,6 +221,7 @@ def run_peer(a) -> dict:
     def record(**fields):
         progress.write(rank=a.rank, **fields)
 
+    oq = outer_quant_of(a)  # before connecting: a bad flag must not hold the others up
     params = task.init_params(a.seed)  # a newcomer's values are replaced by the sync
     inner_opt, inner_step = make_inner(a.inner_lr, a.weight_decay)
     inner_state = inner_opt.init(params)
@@ -153,16 +242,17 @@ def run_peer(a) -> dict:
         else:
             time.sleep(0.005)
     newcomer = not a.initial
-    record(kind="joined", world=comm.world_size, newcomer=newcomer)
+    record(kind="joined", world=comm.world_size, newcomer=newcomer, peer_id=comm.peer_id, ring=comm.ring())
 
-    quant = a.quantization if a.quantization != "none" else None
     momentum = jax.tree_util.tree_map(jnp.zeros_like, params)
     state = state_of(params, momentum, 0)
     flat0, unravel = ravel_pytree(params)
     n = flat0.size
     lr, mu = jnp.float32(a.outer_lr), jnp.float32(a.outer_momentum)
     totals = {"bytes_sent": 0, "bytes_received": 0, "state_bytes_received": 0, "compute_s": 0.0, "comm_wait_s": 0.0,
-              "allreduce_s": 0.0, "allreduce_wait_s": 0.0, "sync_s": 0.0, "dropped_rounds": 0, "retries": 0}
+              "allreduce_s": 0.0, "allreduce_wait_s": 0.0, "sync_s": 0.0, "dropped_rounds": 0, "retries": 0,
+              "allreduce_bytes_sent": 0, "allreduce_rounds": 0}  # the outer all-reduces' bytes, committed rounds
+    saved: dict = {}  # --save-deltas: rank 0's first pseudo-gradients
 
     synced = False  # a newcomer's first sync is receive_only
 
@@ -188,31 +278,62 @@ def run_peer(a) -> dict:
                 totals["retries"] += 1
                 vote = True  # after a failure every peer goes through the vote again
 
-    def average(delta_flat: np.ndarray, weight: float, handle=None):
+    def average(c: Contribution, handles=None):
         """The committed average of the peers' deltas (retrying on the smaller ring); None to drop the round."""
-        buf = pack(delta_flat, weight)
         while True:
             t0 = time.perf_counter()
             try:
-                if handle is None:
-                    total, info = comm.all_reduce(buf, "sum", quantization=quant, return_info=True)
+                if handles is None:
+                    done = [comm.all_reduce(buf, op, quantization=q, return_info=True) for buf, op, q in c.ops]
                 else:
-                    total, info = handle.wait(), handle.info
+                    done = _wait_all(handles)
             except errors.PeerLostError:
                 totals["retries"] += 1
-                handle = None
+                handles = None
                 continue
             finally:
                 totals["comm_wait_s"] += time.perf_counter() - t0
                 totals["allreduce_wait_s"] += time.perf_counter() - t0
-            totals["allreduce_s"] += info.seconds
-            totals["bytes_sent"] += info.bytes_sent
-            totals["bytes_received"] += info.bytes_received
-            avg, weights = unpack(np.asarray(total), delta_flat.size)
-            if info.world_size < a.min_peers or weights == 0:
+            infos = [info for _, info in done]
+            for info in infos:
+                totals["allreduce_s"] += info.seconds
+                totals["bytes_sent"] += info.bytes_sent
+                totals["bytes_received"] += info.bytes_received
+                totals["allreduce_bytes_sent"] += info.bytes_sent
+            world = infos[0].world_size
+            if any(info.world_size != world for info in infos):  # a peer was lost between the two operations
+                totals["retries"] += 1                              # (the same on every survivor): both again
+                handles = None
+                continue
+            totals["allreduce_rounds"] += 1
+            avg, weights = c.average([total for total, _ in done], world)
+            if world < a.min_peers or weights == 0:
                 totals["dropped_rounds"] += 1
-                return None, info.world_size
-            return avg, info.world_size
+                return None, world
+            c.applied(infos[0])
+            return avg, world
+
+    def start(delta: np.ndarray, weight: float):
+        """Async: this round's contribution and the handles of its all-reduces, started in the same order on
+        every peer (the automatic tags agree)."""
+        c = Contribution(oq, delta, weight, rnd, sync=False)
+        return [comm.all_reduce_async(buf, op, quantization=q) for buf, op, q in c.ops], c
+
+    def save_delta(delta: np.ndarray) -> None:
+        """--save-deltas: rank 0 keeps its first K pseudo-gradients (float32, flattened) as round_0, round_1, ..."""
+        if not a.save_deltas or a.rank != 0 or len(saved) >= a.save_deltas_rounds:
+            return
+        saved[f"round_{len(saved)}"] = np.array(delta, dtype=np.float32)
+        if len(saved) == a.save_deltas_rounds:
+            write_deltas()
+
+    def write_deltas() -> None:
+        path = Path(a.save_deltas)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **saved)
+        tmp.rename(path)
 
     def inner(theta):
         nonlocal inner_state
@@ -236,19 +357,19 @@ def run_peer(a) -> dict:
                eval_acc=float(ev_acc), **totals)
 
     theta, mom, rnd = boundary(vote=False)
-    pending = None  # async: (handle, delta, weight) of the all-reduce in flight
+    pending = None  # async: (handles, contribution) of the all-reduces in flight
     if a.mode == "async" and newcomer:
         # The others start their all-reduce right after this boundary; this peer has no delta yet: weight 0.
-        pending = (comm.all_reduce_async(pack(np.zeros(n, np.float32), 0.0), "sum", quantization=quant),
-                   np.zeros(n, np.float32), 0.0)
+        pending = start(np.zeros(n, np.float32), 0.0)
     while rnd < a.rounds:
         if a.die_in_round == rnd:
             _die_mid_allreduce(comm)
         delta, train_loss = inner(theta)  # async: overlaps the previous round's all-reduce
+        save_delta(delta)
         if a.mode == "sync":
-            pending = (None, delta, 1.0)
+            pending = (None, Contribution(oq, delta, 1.0, rnd, sync=True))
         if pending is not None:
-            avg, world = average(pending[1], pending[2], handle=pending[0])
+            avg, world = average(pending[1], handles=pending[0])
             pending = None
             if avg is not None:
                 theta, mom = outer_step(theta, mom, unravel(jnp.asarray(avg)), lr, mu)
@@ -256,8 +377,11 @@ def run_peer(a) -> dict:
                 finish_round(theta, mom, rnd, world, train_loss)
         theta, mom, rnd = boundary(vote=True)
         if a.mode == "async" and rnd < a.rounds:
-            pending = (comm.all_reduce_async(pack(delta, 1.0), "sum", quantization=quant), delta, 1.0)
-    result = {"rank": a.rank, "newcomer": newcomer, "round": rnd, "params_hash": params_hash(theta), **totals}
+            pending = start(delta, 1.0)
+    if saved and len(saved) < a.save_deltas_rounds:  # fewer rounds than asked for: what there is
+        write_deltas()
+    result = {"rank": a.rank, "newcomer": newcomer, "round": rnd, "params_hash": params_hash(theta),
+              "outer_quant": str(oq), **totals}
     comm.close()
     return result
 
@@ -276,7 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--outer-lr", type=float, default=0.7)
     ap.add_argument("--outer-momentum", type=float, default=0.9)
-    ap.add_argument("--quantization", default="none", help="none, minmax or zeropoint (uint8 blocks)")
+    ap.add_argument("--outer-quant", choices=OUTER_QUANT,
+                    help="the outer all-reduce: none (float32), 8 (uint8 minmax), 4 (4-bit minmax, block 512), "
+                         "4+rotate (and a randomized Hadamard rotation), 4+rotate+ef (and error feedback); "
+                         "default none")
+    ap.add_argument("--quantization", choices=sorted(LEGACY_QUANTIZATION),
+                    help="the older spelling: none = --outer-quant none; minmax (uint8) = --outer-quant 8; "
+                         "zeropoint = 8 with uint8 zeropoint blocks")
     ap.add_argument("--connections", type=int, default=2)
     ap.add_argument("--data-timeout", type=float, default=10.0)
     ap.add_argument("--min-peers", type=int, default=2, help="drop a round whose all-reduce had fewer peers")
@@ -284,7 +414,22 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--wait-for", help="join only once this file exists (the launcher creates it)")
     ap.add_argument("--die-in-round", type=int, default=-1, help="fault demo: SIGKILL itself mid-all-reduce")
+    ap.add_argument("--save-deltas", metavar="PATH",
+                    help="rank 0 saves its first --save-deltas-rounds pseudo-gradients (flattened float32) to this "
+                         ".npz, as arrays round_0, round_1, ...")
+    ap.add_argument("--save-deltas-rounds", type=int, default=8, metavar="K")
     return ap
+
+
+def outer_quant_of(a) -> OuterQuant:
+    """--outer-quant, or the older --quantization (both given: they must agree)."""
+    if a.quantization is None:
+        return OuterQuant(a.outer_quant or "none")
+    legacy = OuterQuant(LEGACY_QUANTIZATION[a.quantization],
+                        kind8="zeropoint" if a.quantization == "zeropoint" else "minmax")
+    if a.outer_quant is not None and a.outer_quant != legacy.name:
+        raise ValueError(f"--quantization {a.quantization} contradicts --outer-quant {a.outer_quant}")
+    return legacy
 
 
 def main(argv=None) -> int:

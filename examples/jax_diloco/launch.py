@@ -5,7 +5,7 @@ launcher tells it to, right after round --join.
 
     python launch.py --peers 4 --mode sync --rounds 40
     python launch.py --peers 3 --mode async --kill 1@5 --join 8 --rounds 20
-    python launch.py --peers 4 --quantization minmax
+    python launch.py --peers 4 --outer-quant 4+rotate+ef
 
 Each peer is its own process (diloco.py), as it would be on its own machine. The launcher prints one line per
 round (from the lowest-ranked live peer), then checks that every surviving peer ended with bitwise-identical
@@ -32,17 +32,20 @@ def _progress(out: Path, rank: int) -> list[dict]:
     return read_progress(out / f"peer{rank}.progress")
 
 
-def run(peers: int = 4, mode: str = "sync", rounds: int = 40, inner_steps: int = 25, quantization: str = "none",
+def run(peers: int = 4, mode: str = "sync", rounds: int = 40, inner_steps: int = 25, outer_quant: str = "none",
         kill: str | None = None, join: int | None = None, out: str | None = None, timeout: float = 600.0,
         quiet: bool = False, extra: list[str] | None = None) -> dict:
-    """Runs one DiLoCo job; returns its summary (see the module docstring)."""
+    """Runs one DiLoCo job; returns its summary (see the module docstring). ``outer_quant``: none, 8, 4,
+    4+rotate or 4+rotate+ef (diloco.py --outer-quant); the older ``--quantization`` may come in ``extra``."""
     out_dir = Path(out or tempfile.mkdtemp(prefix="diloco-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in out_dir.glob("peer*"):
         f.unlink()
     kill_rank, kill_round = (int(v) for v in kill.split("@")) if kill else (None, None)
-    common = ["--mode", mode, "--rounds", str(rounds), "--inner-steps", str(inner_steps), "--quantization",
-              quantization, "--out", str(out_dir), "--min-peers", "1" if peers == 1 else "2", *(extra or [])]
+    legacy = any(e.split("=")[0] == "--quantization" for e in extra or [])  # the older spelling: passed through
+    common = ["--mode", mode, "--rounds", str(rounds), "--inner-steps", str(inner_steps),
+              *([] if legacy else ["--outer-quant", outer_quant]),
+              "--out", str(out_dir), "--min-peers", "1" if peers == 1 else "2", *(extra or [])]
     t0 = time.time()
     with pa.Master("127.0.0.1:0", peer_timeout=3.0) as master:
         procs: dict[int, subprocess.Popen] = {}
@@ -95,7 +98,8 @@ def run(peers: int = 4, mode: str = "sync", rounds: int = 40, inner_steps: int =
     reference = max(curves.values(), key=len)
     summary = {
         "config": {"peers": peers, "mode": mode, "rounds": rounds, "inner_steps": inner_steps,
-                   "quantization": quantization, "kill": kill, "join": join},
+                   "outer_quant": next((res["outer_quant"] for res in survivors.values()), outer_quant),
+                   "kill": kill, "join": join},
         "wall_s": wall,
         "survivors": sorted(survivors),
         "killed": sorted(r for r, res in results.items() if res.get("killed")),
@@ -109,8 +113,8 @@ def run(peers: int = 4, mode: str = "sync", rounds: int = 40, inner_steps: int =
                   for p in reference],
         "per_peer": {r: {k: res.get(k) for k in ("round", "bytes_sent", "bytes_received", "state_bytes_received",
                                                  "compute_s", "comm_wait_s", "allreduce_s", "allreduce_wait_s", "sync_s",
-                                                 "dropped_rounds",
-                                                 "retries", "newcomer")} for r, res in survivors.items()},
+                                                 "dropped_rounds", "retries", "newcomer", "allreduce_bytes_sent",
+                                                 "allreduce_rounds")} for r, res in survivors.items()},
         "out": str(out_dir),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -123,13 +127,14 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=["sync", "async"], default="sync")
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--inner-steps", type=int, default=25)
-    ap.add_argument("--quantization", default="none")
+    ap.add_argument("--outer-quant", default="none", choices=["none", "8", "4", "4+rotate", "4+rotate+ef"],
+                    help="the outer all-reduce's compression (diloco.py --help)")
     ap.add_argument("--kill", help="RANK@ROUND: that peer SIGKILLs itself mid-all-reduce in that round")
     ap.add_argument("--join", type=int, help="start one more peer once this round is done")
     ap.add_argument("--out", help="directory for logs, progress and summary.json (default: a temp dir)")
     ap.add_argument("--timeout", type=float, default=600.0)
     a, extra = ap.parse_known_args(argv)
-    s = run(a.peers, a.mode, a.rounds, a.inner_steps, a.quantization, a.kill, a.join, a.out, a.timeout, extra=extra)
+    s = run(a.peers, a.mode, a.rounds, a.inner_steps, a.outer_quant, a.kill, a.join, a.out, a.timeout, extra=extra)
     print(json.dumps({k: s[k] for k in ("config", "wall_s", "survivors", "killed", "identical", "params_hash",
                                         "joiner_state_bytes", "final")}, indent=1))
     if s["errors"]:
