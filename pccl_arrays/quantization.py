@@ -1,9 +1,10 @@
 """Quantized all-reduce: the user-facing settings and the two paths an array takes (docs/quantization.md).
 
-- Host path (CPU arrays): the core's C++ kernels quantize the array, the ring reduces in the quantized domain,
-  and the C++ kernels decode the committed result into the output.
+- Host path (CPU arrays): the core's C++ kernels quantize the array (rotated first when asked), the direct
+  all-reduce (or the ring) reduces in the quantized domain, and the C++ kernels decode the committed result
+  into the output.
 - Device path (CUDA arrays): the Triton kernels in ``kernels/`` quantize on the device, only the compact bytes
-  cross to the host, the ring reduces them, and the result bytes go back to the device to be decoded there.
+  cross to the host, the core reduces them, and the result bytes go back to the device to be decoded there.
   CuPy and JAX device arrays reach the same kernels through a zero-copy DLPack view as a torch tensor, so the
   device path needs torch and triton installed. ``path="triton"`` sends CPU torch tensors down this same path
   (with ``TRITON_INTERPRET=1``), which is how the tests run it without a GPU.
@@ -40,8 +41,9 @@ class Quantization:
             ``"uint4"``: 4 bits, two codes per byte).
         block: elements per block, a multiple of 64 in [64, 65536]; each block carries 8 bytes of parameters.
             Default 1024, or 512 for ``"minmax4"``.
-        rounding: ``"nearest"`` (round half to even) or ``"stochastic"`` for the re-quantization of partial sums
-            on the ring, seeded by (seed, operation id, step, block, element): reproducible.
+        rounding: ``"nearest"`` (round half to even) or ``"stochastic"`` for the quantization of sums (the
+            direct all-reduce's owners, the ring's hops), seeded by (seed, operation id, step, block, element):
+            reproducible.
         seed: the stochastic rounding seed, and the rotation's (vary it per step to vary the rotation).
         rotate: rotate each block with a randomized Hadamard transform before quantizing (and back after): a
             block's range is then set by its typical element, not its largest. Needs a power-of-two block of at
@@ -116,9 +118,9 @@ class Quantization:
 def host_all_reduce(comm: Any, src: Any, dst: Any, dcode: int, ocode: int, tag: int, quant: Quantization,
                     call: dict) -> Any:
     """The host path (both host views; ``dst`` may be ``src``: in place). The core does it all on the stripes'
-    threads, overlapping the network: it quantizes this peer's own chunk as it leaves, adds this peer's
-    unquantized values on every hop (rather than its decoded blocks: less error), and decodes final blocks into
-    ``dst`` as they arrive."""
+    threads, overlapping the network: it quantizes what it sends of this peer's contribution as it leaves, adds
+    this peer's unquantized values where it sums (the direct all-reduce's own chunk, the ring's hops: less error
+    than its decoded blocks), and decodes final blocks into ``dst`` as they arrive."""
     return comm._core.all_reduce(input_ptr=src.ptr, output_ptr=dst.ptr, count=src.count, dtype=dcode, op=ocode, tag=tag,
                                  host_quantized=True, **quant.core_args, **call)
 
