@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _common
+from _quant_scaling import print_scaling
 
 
 def print_report(doc: dict) -> None:
@@ -10,7 +11,7 @@ def print_report(doc: dict) -> None:
     print()
     print(f"Machine: {m['nproc']} cores ({m['cpu']}), Python {m['python']}, numpy {m['numpy']}, "
           f"pccl_arrays {m['pccl_arrays']}")
-    busy = [f"{sec}: {d['section']['others_cores']:.2f}" for sec in ("kernels", "allreduce", "error")
+    busy = [f"{sec}: {d['section']['others_cores']:.2f}" for sec in ("kernels", "allreduce", "error", "scaling")
             for d in doc.get(sec, {}).get("other_processes", []) if "section" in d]
     if busy:
         print("CPU used by other processes during each section (cores, approximate): " + ", ".join(busy))
@@ -31,9 +32,25 @@ def print_report(doc: dict) -> None:
                     cells.append(f"{g['median']:.2f} [{g['min']:.2f}-{g['max']:.2f}]".rjust(18))
                 w = by[("reduce_hop", kind, b)]["wire_GBps"]["median"]
                 print(f"   {kind:<9} {b:>5} | {cells[0]} | {cells[1]} | {cells[2]} {w:6.2f}")
+    fk = doc.get("format_kernels")
+    if fk:
+        print(f"\n1b. C++ kernels of the 4-bit and rotated formats, one thread, "
+              f"{_common.fmt_size(fk['float32_bytes'])} float32, median [min-max] of {fk['repeats']} (GB/s of float32 "
+              f"bytes; owner = reduce_owner of {fk['owner_peers']} contributions)")
+        print(f"   {'kind':<8} {'B':>4} {'rot':>3} | {'quantize':>18} | {'dequantize':>18} | {'hop (ring)':>18} | "
+              f"{'owner (direct)':>18} {'(all in)':>8}")
+        by = {(r["op"], r["kind"], r["block"], r["rotate"]): r for r in fk["rows"]}
+        for kind, b, rot in dict.fromkeys((r["kind"], r["block"], r["rotate"]) for r in fk["rows"]):
+            cells = []
+            for op in ("quantize", "dequantize", "reduce_hop_exact", "reduce_owner"):
+                g = by[(op, kind, b, rot)]["GBps"]
+                cells.append(f"{g['median']:.2f} [{g['min']:.2f}-{g['max']:.2f}]".rjust(18))
+            allin = by[("reduce_owner", kind, b, rot)]["inputs_GBps"]["median"]
+            print(f"   {kind:<8} {b:>4} {'yes' if rot else 'no':>3} | {' | '.join(cells)} {allin:8.2f}")
     ar = doc.get("allreduce")
     if ar and ar["rows"]:
         print(f"\n2. All-reduce algbw on loopback, float32 sum, quantized = {ar['kind']} B={ar['block']} "
+              f"reduce={ar.get('reduce', 'direct')} "
               f"(GB/s = float32 bytes / time, time = max over peers; median [min-max])")
         print(f"   NOTE: all peers (and the master) share this machine's {m['nproc']} cores.")
         hdr = (f"   {'N':>2} {'size':>8} {'reps':>4} | {'unquantized GB/s':>22} {'ms':>7} | {'quantized GB/s':>22} "
@@ -102,6 +119,8 @@ def print_report(doc: dict) -> None:
                 g = r["GBps"]
                 same = {True: "  (same bytes as the C++ kernel)", False: "  DIFFERENT BYTES from the C++ kernel",
                         None: ""}[r.get("same_bytes_as_host")]
-                print(f"   {r['op']:<10} {r['kind'] or '':<9} {r['block'] or '':>5}: {g['median']:.1f} "
+                rot = " rotated" if r.get("rotate") else ""
+                print(f"   {r['op']:<10} {r['kind'] or '':<9} {r['block'] or '':>5}{rot:<8}: {g['median']:.1f} "
                       f"[{g['min']:.1f}-{g['max']:.1f}]{same}")
+    print_scaling(doc)
     _common.print_footer(doc)

@@ -1,6 +1,6 @@
-"""Ring simulations for benchmarks/quant.py: our quantized ring replayed with the core's kernels (to check the
-real all-reduces bit for bit and to find the ring order), and a PCCL-style per-chunk truncating min-max ring as
-the error baseline."""
+"""All-reduce simulations for benchmarks/quant.py: our quantized ring and direct reduce-scatter replayed with the
+core's kernels (to check the real all-reduces bit for bit, to find the ring order, and to measure the error for
+any number of peers), and a PCCL-style per-chunk truncating min-max ring as the error baseline."""
 
 from __future__ import annotations
 
@@ -67,6 +67,61 @@ def simulate_ours(xs, kind: int, block: int, order=None, probe_blocks: int = 0):
         result[lo:hi] = acc
     out = np.empty(n, np.float32)
     _core_testing.dequantize(result.ctypes.data, n, kind, block, F32, out.ctypes.data, 1)
+    return out
+
+
+def quantize_all(x, kind: int, block: int, rotate_seed=None):
+    """Q(R(x)) of a whole float32 contribution (R: the rotation, when rotate_seed is not None). A chunk's bytes are
+    a slice of these: the rotation's signs depend on the global block index, and chunks hold whole blocks."""
+    import numpy as np
+    from pccl_arrays import _core_testing
+    q = np.empty(_core_testing.quantized_bytes(x.size, block, kind), np.uint8)
+    _core_testing.quantize(x.ctypes.data, F32, x.size, kind, block, q.ctypes.data, rotate_seed is not None,
+                           rotate_seed or 0)
+    return q
+
+
+def simulate(xs, kind: int, block: int, order=None, rotate_seed=None, reduce: str = "direct", qs=None):
+    """The all-reduce's result (float32, decoded and rotated back), replayed exactly with the core's kernels for
+    either reduce-scatter (docs/quantization.md; tests/test_quant_ring.py::test_host_path_gives_the_reference_bytes
+    holds the real all-reduce to the same computation). order[pos] is the data rank at ring position pos (default
+    the identity); chunk c of whole blocks (cpp/peer/ring.cpp: RingPlan::region) belongs to position c.
+
+    - ring: chunk c leaves position c as Q(R(x)), every later position adds its exact input,
+      acc = Q(D(acc) + R(x_own)) (reduce_hop_exact), and the owner (position c - 1) quantizes the final sum;
+    - direct: the owner (position c) sums R(its exact input) and the others' Q(R(x)) decoded, in ring order from
+      its successor, and quantizes once (reduce_owner).
+
+    qs: the contributions' Q(R(x)) when already computed (quantize_all), aligned with xs."""
+    import numpy as np
+    from pccl_arrays import _core_testing
+    if reduce not in ("ring", "direct"):
+        raise ValueError(f"reduce must be 'ring' or 'direct', not {reduce!r}")
+    world, n = len(xs), xs[0].size
+    order = list(order or range(world))
+    rot, seed = rotate_seed is not None, rotate_seed or 0
+    qs = qs if qs is not None else [quantize_all(x, kind, block, rotate_seed) for x in xs]
+    stride = _core_testing.quantized_bytes(block, block, kind)  # bytes of one whole block
+    result = np.empty(_core_testing.quantized_bytes(n, block, kind), np.uint8)
+    for c, (fb, nbk) in enumerate(ring_chunks(-(-n // block), world)):
+        if nbk == 0:
+            continue
+        lo, hi = fb * stride, min(result.size, (fb + nbk) * stride)
+        e0, e1 = fb * block, min(n, (fb + nbk) * block)
+        if reduce == "ring":
+            acc = qs[order[c]][lo:hi].copy()
+            for h in range(1, world):
+                own = xs[order[(c + h) % world]][e0:e1]
+                _core_testing.reduce_hop_exact(acc.ctypes.data, own.ctypes.data, F32, fb, nbk, n, kind, block, 0,
+                                               seed, 0, 0, rot)
+            result[lo:hi] = acc
+        else:
+            received = [qs[order[(c + h) % world]][lo:hi] for h in range(1, world)]
+            own = xs[order[c]][e0:e1]
+            _core_testing.reduce_owner(result[lo:hi].ctypes.data, [r.ctypes.data for r in received], 0,
+                                       own.ctypes.data, F32, fb, nbk, n, kind, block, 0, seed, 0, rot)
+    out = np.empty(n, np.float32)
+    _core_testing.dequantize(result.ctypes.data, n, kind, block, F32, out.ctypes.data, 1, rot, seed)
     return out
 
 

@@ -10,7 +10,8 @@ from _common import CpuMeter, wait_for_quiet
 from _quant_workers import MODES, run_peers
 
 
-def bench_allreduce(peers, sizes, reps_per_round, rounds, kind, block, connections, timeout, log, errors) -> dict:
+def bench_allreduce(peers, sizes, reps_per_round, rounds, kind, block, connections, timeout, log, errors,
+                    reduce: str = "direct") -> dict:
     runs: dict[int, list[list[dict]]] = {}
     others: list[dict] = []
     for rnd in range(rounds):
@@ -22,7 +23,7 @@ def bench_allreduce(peers, sizes, reps_per_round, rounds, kind, block, connectio
             meter = CpuMeter()
             try:
                 res = run_peers(n, ["bw", "--sizes", ",".join(map(str, sizes)),
-                                    "--repeats", ",".join(map(str, reps_per_round)), "--kind", kind,
+                                    "--repeats", ",".join(map(str, reps_per_round)), "--kind", kind, "--reduce", reduce,
                                     "--block", str(block), "--first", first, "--connections", str(connections)],
                                 timeout)
             except Exception as e:
@@ -70,7 +71,7 @@ def bench_allreduce(peers, sizes, reps_per_round, rounds, kind, block, connectio
             row["bytes_sent_ratio"] = row["quantized"]["bytes_sent_peer0"] / max(1, row["none"]["bytes_sent_peer0"])
             rows.append(row)
     rows.sort(key=lambda r: (r["peers"], r["bytes"]))
-    return {"kind": kind, "block": block, "connections": connections, "rounds": rounds,
+    return {"kind": kind, "block": block, "reduce": reduce, "connections": connections, "rounds": rounds,
             "repeats_per_round": reps_per_round, "rows": rows, "other_processes": others,
             "timing": "per repeat: a 4-byte all-reduce as barrier, then one timed all_reduce(x, out=y[, quantization]) "
                       "on each peer; time = max over peers; algbw = float32 array bytes / time; GB/s = 1e9 B/s; the "

@@ -1,5 +1,6 @@
 """The peer processes of benchmarks/quant.py: the bandwidth worker (unquantized, quantized and the fresh-result
-diagnostic, rotating) and the error worker, the data they reduce, and how the parent starts a group of them.
+diagnostic, rotating), the error worker, the scaling section's check worker (ring and direct, one 4-bit rotated
+format), the data they reduce, and how the parent starts a group of them.
 Each worker is `python _quant_workers.py _worker JOB ...` and reports one JSON result (_procs.py)."""
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import _procs
 _core = _common.import_pccl_arrays()._core
 from pccl_arrays import _core_testing  # noqa: E402
 F32 = _core.CODES["dtype"]["float32"]
-KINDS = {name: code for name, code in _core.CODES["quant_kind"].items() if name not in ("none", "minmax4")}  # 8-bit
+ALL_KINDS = {name: code for name, code in _core.CODES["quant_kind"].items() if name != "none"}  # minmax4 too
+KINDS = {name: code for name, code in ALL_KINDS.items() if name != "minmax4"}  # 8-bit: the sections of issue 15
 HEADER = _core_testing.quantized_bytes(1, 64) - 1  # bytes of (p0, p1) per block
 
 DATASETS = {
@@ -57,13 +59,13 @@ def worker_bw(a) -> dict:
     """All-reduces of each size in three modes, rotating repeat by repeat (ABC, CBA, ...):
 
     - none: ``all_reduce(x, out=y)``;
-    - quantized: ``all_reduce(x, out=y, quantization=Quantization(kind, block))``, the public API;
+    - quantized: ``all_reduce(x, out=y, quantization=Quantization(kind, block, reduce=...))``, the public API;
     - fresh: ``y = all_reduce(x, quantization=...)``, a new result array per call (from the communicator's
       buffer pool); it must give the same bytes as ``quantized``.
     """
     import numpy as np
     pa, c = _connect(a)
-    q = pa.Quantization(kind=a.kind, block=a.block)
+    q = pa.Quantization(kind=a.kind, block=a.block, reduce=a.reduce)
     tiny, tiny_out = np.zeros(1, np.float32), np.zeros(1, np.float32)
 
     def barrier():
@@ -126,7 +128,8 @@ def _check(mode: str, out, expected, world: int) -> dict:
 
 
 def worker_err(a) -> dict:
-    """Quantized all-reduces of the error data; rank 0 writes each result to a file for the parent."""
+    """Quantized all-reduces of the error data over the ring (the PCCL-style baseline is a ring too); rank 0
+    writes each result to a file for the parent."""
     import numpy as np
     pa, c = _connect(a)
     shas, files = {}, {}
@@ -135,7 +138,7 @@ def worker_err(a) -> dict:
         out = np.empty_like(x)
         for kind in a.kinds:
             for block in a.blocks:
-                c.all_reduce(x, out=out, quantization=pa.Quantization(kind=kind, block=block))
+                c.all_reduce(x, out=out, quantization=pa.Quantization(kind=kind, block=block, reduce="ring"))
                 key = f"{ds}|{kind}|{block}"
                 shas[key] = sha(out)
                 if a.rank == 0:
@@ -146,9 +149,30 @@ def worker_err(a) -> dict:
     return {"shas": shas, "files": files, "peer_id": pid}
 
 
+def worker_chk(a) -> dict:
+    """The scaling section's real check: quantized all-reduces of Student-t data with every reduce-scatter in
+    a.reduces, one format (kind, block, rotation with seed a.seed); rank 0 writes each result to a file."""
+    import numpy as np
+    from _quant_data import synthetic
+    pa, c = _connect(a)
+    x = synthetic("student-t", a.n, a.rank, a.seed)
+    out = np.empty_like(x)
+    shas, files = {}, {}
+    for reduce in a.reduces:
+        q = pa.Quantization(kind=a.kind, block=a.block, rotate=a.rotate, seed=a.seed, reduce=reduce)
+        c.all_reduce(x, out=out, quantization=q)
+        shas[reduce] = sha(out)
+        if a.rank == 0:
+            files[reduce] = f"chk_{reduce}.npy"
+            np.save(Path(a.outdir) / files[reduce], out)
+    res = {"shas": shas, "files": files, "peer_id": c.peer_id, "ring": list(c.ring())}
+    c.close()
+    return res
+
+
 def worker_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="_quant_workers.py _worker")
-    ap.add_argument("job", choices=["bw", "err"])
+    ap.add_argument("job", choices=["bw", "err", "chk"])
     ap.add_argument("--rank", type=int, default=0)
     ap.add_argument("--world", type=int, default=1)
     ap.add_argument("--master", default="")
@@ -164,13 +188,17 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("--kinds", default="")
     ap.add_argument("--blocks", default="")
     ap.add_argument("--outdir", default="")
+    ap.add_argument("--rotate", action="store_true")
+    ap.add_argument("--reduces", default="")
+    ap.add_argument("--reduce", default="direct")
     a = ap.parse_args(argv)
     a.sizes = [int(s) for s in a.sizes.split(",") if s]
     a.repeats = [int(s) for s in a.repeats.split(",") if s]
     a.datasets = [s for s in a.datasets.split(",") if s]
     a.kinds = [s for s in a.kinds.split(",") if s]
     a.blocks = [int(s) for s in a.blocks.split(",") if s]
-    _procs.report(worker_bw(a) if a.job == "bw" else worker_err(a))
+    a.reduces = [s for s in a.reduces.split(",") if s]
+    _procs.report({"bw": worker_bw, "err": worker_err, "chk": worker_chk}[a.job](a))
     return 0
 
 

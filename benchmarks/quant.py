@@ -1,10 +1,11 @@
-"""Quantized all-reduce: kernel throughput, bandwidth against the unquantized all-reduce, and error against a
-per-chunk truncating min-max baseline (docs/quantization.md is the format; docs/benchmarks.md the results).
+"""Quantized all-reduce: kernel throughput, bandwidth against the unquantized all-reduce, error against a
+per-chunk truncating min-max baseline, and error against the number of peers for 8 and 4 bits, with and without
+rotation, ring and direct (docs/quantization.md is the format; docs/benchmarks.md the results).
 
 Usage (from the repository root, in an environment with numpy; torch only for the CUDA section)::
 
-    PYTHONPATH=. python benchmarks/quant.py --quiet-wait 240   # full: ~2.5 minutes here
-    PYTHONPATH=. python benchmarks/quant.py --quick            # CI smoke test: ~5 s, 2 peers, few repeats
+    PYTHONPATH=. python benchmarks/quant.py --quiet-wait 240   # full: ~4 minutes here
+    PYTHONPATH=. python benchmarks/quant.py --quick            # CI smoke test: ~15 s, 2 peers, few repeats
 
 What it measures, in one run (``--sections`` picks a subset):
 
@@ -14,28 +15,44 @@ What it measures, in one run (``--sections`` picks a subset):
   Throughput = float32 bytes of the array / time (for dequantize, the float32 bytes written; for reduce_hop,
   the float32 bytes the hop stands for; its rate in quantized bytes consumed from the wire is given too).
   Every configuration runs once per repeat, round robin, so a slow spell of the machine spreads over all.
+  Then the kernels of the 4-bit and rotated formats at their default blocks (minmax B=1024 as the reference,
+  minmax rotated, minmax4 B=512 with and without rotation): quantize, dequantize, ``reduce_hop_exact`` (the host
+  path's ring hop, acc = Q(D(acc) + R(x))) and ``reduce_owner`` (the direct all-reduce's owner sum of 4
+  contributions, Q(R(x) + D(q1) + D(q2) + D(q3))), in GB/s of the array's float32 bytes.
 * ``allreduce``: N peer processes (2 and 3) on 127.0.0.1 all-reduce float32 arrays of 1, 16, 64 and 256 MiB:
   unquantized (``all_reduce(x, out=y)``), quantized (``all_reduce(x, out=y, quantization=...)``, minmax, block
-  1024 by default) and fresh (``y = all_reduce(x, quantization=...)``, a new result per call, which must give
-  the same bytes). The modes rotate repeat by repeat (ABC, CBA) inside one group of peers, and the full run repeats
-  every group in 3 rounds, so the machine's drift lands on all. Per repeat every peer runs a 4-byte all-reduce
+  1024, the direct reduce-scatter by default: --kind, --block, --reduce) and fresh
+  (``y = all_reduce(x, quantization=...)``, a new result per call, which must give the same bytes). The modes
+  rotate repeat by repeat (ABC, CBA) inside one group of peers, and the full run repeats every group in 3 rounds,
+  so the machine's drift lands on all. Per repeat every peer runs a 4-byte all-reduce
   (a barrier), then times one all-reduce; the slowest peer's time counts; algbw = float32 array bytes / time
   (for every mode: the quantized ones move about 1/4 of those bytes). The quantized time is the whole call, in
   which the core quantizes, reduces and decodes piece by piece on the stripes' threads. Results are checked: unquantized exact, quantized within the
   spec's error bound and bitwise the same on every peer.
 * ``error``: the max, 99th-percentile, RMS and mean error against the exact sum (float64 sum of the float32
   inputs) of our format and of a PCCL-style per-chunk baseline, for N = 2, 3, 4 peers, float32 Gaussian data
-  with and without a few outliers. Our format's results come from real all-reduces of N peer processes (rank 0
-  writes its result to a temporary file). Beside them runs an exact simulation with the core's kernels
-  (``_core_testing.quantize``, ``_core_testing.reduce_hop``, ``_core_testing.dequantize``) in ring order, which must give the same
-  bits; the master orders the ring by admission, which the benchmark does not control, so the order is
-  identified first (the one of the N! orders that reproduces the first blocks of every chunk). The baseline is
-  NumPy: one (min, max) pair per ring chunk of count/N elements, codes = floor((x - min) / (max - min) * 255)
-  (truncation, as PCCL's ``static_cast<uint8_t>``), decode = min + code * (max - min) / 255; along the ring
-  (same order) each hop decodes what it received, adds its own unquantized contribution and re-quantizes the
-  same way; the chunk's owner quantizes the final sum; the all-gather moves those bytes verbatim.
+  with and without a few outliers. Our format's results come from real ring all-reduces (``reduce="ring"``, as
+  the baseline's) of N peer processes (rank 0 writes its result to a temporary file). Beside them runs an exact
+  simulation with the core's kernels (``_core_testing.quantize``, ``_core_testing.reduce_hop_exact``,
+  ``_core_testing.dequantize``) in ring order, which must give the same bits; the master orders the ring by
+  admission, which the benchmark does not control, so the order is identified first (the one of the N! orders
+  that reproduces the first blocks of every chunk). The baseline is NumPy: one (min, max) pair per ring chunk of
+  count/N elements, codes = floor((x - min) / (max - min) * 255) (truncation, as PCCL's ``static_cast<uint8_t>``),
+  decode = min + code * (max - min) / 255; along the ring (same order) each hop decodes what it received, adds
+  its own unquantized contribution and re-quantizes the same way; the chunk's owner quantizes the final sum; the
+  all-gather moves those bytes verbatim.
   With the metadata overhead (8 bytes per block: 8/B of the codes) and the kernel speed per block size, this
   chooses (or confirms) the default block.
+* ``scaling``: the error against the number of peers N = 2..8, for the ring and the direct reduce-scatter, 8 bits
+  (minmax, B=1024) and 4 bits (minmax4, B=512), each with and without rotation (seed = --seed), on three data
+  sets: N(0, 1), Student-t with 3 degrees of freedom, and real pseudo-gradients of the DiLoCo example
+  (``--real PATH``, default benchmarks/data/diloco_deltas.npz, one float32 array per round: peer i contributes
+  round i; when the file is missing the report says that the real data set is skipped, and why). Every peer's
+  input differs (its own seed, or its own round). Max, rms (relative to the exact sum's rms) and the bias (mean
+  error with its standard error over 1024-element groups) come from an exact simulation with the core's kernels
+  (``quantize``, ``reduce_hop_exact`` or ``reduce_owner``, ``dequantize``), which the tests hold to the real
+  all-reduce; here too, 3 peer processes all-reduce Student-t data with 4-bit rotated blocks, ring and direct, and
+  the simulation in the master's ring order (``Communicator.ring()``) must give the same bits.
 * ``triton``: on a CUDA device, the Triton kernels' GB/s (and whether their bytes equal the C++ kernel's);
   without one it says so plainly and prints the command to run on a GPU machine.
 
@@ -61,7 +78,9 @@ sys.path.insert(0, str(HERE))
 import _common  # noqa: E402
 from _common import CpuMeter, QUIET_WAIT, wait_for_quiet  # noqa: E402
 from _quant_workers import HEADER, KINDS  # noqa: E402
-from _quant_kernels import bench_kernels, bench_triton  # noqa: E402
+from _quant_kernels import bench_format_kernels, bench_kernels, bench_triton  # noqa: E402
+from _quant_data import DEFAULT_REAL  # noqa: E402
+from _quant_scaling import bench_check, bench_scaling, scaling_goals  # noqa: E402
 from _quant_speed import bench_allreduce  # noqa: E402
 from _quant_error import MAX_OVERHEAD, bench_error, choose_block  # noqa: E402
 from _quant_report import print_report  # noqa: E402  (helpers: sizes, spread, machine, pattern data, pccl_arrays import)
@@ -72,12 +91,16 @@ GOAL_ERROR_RATIO = 0.25  # the goal: error <= 1/4 of the per-chunk baseline's
 GOAL_TIME_RATIO = 1.25  # the goal: a quantized all-reduce takes <= 1.25x the unquantized one at >= 16 MiB
 GOAL_QUANTIZE_GBPS = 5.0  # the goal: quantize on one core at >= 5 GB/s of float32 (default block, both kinds)
 GOAL_MIN_BYTES = 16 * MiB
+GOAL_ROTATE_GBPS = 3.0  # the goal: quantize with rotation on one core at >= 3 GB/s of float32
 
 FULL = {"kernel_elems": 16 * MiB, "kernel_repeats": 7, "sizes": [1 * MiB, 16 * MiB, 64 * MiB, 256 * MiB],
-        "peers": [2, 3], "rounds": 3, "error_elems": 4 * MiB, "error_peers": [2, 3, 4]}
+        "peers": [2, 3], "rounds": 3, "error_elems": 4 * MiB, "error_peers": [2, 3, 4],
+        "scaling_elems": 4 * MiB, "check_elems": 1 * MiB + 123}
 QUICK = {"kernel_elems": 1 * MiB, "kernel_repeats": 3, "sizes": [1 * MiB, 16 * MiB],
-         "peers": [2], "rounds": 1, "error_elems": 1 * MiB, "error_peers": [2]}
-SECTIONS = ["kernels", "allreduce", "error", "triton"]
+         "peers": [2], "rounds": 1, "error_elems": 1 * MiB, "error_peers": [2],
+         "scaling_elems": 256 * KiB, "check_elems": 256 * KiB + 123}
+SCALING_PEERS = list(range(2, 9))
+SECTIONS = ["kernels", "allreduce", "error", "scaling", "triton"]
 
 
 def default_repeats(n: int, quick: bool) -> int:
@@ -139,6 +162,13 @@ def evaluate_goals(doc: dict) -> list[dict]:
                           "met": v >= GOAL_QUANTIZE_GBPS,
                           "text": f"quantize {r['kind']} B={r['block']} on one core: {v:.2f} GB/s "
                                   f"(goal >= {GOAL_QUANTIZE_GBPS})"})
+    for r in doc.get("format_kernels", {}).get("rows", []):
+        if r["op"] == "quantize" and r["rotate"]:
+            v = r["GBps"]["median"]
+            goals.append({"goal": "quantize_rotate_speed", "kind": r["kind"], "block": r["block"], "value": v,
+                          "met": v >= GOAL_ROTATE_GBPS,
+                          "text": f"quantize + rotate {r['kind']} B={r['block']} on one core: {v:.2f} GB/s "
+                                  f"(goal >= {GOAL_ROTATE_GBPS})"})
     for r in doc.get("error", {}).get("rows", []):
         if r["kind"] == "minmax" and r["block"] == default:
             for metric in ("rms", "max"):
@@ -149,7 +179,7 @@ def evaluate_goals(doc: dict) -> list[dict]:
                               "text": f"N={r['peers']} {r['dataset']}, B={r['block']} (metadata "
                                       f"{r['overhead']:.2%}): {metric} error / baseline = {v:.3f} "
                                       f"(goal <= {GOAL_ERROR_RATIO})"})
-    return goals
+    return goals + scaling_goals(doc)
 
 
 def main(argv=None) -> int:
@@ -162,10 +192,17 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, help="interleaved rounds of the bandwidth test (default 3, 1 quick)")
     ap.add_argument("--kind", choices=list(KINDS), default="minmax", help="quantization of the bandwidth test")
     ap.add_argument("--block", type=int, default=1024, help="block of the bandwidth test (default 1024)")
+    ap.add_argument("--reduce", choices=["direct", "ring"], default="direct",
+                    help="reduce-scatter of the bandwidth test (default direct, the library's default)")
     ap.add_argument("--connections", type=int, default=4, help="pccl_arrays connections per peer (default 4)")
     ap.add_argument("--error-peers", type=int, nargs="+", help="peer counts of the error test (default 2 3 4; 2)")
     ap.add_argument("--error-elements", type=int, help="elements per peer in the error test (default 4Mi; 1Mi)")
     ap.add_argument("--kernel-elements", type=int, help="elements of the kernel test (default 16Mi; 1Mi)")
+    ap.add_argument("--scaling-peers", type=int, nargs="+", help="peer counts of the scaling study (default 2..8)")
+    ap.add_argument("--scaling-elements", type=int, help="elements per peer in the scaling study (default 4Mi; "
+                                                         "256Ki); the real data set: at most this many")
+    ap.add_argument("--real", default=str(DEFAULT_REAL), help="the real data set of the scaling study: an .npz of "
+                    "float32 arrays, one per DiLoCo round (default benchmarks/data/diloco_deltas.npz)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, help="seconds before a group of peers counts as hung (600; 120 quick)")
     ap.add_argument("--quiet-wait", type=float, default=0.0,
@@ -184,8 +221,10 @@ def main(argv=None) -> int:
     error_peers = a.error_peers or cfg["error_peers"]
     error_n = a.error_elements or cfg["error_elems"]
     kernel_n = a.kernel_elements or cfg["kernel_elems"]
+    scaling_peers = sorted(set(a.scaling_peers or SCALING_PEERS))
+    scaling_n = a.scaling_elements or cfg["scaling_elems"]
     timeout = a.timeout or (120.0 if a.quick else 600.0)
-    if any(n < 2 for n in peers + error_peers):
+    if any(n < 2 for n in peers + error_peers + scaling_peers):
         ap.error("peer counts must be >= 2")
 
     def log(msg: str) -> None:
@@ -209,8 +248,10 @@ def main(argv=None) -> int:
         "config": {"quick": a.quick, "sections": a.sections, "kinds": list(KINDS), "blocks": BLOCKS,
                    "kernel_elements": kernel_n, "peers": peers, "sizes": sizes, "repeats": repeats,
                    "rounds": rounds, "repeats_per_round": reps_per_round, "kind": a.kind, "block": a.block,
+                   "reduce": a.reduce,
                    "connections": a.connections, "error_peers": error_peers, "error_elements": error_n,
-                   "seed": a.seed, "dtype": "float32", "op": "sum", "quiet_wait_s": a.quiet_wait,
+                   "scaling_peers": scaling_peers, "scaling_elements": scaling_n, "check_elements": cfg["check_elems"],
+                   "real": a.real, "seed": a.seed, "dtype": "float32", "op": "sum", "quiet_wait_s": a.quiet_wait,
                    "note": f"all peers share this machine's {os.cpu_count()} cores (oversubscribed loopback)"},
         "goals": [], "errors": errors, "notes": notes,
         "load_average": [("start", os.getloadavg())],  # 1, 5, 15 min: other processes on this machine show here
@@ -221,6 +262,7 @@ def main(argv=None) -> int:
         t, meter = time.monotonic(), CpuMeter()
         log(f"-- kernels: {_common.fmt_size(kernel_n * 4)} float32, blocks {BLOCKS}, {cfg['kernel_repeats']} repeats")
         doc["kernels"] = bench_kernels(kernel_n, cfg["kernel_repeats"], BLOCKS, list(KINDS), log)
+        doc["format_kernels"] = bench_format_kernels(kernel_n, cfg["kernel_repeats"], log)
         doc["kernels"]["runtime_s"] = time.monotonic() - t
         doc["kernels"]["other_processes"] = doc["kernels"].get("other_processes", []) + [{"section": meter.stop()}]
         doc["load_average"].append(("after kernels", os.getloadavg()))
@@ -228,7 +270,7 @@ def main(argv=None) -> int:
         t, meter = time.monotonic(), CpuMeter()
         log(f"-- all-reduce: peers {peers}, sizes {[_common.fmt_size(s) for s in sizes]}, repeats {repeats} per mode")
         doc["allreduce"] = bench_allreduce(peers, sizes, reps_per_round, rounds, a.kind, a.block, a.connections,
-                                           timeout, log, errors)
+                                           timeout, log, errors, a.reduce)
         doc["allreduce"]["runtime_s"] = time.monotonic() - t
         doc["allreduce"]["other_processes"] = doc["allreduce"].get("other_processes", []) + [{"section": meter.stop()}]
         doc["load_average"].append(("after allreduce", os.getloadavg()))
@@ -242,6 +284,18 @@ def main(argv=None) -> int:
         doc["error"]["other_processes"] = doc["error"].get("other_processes", []) + [{"section": meter.stop()}]
         doc["load_average"].append(("after error", os.getloadavg()))
         doc["block_choice"] = choose_block(doc)
+    if "scaling" in a.sections:
+        wait_for_quiet("scaling", log)
+        t, meter = time.monotonic(), CpuMeter()
+        log(f"-- scaling: peers {scaling_peers}, {scaling_n} elements per peer, ring and direct, 8 and 4 bits, "
+            "with and without rotation")
+        doc["scaling"] = bench_scaling(scaling_peers, scaling_n, a.real, a.seed, log)
+        if "skipped" in doc["scaling"]["datasets"]["real"]:
+            notes.append(f"the real data set was skipped: {doc['scaling']['datasets']['real']['skipped']}")
+        doc["scaling_check"] = bench_check(cfg["check_elems"], a.seed, a.connections, timeout, log, errors)
+        doc["scaling"]["runtime_s"] = time.monotonic() - t
+        doc["scaling"]["other_processes"] = [{"section": meter.stop()}]
+        doc["load_average"].append(("after scaling", os.getloadavg()))
     if "triton" in a.sections:
         doc["triton"] = bench_triton(16 * MiB if not a.quick else 1 * MiB, 10 if not a.quick else 3, [256, 1024, 4096],
                                      list(KINDS), log)

@@ -47,7 +47,7 @@ def test_wan_benchmark_quick_mode_writes_valid_json(tmp_path):
     stdout, doc = run_quick(tmp_path, "wan.py", "--quick", timeout=230)
     assert doc["errors"] == []
     kinds = {(r["profile"], r["k"], r["kind"]) for r in doc["rows"]}
-    assert len(kinds) == 2 * 6 * 2
+    assert len(kinds) == 2 * 6 * 3  # float32, uint8 and 4-bit (minmax4, rotated)
     for r in doc["rows"]:
         assert r["seconds"] > 0 and r["wire_MBps"] > 0 and r["stripes"] >= 1
     assert {row["profile"] for row in doc["extrapolation_1B"]} == {"continent", "transatlantic"}
