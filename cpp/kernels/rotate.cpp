@@ -10,6 +10,7 @@
 //     the plain loop.
 // Element j of a segment of 2^m is touched by m stages; the forward rotation scales it by 2^-floor(m/2) after
 // its stages and the inverse by 2^-ceil(m/2) before them, so R⁻¹(R(x)) = x up to the additions' roundings.
+#pragma GCC diagnostic ignored "-Wpsabi"  // see PCCL_INLINE below
 #include "kernels/rotate.hpp"
 
 #include <cstring>
@@ -21,9 +22,9 @@ namespace pccl {
 namespace {
 
 // The helpers are inlined into the target_clones entry points, so each clone compiles them for its own target
-// (and no 32-byte vector crosses a call: GCC's -Wpsabi note about passing them without AVX does not apply).
+// (and no 32-byte vector crosses a call: GCC's -Wpsabi note about passing them without AVX, silenced at the
+// top of this file, does not apply).
 #define PCCL_INLINE inline __attribute__((always_inline))
-#pragma GCC diagnostic ignored "-Wpsabi"
 
 typedef float F8 __attribute__((vector_size(32)));
 typedef int32_t I8 __attribute__((vector_size(32)));
@@ -44,15 +45,6 @@ const uint32_t* element_hashes() {
 // The block's key: signs are bit 31 of fmix32(key ^ fmix32(j)).
 uint32_t block_key(uint32_t seed, uint32_t block_index) { return fmix32(seed ^ kRotateKey ^ fmix32(block_index)); }
 
-PCCL_INLINE U8 fmix32x8(U8 h) {
-    h ^= h >> 16;
-    h *= 0x85EBCA6Bu;
-    h ^= h >> 13;
-    h *= 0xC2B2AE35u;
-    h ^= h >> 16;
-    return h;
-}
-
 PCCL_INLINE F8 load8(const float* p) {
     F8 v;
     std::memcpy(&v, p, sizeof v);
@@ -64,7 +56,7 @@ PCCL_INLINE void store8(float* p, F8 v) { std::memcpy(p, &v, sizeof v); }
 PCCL_INLINE F8 signed8(F8 v, uint32_t key, const uint32_t* eh) {
     U8 e;
     std::memcpy(&e, eh, sizeof e);
-    const U8 flip = fmix32x8(e ^ key) & 0x80000000u;
+    const U8 flip = fmix32(U8(e ^ key)) & 0x80000000u;
     return (F8)((U8)v ^ flip);
 }
 

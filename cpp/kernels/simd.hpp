@@ -17,8 +17,9 @@
 
 namespace pccl {
 
-// MurmurHash3's 32-bit finalizer (multiplications wrap mod 2^32).
-inline uint32_t fmix32(uint32_t h) {
+// MurmurHash3's 32-bit finalizer (multiplications wrap mod 2^32), on a uint32_t or, lane by lane, on a GCC
+// vector of them (always inlined: a clone computes it with its own instructions, and no vector crosses a call).
+template <class U> inline __attribute__((always_inline)) U fmix32(U h) {
     h ^= h >> 16;
     h *= 0x85EBCA6Bu;
     h ^= h >> 13;
