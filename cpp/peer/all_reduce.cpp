@@ -1,6 +1,7 @@
 // The life of one all-reduce on a peer (communicator.hpp has the overview): the arguments checked, the units
 // the ring moves, the descriptor every peer must announce alike, OP_START and the wait for OP_GO, the slot's
-// resources, the stripes of the ring, and the two-phase end (settle, in communicator.cpp, shared with syncs).
+// resources, the stripes of the ring (or of the direct all-reduce, for quantized operations that ask for it),
+// and the two-phase end (settle, in communicator.cpp, shared with syncs).
 #include <algorithm>
 #include <cstring>
 

@@ -8,7 +8,8 @@
 // Life of an all-reduce:
 //   1. OP_START(tag, descriptor, timeout, min_world) to the master; wait for OP_GO (ring, op id, stripes) or
 //      OP_REJECT (different descriptors, too few peers, or the others did not start within the timeout).
-//   2. Run the stripes of the ring (ring.hpp) into a result buffer; the caller's input is never written.
+//   2. Run the stripes of the ring (ring.hpp; quantized operations: direct.hpp) into a result buffer; the
+//      caller's input is never written.
 //   3. OP_DONE(ok) to the master; wait for OP_COMMIT (publish the result into the caller's output) or OP_ABORT
 //      (a peer failed somewhere: clear the pool and raise a retryable PeerLost error).
 // A local failure reports OP_DONE(failed) and raises at once. The master link thread routes OP_ABORT, KICKED
