@@ -22,7 +22,8 @@ of the order of the reduction and gives signed zeros a fixed order, -0 below +0 
 maximum): a block whose smallest value is zero has lo = -0 exactly when it holds a -0. The spec leaves that
 sign open; it only shows in minmax's p0 bytes.
 
-Stochastic rounding is not here: in the design it only re-quantizes partial sums on the ring, on the host.
+Stochastic rounding is not here: in the design it only quantizes sums (the direct all-reduce's owners, the
+ring's hops), on the host.
 """
 
 from __future__ import annotations
