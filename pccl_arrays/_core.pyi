@@ -34,6 +34,9 @@ class OpInfo:
     def op_id(self) -> int:
         ...
     @property
+    def peers(self) -> list[int]:
+        ...
+    @property
     def rank(self) -> int:
         ...
     @property
@@ -58,6 +61,10 @@ class Communicator:
         """
     def close(self) -> None:
         ...
+    def collective(self, *, kind: typing.SupportsInt | typing.SupportsIndex, input_ptr: typing.SupportsInt | typing.SupportsIndex, output_ptr: typing.SupportsInt | typing.SupportsIndex, count: typing.SupportsInt | typing.SupportsIndex, output_count: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex = 0, root: typing.SupportsInt | typing.SupportsIndex = 0, tag: typing.SupportsInt | typing.SupportsIndex, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0, pool: ... = None) -> tuple[OpInfo, typing.Any]:
+        """
+        broadcast (kind 1), all_gather (2), reduce_scatter (3) or barrier (4); see communicator.hpp. Returns (info, None), or with output_ptr 0 (info, a flat HostBuffer holding the result, from `pool`).
+        """
     def connect(self, admission_timeout: typing.SupportsFloat | typing.SupportsIndex) -> None:
         ...
     def connection_stats(self) -> list:
@@ -83,6 +90,9 @@ class Communicator:
         ...
     @property
     def dropped_data_connections(self) -> int:
+        ...
+    @property
+    def group_rank(self) -> int:
         ...
     @property
     def group_world_size(self) -> int:
@@ -148,6 +158,9 @@ class HostBuffer:
     @staticmethod
     def alias(other: HostBuffer, dtype_code: typing.SupportsInt | typing.SupportsIndex) -> HostBuffer:
         ...
+    @staticmethod
+    def reshaped(other: HostBuffer, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> HostBuffer:
+        ...
     def __dlpack__(self, *, stream: typing.Any = None, max_version: typing.Any = None, dl_device: typing.Any = None, copy: typing.Any = None) -> typing_extensions.CapsuleType:
         ...
     def __dlpack_device__(self) -> tuple[int, int]:
@@ -186,4 +199,4 @@ def quantization_residual(*, input_ptr: typing.SupportsInt | typing.SupportsInde
     """
 CODES: dict = {'dtype': {'int8': 0, 'uint8': 1, 'int16': 2, 'uint16': 3, 'int32': 4, 'uint32': 5, 'int64': 6, 'uint64': 7, 'float16': 8, 'bfloat16': 9, 'float32': 10, 'float64': 11}, 'op': {'sum': 0, 'avg': 1, 'prod': 2, 'max': 3, 'min': 4}, 'quant_kind': {'none': 0, 'minmax': 1, 'zeropoint': 2, 'minmax4': 3}, 'rounding': {'nearest': 0, 'stochastic': 1}, 'sync_strategy': {'enforce_popular': 0, 'receive_only': 1, 'send_only': 2}, 'error_kind': {'invalid_argument': 1, 'peer_lost': 2, 'too_few_peers': 3, 'master_unreachable': 4, 'protocol': 5, 'mismatch': 6, 'evicted': 7, 'state': 8, 'network': 9, 'timeout': 10, 'shared_state': 11, 'interrupted': 12, 'authentication': 13}}
 DEFAULTS: dict = {'peer_timeout': 10.0, 'handshake_timeout': 5.0, 'connections': 4, 'connect_timeout': 10.0, 'heartbeat_interval': 0.5, 'master_timeout': 10.0, 'data_timeout': 30.0, 'piece_bytes': 1048576, 'op_timeout': 1800.0}
-PROTOCOL_VERSION: int = 5
+PROTOCOL_VERSION: int = 6

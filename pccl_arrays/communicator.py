@@ -8,6 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core, arrays
+from . import collectives as _collectives
 from . import secret as _secret
 from . import in_flight as _in_flight
 from . import quantization as _quantization
@@ -16,6 +17,8 @@ from . import tree as _tree
 from .quantization import Quantization
 from . import feedback as _feedback
 from .dtypes import dtype_code, op_code
+from .call_args import call_args as _call_args, seconds as _seconds, target_of as _target_of
+from .call_args import check_tag, timeout_arg as _timeout_arg
 from .errors import CommunicatorStateError, InvalidArgumentError, PCCLError
 
 _DEFAULTS = _core.DEFAULTS  # the core's defaults, written once (cpp/peer/communicator.hpp, cpp/master/state.hpp)
@@ -34,6 +37,7 @@ class AllReduceInfo:
     stripes: int  #: connections the operation was striped over
     op_id: int  #: the master's id of the operation
     rank: int = 0  #: this peer's position in the operation's ring order (chunk ``rank`` is the one it owns)
+    peers: tuple = ()  #: the operation's peer ids in ring order (all_gather's rows come in this order)
 
 
 class Communicator:
@@ -176,7 +180,8 @@ class Communicator:
         return self._core.optimize_topology(_timeout_arg(timeout))
 
     def ring(self) -> list[int]:
-        """Peer ids of this peer's group in ring order, as of the last topology change."""
+        """Peer ids of this peer's group in ring order, as of the last topology change or operation: rank r is
+        ``ring()[r]``."""
         return self._core.ring_ids()
 
     def are_peers_pending(self) -> bool:
@@ -192,6 +197,13 @@ class Communicator:
     def group_world_size(self) -> int:
         """Peers in this peer's group, as of the last topology update or operation."""
         return self._core.group_world_size
+
+    @property
+    def rank(self) -> int:
+        """This peer's position in :meth:`ring`: the rank broadcast's ``root`` names and reduce_scatter's chunk.
+        It changes only when the group does (update_topology(), optimize_topology(), or a lost peer leaving
+        the ring of the next operation)."""
+        return self._core.group_rank
 
     @property
     def peer_id(self) -> int:
@@ -318,8 +330,7 @@ class Communicator:
         name = arrays.dtype_name_of(x)
         call = _call_args(x.shape, timeout)
         dcode, ocode = dtype_code(name), op_code(op, name)
-        if not isinstance(tag, int) or not 0 <= tag < 2**64:
-            raise InvalidArgumentError(f"tag must be an int in [0, 2**64), not {tag!r}")
+        check_tag(tag)
         target = _target_of(x, out, fw)
         quant = Quantization.of(quantization)
         if quant is not None:
@@ -352,9 +363,13 @@ class Communicator:
         return self._finish(result, info, return_info)
 
     def _finish(self, result: Any, info: Any, return_info: bool):
-        self.last_info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
-                                       info.stripes, info.op_id, info.rank)
+        self._info_of(info)
         return (result, self.last_info) if return_info else result
+
+    def _info_of(self, info: Any) -> AllReduceInfo:
+        self.last_info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
+                                       info.stripes, info.op_id, info.rank, tuple(info.peers))
+        return self.last_info
 
     def all_reduce_async(self, x: Any, op: str = "sum", out: Any = None, *, tag: Optional[int] = None,
                          quantization=None, timeout: Optional[float] = None) -> "_in_flight.AllReduceHandle":
@@ -375,6 +390,84 @@ class Communicator:
             InvalidArgumentError: the tag is already in flight on this communicator.
         """
         return self._concurrency.submit(x, op, out, tag, quantization, timeout)
+
+    def broadcast(self, x: Any, root: int = 0, *, out: Any = None, tag: int = 0,
+                  timeout: Optional[float] = None) -> Any:
+        """Every peer of the group gets the array of the peer at rank ``root`` (docs/collectives.md).
+
+        Args:
+            x: the root's data; on the other peers an array of the same shape and dtype (its values are not
+                read). Any framework and dtype :meth:`all_reduce` takes.
+            root: a rank: the peer at ``ring()[root]``.
+            out: None for a new array, ``x`` itself for in place (torch, NumPy, CuPy), or another mutable array
+                of x's shape and dtype.
+            tag, timeout: as for :meth:`all_reduce`.
+        Returns:
+            the root's array, bit for bit, on every peer (``out`` when given).
+        Raises:
+            PeerLostError: a peer failed, or the root is no longer in the group; nothing was written; retry
+                (after update_topology(), to choose a root of the new group).
+            OperationMismatchError: the peers named different roots, shapes or dtypes, or another collective.
+            PCCLTimeoutError, TooFewPeersError, KeyboardInterrupt: as for :meth:`all_reduce`.
+        """
+        return _collectives.broadcast(self, x, root, out, tag, timeout)[0]
+
+    def all_gather(self, x: Any, *, out: Any = None, tag: int = 0, timeout: Optional[float] = None) -> Any:
+        """Every peer's ``x``, stacked in ring order: a new array of shape ``(group_world_size, *x.shape)``
+        whose row r came from the peer at rank r (``last_info.peers[r]``).
+
+        Every peer must pass the same shape and dtype. ``out``: a mutable array of that shape (not x).
+        Raises as :meth:`broadcast` (PeerLostError also when the group changed since this peer last saw it:
+        the retry is sized from the new group).
+        """
+        return _collectives.all_gather(self, x, out, tag, timeout)[0]
+
+    def reduce_scatter(self, x: Any, op: str = "sum", *, out: Any = None, tag: int = 0,
+                       timeout: Optional[float] = None) -> Any:
+        """Reduces ``x`` over the group like :meth:`all_reduce`, but each peer gets only its chunk: the rows
+        of x's first axis that ``numpy.array_split(x, group_world_size)[rank]`` would hold.
+
+        Args:
+            x: an array of at least one dimension, the same shape and dtype on every peer.
+            op: as for :meth:`all_reduce`.
+            out: None, or a mutable array of the chunk's shape (not x).
+            tag, timeout: as for :meth:`all_reduce`.
+        Raises as :meth:`broadcast`.
+        """
+        return _collectives.reduce_scatter(self, x, op, out, tag, timeout)[0]
+
+    def barrier(self, *, tag: int = 0, timeout: Optional[float] = None) -> None:
+        """Returns once every peer of the group has called it (a collective with no data).
+
+        Raises:
+            PCCLTimeoutError: some peers did not call it within ``timeout`` (named in the message).
+            PeerLostError: a peer left while the others waited.
+        """
+        _collectives.barrier(self, tag, timeout)
+
+    def broadcast_async(self, x: Any, root: int = 0, *, out: Any = None, tag: Optional[int] = None,
+                        timeout: Optional[float] = None) -> "_in_flight.AllReduceHandle":
+        """:meth:`broadcast`, started at once; ``handle.wait()`` gives the result (tags as for
+        :meth:`all_reduce_async`)."""
+        return self._concurrency.submit_call(lambda t: _collectives.broadcast(self, x, root, out, t, timeout), tag,
+                                             "broadcast")
+
+    def all_gather_async(self, x: Any, *, out: Any = None, tag: Optional[int] = None,
+                         timeout: Optional[float] = None) -> "_in_flight.AllReduceHandle":
+        """:meth:`all_gather`, started at once; ``handle.wait()`` gives the result."""
+        return self._concurrency.submit_call(lambda t: _collectives.all_gather(self, x, out, t, timeout), tag,
+                                             "all_gather")
+
+    def reduce_scatter_async(self, x: Any, op: str = "sum", *, out: Any = None, tag: Optional[int] = None,
+                             timeout: Optional[float] = None) -> "_in_flight.AllReduceHandle":
+        """:meth:`reduce_scatter`, started at once; ``handle.wait()`` gives the result."""
+        return self._concurrency.submit_call(lambda t: _collectives.reduce_scatter(self, x, op, out, t, timeout),
+                                             tag, "reduce_scatter")
+
+    def barrier_async(self, *, tag: Optional[int] = None,
+                      timeout: Optional[float] = None) -> "_in_flight.AllReduceHandle":
+        """:meth:`barrier`, started at once; ``handle.wait()`` returns None once every peer has called it."""
+        return self._concurrency.submit_call(lambda t: _collectives.barrier(self, t, timeout), tag, "barrier")
 
     def all_reduce_many(self, arrays, op: str = "sum", *, outs=None, max_in_flight: int = 4, retries: int = 3,
                         tag_base: int = 1 << 48, quantization=None, timeout: Optional[float] = None) -> list:
@@ -418,53 +511,6 @@ class Communicator:
                                      op=op_code(op, name), tag=tag, structure=structure[0],
                                      structure_text=structure[1], **_call_args(src.shape, timeout))
         self._finish(None, info, False)
-
-
-def _call_args(shape, timeout: Optional[float]) -> dict:
-    """What every all-reduce call hands the core besides its buffers: the shape the peers must agree on, and
-    how long to wait for them to start."""
-    if len(shape) > 32:
-        raise InvalidArgumentError(f"arrays of at most 32 dimensions, not {len(shape)}")
-    return {"shape": [int(d) for d in shape], "timeout": _timeout_arg(timeout)}
-
-
-def _seconds(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise InvalidArgumentError(f"{name} must be a positive number of seconds, not {value!r}")
-    return float(value)
-
-
-def _timeout_arg(timeout: Optional[float]) -> float:
-    """A call's ``timeout`` for the core: -1 means the communicator's op_timeout."""
-    return -1.0 if timeout is None else _seconds(timeout, "timeout")
-
-
-def _target_of(x: Any, out: Any, fw: str) -> Any:
-    """Where the result goes: None (a new array), x itself (in place) or a checked ``out``."""
-    if out is x:
-        if fw == "jax":
-            raise InvalidArgumentError("JAX arrays are immutable: use the returned array (out=None)")
-    elif out is not None:
-        _check_out(x, out, fw)
-    if out is not None and fw == "numpy" and not out.flags.writeable:
-        raise InvalidArgumentError("the output array is read-only; pass out=None for a new array")
-    return out
-
-
-def _check_out(x: Any, out: Any, fw: str) -> None:
-    if arrays.framework_of(out) != fw or fw == "jax":
-        raise InvalidArgumentError(f"out must be a mutable {fw} array like x (or x itself)")
-    if tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype:
-        raise InvalidArgumentError("out must be x itself or an array of the same shape and dtype")
-    if arrays.device_of(out, fw) != arrays.device_of(x, fw):
-        raise InvalidArgumentError("out must be on the same device as x")
-    if fw == "numpy":
-        overlap = np.shares_memory(out, x)
-    else:
-        a, b = arrays.host_extent(x, fw), arrays.host_extent(out, fw)
-        overlap = a[0] < b[1] and b[0] < a[1]
-    if overlap:
-        raise InvalidArgumentError("out overlaps x without being x; pass out=x for in place")
 
 
 __all__ = ["Communicator", "AllReduceInfo", "PCCLError"]

@@ -27,18 +27,21 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait, FIRST_COMPLETED
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Optional, Sequence
 
+from .call_args import check_tag
 from .errors import CommunicatorStateError, InvalidArgumentError, PCCLError, PCCLTimeoutError
 
 AUTO_TAG_BASE = 1 << 40  # automatic tags stay clear of small user tags
 
 
 class AllReduceHandle:
-    """An all-reduce in flight. ``wait()`` returns its result (or raises its error); ``done()`` polls."""
+    """A collective in flight (an all-reduce, broadcast, ...). ``wait()`` returns its result (or raises its
+    error); ``done()`` polls."""
 
-    def __init__(self, future: Future, tag: int, comm=None):
+    def __init__(self, future: Future, tag: int, comm=None, what: str = "all-reduce"):
         self._future = future
         self.tag = tag
         self._comm = comm
+        self._what = what
 
     def done(self) -> bool:
         return self._future.done()
@@ -55,11 +58,11 @@ class AllReduceHandle:
         except FutureTimeout:
             if self._future.done():  # the operation's own PCCLTimeoutError (a TimeoutError too), not this wait's
                 raise
-            raise PCCLTimeoutError(f"all-reduce tag {self.tag} did not finish within {timeout} s; it is still "
+            raise PCCLTimeoutError(f"{self._what} tag {self.tag} did not finish within {timeout} s; it is still "
                                    "running (wait again, or close() the communicator to stop it)") from None
         except KeyboardInterrupt:
             if self._comm is not None:
-                self._comm._abandon(f"interrupted (KeyboardInterrupt) in handle.wait() of all-reduce tag {self.tag}")
+                self._comm._abandon(f"interrupted (KeyboardInterrupt) in handle.wait() of {self._what} tag {self.tag}")
             raise
         finally:
             # The operation's error, raised here, keeps this frame in its traceback; this frame held the handle,
@@ -70,7 +73,7 @@ class AllReduceHandle:
 
     @property
     def info(self):
-        """The AllReduceInfo once the operation committed (None before)."""
+        """The operation's AllReduceInfo once it committed (None before)."""
         if not self._future.done() or self._future.exception() is not None:
             return None
         return self._future.result()[1]
@@ -104,28 +107,31 @@ class Concurrency:
 
     def submit(self, x: Any, op: str, out: Any, tag: Optional[int], quantization,
                timeout: Optional[float] = None) -> AllReduceHandle:
+        return self.submit_call(lambda t: self._comm.all_reduce(x, op, out, tag=t, quantization=quantization,
+                                                                return_info=True, timeout=timeout), tag)
+
+    def submit_call(self, call, tag: Optional[int], what: str = "all-reduce") -> AllReduceHandle:
+        """Runs ``call(tag)`` (which returns ``(result, info)``) on the pool with a tag of its own."""
         with self._lock:
             if tag is None:
                 tag = self._next
                 self._next += 1
-            if not isinstance(tag, int) or not 0 <= tag < 2**64:
-                raise InvalidArgumentError(f"tag must be an int in [0, 2**64), not {tag!r}")
+            check_tag(tag)
             if tag in self._tags:
                 raise InvalidArgumentError(f"tag {tag} is already in flight on this communicator")
             self._tags.add(tag)
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._max_threads, thread_name_prefix="pccl-arrays")
         try:
-            future = self._pool.submit(self._run, x, op, out, tag, quantization, timeout)
+            future = self._pool.submit(self._run, call, tag)
         except BaseException:
             self._release(tag)
             raise
-        return AllReduceHandle(future, tag, self._comm)
+        return AllReduceHandle(future, tag, self._comm, what)
 
-    def _run(self, x, op, out, tag, quantization, timeout):
+    def _run(self, call, tag):
         try:
-            return self._comm.all_reduce(x, op, out, tag=tag, quantization=quantization, return_info=True,
-                                         timeout=timeout)
+            return call(tag)
         finally:
             self._release(tag)
 

@@ -19,7 +19,7 @@ from pccl_arrays import _core, _core_testing
 from pccl_arrays.errors import InvalidArgumentError, PCCLError, ProtocolError
 
 MAGIC = 0x52414350
-VERSION = 5
+VERSION = 6
 HEADER = struct.Struct("<IHHII")  # magic, version, type, length, reserved
 MAX_CONTROL = 1 << 20
 MAX_DATA = (64 << 20) + 24  # one piece plus the data header
@@ -42,7 +42,8 @@ SAMPLES = {
     "heartbeat_ack": {"pending": 4},
     "topo_request": {"seq": 12, "timeout_ms": 30000, "min_world": 2},
     "topo_result": {"seq": 12, "world_size": 5, "pending": 1, "ring": RING, "kind": 10, "reason": "timed out"},
-    "op_start": {"tag": 99, "desc": {"count": 2**40 + 3, "dtype": 9, "op": 1, "quant": 2, "qblock": 1024,
+    "op_start": {"tag": 99, "desc": {"count": 2**40 + 3, "dtype": 9, "op": 1, "collective": 3, "root": 2**62 + 9,
+                                      "quant": 2, "qblock": 1024,
                                       "qround": 1, "qseed": 7, "qrotate": 1, "qreduce": 1, "shape": [2**20, 2**20 + 3], "structure": 2**63 + 5,
                                       "structure_text": "{'a': float32[3]}"},
                  "timeout_ms": 1800000, "min_world": 3},
@@ -130,7 +131,7 @@ def test_every_message_round_trips(type_name):
 
 
 def golden_frames() -> dict:
-    """The bytes of every sample as protocol version 5 lays them out, checked once against a layout written by
+    """The bytes of every sample as protocol version 6 lays them out, checked once against a layout written by
     hand, field by field; regenerate only together with a protocol version bump (PCCL_REGEN_GOLDEN=1)."""
     import json
     import os
@@ -159,7 +160,7 @@ def test_header_layout_byte_by_byte():
     frame = _core_testing.encode_frame("welcome", {"peer_id": 0x0102030405060708})
     assert len(frame) == 16 + 8
     assert frame[0:4] == bytes([0x50, 0x43, 0x41, 0x52]) == b"PCAR"  # magic 0x52414350, little-endian
-    assert frame[4:6] == bytes([0x05, 0x00])  # protocol version 5
+    assert frame[4:6] == bytes([0x06, 0x00])  # protocol version 6
     assert frame[6:8] == bytes([0x02, 0x00])  # type 2 = welcome
     assert frame[8:12] == bytes([0x08, 0x00, 0x00, 0x00])  # payload length 8
     assert frame[12:16] == bytes([0x00, 0x00, 0x00, 0x00])  # reserved, zero
@@ -182,7 +183,8 @@ def test_extreme_values_round_trip():
         "hello": {"group": 2**32 - 1, "connections": 2**32 - 1, "host": "h" * MAX_STRING, "port": 65535},
         "topo_result": {"seq": 2**64 - 1, "world_size": 2**32 - 1, "pending": 2**32 - 1, "ring": ring, "kind": 255,
                         "reason": "r" * MAX_STRING},
-        "op_start": {"tag": 2**64 - 1, "desc": {"count": 2**64 - 1, "dtype": 255, "op": 255, "quant": 255,
+        "op_start": {"tag": 2**64 - 1, "desc": {"count": 2**64 - 1, "dtype": 255, "op": 255, "collective": 4,
+                                                 "root": 2**64 - 1, "quant": 255,
                                                  "qblock": 2**32 - 1, "qround": 255, "qseed": 2**32 - 1,
                                                  "qrotate": 1, "qreduce": 1, "shape": [2**64 - 1] * 32, "structure": 2**64 - 1,
                                                  "structure_text": "s" * MAX_STRING},
@@ -230,7 +232,7 @@ def test_bad_magic(index):
     assert_protocol_error(bytes(frame), "magic")
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 6, 0x0100, 0xFFFF])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 7, 0x0100, 0xFFFF])
 def test_wrong_protocol_version(version):
     assert_protocol_error(header(TYPE_CODES["heartbeat"], 0, version=version), "version")
 

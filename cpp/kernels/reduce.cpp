@@ -33,6 +33,11 @@ const char* op_name(ReduceOp op) {
     return uint8_t(op) < kReduceOpCount ? names[uint8_t(op)] : "unknown";
 }
 
+const char* op_kind_name(OpKind k) {
+    static const char* names[] = {"all_reduce", "broadcast", "all_gather", "reduce_scatter", "barrier"};
+    return uint8_t(k) < kOpKindCount ? names[uint8_t(k)] : "unknown";
+}
+
 float half_to_float(uint16_t h) {
     const uint32_t sign = uint32_t(h & 0x8000) << 16;
     uint32_t exp = (h >> 10) & 0x1f;

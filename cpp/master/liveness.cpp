@@ -98,7 +98,7 @@ void MasterState::expire_waits(double now, Actions& out) {
         std::set<uint64_t> present;
         for (const auto& [id, d] : o.started) present.insert(id);
         fail_op(cur, ErrorKind::kTimeout,
-                "all_reduce tag " + std::to_string(o.tag) + " timed out after " + seconds_text(o.timeout) +
+                op_title(o.started.begin()->second, o.tag) + " timed out after " + seconds_text(o.timeout) +
                     ": these peers did not start it: " + describe_all(group_missing(o.group, present)),
                 out);
     }

@@ -338,8 +338,8 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
     for (uint64_t id : ring) {
         const Conn& m = conns_.at(id);
         if (m.in_sync) {
-            const std::string why = describe(id) + " is in sync_shared_state() while others started all_reduce tag " +
-                                    std::to_string(op.tag) + kSameOrder;
+            const std::string why = describe(id) + " is in sync_shared_state() while others started " +
+                                    op_title(op.started.begin()->second, op.tag) + kSameOrder;
             const uint32_t group = op.group;
             fail_op(it, ErrorKind::kMismatch, why, out);
             fail_pending_sync(group, ErrorKind::kMismatch, why, out);
@@ -358,9 +358,17 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
                 out);
         return;
     }
+    if (OpKind(first.collective) == OpKind::kBroadcast && !std::count(ring.begin(), ring.end(), first.root)) {
+        fail_op(it, ErrorKind::kPeerLost,
+                op_title(first, op.tag) + ": its root, peer " + std::to_string(first.root) +
+                    ", is not in the group (it left or was lost; the group is " + describe_all(ring) +
+                    "): call update_topology() and choose a root of the group",
+                out);
+        return;
+    }
     if (ring.size() < op.min_world) {
         fail_op(it, ErrorKind::kTooFewPeers,
-                "all_reduce tag " + std::to_string(op.tag) + " needs at least " + std::to_string(op.min_world) +
+                op_title(first, op.tag) + " needs at least " + std::to_string(op.min_world) +
                     " peers (min_world_size) and the group has " + std::to_string(ring.size()) + ": " + describe_all(ring),
                 out);
         return;

@@ -12,6 +12,7 @@ namespace pccl {
 
 using wire::MsgType;
 using master_text::kSameOrder;
+using master_text::op_title;
 
 void MasterState::on_sync_start(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out) {
     auto m = wire::decode_payload<wire::SyncStart>(payload);
@@ -26,8 +27,8 @@ void MasterState::on_sync_start(uint64_t id, Conn& c, const std::vector<uint8_t>
     for (auto op = ops_.begin(); op != ops_.end();) {
         auto cur = op++;
         if (cur->second.group != c.group || cur->second.running) continue;
-        conflict = describe(id) + " called sync_shared_state() while others started all_reduce tag " +
-                   std::to_string(cur->second.tag) + kSameOrder;
+        conflict = describe(id) + " called sync_shared_state() while others started " +
+                   op_title(cur->second.started.begin()->second, cur->second.tag) + kSameOrder;
         fail_op(cur, ErrorKind::kMismatch, conflict, out);
     }
     if (!conflict.empty()) fail_pending_sync(c.group, ErrorKind::kMismatch, conflict, out);
@@ -48,7 +49,7 @@ void MasterState::try_start_sync(uint32_t group, Actions& out) {
         const Conn& m = conns_.at(id);
         if (!m.op_tags.empty()) {
             fail_pending_sync(group, ErrorKind::kMismatch,
-                              describe(id) + " is in all_reduce while others called sync_shared_state()" + kSameOrder, out);
+                              describe(id) + " is in a collective (all_reduce, broadcast, ...) while others called sync_shared_state()" + kSameOrder, out);
             return;
         }
     }

@@ -16,9 +16,16 @@ inline std::string shape_text(const std::vector<uint64_t>& shape) {
     return s + (shape.size() == 1 ? ",)" : ")");
 }
 
-// A descriptor in words: "sum of float32 (2, 4)", "... quantized minmax (block 1024, stochastic rounding, seed 3)".
+// A descriptor in words: "sum of float32 (2, 4)", "... quantized minmax (block 1024, stochastic rounding, seed 3)",
+// "broadcast of int64 (3,) from peer 2", "barrier".
 inline std::string desc_text(const wire::OpDesc& d) {
-    std::string s = std::string(op_name(ReduceOp(d.op))) + " of " + dtype_name(DType(d.dtype)) + " " + shape_text(d.shape);
+    const OpKind kind = OpKind(d.collective);
+    if (kind == OpKind::kBarrier) return "barrier";
+    std::string s = std::string(op_name(ReduceOp(d.op))) + " of ";
+    if (kind == OpKind::kBroadcast || kind == OpKind::kAllGather) s = std::string(op_kind_name(kind)) + " of ";
+    if (kind == OpKind::kReduceScatter) s = "reduce_scatter (" + std::string(op_name(ReduceOp(d.op))) + ") of ";
+    s += std::string(dtype_name(DType(d.dtype))) + " " + shape_text(d.shape);
+    if (kind == OpKind::kBroadcast) s += " from peer " + std::to_string(d.root);
     if (d.structure) s += " packed from the tree " + d.structure_text;
     if (d.quant)
         s += std::string(" quantized ") +
@@ -30,11 +37,20 @@ inline std::string desc_text(const wire::OpDesc& d) {
 
 // The first field in which two descriptors differ, in words.
 inline std::string desc_difference(const wire::OpDesc& a, const wire::OpDesc& b) {
+    if (a.collective != b.collective)
+        return std::string("collectives differ: ") + op_kind_name(OpKind(a.collective)) + " and " +
+               op_kind_name(OpKind(b.collective));
+    if (a.root != b.root) return "roots differ";
     if (a.dtype != b.dtype) return "dtypes differ";
     if (a.op != b.op) return "ops differ";
     if (a.structure != b.structure) return "tree structures differ (keys, order, leaf dtypes or shapes)";
     if (a.shape != b.shape || a.count != b.count) return "shapes differ";
     return "quantization settings differ";
+}
+
+// An operation in words, for errors: "all_reduce tag 7", "broadcast tag 3".
+inline std::string op_title(const wire::OpDesc& d, uint64_t tag) {
+    return std::string(op_kind_name(OpKind(d.collective))) + " tag " + std::to_string(tag);
 }
 
 inline constexpr const char* kSameOrder = ": collectives must be called in the same order on every peer";

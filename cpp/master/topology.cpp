@@ -42,7 +42,7 @@ void MasterState::check_opt_conflict(uint32_t group, Actions& out) {
     for (uint64_t id : group_ring(group)) {
         const Conn& m = conns_.at(id);
         if (m.op_tags.empty() && !m.in_sync) continue;
-        const std::string why = describe(id) + (m.in_sync ? " called sync_shared_state()" : " started all_reduce") +
+        const std::string why = describe(id) + (m.in_sync ? " called sync_shared_state()" : " started a collective (all_reduce, broadcast, ...)") +
                                 " while others called optimize_topology()" + kSameOrder;
         for (auto op = ops_.begin(); op != ops_.end();) {
             auto cur = op++;

@@ -60,9 +60,9 @@ static DirectWork make_direct_work(const RingWork& ring, DType dtype, const Quan
     return work;
 }
 
-// Arguments the core refuses before anything is sent.
-static void check_call(DType dtype, ReduceOp op, const QuantConfig& quant, const void* input, const void* output,
-                       const CallOptions& options) {
+// Arguments the core refuses before anything is sent (also for the other collectives: collectives.cpp).
+void Communicator::check_call(DType dtype, ReduceOp op, const QuantConfig& quant, const void* input,
+                              const void* output, const CallOptions& options) {
     if (options.shape.size() > wire::kMaxDims)
         throw CoreError(ErrorKind::kInvalidArgument, "at most " + std::to_string(wire::kMaxDims) + " dimensions");
     if (options.structure_text.size() > wire::kMaxString)
@@ -94,9 +94,13 @@ static RingPlan ring_units(uint64_t count, DType dtype, const QuantConfig& quant
 }
 
 // What every peer of the operation must announce identically.
-static wire::OpDesc descriptor_of(uint64_t count, DType dtype, ReduceOp op, const QuantConfig& quant,
-                                  const CallOptions& options) {
-    wire::OpDesc desc{count, uint8_t(dtype), uint8_t(op), uint8_t(quant.kind), 0, 0, 0};
+wire::OpDesc Communicator::descriptor_of(uint64_t count, DType dtype, ReduceOp op, const QuantConfig& quant,
+                                         const CallOptions& options) {
+    wire::OpDesc desc;
+    desc.count = count;
+    desc.dtype = uint8_t(dtype);
+    desc.op = uint8_t(op);
+    desc.quant = uint8_t(quant.kind);
     if (quant.enabled()) {
         desc.qblock = quant.block;
         desc.qround = uint8_t(quant.rounding);
@@ -112,7 +116,7 @@ static wire::OpDesc descriptor_of(uint64_t count, DType dtype, ReduceOp op, cons
 
 Communicator::InFlightCall::InFlightCall(Communicator* c, uint64_t tag) : c_(c), tag_(tag) {
     std::lock_guard<std::mutex> g(c_->mu_);
-    if (c_->syncing_) throw CoreError(ErrorKind::kState, "all_reduce() while sync_shared_state() runs on this peer");
+    if (c_->syncing_) throw CoreError(ErrorKind::kState, "a collective while sync_shared_state() runs on this peer");
     if (!c_->tags_in_flight_.insert(tag).second)
         throw CoreError(ErrorKind::kInvalidArgument,
                         "tag " + std::to_string(tag) + " is already in flight on this communicator: use distinct tags");
@@ -135,13 +139,13 @@ wire::OpGo Communicator::start_op(uint64_t tag, const wire::OpDesc& desc, double
             if (f.type == uint16_t(MsgType::kOpReject)) return wire::decode_payload<wire::OpReject>(f.payload).tag == tag;
             return false;
         },
-        ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1, "the other peers to start the all-reduce");
+        ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1, "the other peers to start the collective");
     if (f.type == uint16_t(MsgType::kOpReject)) {
         auto r = wire::decode_payload<wire::OpReject>(f.payload);
         throw CoreError(ErrorKind(r.kind), r.reason);
     }
     auto go = wire::decode_payload<wire::OpGo>(f.payload);
-    group_world_size_ = uint32_t(go.ring.size());
+    set_ring(go.ring);
     return go;
 }
 
@@ -180,20 +184,20 @@ uint8_t* Communicator::SlotResources::scratch_for(size_t bytes, int which) {
 OpInfo Communicator::run_ring(RingPlan plan, const wire::OpGo& go, const RingWork& work, const void* input,
                               uint8_t* result, OpControl& ctl, SlotResources& res, const DirectWork* direct) {
     const uint32_t world = uint32_t(go.ring.size());
-    auto me = std::find_if(go.ring.begin(), go.ring.end(), [this](const wire::PeerInfo& p) { return p.id == peer_id_; });
-    if (me == go.ring.end()) throw CoreError(ErrorKind::kProtocol, "the master started an operation without this peer");
-    const uint32_t rank = uint32_t(me - go.ring.begin());
+    const uint32_t rank = rank_in(go.ring);
+    if (rank == world) throw CoreError(ErrorKind::kProtocol, "the master started an operation without this peer");
     const size_t total_bytes = plan.byte_len(0, plan.units);
     OpInfo info;
     info.op_id = go.op_id;
     info.world_size = world;
     info.rank = rank;
+    for (const auto& p : go.ring) info.peers.push_back(p.id);
     info.stripes = stripes_for(total_bytes, go.stripes);
     if (world == 1) {
         if (work.encode && plan.units) {
             work.encode(result, 0, plan.units);
             work.finish(result, 0, plan.units);
-        } else if (total_bytes) {
+        } else if (total_bytes && result != input) {
             std::memcpy(result, input, total_bytes);
         }
         return info;
@@ -208,7 +212,7 @@ OpInfo Communicator::run_ring(RingPlan plan, const wire::OpGo& go, const RingWor
         DirectLinks links{&pool_, go.slot, go.ring, cfg_.connect_timeout, cfg_.data_timeout};
         // Our quantized contribution: encoded as it leaves on the host path, the caller's bytes on the device path.
         uint8_t* mine = direct->encode ? res.scratch_for(total_bytes, 2) : const_cast<uint8_t*>(in);
-        uint8_t* inbox = res.scratch_for((world - 1) * direct_inbox_bytes(plan), 3);
+        uint8_t* inbox = direct->reduce ? res.scratch_for((world - 1) * direct_inbox_bytes(plan), 3) : nullptr;
         res.workers.run(info.stripes, [&](uint32_t j) {
             run_direct_stripe(plan, j, *direct, mine, inbox, result, links, ctl, &bytes[j]);
         });
@@ -222,6 +226,11 @@ OpInfo Communicator::run_ring(RingPlan plan, const wire::OpGo& go, const RingWor
         info.bytes_received += b.received;
     }
     return info;
+}
+
+uint32_t Communicator::rank_in(const std::vector<wire::PeerInfo>& ring) const {
+    auto me = std::find_if(ring.begin(), ring.end(), [this](const wire::PeerInfo& p) { return p.id == peer_id_; });
+    return uint32_t(me - ring.begin());
 }
 
 OpInfo Communicator::all_reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,

@@ -137,12 +137,18 @@ void Communicator::connect(double admission_timeout) {
 }
 
 void Communicator::apply_topology(const wire::TopoResult& r) {
-    ring_ = r.ring;
+    set_ring(r.ring);
     world_size_ = r.world_size;
-    group_world_size_ = uint32_t(r.ring.size());
     std::set<uint64_t> ids;
     for (const auto& p : r.ring) ids.insert(p.id);
     pool_.retain(ids);
+}
+
+void Communicator::set_ring(const std::vector<wire::PeerInfo>& ring) {
+    std::lock_guard<std::mutex> g(mu_);
+    ring_ = ring;
+    group_world_size_ = uint32_t(ring.size());
+    group_rank_ = rank_in(ring);
 }
 
 void Communicator::require_accepted() const {

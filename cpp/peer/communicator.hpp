@@ -26,6 +26,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <set>
 #include <memory>
@@ -69,10 +70,14 @@ struct CallOptions {
     double timeout = -1;           // seconds to wait for the others to start; negative: CommConfig::op_timeout
 };
 
+// Memory for a result whose size only the operation's group decides (all_gather, reduce_scatter).
+using Allocator = std::function<uint8_t*(size_t bytes)>;
+
 struct OpInfo {
     uint64_t op_id = 0;
     uint32_t world_size = 0;
     uint32_t rank = 0;  // this peer's position in the operation's ring order
+    std::vector<uint64_t> peers;  // the operation's peers in ring order (all_gather's rows come in this order)
     uint32_t stripes = 0;
     uint64_t bytes_sent = 0;
     uint64_t bytes_received = 0;
@@ -104,8 +109,10 @@ public:
     // A collective of the group: probes the links the master has not measured, and every peer takes the ring
     // order the master solves for (docs/topology.md). Returns the number of links this peer measured.
     uint32_t optimize_topology(double timeout = -1);
-    // Peer ids of this peer's group in ring order, as of the last topology result (the caller's thread).
+    // Peer ids of this peer's group in ring order, as of the last topology result or operation (a lost peer
+    // leaves the ring of the next operation).
     std::vector<uint64_t> ring_ids() const {
+        std::lock_guard<std::mutex> g(mu_);
         std::vector<uint64_t> ids;
         for (const auto& p : ring_) ids.push_back(p.id);
         return ids;
@@ -121,6 +128,20 @@ public:
     // blocks into out as they arrive (divided by the world size for avg); the blocks live in the slot's scratch.
     OpInfo all_reduce_quantized(const void* x, void* out, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
                                 const QuantConfig& quant, const CallOptions& options = {});
+    // The other collectives (collectives.cpp, docs/collectives.md), with all-reduce's contract: matched
+    // descriptors, deadlines, commit on every peer or none. `count` elements of `input` per peer; `output`
+    // holds `output_count` elements, which must be what the operation's group gives (else every peer fails
+    // with a retryable kPeerLost: the group changed since the caller sized it):
+    //   broadcast: count; the root (a peer id) sends its input, the others' input is unused (may be null);
+    //     output may be input (in place: written only on commit).
+    //   all_gather: world * count, this peer's input at row `rank` (OpInfo::peers says whose each row is).
+    //   reduce_scatter: chunk `rank` of the reduced array, cut along the first axis of options.shape as
+    //     numpy.array_split cuts it (a flat array: elements); op as for all_reduce.
+    //   barrier: no data (count 0); returns once every peer of the group has called it.
+    // With `allocate` and no output, the result goes to allocate(bytes), called once the group is known.
+    OpInfo collective(OpKind kind, const void* input, void* output, uint64_t count, uint64_t output_count, DType dtype,
+                      ReduceOp op, uint64_t root, uint64_t tag, const CallOptions& options = {},
+                      const Allocator& allocate = {});
     // Collective shared-state sync (docs/shared_state.md): `entries` in name order with their hashes, `data` the
     // bytes of each (read while holders send). Throws for a refused peer or a failed sync; nothing is written.
     SyncOutcome sync_state(const std::vector<wire::StateEntry>& entries, const std::vector<const uint8_t*>& data,
@@ -132,6 +153,8 @@ public:
     uint64_t peer_id() const { return peer_id_; }
     uint32_t world_size() const { return world_size_; }
     uint32_t group_world_size() const { return group_world_size_; }
+    // This peer's position in its group's ring order, as of the last topology result or operation.
+    uint32_t group_rank() const { return group_rank_; }
     bool connected() const { return state_ == State::kAccepted; }
     std::string data_address() const {
         std::lock_guard<std::mutex> g(mu_);
@@ -162,6 +185,7 @@ private:
     // deadline (steady seconds, negative: none) passes.
     template <class Match> Frame wait_frame(Match match, double deadline, const char* what);
     void apply_topology(const wire::TopoResult& r);
+    void set_ring(const std::vector<wire::PeerInfo>& ring);  // the group's ring, its size, our place in it
     // The two-phase end of an operation or a sync: OP_DONE with the local outcome (ctl's failure, if any), then
     // the master's verdict. Returns on OP_COMMIT; on OP_ABORT (or a local failure) clears the slot's
     // connections and throws the verdict's error, the same on every peer.
@@ -177,6 +201,14 @@ private:
     // The ring, or the direct all-reduce when `direct` is set (quantized operations; peer/direct.hpp).
     OpInfo run_ring(RingPlan plan, const wire::OpGo& go, const RingWork& work, const void* input, uint8_t* result,
                     OpControl& ctl, SlotResources& res, const DirectWork* direct);
+    // Shared by all collectives (all_reduce.cpp): the arguments refused before anything is sent, the descriptor,
+    // this peer's position in a ring (ring.size() if absent).
+    static void check_call(DType dtype, ReduceOp op, const QuantConfig& quant, const void* input, const void* output,
+                           const CallOptions& options);
+    static wire::OpDesc descriptor_of(uint64_t count, DType dtype, ReduceOp op, const QuantConfig& quant,
+                                      const CallOptions& options);
+    uint32_t rank_in(const std::vector<wire::PeerInfo>& ring) const;
+    static uint32_t rank_in_ids(const std::vector<wire::PeerInfo>& ring, uint64_t id);  // ring.size() if absent
     // Both all-reduces: `exact` set means the quantized host path (input unused).
     OpInfo reduce(const void* input, void* output, uint64_t count, DType dtype, ReduceOp op, uint64_t tag,
                   const QuantConfig& quant, const void* exact, const CallOptions& options);
@@ -204,9 +236,9 @@ private:
     wire::PeerInfo advertised_;  // guarded by mu_ (written once, in connect())
     std::atomic<uint16_t> data_port_{0};  // read by other threads (a relay following this peer) during connect()
     std::atomic<uint64_t> peer_id_{0};
-    std::atomic<uint32_t> world_size_{0}, group_world_size_{0};
+    std::atomic<uint32_t> world_size_{0}, group_world_size_{0}, group_rank_{0};
     std::atomic<State> state_{State::kNew};
-    std::vector<wire::PeerInfo> ring_;
+    std::vector<wire::PeerInfo> ring_;  // guarded by mu_
     uint64_t topo_seq_ = 0, next_tag_ = 1;
 
     std::mutex send_mu_;

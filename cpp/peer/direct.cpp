@@ -31,14 +31,18 @@ public:
         size_t chunk_first, unused;
         plan.region(plan.rank, 0, &chunk_first, &unused);
         const size_t at = begin_of(plan.rank) - plan.byte_offset(chunk_first);  // this stripe's place in the chunk
+        if (work.chunk_only) shift_ = plan.byte_offset(chunk_first);
         for (uint32_t k = 1; k < plan.world; k++) {  // senders in summation order: ring order from our successor
             const uint32_t p = (plan.rank + k) % plan.world;
             outs_.emplace_back().rank = p;
             In& in = ins_.emplace_back();
             in.rank = p;
-            in.inbox = inbox + (k - 1) * stride + at;
+            if (inbox) in.inbox = inbox + (k - 1) * stride + at;
         }
         received_.resize(ins_.size());
+        // Our chunk is final from the start where nobody sends it to us: all_gather's (our input), the root's.
+        const bool mine_final = work.kind == OpKind::kAllGather || (work.kind == OpKind::kBroadcast && plan.rank == work.root);
+        if (mine_final) summed_ = len_of(plan.rank);
     }
 
     void run() {
@@ -124,12 +128,23 @@ private:
     // then theirs). Both ends compute the same lengths, so neither sends nor expects frames for empty ones.
     uint32_t out_chunk(const Out& o) const { return o.step == 0 ? o.rank : plan_.rank; }
     uint32_t in_chunk(const In& in) const { return in.step == 0 ? plan_.rank : in.rank; }
+    // Whether `from` sends to `to` at a step, by collective (the top of direct.hpp).
+    bool moves(uint32_t step, uint32_t from, uint32_t to) const {
+        switch (work_.kind) {
+            case OpKind::kReduceScatter: return step == 0;
+            case OpKind::kAllGather: return step == 1;
+            case OpKind::kBroadcast: return step == 0 ? from == work_.root : to != work_.root;
+            default: return true;
+        }
+    }
     void skip_empty(Out& o) {
-        while (o.step < kSteps && len_of(out_chunk(o)) == 0) o.step++;
+        while (o.step < kSteps && (!moves(o.step, plan_.rank, o.rank) || len_of(out_chunk(o)) == 0)) o.step++;
     }
     void skip_empty(In& in) {
-        while (in.step < kSteps && len_of(in_chunk(in)) == 0) in.step++;
+        while (in.step < kSteps && (!moves(in.step, in.rank, plan_.rank) || len_of(in_chunk(in)) == 0)) in.step++;
     }
+    // Where chunk c's result lives (with chunk_only, `result_` starts at our chunk's first byte).
+    uint8_t* result_at(uint32_t c) const { return result_ + (begin_of(c) - shift_); }
     bool done() const {
         for (const Out& o : outs_)
             if (o.step < kSteps) return false;
@@ -139,16 +154,23 @@ private:
     }
     size_t units_in(size_t bytes) const { return (bytes + plan_.unit_bytes - 1) / plan_.unit_bytes; }
 
-    // The owner's sum of every run of units that has arrived from all senders.
+    // The owner's sum of every run of units that has arrived from all senders (a broadcast's: what has arrived
+    // from the root, straight into our chunk of the result).
     void sum_ready(bool* progressed) {
         const size_t mine_len = len_of(plan_.rank);
+        if (work_.kind == OpKind::kBroadcast) {
+            for (const In& in : ins_)
+                if (in.rank == work_.root) summed_ = in.step > 0 ? mine_len : in.off;
+            return;
+        }
+        if (!work_.reduce) return;
         size_t ready = mine_len;
         for (const In& in : ins_)
             if (in.step == 0) ready = std::min(ready, in.off);
         if (ready < mine_len) ready -= ready % plan_.unit_bytes;  // whole units (only the region's last is short)
         if (ready <= summed_) return;
         for (size_t k = 0; k < ins_.size(); k++) received_[k] = ins_[k].inbox + summed_;
-        uint8_t* out = result_ + begin_of(plan_.rank) + summed_;
+        uint8_t* out = result_at(plan_.rank) + summed_;
         const size_t first = unit_of(plan_.rank) + summed_ / plan_.unit_bytes, n = units_in(ready - summed_);
         work_.reduce(out, received_.data(), first, n);
         if (work_.finish) work_.finish(out, first, n);
@@ -218,12 +240,12 @@ private:
                     if (!check_head(in)) return false;
                     if (!in.conn) return true;  // a leftover, discarded
                     in.left.arrived(kPieceHead);
-                    in.rx.accept((in.step == 0 ? in.inbox : result_ + begin_of(in.rank)) + in.off);
+                    in.rx.accept((in.step == 1 ? result_at(in.rank) : in.inbox ? in.inbox : result_at(plan_.rank)) + in.off);
                     break;
                 case PieceReceiver::kPiece: {
                     in.left.arrived(in.rx.piece_len());
                     if (in.step == 1 && work_.finish)  // an owner's final units: decode them now
-                        work_.finish(result_ + begin_of(in.rank) + in.off,
+                        work_.finish(result_at(in.rank) + in.off,
                                      unit_of(in.rank) + in.off / plan_.unit_bytes, units_in(in.rx.piece_len()));
                     in.off += in.rx.piece_len();
                     if (in.off == len_of(in_chunk(in))) {
@@ -270,7 +292,7 @@ private:
             if (!o.tx.in_piece()) {
                 const size_t piece = std::min(per_piece, len - o.off);
                 if (o.step == 1 && o.off + piece > summed_) return true;  // our sum is not that far yet
-                uint8_t* src = (o.step == 0 ? mine_ : result_) + begin_of(c) + o.off;
+                uint8_t* src = (o.step == 0 ? mine_ + begin_of(c) : result_at(c)) + o.off;
                 if (o.step == 0 && work_.encode)  // their chunk of our contribution, quantized as it leaves
                     work_.encode(src, unit_of(c) + o.off / plan_.unit_bytes, units_in(piece));
                 o.tx.start(wire::DataHeader{ctl_.op_id(), o.step, j_, o.off}, src, piece, o.conn->tx());
@@ -317,6 +339,7 @@ private:
     std::vector<In> ins_;
     std::vector<const uint8_t*> received_;
     size_t summed_ = 0;  // bytes of our own chunk's stripe that hold the final sum
+    size_t shift_ = 0;   // the byte offset of result_[0] in the whole array (chunk_only)
 };
 
 }  // namespace

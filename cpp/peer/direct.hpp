@@ -18,6 +18,13 @@
 //
 // Pieces, headers (op id, step, stripe, offset), leftovers of aborted operations, the progress deadline and
 // failure reporting are the ring's (ring.hpp): only which bytes go where differs.
+//
+// The other collectives are the same two steps with some transfers left out (docs/collectives.md):
+//   reduce_scatter: step 0 and the owner's sum; the result is the owner's chunk alone;
+//   all_gather: step 1 alone; each peer's chunk of the result is its own input, final from the start;
+//   broadcast: in step 0 only the root sends (chunk p straight into peer p's result), and in step 1 every peer
+//     sends its chunk to every peer but the root, which has them all: the root uploads 2(world-1)/world of the
+//     array and the others (world-2)/world, instead of the root sending world-1 copies.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -33,8 +40,11 @@ namespace pccl {
 using OwnerSum = std::function<void(uint8_t* out, const uint8_t* const* received, size_t first_unit, size_t n_units)>;
 
 struct DirectWork {
+    OpKind kind = OpKind::kAllReduce;  // all_reduce, reduce_scatter, all_gather or broadcast
+    uint32_t root = 0;  // broadcast: the root's position in the ring order
+    bool chunk_only = false;  // `result` holds this peer's chunk alone (reduce_scatter)
     UnitWork encode;   // host path: quantizes our own units into `mine` just before they leave (else empty)
-    OwnerSum reduce;   // the owner's sum (always set)
+    OwnerSum reduce;   // the owner's sum (all_reduce and reduce_scatter)
     UnitWork finish;   // host path: decodes final units as soon as they are final (else empty)
 };
 
@@ -49,8 +59,10 @@ struct DirectLinks {
 // Bytes the owner keeps per sender for one operation: its largest chunk (the inbox of each sender).
 size_t direct_inbox_bytes(const RingPlan& plan);
 
-// Runs stripe j. `mine`: our quantized contribution (filled by work.encode on the host path); `inbox`:
-// (world-1) * direct_inbox_bytes(plan) bytes of scratch; `result`: the whole quantized result.
+// Runs stripe j. `mine`: our quantized contribution (filled by work.encode on the host path), or what step 0
+// sends (the broadcast's root: its input); `inbox`: (world-1) * direct_inbox_bytes(plan) bytes of scratch for
+// all_reduce and reduce_scatter (else unused); `result`: the whole result (all_gather: this peer's chunk already
+// in place; broadcast's root: the whole input), or this peer's chunk alone with work.chunk_only.
 void run_direct_stripe(const RingPlan& plan, uint32_t j, const DirectWork& work, uint8_t* mine, uint8_t* inbox,
                        uint8_t* result, const DirectLinks& links, OpControl& ctl, StripeBytes* bytes);
 

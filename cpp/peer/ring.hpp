@@ -54,6 +54,9 @@ struct RingPlan {
     uint32_t rank = 0;
     uint32_t stripes = 1;
     size_t piece_bytes = 1 << 20;  // this sender's frames; the receiver accepts any size
+    // Chunks hold whole rows of this many units (all_gather: a peer's whole input; reduce_scatter: a row of the
+    // array's first axis), cut as numpy.array_split cuts rows; stripes still cut chunks by units.
+    size_t row_units = 1;
 
     uint32_t steps() const { return 2 * (world - 1); }
     // [begin, begin+len) in units of chunk c's stripe j.

@@ -154,6 +154,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("op_id", &OpInfo::op_id)
         .def_readonly("world_size", &OpInfo::world_size)
         .def_readonly("rank", &OpInfo::rank)
+        .def_readonly("peers", &OpInfo::peers)
         .def_readonly("stripes", &OpInfo::stripes)
         .def_readonly("bytes_sent", &OpInfo::bytes_sent)
         .def_readonly("bytes_received", &OpInfo::bytes_received)
@@ -213,6 +214,38 @@ PYBIND11_MODULE(_core, m) {
              py::arg("structure_text") = "", py::arg("timeout") = -1.0,
              "Plain, or quantized: host_quantized takes arrays of the dtype and quantizes on the stripes' threads; "
              "otherwise input and output are quantized bytes (the device path).")
+        .def("collective",
+             [](Communicator& c, uint8_t kind, uintptr_t input, uintptr_t output, uint64_t count, uint64_t output_count,
+                uint8_t dtype, uint8_t op, uint64_t root, uint64_t tag, std::vector<uint64_t> shape, double timeout,
+                std::shared_ptr<dl::BufferPool> pool) {
+                 CallOptions o{std::move(shape), 0, "", timeout};
+                 // No output: the core sizes the result from the operation's group, in memory from the pool.
+                 std::shared_ptr<uint8_t> held;
+                 size_t held_bytes = 0;
+                 auto allocate = [&](size_t bytes) {
+                     held = pool ? pool->take(bytes) : dl::aligned_block(bytes);
+                     held_bytes = bytes;
+                     return held.get();
+                 };
+                 OpInfo info = blocking([&] {
+                     return c.collective(OpKind(kind), reinterpret_cast<const void*>(input), reinterpret_cast<void*>(output),
+                                         count, output_count, DType(dtype), ReduceOp(op), root, tag, o,
+                                         output ? Allocator{} : Allocator(allocate));
+                 });
+                 py::object buffer = py::none();
+                 if (!output && kind != uint8_t(OpKind::kBarrier)) {
+                     const size_t elements = held_bytes / dtype_size(DType(dtype));
+                     if (!held) held = dl::aligned_block(64);  // an empty result
+                     buffer = py::cast(std::make_shared<dl::HostBuffer>(std::vector<int64_t>{int64_t(elements)}, int(dtype),
+                                                                        held, held_bytes));
+                 }
+                 return py::make_tuple(info, buffer);
+             },
+             py::kw_only(), py::arg("kind"), py::arg("input_ptr"), py::arg("output_ptr"), py::arg("count"),
+             py::arg("output_count"), py::arg("dtype"), py::arg("op") = 0, py::arg("root") = 0, py::arg("tag"),
+             py::arg("shape") = std::vector<uint64_t>{}, py::arg("timeout") = -1.0, py::arg("pool") = nullptr,
+             "broadcast (kind 1), all_gather (2), reduce_scatter (3) or barrier (4); see communicator.hpp. Returns "
+             "(info, None), or with output_ptr 0 (info, a flat HostBuffer holding the result, from `pool`).")
         .def("sync_state",
              [](Communicator& c, const py::list& entries, const std::vector<uintptr_t>& ptrs, uint64_t revision,
                 uint8_t strategy, double timeout) {
@@ -241,6 +274,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("peer_id", &Communicator::peer_id)
         .def_property_readonly("world_size", &Communicator::world_size)
         .def_property_readonly("group_world_size", &Communicator::group_world_size)
+        .def_property_readonly("group_rank", &Communicator::group_rank)
         .def("ring_ids", &Communicator::ring_ids)
         .def_property_readonly("connected", &Communicator::connected)
         .def_property_readonly("data_address", &Communicator::data_address)
@@ -300,6 +334,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("shape", &dl::HostBuffer::shape)
         .def_property_readonly("dtype_code", &dl::HostBuffer::dtype_code)
         .def_static("alias", &dl::HostBuffer::alias, py::arg("other"), py::arg("dtype_code"))
+        .def_static("reshaped", &dl::HostBuffer::reshaped, py::arg("other"), py::arg("shape"))
         .def("__dlpack__",
              [](dl::HostBuffer& b, py::object stream, py::object max_version, py::object dl_device, py::object copy) {
                  (void)stream;

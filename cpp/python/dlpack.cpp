@@ -157,6 +157,17 @@ std::shared_ptr<HostBuffer> HostBuffer::alias(const std::shared_ptr<HostBuffer>&
     return b;
 }
 
+std::shared_ptr<HostBuffer> HostBuffer::reshaped(const std::shared_ptr<HostBuffer>& other, std::vector<int64_t> shape) {
+    int64_t n = 1, had = 1;
+    for (int64_t d : shape) n *= d;
+    for (int64_t d : other->shape_) had *= d;
+    if (n != had || std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; }))
+        throw CoreError(ErrorKind::kInvalidArgument, "a reshaped buffer must keep its number of elements");
+    auto b = std::shared_ptr<HostBuffer>(new HostBuffer(*other));
+    b->shape_ = std::move(shape);
+    return b;
+}
+
 namespace {
 // What an exported managed tensor carries: a reference on the buffer plus shape and strides storage.
 struct Export {

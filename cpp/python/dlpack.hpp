@@ -85,6 +85,8 @@ public:
         : shape_(std::move(shape)), dtype_(dtype_code), nbytes_(nbytes), data_(std::move(data)) {}
     // The same memory seen as another dtype of the same width (bfloat16 words as uint16 for NumPy).
     static std::shared_ptr<HostBuffer> alias(const std::shared_ptr<HostBuffer>& other, int dtype_code);
+    // The same memory seen with another shape of the same number of elements.
+    static std::shared_ptr<HostBuffer> reshaped(const std::shared_ptr<HostBuffer>& other, std::vector<int64_t> shape);
     uintptr_t data() const { return reinterpret_cast<uintptr_t>(data_.get()); }
     size_t nbytes() const { return nbytes_; }
     const std::vector<int64_t>& shape() const { return shape_; }

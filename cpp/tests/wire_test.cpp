@@ -81,10 +81,10 @@ TEST(a_hello_frame_has_the_documented_bytes) {
     m.connections = 0x01020304;
     m.host = "ab";
     m.port = 0x1234;
-    const Bytes want{'P', 'C', 'A', 'R', 5, 0, 1, 0, 14, 0, 0, 0, 0, 0, 0, 0,  // magic, version 5, type 1, length 14
+    const Bytes want{'P', 'C', 'A', 'R', 6, 0, 1, 0, 14, 0, 0, 0, 0, 0, 0, 0,  // magic, version 6, type 1, length 14
                      3, 0, 0, 0, 4, 3, 2, 1, 2, 0, 'a', 'b', 0x34, 0x12};     // group, connections, "ab", port
     CHECK_EQ(frame(MsgType::kHello, m), want);
-    CHECK_EQ(empty_frame(MsgType::kLeave), (Bytes{'P', 'C', 'A', 'R', 5, 0, 15, 0, 0, 0, 0, 0, 0, 0, 0, 0}));
+    CHECK_EQ(empty_frame(MsgType::kLeave), (Bytes{'P', 'C', 'A', 'R', 6, 0, 15, 0, 0, 0, 0, 0, 0, 0, 0, 0}));
 }
 
 TEST(writer_and_reader_are_little_endian) {
@@ -424,7 +424,7 @@ TEST(bad_magic_version_type_and_reserved_bits_are_protocol_errors) {
         b[i] ^= 0x20;
         CHECK_THROWS_KIND(decode_header(b.data()), kProtocol);
     }
-    for (uint16_t version : {0, 4, 6, 0x0500}) {
+    for (uint16_t version : {0, 5, 7, 0x0600}) {
         Bytes b = good;
         b[4] = uint8_t(version);
         b[5] = uint8_t(version >> 8);

@@ -27,6 +27,8 @@ PCCL_WIRE_STRUCT(PeerInfo, PCCL_PEER_INFO)
     X(uint64_t, count, 0, kAny)                                                                               \
     X(uint8_t, dtype, 0, kAny)                                                                                \
     X(uint8_t, op, 0, kAny)                                                                                   \
+    X(uint8_t, collective, 0, 4)   /* 0 all_reduce, 1 broadcast, 2 all_gather, 3 reduce_scatter, 4 barrier */ \
+    X(uint64_t, root, 0, kAny)     /* broadcast: the root's peer id (0 otherwise) */                         \
     X(uint8_t, quant, 0, kAny)     /* 0 none, 1 minmax, 2 zeropoint, 3 minmax4 (docs/quantization.md) */     \
     X(uint32_t, qblock, 0, kAny)   /* quantization block size */                                             \
     X(uint8_t, qround, 0, kAny)    /* 0 nearest even, 1 stochastic */                                        \
