@@ -129,7 +129,7 @@ def join_worker(master: str, world: int, relay_profile: Optional[str] = None, ti
 def join_group(c, world: int, timeout: float = 120.0):
     """Connects a worker's Communicator and votes newcomers in until the group has `world` peers; returns it."""
     c.connect(timeout=timeout)
-    while c.world_size < world:
+    while c.total_world_size < world:
         if c.are_peers_pending():
             c.update_topology()
         else:

@@ -81,10 +81,13 @@ def worker_bw(a) -> dict:
 
         def run(mode):
             if mode == "none":
-                return c.all_reduce(x, out=out, return_info=True)[1]
+                c.all_reduce(x, out=out)
+                return c.last_info
             if mode == "quantized":
-                return c.all_reduce(x, out=out, quantization=q, return_info=True)[1]
-            held[0], info = c.all_reduce(x, quantization=q, return_info=True)
+                c.all_reduce(x, out=out, quantization=q)
+                return c.last_info
+            held[0] = c.all_reduce(x, quantization=q)
+            info = c.last_info
             return info
 
         def result(mode):

@@ -133,7 +133,7 @@ def holder(a) -> dict:
     syncs, votes = [], []
     for _ in range(a.joins):
         votes.append(0)  # votes it took to admit the newcomer: more than one when a vote completed without it
-        while c.world_size < HOLDERS + 1:
+        while c.total_world_size < HOLDERS + 1:
             if c.are_peers_pending():
                 c.update_topology()
                 votes[-1] += 1
@@ -142,7 +142,7 @@ def holder(a) -> dict:
         t = time.perf_counter()
         c.sync_shared_state(state)
         syncs.append(time.perf_counter() - t)
-        while c.world_size > HOLDERS:  # the newcomer leaves after its sync; the vote completes when it has
+        while c.total_world_size > HOLDERS:  # the newcomer leaves after its sync; the vote completes when it has
             c.update_topology()
     c.close()
     return {"sync_s": syncs, "votes": votes}

@@ -55,7 +55,7 @@ def peer(master: str, rank: int, world: int, connections: int, frameworks: list[
         jax.config.update("jax_enable_x64", True)  # so int64/float64 stay 64-bit
     comm = pa.Communicator(master, connections=connections)
     comm.connect(timeout=60)
-    while comm.world_size < world:  # admit the others as they arrive
+    while comm.total_world_size < world:  # admit the others as they arrive
         if comm.are_peers_pending():
             comm.update_topology()
         else:
@@ -66,7 +66,8 @@ def peer(master: str, rank: int, world: int, connections: int, frameworks: list[
     rows = []
     for dtype, op, n in cases:
         x = make(framework, dtype, n, rank + 1)
-        r, info = comm.all_reduce(x, op, return_info=True)
+        r = comm.all_reduce(x, op)
+        info = comm.last_info
         host = to_numpy(r)
         rows.append({
             "framework": framework, "type": f"{type(r).__module__.split('.')[0]}.{type(r).__name__}",

@@ -2,7 +2,7 @@
 
 How this works. A call takes a host view of the caller's array through DLPack (as all_reduce does: zero-copy
 on the host, staged by its framework from a device), sizes the result from the group as this peer last saw it
-(``comm.group_world_size`` peers, this one at ``comm.rank``), and hands both buffers to the core's ``collective()``.
+(``comm.world_size`` peers, this one at ``comm.rank``), and hands both buffers to the core's ``collective()``.
 The core agrees a descriptor with the other peers (the collective, dtype, op, shape, the broadcast's root), moves
 the bytes straight between peers over the striped connections, and publishes the result only once the master
 has committed the operation on every peer. If the group changed after the result was sized (a peer was lost),
@@ -34,38 +34,39 @@ def chunk_rows(rows: int, world: int, rank: int) -> tuple[int, int]:
     return rank * base + min(rank, rem), base + (1 if rank < rem else 0)
 
 
-def broadcast(comm, x: Any, root: int, out: Any, tag: int, timeout: Optional[float]):
-    ring = comm.ring()
+def broadcast(core, pool, x: Any, root: int, out: Any, tag: int, timeout: Optional[float]):
+    ring = core.ring_ids()
     if isinstance(root, bool) or not isinstance(root, int) or not 0 <= root < len(ring):
         raise InvalidArgumentError(f"root must be a rank of the group, an int in [0, {len(ring)}), not {root!r}")
-    return _run(comm, BROADCAST, x, lambda world, rank: tuple(x.shape), out, "sum", ring[root], tag, timeout,
+    return _run(core, pool, BROADCAST, x, lambda world, rank: tuple(x.shape), out, "sum", ring[root], tag, timeout,
                 in_place=True)
 
 
-def all_gather(comm, x: Any, out: Any, tag: int, timeout: Optional[float]):
-    return _run(comm, ALL_GATHER, x, lambda world, rank: (world,) + tuple(x.shape), out, "sum", 0, tag, timeout)
+def all_gather(core, pool, x: Any, out: Any, tag: int, timeout: Optional[float]):
+    return _run(core, pool, ALL_GATHER, x, lambda world, rank: (world,) + tuple(x.shape), out, "sum", 0, tag, timeout)
 
 
-def reduce_scatter(comm, x: Any, op: str, out: Any, tag: int, timeout: Optional[float]):
+def reduce_scatter(core, pool, x: Any, op: str, out: Any, tag: int, timeout: Optional[float]):
     if len(x.shape) == 0:
         raise InvalidArgumentError("reduce_scatter needs an array of at least one dimension (it cuts the first)")
 
     def shape(world: int, rank: int) -> tuple:
         return (chunk_rows(int(x.shape[0]), world, rank)[1],) + tuple(x.shape[1:])
 
-    return _run(comm, REDUCE_SCATTER, x, shape, out, op, 0, tag, timeout)
+    return _run(core, pool, REDUCE_SCATTER, x, shape, out, op, 0, tag, timeout)
 
 
-def barrier(comm, tag: int, timeout: Optional[float]):
+def barrier(core, pool, tag: int, timeout: Optional[float]):
     check_tag(tag)
-    info, _ = comm._core.collective(kind=BARRIER, input_ptr=0, output_ptr=0, count=0, output_count=0, dtype=0,
-                                    tag=tag, **call_args((), timeout))
-    return None, comm._info_of(info)
+    info, _ = core.collective(kind=BARRIER, input_ptr=0, output_ptr=0, count=0, output_count=0, dtype=0, tag=tag,
+                              **call_args((), timeout))
+    return None, info
 
 
-def _run(comm, kind: int, x: Any, shape_for, out: Any, op: str, root_id: int, tag: int,
+def _run(core, pool, kind: int, x: Any, shape_for, out: Any, op: str, root_id: int, tag: int,
          timeout: Optional[float], in_place: bool = False):
-    """Runs one collective from x; ``shape_for(world, rank)`` is the result's shape. Returns (result, info).
+    """Runs one collective from x; ``shape_for(world, rank)`` is the result's shape. Returns (result, the core's
+    info).
 
     Without ``out`` the core sizes the result from the operation's own group (so a retry after a lost peer
     needs no resizing); a given ``out`` must fit the group as this peer last saw it."""
@@ -74,7 +75,7 @@ def _run(comm, kind: int, x: Any, shape_for, out: Any, op: str, root_id: int, ta
     dcode, ocode = dtype_code(name), op_code(op, name)
     call = call_args(x.shape, timeout)
     check_tag(tag)
-    out_shape = shape_for(comm.group_world_size, comm.rank)
+    out_shape = shape_for(core.group_world_size, core.group_rank)
     target = target_of(x, out, fw, out_shape, in_place)
     src, _host, host_fw, on_device = arrays.compact_host_view(x, fw)
     if src.readonly and out is x:
@@ -84,10 +85,10 @@ def _run(comm, kind: int, x: Any, shape_for, out: Any, op: str, root_id: int, ta
         dst = src  # in place: the core keeps the result in scratch until the commit
     elif target is not None and not on_device and (view := arrays.host_view(target, fw)).compact:
         dst = view  # the result lands straight in the caller's memory
-    info, buf = comm._core.collective(
+    info, buf = core.collective(
         kind=kind, input_ptr=src.ptr, output_ptr=0 if dst is None else dst.ptr, count=src.count,
         output_count=int(np.prod(out_shape, dtype=np.int64)), dtype=dcode, op=ocode, root=root_id, tag=tag,
-        pool=comm._pool, **call)
+        pool=pool, **call)
     if buf is not None:
         buf = _core.HostBuffer.reshaped(buf, list(shape_for(info.world_size, info.rank)))
     if target is None:
@@ -96,4 +97,4 @@ def _run(comm, kind: int, x: Any, shape_for, out: Any, op: str, root_id: int, ta
         if buf is not None:  # strided or device output: write the committed result back
             arrays.copy_back(target, arrays.wrap(buf, name, host_fw if fw != "cupy" else "numpy"), fw)
         result = target
-    return result, comm._info_of(info)
+    return result, info

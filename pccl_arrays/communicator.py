@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import warnings
+import weakref
 from typing import Any, Optional
 
 import numpy as np
@@ -107,8 +110,8 @@ class Communicator:
         )
         self.min_world_size = min_world_size
         self._pool = _core.BufferPool(buffer_pool_bytes)
-        self.last_info: Optional[AllReduceInfo] = None
-        self._concurrency = _in_flight.Concurrency(self)
+        self._local = threading.local()  # each thread's last_info
+        self._concurrency = _in_flight.Concurrency(self, weakref.WeakMethod(self._abandon))
         _in_flight.track_open(self)
 
     # -- membership ---------------------------------------------------------------------------------------------
@@ -190,13 +193,28 @@ class Communicator:
 
     @property
     def world_size(self) -> int:
+        """Peers in this peer's group, the group its collectives run over (and ``avg`` divides by), as of the
+        last topology change or operation."""
+        return self._core.group_world_size
+
+    @property
+    def total_world_size(self) -> int:
         """Accepted peers of all groups, as of the last topology update."""
         return self._core.world_size
 
     @property
     def group_world_size(self) -> int:
-        """Peers in this peer's group, as of the last topology update or operation."""
+        """Deprecated: :attr:`world_size` (which now means the group; the peers of all groups are
+        :attr:`total_world_size`)."""
+        warnings.warn("Communicator.group_world_size is deprecated: use world_size (the group's peers)",
+                      DeprecationWarning, stacklevel=2)
         return self._core.group_world_size
+
+    @property
+    def last_info(self) -> Optional[AllReduceInfo]:
+        """What the last collective this thread called did (each thread sees its own calls; an async
+        operation's info is its handle's ``info``). None before the first."""
+        return getattr(self._local, "info", None)
 
     @property
     def rank(self) -> int:
@@ -303,14 +321,14 @@ class Communicator:
                 :class:`~pccl_arrays.Quantization` (block size, rounding, rotation): moves 8-bit (about 4x fewer
                 bytes than float32) or 4-bit blocks (about 8x fewer) instead of the dtype, for sum and avg of
                 floating arrays; every peer must use the same settings (docs/quantization.md).
-            return_info: also return an :class:`AllReduceInfo` (it is always kept in :attr:`last_info`).
+            return_info: deprecated: read :attr:`last_info` after the call (``handle.info`` for async calls).
             timeout: seconds to wait for the other peers to start it (default: the communicator's
                 ``op_timeout``); data-plane stalls are bounded by ``data_timeout`` separately.
             feedback: a :class:`~pccl_arrays.ErrorFeedback` (needs ``quantization``): sends ``x`` plus what
                 quantizing this peer's last contribution lost, and keeps the new loss once the operation
                 committed (docs/quantization.md, "Error feedback").
         Returns:
-            the result (``out`` when given), or ``(result, info)`` with ``return_info=True``.
+            the result (``out`` when given); its :class:`AllReduceInfo` is :attr:`last_info`.
         Raises:
             PeerLostError: a peer failed during the operation; ``x`` and ``out`` are unchanged; retry.
             TooFewPeersError: the group has fewer than ``min_world_size`` peers; nothing was changed.
@@ -323,9 +341,13 @@ class Communicator:
                 this communicator has left the job.
             UnsupportedDTypeError / InvalidArgumentError: bad input (also TypeError / ValueError).
         """
+        if return_info:
+            warnings.warn("all_reduce(return_info=True) is deprecated: read comm.last_info after the call",
+                          DeprecationWarning, stacklevel=2)
         if feedback is not None:
-            return _feedback.all_reduce(self, x, op, out, feedback, Quantization.of(quantization), tag=tag,
-                                        return_info=return_info, timeout=timeout)
+            result = _feedback.all_reduce(self, x, op, out, feedback, Quantization.of(quantization), tag=tag,
+                                          timeout=timeout)
+            return (result, self.last_info) if return_info else result
         fw = arrays.framework_of(x)
         name = arrays.dtype_name_of(x)
         call = _call_args(x.shape, timeout)
@@ -337,7 +359,8 @@ class Communicator:
             quant.check_for(name, op)
         on_device = arrays.device_of(x, fw)[0] not in arrays.HOST_DEVICES
         if quant is not None and quant.on_device_path(on_device):
-            result, info = _quantization.device_all_reduce(self, x, fw, dcode, ocode, op, target, tag, quant, call)
+            result, info = _quantization.device_all_reduce(self._core, x, fw, dcode, ocode, op, target, tag, quant,
+                                                           call)
             return self._finish(result, info, return_info)
 
         src, _host_x, host_fw, _ = arrays.compact_host_view(x, fw)
@@ -353,7 +376,7 @@ class Communicator:
             info = self._core.all_reduce(input_ptr=src.ptr, output_ptr=dst.ptr, count=src.count, dtype=dcode, op=ocode,
                                          tag=tag, **call)
         else:
-            info = _quantization.host_all_reduce(self, src, dst, dcode, ocode, tag, quant, call)
+            info = _quantization.host_all_reduce(self._core, src, dst, dcode, ocode, tag, quant, call)
         if target is None:
             result = arrays.wrap(buf, name, fw, like=x)
         else:
@@ -363,13 +386,19 @@ class Communicator:
         return self._finish(result, info, return_info)
 
     def _finish(self, result: Any, info: Any, return_info: bool):
-        self._info_of(info)
+        self._record(info)
         return (result, self.last_info) if return_info else result
 
-    def _info_of(self, info: Any) -> AllReduceInfo:
-        self.last_info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
-                                       info.stripes, info.op_id, info.rank, tuple(info.peers))
-        return self.last_info
+    def _record(self, info: Any) -> AllReduceInfo:
+        """Keeps the core's info of a call as this thread's :attr:`last_info`."""
+        self._local.info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
+                                         info.stripes, info.op_id, info.rank, tuple(info.peers))
+        return self._local.info
+
+    def _collective(self, fn, *args) -> tuple[Any, AllReduceInfo]:
+        """Runs one of collectives.py's calls on this communicator's core and pool; (result, info)."""
+        result, info = fn(self._core, self._pool, *args)
+        return result, self._record(info)
 
     def all_reduce_async(self, x: Any, op: str = "sum", out: Any = None, *, tag: Optional[int] = None,
                          quantization=None, timeout: Optional[float] = None) -> "_in_flight.AllReduceHandle":
@@ -410,22 +439,22 @@ class Communicator:
             OperationMismatchError: the peers named different roots, shapes or dtypes, or another collective.
             PCCLTimeoutError, TooFewPeersError, KeyboardInterrupt: as for :meth:`all_reduce`.
         """
-        return _collectives.broadcast(self, x, root, out, tag, timeout)[0]
+        return self._collective(_collectives.broadcast, x, root, out, tag, timeout)[0]
 
     def all_gather(self, x: Any, *, out: Any = None, tag: int = 0, timeout: Optional[float] = None) -> Any:
-        """Every peer's ``x``, stacked in ring order: a new array of shape ``(group_world_size, *x.shape)``
+        """Every peer's ``x``, stacked in ring order: a new array of shape ``(world_size, *x.shape)``
         whose row r came from the peer at rank r (``last_info.peers[r]``).
 
         Every peer must pass the same shape and dtype. ``out``: a mutable array of that shape (not x).
         Raises as :meth:`broadcast` (PeerLostError also when the group changed since this peer last saw it:
         the retry is sized from the new group).
         """
-        return _collectives.all_gather(self, x, out, tag, timeout)[0]
+        return self._collective(_collectives.all_gather, x, out, tag, timeout)[0]
 
     def reduce_scatter(self, x: Any, op: str = "sum", *, out: Any = None, tag: int = 0,
                        timeout: Optional[float] = None) -> Any:
         """Reduces ``x`` over the group like :meth:`all_reduce`, but each peer gets only its chunk: the rows
-        of x's first axis that ``numpy.array_split(x, group_world_size)[rank]`` would hold.
+        of x's first axis that ``numpy.array_split(x, world_size)[rank]`` would hold.
 
         Args:
             x: an array of at least one dimension, the same shape and dtype on every peer.
@@ -434,7 +463,7 @@ class Communicator:
             tag, timeout: as for :meth:`all_reduce`.
         Raises as :meth:`broadcast`.
         """
-        return _collectives.reduce_scatter(self, x, op, out, tag, timeout)[0]
+        return self._collective(_collectives.reduce_scatter, x, op, out, tag, timeout)[0]
 
     def barrier(self, *, tag: int = 0, timeout: Optional[float] = None) -> None:
         """Returns once every peer of the group has called it (a collective with no data).
@@ -443,46 +472,56 @@ class Communicator:
             PCCLTimeoutError: some peers did not call it within ``timeout`` (named in the message).
             PeerLostError: a peer left while the others waited.
         """
-        _collectives.barrier(self, tag, timeout)
+        self._collective(_collectives.barrier, tag, timeout)
 
     def broadcast_async(self, x: Any, root: int = 0, *, out: Any = None, tag: Optional[int] = None,
                         timeout: Optional[float] = None) -> "_in_flight.AllReduceHandle":
         """:meth:`broadcast`, started at once; ``handle.wait()`` gives the result (tags as for
         :meth:`all_reduce_async`)."""
-        return self._concurrency.submit_call(lambda t: _collectives.broadcast(self, x, root, out, t, timeout), tag,
-                                             "broadcast")
+        return self._concurrency.submit_call(
+            lambda t: self._collective(_collectives.broadcast, x, root, out, t, timeout), tag, "broadcast")
 
     def all_gather_async(self, x: Any, *, out: Any = None, tag: Optional[int] = None,
                          timeout: Optional[float] = None) -> "_in_flight.AllReduceHandle":
         """:meth:`all_gather`, started at once; ``handle.wait()`` gives the result."""
-        return self._concurrency.submit_call(lambda t: _collectives.all_gather(self, x, out, t, timeout), tag,
-                                             "all_gather")
+        return self._concurrency.submit_call(
+            lambda t: self._collective(_collectives.all_gather, x, out, t, timeout), tag, "all_gather")
 
     def reduce_scatter_async(self, x: Any, op: str = "sum", *, out: Any = None, tag: Optional[int] = None,
                              timeout: Optional[float] = None) -> "_in_flight.AllReduceHandle":
         """:meth:`reduce_scatter`, started at once; ``handle.wait()`` gives the result."""
-        return self._concurrency.submit_call(lambda t: _collectives.reduce_scatter(self, x, op, out, t, timeout),
-                                             tag, "reduce_scatter")
+        return self._concurrency.submit_call(
+            lambda t: self._collective(_collectives.reduce_scatter, x, op, out, t, timeout), tag, "reduce_scatter")
 
     def barrier_async(self, *, tag: Optional[int] = None,
                       timeout: Optional[float] = None) -> "_in_flight.AllReduceHandle":
         """:meth:`barrier`, started at once; ``handle.wait()`` returns None once every peer has called it."""
-        return self._concurrency.submit_call(lambda t: _collectives.barrier(self, t, timeout), tag, "barrier")
+        return self._concurrency.submit_call(lambda t: self._collective(_collectives.barrier, t, timeout), tag,
+                                             "barrier")
 
-    def all_reduce_many(self, arrays, op: str = "sum", *, outs=None, max_in_flight: int = 4, retries: int = 3,
-                        tag_base: int = 1 << 48, quantization=None, timeout: Optional[float] = None) -> list:
+    def all_reduce_many(self, arrays, op: str = "sum", *, out=None, max_in_flight: int = 4, retries: int = 3,
+                        tag_base: int = 1 << 48, quantization=None, timeout: Optional[float] = None,
+                        outs=None) -> list:
         """All-reduces every array of a list, ``max_in_flight`` at a time, retrying the ones a lost peer
         failed (``retries`` times each, on the smaller ring) without redoing those that committed.
+
+        ``out``: None, or a list with one entry per array, each as :meth:`all_reduce`'s ``out`` (the array
+        itself for in place). ``outs`` is its deprecated old name.
 
         Returns:
             the results in order; each one committed on every peer of its ring.
         Raises:
             the first non-retryable error, or a retryable one after ``retries`` attempts of the same array.
         """
-        return self._concurrency.many(list(arrays), op, outs, max_in_flight, retries, tag_base, quantization, timeout)
+        if outs is not None:
+            warnings.warn("all_reduce_many(outs=) is deprecated: pass out=", DeprecationWarning, stacklevel=2)
+            if out is not None:
+                raise InvalidArgumentError("pass out= (outs= is its deprecated old name), not both")
+            out = outs
+        return self._concurrency.many(list(arrays), op, out, max_in_flight, retries, tag_base, quantization, timeout)
 
-    def all_reduce_tree(self, tree: Any, op: str = "sum", *, inplace: bool = False, tag: int = 0,
-                        timeout: Optional[float] = None) -> Any:
+    def all_reduce_tree(self, tree: Any, op: str = "sum", *, out: Any = None, quantization=None, tag: int = 0,
+                        timeout: Optional[float] = None, inplace: bool = False) -> Any:
         """All-reduces every leaf of a pytree: one operation per dtype, leaves packed into one buffer each.
 
         Args:
@@ -491,8 +530,11 @@ class Communicator:
                 shapes and dtypes, else every peer gets OperationMismatchError. Flattening order: dicts by sorted
                 key, OrderedDicts in their own order, sequences by position (docs/arrays.md).
             op: as for :meth:`all_reduce` (``avg`` needs every leaf to be floating).
-            inplace: also write the results into mutable leaves (torch, NumPy, CuPy), after every dtype
-                group has committed; JAX leaves are always replaced.
+            out: None, or ``tree`` itself: also write the results into its mutable leaves (torch, NumPy, CuPy),
+                after every dtype group has committed; JAX leaves are always replaced. (``inplace=True`` is its
+                deprecated old form.)
+            quantization: as for :meth:`all_reduce` (op ``sum`` or ``avg``); it applies to the floating leaves,
+                and integer leaves are reduced exactly.
             tag, timeout: as for :meth:`all_reduce`.
         Returns:
             a tree of the same structure holding the results, each leaf in its own framework and device.
@@ -500,17 +542,30 @@ class Communicator:
             PeerLostError: nothing was written; retry the whole call.
             OperationMismatchError: the peers' trees differ (keys, order, leaf dtypes or shapes).
         """
-        return _tree.all_reduce_tree(self, tree, op, inplace=inplace, tag=tag, timeout=timeout)
+        if inplace:
+            warnings.warn("all_reduce_tree(inplace=True) is deprecated: pass out=tree", DeprecationWarning,
+                          stacklevel=2)
+            out = tree if out is None else out
+        if out is not None and out is not tree:
+            raise InvalidArgumentError("all_reduce_tree's out must be None or the tree itself (in place)")
+        quant = Quantization.of(quantization)
+        if quant is not None and op.lower() not in ("sum", "avg"):
+            raise InvalidArgumentError(f"quantized all_reduce_tree is for sum and avg, not {op}")
+        return _tree.all_reduce_tree(self._pool, self._reduce_buffers, tree, op, inplace=out is tree, tag=tag,
+                                     timeout=timeout, quantization=quant)
 
     def _reduce_buffers(self, src, dst, name: str, op: str, tag: int, structure: tuple = (0, ""),
-                        timeout: Optional[float] = None) -> None:
+                        timeout: Optional[float] = None, quantization: Optional[Quantization] = None) -> None:
         """All-reduces one core-owned host buffer into another (used by all_reduce_tree); ``structure`` is the
-        tree's (fingerprint, summary)."""
+        tree's (fingerprint, summary); ``quantization`` applies to floating dtypes only."""
+        quant = quantization if quantization is not None and name in _quantization.FLOAT_DTYPES else None
         info = self._core.all_reduce(input_ptr=src.data, output_ptr=dst.data,
                                      count=int(np.prod(src.shape, dtype=np.int64)), dtype=dtype_code(name),
                                      op=op_code(op, name), tag=tag, structure=structure[0],
-                                     structure_text=structure[1], **_call_args(src.shape, timeout))
-        self._finish(None, info, False)
+                                     structure_text=structure[1], host_quantized=quant is not None,
+                                     **(quant.core_args if quant is not None else {}),
+                                     **_call_args(src.shape, timeout))
+        self._record(info)
 
 
 __all__ = ["Communicator", "AllReduceInfo", "PCCLError"]

@@ -97,7 +97,7 @@ class ErrorFeedback:
 
 
 def all_reduce(comm: Any, x: Any, op: str, out: Any, feedback: ErrorFeedback, quant: Optional[Quantization],
-               return_info: bool = False, **kwargs) -> Any:
+               **kwargs) -> Any:
     """``comm.all_reduce(x + residual, ...)``, then the residual of what was sent, kept only if it committed."""
     if not isinstance(feedback, ErrorFeedback):
         raise InvalidArgumentError(f"feedback must be a pccl_arrays.ErrorFeedback, not {type(feedback).__name__}")
@@ -105,9 +105,9 @@ def all_reduce(comm: Any, x: Any, op: str, out: Any, feedback: ErrorFeedback, qu
         raise InvalidArgumentError("feedback= keeps what quantization loses: it needs quantization=")
     y = feedback.compensate(x)
     pending = Residual(y, quant)  # now: an in-place operation overwrites y
-    result, info = comm.all_reduce(y, op, out, quantization=quant, return_info=True, **kwargs)
-    feedback.residual = pending.result(info)
-    return (result, info) if return_info else result
+    result = comm.all_reduce(y, op, out, quantization=quant, **kwargs)
+    feedback.residual = pending.result(comm.last_info)  # this thread's call: the one just made
+    return result
 
 
 def residual_of(y: Any, q: Quantization, info: Any = None) -> Any:

@@ -37,10 +37,10 @@ class AllReduceHandle:
     """A collective in flight (an all-reduce, broadcast, ...). ``wait()`` returns its result (or raises its
     error); ``done()`` polls."""
 
-    def __init__(self, future: Future, tag: int, comm=None, what: str = "all-reduce"):
+    def __init__(self, future: Future, tag: int, on_interrupt=None, what: str = "all-reduce"):
         self._future = future
         self.tag = tag
-        self._comm = comm
+        self._on_interrupt = on_interrupt  # a weakref.WeakMethod of the communicator's _abandon  # the communicator leaves the job (its _abandon)
         self._what = what
 
     def done(self) -> bool:
@@ -61,8 +61,8 @@ class AllReduceHandle:
             raise PCCLTimeoutError(f"{self._what} tag {self.tag} did not finish within {timeout} s; it is still "
                                    "running (wait again, or close() the communicator to stop it)") from None
         except KeyboardInterrupt:
-            if self._comm is not None:
-                self._comm._abandon(f"interrupted (KeyboardInterrupt) in handle.wait() of {self._what} tag {self.tag}")
+            if self._on_interrupt is not None:
+                self._on_interrupt(f"interrupted (KeyboardInterrupt) in handle.wait() of {self._what} tag {self.tag}")
             raise
         finally:
             # The operation's error, raised here, keeps this frame in its traceback; this frame held the handle,
@@ -82,11 +82,12 @@ class AllReduceHandle:
 class Concurrency:
     """The per-communicator part: a thread pool, the tags in flight, the automatic tag counter."""
 
-    def __init__(self, comm, max_threads: int = 32):
+    def __init__(self, comm, on_interrupt, max_threads: int = 32):
         # The communicator owns this object; a weak reference back keeps them out of a reference cycle, so that
         # a dropped communicator (a peer that rejoined with a new one) is freed at once with its threads and
         # buffers, not at some later run of the cycle collector. Handles hold it strongly.
         self._comm_ref = weakref.ref(comm)
+        self._on_interrupt = on_interrupt  # a weakref.WeakMethod of the communicator's _abandon
         self._max_threads = max_threads
         self._pool: Optional[ThreadPoolExecutor] = None
         self._lock = threading.Lock()
@@ -107,8 +108,12 @@ class Concurrency:
 
     def submit(self, x: Any, op: str, out: Any, tag: Optional[int], quantization,
                timeout: Optional[float] = None) -> AllReduceHandle:
-        return self.submit_call(lambda t: self._comm.all_reduce(x, op, out, tag=t, quantization=quantization,
-                                                                return_info=True, timeout=timeout), tag)
+        def call(t: int):
+            comm = self._comm
+            result = comm.all_reduce(x, op, out, tag=t, quantization=quantization, timeout=timeout)
+            return result, comm.last_info  # this pool thread's own call
+
+        return self.submit_call(call, tag)
 
     def submit_call(self, call, tag: Optional[int], what: str = "all-reduce") -> AllReduceHandle:
         """Runs ``call(tag)`` (which returns ``(result, info)``) on the pool with a tag of its own."""
@@ -127,7 +132,7 @@ class Concurrency:
         except BaseException:
             self._release(tag)
             raise
-        return AllReduceHandle(future, tag, self._comm, what)
+        return AllReduceHandle(future, tag, self._on_interrupt(), what)  # the handle holds the communicator
 
     def _run(self, call, tag):
         try:

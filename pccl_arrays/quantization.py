@@ -115,17 +115,17 @@ class Quantization:
         return self.path == "triton" or (self.path == "auto" and array_on_device)
 
 
-def host_all_reduce(comm: Any, src: Any, dst: Any, dcode: int, ocode: int, tag: int, quant: Quantization,
+def host_all_reduce(core: Any, src: Any, dst: Any, dcode: int, ocode: int, tag: int, quant: Quantization,
                     call: dict) -> Any:
     """The host path (both host views; ``dst`` may be ``src``: in place). The core does it all on the stripes'
     threads, overlapping the network: it quantizes what it sends of this peer's contribution as it leaves, adds
     this peer's unquantized values where it sums (the direct all-reduce's own chunk, the ring's hops: less error
     than its decoded blocks), and decodes final blocks into ``dst`` as they arrive."""
-    return comm._core.all_reduce(input_ptr=src.ptr, output_ptr=dst.ptr, count=src.count, dtype=dcode, op=ocode, tag=tag,
-                                 host_quantized=True, **quant.core_args, **call)
+    return core.all_reduce(input_ptr=src.ptr, output_ptr=dst.ptr, count=src.count, dtype=dcode, op=ocode, tag=tag,
+                           host_quantized=True, **quant.core_args, **call)
 
 
-def device_all_reduce(comm: Any, x: Any, fw: str, dcode: int, ocode: int, op: str, target: Any, tag: int,
+def device_all_reduce(core: Any, x: Any, fw: str, dcode: int, ocode: int, op: str, target: Any, tag: int,
                       quant: Quantization, call: dict) -> tuple[Any, Any]:
     """The device path: quantize where x lives, move only the compact bytes to the host, reduce, move the result
     bytes back and decode them on x's device. Returns (result, the core's info)."""
@@ -136,8 +136,8 @@ def device_all_reduce(comm: Any, x: Any, fw: str, dcode: int, ocode: int, op: st
     xt = as_device_tensor(x, fw).contiguous().reshape(-1)
     q_in = k.quantize(xt, kind, block, rotate_seed=rotate_seed).to("cpu").contiguous()  # only these bytes cross
     q_out = torch.empty_like(q_in)
-    info = comm._core.all_reduce(input_ptr=q_in.data_ptr(), output_ptr=q_out.data_ptr(), count=xt.numel(), dtype=dcode,
-                                 op=ocode, tag=tag, **quant.core_args, **call)
+    info = core.all_reduce(input_ptr=q_in.data_ptr(), output_ptr=q_out.data_ptr(), count=xt.numel(), dtype=dcode,
+                           op=ocode, tag=tag, **quant.core_args, **call)
     divide_by = info.world_size if op.lower() == "avg" else 1
     q_dev = q_out.to(xt.device)
     if target is not None and fw == "torch" and target.is_contiguous():

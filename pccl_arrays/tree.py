@@ -84,9 +84,10 @@ def structure_of(flat: Flat) -> tuple[int, str]:
     return fingerprint, text
 
 
-def all_reduce_tree(comm, tree: Any, op: str = "sum", *, inplace: bool = False, tag: int = 0,
-                    timeout: float | None = None) -> Any:
-    """See :meth:`pccl_arrays.Communicator.all_reduce_tree`."""
+def all_reduce_tree(pool, reduce_buffers, tree: Any, op: str = "sum", *, inplace: bool = False, tag: int = 0,
+                    timeout: float | None = None, quantization=None) -> Any:
+    """See :meth:`pccl_arrays.Communicator.all_reduce_tree`: packs each dtype's leaves into a buffer of
+    ``pool`` and reduces it with ``reduce_buffers(src, dst, name, op, tag, structure, timeout, quantization)``."""
     flat = flatten(tree)
     leaves = flat.leaves
     fws = [arrays.framework_of(leaf) for leaf in leaves]
@@ -101,14 +102,14 @@ def all_reduce_tree(comm, tree: Any, op: str = "sum", *, inplace: bool = False, 
             if fw == "jax":
                 continue  # immutable: replaced in the returned tree
             if fw == "numpy" and not leaves[i].flags.writeable:
-                raise arrays.InvalidArgumentError("a leaf is read-only; pass inplace=False")
+                raise arrays.InvalidArgumentError("a leaf is read-only; pass out=None")
 
     results: list = [None] * len(leaves)
     for code in sorted(groups):
         idxs = groups[code]
         name = _NAMES[code]
         sizes = [int(np.prod(leaves[i].shape, dtype=np.int64)) for i in idxs]
-        packed = arrays.new_host_buffer((sum(sizes),), name, comm._pool)
+        packed = arrays.new_host_buffer((sum(sizes),), name, pool)
         itemsize = packed.nbytes // max(1, sum(sizes))
         offset = 0
         for i, n in zip(idxs, sizes):
@@ -116,8 +117,8 @@ def all_reduce_tree(comm, tree: Any, op: str = "sum", *, inplace: bool = False, 
             _core.memcpy(packed.data + offset * itemsize, view.ptr, n * itemsize)
             del keep
             offset += n
-        reduced = arrays.new_host_buffer((sum(sizes),), name, comm._pool)
-        comm._reduce_buffers(packed, reduced, name, op, tag, structure, timeout)
+        reduced = arrays.new_host_buffer((sum(sizes),), name, pool)
+        reduce_buffers(packed, reduced, name, op, tag, structure, timeout, quantization)
         del packed
         flat_by_fw: dict[str, Any] = {}
         offset = 0

@@ -16,9 +16,11 @@ import pccl_arrays as pa
 from pccl_arrays import errors
 
 
-def run_peers(master, n, fn, **kw):  # also used by test_arrays_frameworks.py
-    """Connects n communicators (threads), runs fn(rank, comm) on each, returns the results in rank order."""
-    comms = [pa.Communicator(master.address, connections=2, **kw) for _ in range(n)]
+def run_peers(master, n, fn, groups=None, **kw):  # also used by test_arrays_frameworks.py, test_api_surface.py
+    """Connects n communicators (threads; peer groups `groups[rank]`, default 0), runs fn(rank, comm) on each,
+    returns the results in rank order."""
+    comms = [pa.Communicator(master.address, connections=2, peer_group=groups[r] if groups else 0, **kw)
+             for r in range(n)]
     results, failures = [None] * n, []
     ready = threading.Barrier(n)
 
@@ -26,7 +28,7 @@ def run_peers(master, n, fn, **kw):  # also used by test_arrays_frameworks.py
         try:
             c = comms[rank]
             c.connect(timeout=20)
-            while c.world_size < n:
+            while c.total_world_size < n:
                 if c.are_peers_pending():
                     c.update_topology()
                 else:
@@ -138,7 +140,9 @@ def test_single_peer_world_reduces_to_itself(master):
         c.connect(timeout=10)
         x = np.arange(5, dtype=np.float32)
         assert np.array_equal(c.all_reduce(x, "avg"), x)
-        assert c.last_info.world_size == 1 and c.world_size == 1 and c.group_world_size == 1
+        assert c.last_info.world_size == 1 and c.total_world_size == 1 and c.world_size == 1 and c.rank == 0
+        with pytest.deprecated_call():
+            assert c.group_world_size == 1  # the old name of world_size, for one release
 
 
 @pytest.mark.timeout(30)
@@ -195,7 +199,7 @@ def test_master_cli_runs_until_signalled(tmp_path):
     try:
         with pa.Communicator(address) as c:
             c.connect(timeout=10)
-            assert c.world_size == 1
+            assert c.total_world_size == 1
     finally:
         proc.terminate()
         assert proc.wait(10) == 0

@@ -108,12 +108,12 @@ def test_pytree_of_mixed_frameworks_and_dtypes_one_operation_per_dtype(master):
         out = c.all_reduce_tree(tree, "sum")
         ops = c.last_info.op_id - before
         kept = torch.equal(tree["dense"]["w"], torch.ones(3, 2) * k)
-        c.all_reduce_tree(tree, "sum", inplace=True)
+        c.all_reduce_tree(tree, "sum", out=tree)
         return out, ops, kept, tree
 
     for out, ops, kept, tree in run_peers(master, 2, fn):
         assert ops == 4  # float32, bfloat16, int64, float64: one operation per dtype
-        assert kept, "inplace=False must not touch the leaves"
+        assert kept, "out=None must not touch the leaves"
         assert isinstance(out["dense"]["w"], torch.Tensor) and torch.equal(out["dense"]["w"], torch.full((3, 2), 3.0))
         assert isinstance(out["dense"]["b"], np.ndarray) and np.array_equal(out["dense"]["b"], np.arange(4) * 3)
         assert out["emb"].dtype == jnp.bfloat16 and bool(jnp.all(out["emb"] == 3))
@@ -132,7 +132,8 @@ def test_pytree_refuses_bad_leaves_before_any_operation(master):
         ro = np.ones(3)
         ro.flags.writeable = False
         with pytest.raises(ValueError):
-            c.all_reduce_tree([ro], inplace=True)
+            ro_tree = [ro]
+            c.all_reduce_tree(ro_tree, out=ro_tree)
         return c.all_reduce_tree([np.ones(2)])[0]
 
     for r in run_peers(master, 2, fn):

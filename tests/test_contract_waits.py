@@ -90,7 +90,7 @@ def test_close_returns_at_once_with_an_operation_in_flight(master):
     a, b = pa.Communicator(master.address).connect(), pa.Communicator(master.address)
     joining = threading.Thread(target=b.connect, kwargs={"timeout": 20})
     joining.start()
-    while a.world_size < 2:
+    while a.total_world_size < 2:
         if a.are_peers_pending():
             a.update_topology()
         else:
@@ -126,7 +126,7 @@ def test_connect_retries_until_the_master_is_up_and_with_connects():
     holder: list = []
     threading.Thread(target=late_master).start()
     with pa.Communicator(f"127.0.0.1:{port}", connect_timeout=10) as c:
-        assert started.is_set() and c.world_size == 1
+        assert started.is_set() and c.total_world_size == 1
         assert c.all_reduce(np.ones(2))[0] == 1.0
     holder[0].stop()
     t0 = time.monotonic()

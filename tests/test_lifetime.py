@@ -27,7 +27,7 @@ def pair(master, group: int) -> list:
     comms[0].connect(timeout=20)
     joiner = threading.Thread(target=comms[1].connect, kwargs={"timeout": 20})
     joiner.start()
-    while comms[0].world_size < 2:
+    while comms[0].total_world_size < 2:
         if comms[0].are_peers_pending():
             comms[0].update_topology()
         else:
@@ -97,14 +97,14 @@ def test_a_communicator_dropped_without_close_is_freed_and_its_peer_sees_it_leav
         gc.enable()
     assert freed, "a dropped communicator stayed alive"
     deadline = time.monotonic() + 5.0
-    while comms[0].world_size > 1 and time.monotonic() < deadline:  # its destructor said LEAVE to the master
+    while comms[0].total_world_size > 1 and time.monotonic() < deadline:  # its destructor said LEAVE to the master
         if comms[0].are_peers_pending():
             comms[0].update_topology()
         try:
             comms[0].update_topology(timeout=1)
         except pa.PCCLError:
             pass
-    assert comms[0].world_size == 1
+    assert comms[0].total_world_size == 1
     comms[0].close()
 
 

@@ -110,7 +110,7 @@ def test_peers_all_reduce_exactly_across_regions():
             c = comms[p]
             relays[p].follow(c, net.host(p))
             c.connect(timeout=30)
-            while c.world_size < net.peers:
+            while c.total_world_size < net.peers:
                 if c.are_peers_pending():
                     c.update_topology()
                 else:

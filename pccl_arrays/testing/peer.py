@@ -67,12 +67,12 @@ class PeerContext:
     def admit_initial(self, comm) -> None:
         """The peers started together (``args["initial"]``) vote each other in; then records "joined"."""
         initial = self.args.get("initial")
-        while initial and comm.world_size < initial:
+        while initial and comm.total_world_size < initial:
             if comm.are_peers_pending():
                 comm.update_topology()
             else:
                 time.sleep(0.005)
-        self.progress(kind="joined", world=comm.world_size)
+        self.progress(kind="joined", world=comm.total_world_size)
 
 
 def allreduce_loop(ctx: PeerContext) -> dict:

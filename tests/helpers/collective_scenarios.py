@@ -26,7 +26,7 @@ def collectives_cases(ctx: Context) -> dict:
     """Every dtype through broadcast (root = case % world, in place and not), all_gather (new array and
     out=), reduce_scatter with every op, and a barrier between dtypes."""
     comm = ctx.join(ctx.comm())
-    rank, world = comm.rank, comm.group_world_size
+    rank, world = comm.rank, comm.world_size
     for case, name in enumerate(data.DTYPES):
         n = data.length(case)
         x = data.make(name, "sum", n, rank, case)
@@ -62,7 +62,7 @@ def collectives_frameworks(ctx: Context) -> dict:
     import torch
 
     comm = ctx.join(ctx.comm())
-    rank, world = comm.rank, comm.group_world_size
+    rank, world = comm.rank, comm.world_size
     t = torch.arange(1000, dtype=torch.float32) + 1000 * rank
     comm.broadcast(t, root=world - 1, out=t)
     wide = torch.arange(2 * 501, dtype=torch.int64).reshape(501, 2) * (rank + 1)

@@ -43,7 +43,7 @@ def readme_loop(ctx: Context) -> dict:
         info = sync(self, state, *a, **kw)
         seen["revision"] = state.revision
         digest = hashlib.sha256(np.ascontiguousarray(state["w"]).tobytes()).hexdigest()[:16]
-        log.write(json.dumps({"sync": state.revision, "hash": digest, "world": self.group_world_size}) + "\n")
+        log.write(json.dumps({"sync": state.revision, "hash": digest, "world": self.world_size}) + "\n")
         return info
 
     def observed_reduce(self, x, *a, **kw):
@@ -220,7 +220,7 @@ def state_newcomer(ctx: Context) -> dict:
     offers a checkpoint with send_only and both end with it."""
     comm = ctx.comm()
     comm.connect(timeout=60)
-    while comm.world_size < 2:
+    while comm.total_world_size < 2:
         if comm.are_peers_pending():
             comm.update_topology()
         else:
@@ -258,9 +258,10 @@ def reachability(ctx: Context) -> dict:
         try:
             comm.update_topology()
             flag = float((ctx.out / "release").exists())
-            r, info = comm.all_reduce(np.array([1.0, flag], np.float32), return_info=True)
+            r = comm.all_reduce(np.array([1.0, flag], np.float32))
+            info = comm.last_info
             if r[0] != 2.0 or info.world_size != 2:
-                failures.append(f"result {r[0]} from a world of {info.world_size} (group {comm.group_world_size})")
+                failures.append(f"result {r[0]} from a world of {info.world_size} (group {comm.world_size})")
             n += 1
             if n == 10:
                 ctx.event("running")

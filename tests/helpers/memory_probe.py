@@ -43,7 +43,7 @@ def main() -> None:
                     c = comms[k]
                     if kind == "connect":
                         c.connect(timeout=20)
-                        while c.world_size < 2:
+                        while c.total_world_size < 2:
                             if c.are_peers_pending():
                                 c.update_topology()
                         c.all_reduce(np.ones(1024, dtype=np.float32))  # open the data connections

@@ -38,7 +38,7 @@ class Context:
         """Connects and votes until `world` peers (all groups) are accepted."""
         comm.connect(timeout=60)
         target = world or self.world
-        while comm.world_size < target:
+        while comm.total_world_size < target:
             if comm.are_peers_pending():  # a pending peer stays pending until a vote, so every peer sees it
                 comm.update_topology()
             else:
@@ -83,7 +83,8 @@ def big(ctx: Context) -> dict:
     comm = ctx.join(ctx.comm(connections=ctx.args.get("connections", 4)))
     x = ((np.arange(n, dtype=np.int64) * (ctx.rank + 1)) % 1021).astype(np.float32)
     before = {(s["peer"], s["index"], s["direction"]): s["bytes"] for s in comm.connection_stats()}
-    r, info = comm.all_reduce(x, "sum", return_info=True)
+    r = comm.all_reduce(x, "sum")
+    info = comm.last_info
     stats = [dict(s, moved=s["bytes"] - before.get((s["peer"], s["index"], s["direction"]), 0))
              for s in comm.connection_stats()]
     exact = bool(np.array_equal(r, expected_big(n, ctx.world)))
@@ -357,7 +358,8 @@ def quantized(ctx: Context) -> dict:
         xin = x
     out = {}
     for op in ("sum", "avg"):
-        r, info = comm.all_reduce(xin, op, quantization=q, return_info=True)
+        r = comm.all_reduce(xin, op, quantization=q)
+        info = comm.last_info
         r = _to_numpy(r, "torch") if use_triton else (r.view(np.uint16) if dtype == "bfloat16" else r)
         ctx.arrays[op] = r
         out[op] = {"bytes_sent": info.bytes_sent, "world": info.world_size, "stripes": info.stripes}
@@ -368,7 +370,8 @@ def quantized(ctx: Context) -> dict:
         comm.all_reduce(z, "sum", out=z, quantization=q)
         ctx.arrays["sum_out"], ctx.arrays["sum_inplace"] = y, z
     out["ring"], out["peer_id"] = comm.ring(), comm.peer_id
-    plain, info = comm.all_reduce(x, "sum", return_info=True)
+    plain = comm.all_reduce(x, "sum")
+    info = comm.last_info
     out["plain_bytes_sent"] = info.bytes_sent
     comm.close()
     return out

@@ -60,7 +60,7 @@ def topo_optimize(ctx) -> dict:
     while a.get("hold") and not (ctx.out / "STOP").exists():  # the test reads the master's links meanwhile
         time.sleep(0.01)
     if a.get("then_world"):
-        while comm.world_size < a["then_world"]:
+        while comm.total_world_size < a["then_world"]:
             if comm.are_peers_pending():
                 comm.update_topology()
             else:
