@@ -22,6 +22,7 @@ from . import _core, arrays
 from .call_args import call_args, check_tag, target_of
 from .dtypes import dtype_code, op_code
 from .errors import InvalidArgumentError
+from .quantization import Quantization
 
 BROADCAST, ALL_GATHER, REDUCE_SCATTER, BARRIER = 1, 2, 3, 4  # OpDesc.collective (docs/protocol.md)
 _NAMES = {BROADCAST: "broadcast", ALL_GATHER: "all_gather", REDUCE_SCATTER: "reduce_scatter", BARRIER: "barrier"}
@@ -42,18 +43,19 @@ def broadcast(core, pool, x: Any, root: int, out: Any, tag: int, timeout: Option
                 in_place=True)
 
 
-def all_gather(core, pool, x: Any, out: Any, tag: int, timeout: Optional[float]):
-    return _run(core, pool, ALL_GATHER, x, lambda world, rank: (world,) + tuple(x.shape), out, "sum", 0, tag, timeout)
+def all_gather(core, pool, x: Any, out: Any, tag: int, timeout: Optional[float], quantization=None):
+    return _run(core, pool, ALL_GATHER, x, lambda world, rank: (world,) + tuple(x.shape), out, "sum", 0, tag, timeout,
+                quantization=quantization)
 
 
-def reduce_scatter(core, pool, x: Any, op: str, out: Any, tag: int, timeout: Optional[float]):
+def reduce_scatter(core, pool, x: Any, op: str, out: Any, tag: int, timeout: Optional[float], quantization=None):
     if len(x.shape) == 0:
         raise InvalidArgumentError("reduce_scatter needs an array of at least one dimension (it cuts the first)")
 
     def shape(world: int, rank: int) -> tuple:
         return (chunk_rows(int(x.shape[0]), world, rank)[1],) + tuple(x.shape[1:])
 
-    return _run(core, pool, REDUCE_SCATTER, x, shape, out, op, 0, tag, timeout)
+    return _run(core, pool, REDUCE_SCATTER, x, shape, out, op, 0, tag, timeout, quantization=quantization)
 
 
 def barrier(core, pool, tag: int, timeout: Optional[float]):
@@ -64,7 +66,7 @@ def barrier(core, pool, tag: int, timeout: Optional[float]):
 
 
 def _run(core, pool, kind: int, x: Any, shape_for, out: Any, op: str, root_id: int, tag: int,
-         timeout: Optional[float], in_place: bool = False):
+         timeout: Optional[float], in_place: bool = False, quantization=None):
     """Runs one collective from x; ``shape_for(world, rank)`` is the result's shape. Returns (result, the core's
     info).
 
@@ -75,6 +77,10 @@ def _run(core, pool, kind: int, x: Any, shape_for, out: Any, op: str, root_id: i
     dcode, ocode = dtype_code(name), op_code(op, name)
     call = call_args(x.shape, timeout)
     check_tag(tag)
+    quant = Quantization.of(quantization)
+    if quant is not None:  # the host kernels quantize (a device array goes through a host copy)
+        quant.check_for(name, op)
+        call.update(quant.core_args)
     out_shape = shape_for(core.group_world_size, core.group_rank)
     target = target_of(x, out, fw, out_shape, in_place)
     src, _host, host_fw, on_device = arrays.compact_host_view(x, fw)

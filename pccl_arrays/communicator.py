@@ -441,17 +441,20 @@ class Communicator:
         """
         return self._collective(_collectives.broadcast, x, root, out, tag, timeout)[0]
 
-    def all_gather(self, x: Any, *, out: Any = None, tag: int = 0, timeout: Optional[float] = None) -> Any:
+    def all_gather(self, x: Any, *, out: Any = None, quantization=None, tag: int = 0,
+                   timeout: Optional[float] = None) -> Any:
         """Every peer's ``x``, stacked in ring order: a new array of shape ``(world_size, *x.shape)``
         whose row r came from the peer at rank r (``last_info.peers[r]``).
 
         Every peer must pass the same shape and dtype. ``out``: a mutable array of that shape (not x).
+        ``quantization`` (floating dtypes; as for :meth:`all_reduce`): every peer's x travels as 8- or 4-bit blocks
+        and every row, this peer's too, is decoded from them, so all peers hold the same result.
         Raises as :meth:`broadcast` (PeerLostError also when the group changed since this peer last saw it:
         the retry is sized from the new group).
         """
-        return self._collective(_collectives.all_gather, x, out, tag, timeout)[0]
+        return self._collective(_collectives.all_gather, x, out, tag, timeout, quantization)[0]
 
-    def reduce_scatter(self, x: Any, op: str = "sum", *, out: Any = None, tag: int = 0,
+    def reduce_scatter(self, x: Any, op: str = "sum", *, out: Any = None, quantization=None, tag: int = 0,
                        timeout: Optional[float] = None) -> Any:
         """Reduces ``x`` over the group like :meth:`all_reduce`, but each peer gets only its chunk: the rows
         of x's first axis that ``numpy.array_split(x, world_size)[rank]`` would hold.
@@ -460,10 +463,12 @@ class Communicator:
             x: an array of at least one dimension, the same shape and dtype on every peer.
             op: as for :meth:`all_reduce`.
             out: None, or a mutable array of the chunk's shape (not x).
+            quantization: as for :meth:`all_reduce` (sum and avg of floating dtypes): the others' chunks travel
+                as 8- or 4-bit blocks; the owner adds its own chunk exactly.
             tag, timeout: as for :meth:`all_reduce`.
         Raises as :meth:`broadcast`.
         """
-        return self._collective(_collectives.reduce_scatter, x, op, out, tag, timeout)[0]
+        return self._collective(_collectives.reduce_scatter, x, op, out, tag, timeout, quantization)[0]
 
     def barrier(self, *, tag: int = 0, timeout: Optional[float] = None) -> None:
         """Returns once every peer of the group has called it (a collective with no data).
@@ -481,17 +486,19 @@ class Communicator:
         return self._concurrency.submit_call(
             lambda t: self._collective(_collectives.broadcast, x, root, out, t, timeout), tag, "broadcast")
 
-    def all_gather_async(self, x: Any, *, out: Any = None, tag: Optional[int] = None,
+    def all_gather_async(self, x: Any, *, out: Any = None, quantization=None, tag: Optional[int] = None,
                          timeout: Optional[float] = None) -> "_in_flight.AllReduceHandle":
         """:meth:`all_gather`, started at once; ``handle.wait()`` gives the result."""
         return self._concurrency.submit_call(
-            lambda t: self._collective(_collectives.all_gather, x, out, t, timeout), tag, "all_gather")
+            lambda t: self._collective(_collectives.all_gather, x, out, t, timeout, quantization), tag, "all_gather")
 
-    def reduce_scatter_async(self, x: Any, op: str = "sum", *, out: Any = None, tag: Optional[int] = None,
+    def reduce_scatter_async(self, x: Any, op: str = "sum", *, out: Any = None, quantization=None,
+                             tag: Optional[int] = None,
                              timeout: Optional[float] = None) -> "_in_flight.AllReduceHandle":
         """:meth:`reduce_scatter`, started at once; ``handle.wait()`` gives the result."""
         return self._concurrency.submit_call(
-            lambda t: self._collective(_collectives.reduce_scatter, x, op, out, t, timeout), tag, "reduce_scatter")
+            lambda t: self._collective(_collectives.reduce_scatter, x, op, out, t, timeout, quantization), tag,
+            "reduce_scatter")
 
     def barrier_async(self, *, tag: Optional[int] = None,
                       timeout: Optional[float] = None) -> "_in_flight.AllReduceHandle":

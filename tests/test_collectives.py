@@ -164,3 +164,32 @@ def test_barrier_returns_after_the_last_call_and_times_out_naming_the_absent(mas
         if res["rank"] != 1:
             assert res["second"] == "PCCLTimeoutError", res
             assert f"peer {late['peer_id']}" in res["second_message"] and "barrier tag 1" in res["second_message"], res
+
+
+@pytest.mark.timeout(90)
+def test_quantized_all_gather_and_reduce_scatter(master, tmp_path):
+    """8-bit and 4-bit rotated: all_gather's result is the same bytes on every peer (its own row decoded too),
+    within the format's error of the inputs; reduce_scatter's chunk is within it of the average; both send
+    about a quarter (an eighth) of the plain bytes; peers with different settings are refused in words."""
+    world = 3
+    peers = [spawn(master.address, "collectives_quantized", r, world, tmp_path) for r in range(world)]
+    wait_all(peers, 80)
+    results, arrays = _by_rank(peers)
+    xs = np.stack([np.random.default_rng([r, 1]).standard_normal(100_003).astype(np.float32) for r in range(world)])
+    ys = [np.random.default_rng([r, 2]).standard_normal((1001, 7)).astype(np.float32) for r in range(world)]
+    mean = sum(y.astype(np.float64) for y in ys) / world
+
+    def rel(a, b):
+        return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)))
+
+    for bits, bound, ratio in (("8", 0.01, 0.27), ("4", 0.15, 0.145)):
+        for r in range(world):
+            ag, rs = arrays[r][f"ag{bits}"], arrays[r][f"rs{bits}"]
+            assert ag.tobytes() == arrays[0][f"ag{bits}"].tobytes(), (bits, r)
+            assert ag.shape == xs.shape and 0 < rel(ag, xs) < bound, (bits, rel(ag, xs))
+            first, rows = _chunks(1001, world)[r]
+            assert rs.shape == (rows, 7) and 0 < rel(rs, mean[first:first + rows]) < bound, bits
+            sent = results[r]["sent"]
+            assert sent[f"ag{bits}"] < ratio * sent["plain"], (bits, sent)
+    for res in results:
+        assert res["mismatch"].startswith("OperationMismatchError") and "quantization settings differ" in res["mismatch"]

@@ -212,7 +212,8 @@ OpInfo Communicator::run_ring(RingPlan plan, const wire::OpGo& go, const RingWor
         DirectLinks links{&pool_, go.slot, go.ring, cfg_.connect_timeout, cfg_.data_timeout};
         // Our quantized contribution: encoded as it leaves on the host path, the caller's bytes on the device path.
         uint8_t* mine = direct->encode ? res.scratch_for(total_bytes, 2) : const_cast<uint8_t*>(in);
-        uint8_t* inbox = direct->reduce ? res.scratch_for((world - 1) * direct_inbox_bytes(plan), 3) : nullptr;
+        uint8_t* inbox = direct->reduce || direct->collect ? res.scratch_for((world - 1) * direct_inbox_bytes(plan), 3)
+                                                           : nullptr;
         res.workers.run(info.stripes, [&](uint32_t j) {
             run_direct_stripe(plan, j, *direct, mine, inbox, result, links, ctl, &bytes[j]);
         });

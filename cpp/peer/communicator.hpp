@@ -139,9 +139,12 @@ public:
     //     numpy.array_split cuts it (a flat array: elements); op as for all_reduce.
     //   barrier: no data (count 0); returns once every peer of the group has called it.
     // With `allocate` and no output, the result goes to allocate(bytes), called once the group is known.
+    // all_gather and reduce_scatter of floating dtypes may quantize (sum and avg): each chunk is quantized on its
+    // own, as it is sent; all_gather's rows are all decoded from the bytes sent (this peer's too), so every peer
+    // holds the same result; reduce_scatter's owner adds its exact chunk to the others' decoded ones.
     OpInfo collective(OpKind kind, const void* input, void* output, uint64_t count, uint64_t output_count, DType dtype,
                       ReduceOp op, uint64_t root, uint64_t tag, const CallOptions& options = {},
-                      const Allocator& allocate = {});
+                      const Allocator& allocate = {}, const QuantConfig& quant = {});
     // Collective shared-state sync (docs/shared_state.md): `entries` in name order with their hashes, `data` the
     // bytes of each (read while holders send). Throws for a refused peer or a failed sync; nothing is written.
     SyncOutcome sync_state(const std::vector<wire::StateEntry>& entries, const std::vector<const uint8_t*>& data,

@@ -41,7 +41,8 @@ public:
         }
         received_.resize(ins_.size());
         // Our chunk is final from the start where nobody sends it to us: all_gather's (our input), the root's.
-        const bool mine_final = work.kind == OpKind::kAllGather || (work.kind == OpKind::kBroadcast && plan.rank == work.root);
+        const bool mine_final = work.kind == OpKind::kAllGather || (work.kind == OpKind::kBroadcast && plan.rank == work.root) ||
+                                work.collect;  // nothing to sum during the run: done once the inbox is full
         if (mine_final) summed_ = len_of(plan.rank);
     }
 

@@ -43,6 +43,7 @@ struct DirectWork {
     OpKind kind = OpKind::kAllReduce;  // all_reduce, reduce_scatter, all_gather or broadcast
     uint32_t root = 0;  // broadcast: the root's position in the ring order
     bool chunk_only = false;  // `result` holds this peer's chunk alone (reduce_scatter)
+    bool collect = false;     // reduce_scatter without `reduce`: step 0 only fills the inbox, summed after the run
     UnitWork encode;   // host path: quantizes our own units into `mine` just before they leave (else empty)
     OwnerSum reduce;   // the owner's sum (all_reduce and reduce_scatter)
     UnitWork finish;   // host path: decodes final units as soon as they are final (else empty)
@@ -61,7 +62,8 @@ size_t direct_inbox_bytes(const RingPlan& plan);
 
 // Runs stripe j. `mine`: our quantized contribution (filled by work.encode on the host path), or what step 0
 // sends (the broadcast's root: its input); `inbox`: (world-1) * direct_inbox_bytes(plan) bytes of scratch for
-// all_reduce and reduce_scatter (else unused); `result`: the whole result (all_gather: this peer's chunk already
+// all_reduce and reduce_scatter (else unused; sender k's bytes of our chunk start at (k-1) * that, in summation
+// order); `result`: the whole result (all_gather: this peer's chunk already
 // in place; broadcast's root: the whole input), or this peer's chunk alone with work.chunk_only.
 void run_direct_stripe(const RingPlan& plan, uint32_t j, const DirectWork& work, uint8_t* mine, uint8_t* inbox,
                        uint8_t* result, const DirectLinks& links, OpControl& ctl, StripeBytes* bytes);

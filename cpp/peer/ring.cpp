@@ -13,8 +13,8 @@ uint32_t stripes_for(size_t bytes, uint32_t connections) {
 
 void RingPlan::region(uint32_t c, uint32_t j, size_t* begin, size_t* len) const {
     const size_t rows = units / row_units, base = rows / world, rem = rows % world;
-    const size_t chunk_begin = (c * base + std::min<size_t>(c, rem)) * row_units;
-    const size_t chunk_len = (base + (c < rem ? 1 : 0)) * row_units;
+    const size_t chunk_begin = bounds.empty() ? (c * base + std::min<size_t>(c, rem)) * row_units : bounds[c];
+    const size_t chunk_len = bounds.empty() ? (base + (c < rem ? 1 : 0)) * row_units : bounds[c + 1] - bounds[c];
     const size_t sbase = chunk_len / stripes, srem = chunk_len % stripes;
     *begin = chunk_begin + j * sbase + std::min<size_t>(j, srem);
     *len = sbase + (j < srem ? 1 : 0);

@@ -30,6 +30,7 @@
 #include <functional>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "base/dtype.hpp"
 #include "transport/op_control.hpp"
@@ -57,6 +58,9 @@ struct RingPlan {
     // Chunks hold whole rows of this many units (all_gather: a peer's whole input; reduce_scatter: a row of the
     // array's first axis), cut as numpy.array_split cuts rows; stripes still cut chunks by units.
     size_t row_units = 1;
+    // Or explicit chunk boundaries: chunk c is units [bounds[c], bounds[c+1]) (world + 1 entries; the quantized
+    // reduce_scatter's chunks, each quantized on its own).
+    std::vector<size_t> bounds;
 
     uint32_t steps() const { return 2 * (world - 1); }
     // [begin, begin+len) in units of chunk c's stripe j.

@@ -217,8 +217,10 @@ PYBIND11_MODULE(_core, m) {
         .def("collective",
              [](Communicator& c, uint8_t kind, uintptr_t input, uintptr_t output, uint64_t count, uint64_t output_count,
                 uint8_t dtype, uint8_t op, uint64_t root, uint64_t tag, std::vector<uint64_t> shape, double timeout,
-                std::shared_ptr<dl::BufferPool> pool) {
+                std::shared_ptr<dl::BufferPool> pool, uint8_t qkind, uint32_t qblock, uint8_t qround, uint32_t qseed,
+                bool qrotate, bool qdirect) {
                  CallOptions o{std::move(shape), 0, "", timeout};
+                 const QuantConfig q{QuantKind(qkind), qblock, Rounding(qround), qseed, qrotate, qdirect};
                  // No output: the core sizes the result from the operation's group, in memory from the pool.
                  std::shared_ptr<uint8_t> held;
                  size_t held_bytes = 0;
@@ -230,7 +232,7 @@ PYBIND11_MODULE(_core, m) {
                  OpInfo info = blocking([&] {
                      return c.collective(OpKind(kind), reinterpret_cast<const void*>(input), reinterpret_cast<void*>(output),
                                          count, output_count, DType(dtype), ReduceOp(op), root, tag, o,
-                                         output ? Allocator{} : Allocator(allocate));
+                                         output ? Allocator{} : Allocator(allocate), q);
                  });
                  py::object buffer = py::none();
                  if (!output && kind != uint8_t(OpKind::kBarrier)) {
@@ -244,6 +246,8 @@ PYBIND11_MODULE(_core, m) {
              py::kw_only(), py::arg("kind"), py::arg("input_ptr"), py::arg("output_ptr"), py::arg("count"),
              py::arg("output_count"), py::arg("dtype"), py::arg("op") = 0, py::arg("root") = 0, py::arg("tag"),
              py::arg("shape") = std::vector<uint64_t>{}, py::arg("timeout") = -1.0, py::arg("pool") = nullptr,
+             py::arg("qkind") = 0, py::arg("qblock") = 0, py::arg("qround") = 0, py::arg("qseed") = 0,
+             py::arg("qrotate") = false, py::arg("qdirect") = false,
              "broadcast (kind 1), all_gather (2), reduce_scatter (3) or barrier (4); see communicator.hpp. Returns "
              "(info, None), or with output_ptr 0 (info, a flat HostBuffer holding the result, from `pool`).")
         .def("sync_state",

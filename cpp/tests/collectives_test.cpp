@@ -195,3 +195,24 @@ TEST(a_stalled_connection_ends_an_all_gather_at_the_progress_deadline) {
     }
     CHECK(runs[0].error.find("nothing arrived from peer 2") != std::string::npos);
 }
+
+TEST(explicit_chunk_bounds_cut_the_chunks_and_the_stripes_cut_within_them) {
+    RingPlan plan;  // the quantized reduce_scatter's bytes: chunks of 10, 0 and 7 units
+    plan.units = 17;
+    plan.world = 3;
+    plan.stripes = 2;
+    plan.bounds = {0, 10, 10, 17};
+    size_t b, l;
+    plan.region(0, 1, &b, &l);
+    CHECK_EQ(b, size_t(5));
+    CHECK_EQ(l, size_t(5));
+    plan.region(1, 0, &b, &l);
+    CHECK_EQ(l, size_t(0));
+    plan.region(2, 0, &b, &l);
+    CHECK_EQ(b, size_t(10));
+    CHECK_EQ(l, size_t(4));
+    plan.region(2, 1, &b, &l);
+    CHECK_EQ(b, size_t(14));
+    CHECK_EQ(l, size_t(3));
+    CHECK_EQ(direct_inbox_bytes(plan), size_t(10));  // the largest chunk, whatever the stripes
+}

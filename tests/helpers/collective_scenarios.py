@@ -171,3 +171,29 @@ def barrier_order(ctx: Context) -> dict:
             time.sleep(0.01)
     comm.close()
     return res
+
+
+def collectives_quantized(ctx: Context) -> dict:
+    """Quantized all_gather and reduce_scatter (8-bit, and 4-bit rotated) of random float32 inputs seeded by
+    ring rank, with the bytes each call sent; then a call whose quantization differs from the others' (the
+    peer at rank 1 uses another seed), which every peer must refuse."""
+    comm = ctx.join(ctx.comm())
+    rank = comm.rank
+    x = np.random.default_rng([rank, 1]).standard_normal(100_003).astype(np.float32)
+    y = np.random.default_rng([rank, 2]).standard_normal((1001, 7)).astype(np.float32)
+    q4 = pa.Quantization("minmax4", rotate=True, seed=5)
+    sent = {}
+    for name, q in (("8", "minmax"), ("4", q4)):
+        ctx.arrays[f"ag{name}"] = comm.all_gather(x, quantization=q)
+        sent[f"ag{name}"] = comm.last_info.bytes_sent
+        ctx.arrays[f"rs{name}"] = comm.reduce_scatter(y, "avg", quantization=q)
+        sent[f"rs{name}"] = comm.last_info.bytes_sent
+    comm.all_gather(x)
+    sent["plain"] = comm.last_info.bytes_sent
+    try:
+        comm.all_gather(x, quantization=pa.Quantization("minmax4", rotate=True, seed=5 + (rank == 1)))
+        mismatch = None
+    except errors.PCCLError as e:
+        mismatch = f"{type(e).__name__}: {e}"
+    comm.close()
+    return {"rank": rank, "world": comm.world_size, "sent": sent, "mismatch": mismatch}
