@@ -506,6 +506,14 @@ class Communicator:
         return self._concurrency.submit_call(lambda t: self._collective(_collectives.barrier, t, timeout), tag,
                                              "barrier")
 
+    def submit(self, call, *, tag: Optional[int] = None, what: str = "collective") -> "_in_flight.AllReduceHandle":
+        """Runs ``call(tag)`` on this communicator's threads, as the ``*_async`` methods do, and returns its
+        handle: for adapters that wrap one or more blocking collectives (each called with ``tag``, the next
+        automatic one unless given) in work of their own, such as the torch.distributed backend. ``call``
+        returns ``(result, info)``; ``handle.wait()`` gives the result, ``handle.info`` the info, and
+        ``what`` names the call in errors."""
+        return self._concurrency.submit_call(call, tag, what)
+
     def all_reduce_many(self, arrays, op: str = "sum", *, out=None, max_in_flight: int = 4, retries: int = 3,
                         tag_base: int = 1 << 48, quantization=None, timeout: Optional[float] = None,
                         outs=None) -> list:

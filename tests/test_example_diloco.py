@@ -48,6 +48,7 @@ def test_peer_killed_mid_all_reduce_and_a_joiner_the_run_goes_on(launch, tmp_pat
     for peer in s["per_peer"].values():  # stable rounds move no state: only the joiner received any
         if not peer["newcomer"]:
             assert peer["state_bytes_received"] == 0
+        assert peer["outer_jit"] == (mode == "sync"), peer  # sync: the all-reduce ran inside jax.jit
 
 
 def test_4bit_rotated_outer_all_reduce_with_error_feedback(launch, tmp_path):

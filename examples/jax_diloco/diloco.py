@@ -25,6 +25,10 @@ size divides); in async mode the op is sum of weight * delta and a second, unqua
 float32 weight gives the divisor. Error feedback (4+rotate+ef) applies to the delta only. Every peer applies
 the same committed average to the same state, so the outer parameters stay bitwise identical.
 
+In sync mode with --outer-quant none or 8 (the default), the round's all-reduce and the outer step are one
+jitted function: the all-reduce runs inside jax.jit through pccl_arrays.jax (an ordered host callback), and a
+lost peer comes out of the jitted call as PeerLostError (--eager-outer: the eager calls instead).
+
 Failures, as users should handle them: a PeerLostError from the all-reduce retries it on the smaller ring
 (every surviving member of the failed operation gets the same error, so all retry together); a failed sync
 goes back to the round boundary; a round whose all-reduce ends with fewer than --min-peers peers is dropped
@@ -49,6 +53,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 import pccl_arrays as pa
+import pccl_arrays.jax as pjax
 from pccl_arrays import errors
 from pccl_arrays.testing import ProgressLog, die_with_parent, run_target, write_result
 
@@ -65,6 +70,25 @@ def outer_step(params, momentum, delta, lr, mu):
     momentum = jax.tree_util.tree_map(lambda m, d: mu * m + d, momentum, delta)
     params = jax.tree_util.tree_map(lambda p, m, d: p - lr * (d + mu * m), params, momentum, delta)
     return params, momentum
+
+
+def make_jitted_outer(comm, unravel, n: int, quantization):
+    """Sync DiLoCo, packed --outer-quant (none, 8): pack, all-reduce, unpack and the outer step as one jitted
+    function. The all-reduce runs inside it through pccl_arrays.jax; every weight is 1, so the weight block holds
+    the number of peers that contributed. Returns (params, momentum, weight sum); the call raises PeerLostError
+    (typed, after the call) when a peer is lost, and nothing was applied: call it again on the smaller ring."""
+    padded = -(-n // BLOCK) * BLOCK
+
+    @pjax.jit
+    def outer(params, momentum, delta, lr, mu):
+        packed = jnp.concatenate([delta, jnp.zeros(padded - n, jnp.float32), jnp.ones(BLOCK, jnp.float32)])
+        total = pjax.all_reduce(packed, "sum", comm=comm, quantization=quantization)
+        weight = total[-1]
+        avg = jnp.where(weight > 0, total[:n] / weight, jnp.zeros(n, jnp.float32))
+        params, momentum = outer_step(params, momentum, unravel(avg), lr, mu)
+        return params, momentum, weight
+
+    return outer
 
 
 def make_inner(lr: float, weight_decay: float):
@@ -313,6 +337,34 @@ def run_peer(a) -> dict:
             c.applied(infos[0])
             return avg, world
 
+    outer_jit = None
+    if a.mode == "sync" and oq.packed and not a.eager_outer:
+        outer_jit = make_jitted_outer(comm, unravel, n, oq.quantization(0))
+
+    def jitted_round(theta, mom, delta: np.ndarray):
+        """Sync, packed: the jitted all-reduce + outer step, retried on the smaller ring after a lost peer;
+        ((params, momentum) or None to drop the round, the ring size)."""
+        while True:
+            t0 = time.perf_counter()
+            try:
+                new_theta, new_mom, weight = outer_jit(theta, mom, jnp.asarray(delta), lr, mu)
+            except errors.PeerLostError:
+                totals["retries"] += 1
+                continue
+            finally:
+                totals["comm_wait_s"] += time.perf_counter() - t0
+                totals["allreduce_wait_s"] += time.perf_counter() - t0
+            info = pjax.last_info(comm)  # the all-reduce's, from whichever thread XLA ran it on
+            totals["allreduce_s"] += info.seconds
+            totals["bytes_sent"] += info.bytes_sent
+            totals["bytes_received"] += info.bytes_received
+            totals["allreduce_bytes_sent"] += info.bytes_sent
+            totals["allreduce_rounds"] += 1
+            if info.world_size < a.min_peers or float(weight) == 0:
+                totals["dropped_rounds"] += 1
+                return None, info.world_size
+            return (new_theta, new_mom), info.world_size
+
     def start(delta: np.ndarray, weight: float):
         """Async: this round's contribution and the handles of its all-reduces, started in the same order on
         every peer (the automatic tags agree)."""
@@ -366,7 +418,12 @@ def run_peer(a) -> dict:
             _die_mid_allreduce(comm)
         delta, train_loss = inner(theta)  # async: overlaps the previous round's all-reduce
         save_delta(delta)
-        if a.mode == "sync":
+        if outer_jit is not None:
+            stepped, world = jitted_round(theta, mom, delta)
+            if stepped is not None:
+                (theta, mom), rnd = stepped, rnd + 1
+                finish_round(theta, mom, rnd, world, train_loss)
+        elif a.mode == "sync":
             pending = (None, Contribution(oq, delta, 1.0, rnd, sync=True))
         if pending is not None:
             avg, world = average(pending[1], handles=pending[0])
@@ -381,7 +438,7 @@ def run_peer(a) -> dict:
     if saved and len(saved) < a.save_deltas_rounds:  # fewer rounds than asked for: what there is
         write_deltas()
     result = {"rank": a.rank, "newcomer": newcomer, "round": rnd, "params_hash": params_hash(theta),
-              "outer_quant": str(oq), **totals}
+              "outer_quant": str(oq), "outer_jit": outer_jit is not None, **totals}
     comm.close()
     return result
 
@@ -407,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quantization", choices=sorted(LEGACY_QUANTIZATION),
                     help="the older spelling: none = --outer-quant none; minmax (uint8) = --outer-quant 8; "
                          "zeropoint = 8 with uint8 zeropoint blocks")
+    ap.add_argument("--eager-outer", action="store_true",
+                    help="sync mode, --outer-quant none or 8: all-reduce with eager calls instead of inside the "
+                         "jitted outer step (pccl_arrays.jax)")
     ap.add_argument("--connections", type=int, default=2)
     ap.add_argument("--data-timeout", type=float, default=10.0)
     ap.add_argument("--min-peers", type=int, default=2, help="drop a round whose all-reduce had fewer peers")

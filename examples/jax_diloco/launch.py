@@ -114,7 +114,7 @@ def run(peers: int = 4, mode: str = "sync", rounds: int = 40, inner_steps: int =
         "per_peer": {r: {k: res.get(k) for k in ("round", "bytes_sent", "bytes_received", "state_bytes_received",
                                                  "compute_s", "comm_wait_s", "allreduce_s", "allreduce_wait_s", "sync_s",
                                                  "dropped_rounds", "retries", "newcomer", "allreduce_bytes_sent",
-                                                 "allreduce_rounds")} for r, res in survivors.items()},
+                                                 "allreduce_rounds", "outer_jit")} for r, res in survivors.items()},
         "out": str(out_dir),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
