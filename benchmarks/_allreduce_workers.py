@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _procs  # noqa: E402
-from _common import expected_sum, join_group, pattern  # noqa: E402
+from _common import expected_sum, join_group, pattern, timed_calls  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -35,13 +35,7 @@ def _measure(sizes, repeats, world, rank, barrier, modes) -> list[dict]:
                 barrier()
                 run()
             ok_first = bool(np.array_equal(result(), expected))
-            times = []
-            for _ in range(reps):
-                reset()
-                barrier()
-                t0 = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - t0)
+            times = timed_calls(reps, reset, barrier, run)
             ok_last = bool(np.array_equal(result(), expected))
             rows.append({"bytes": size, "mode": mode, "seconds": times, "correct": ok_first and ok_last,
                          "info": info()})

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _procs  # noqa: E402
-from _common import expected_sum, join_worker, pattern  # noqa: E402
+from _common import expected_sum, join_worker, pattern, timed_calls  # noqa: E402
 
 ROOT = 0  # broadcast's root rank
 COLLECTIVES = ("broadcast", "all_gather", "reduce_scatter")
@@ -71,13 +70,7 @@ def measure(a, rank: int, world: int, barrier, prepare) -> list[dict]:
                 run()
                 if i == 0:
                     oks.append(bool(np.array_equal(result(), expected)))
-            times = []
-            for _ in range(reps):
-                reset()
-                barrier()
-                t0 = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - t0)
+            times = timed_calls(reps, reset, barrier, run)
             oks.append(bool(np.array_equal(result(), expected)))
             rows.append({"collective": coll, "bytes": size, "elements": layout(size, world)[1],
                          "seconds": times, "correct": all(oks), "info": info()})

@@ -137,6 +137,28 @@ def join_group(c, world: int, timeout: float = 120.0):
     return c
 
 
+def timed_calls(reps: int, reset, barrier, run) -> list[float]:
+    """``reps`` timed calls of ``run()``: each after ``reset()`` (untimed) and ``barrier()`` (the peers line up);
+    the seconds of each."""
+    times = []
+    for _ in range(reps):
+        reset()
+        barrier()
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def machine_info(torch_version, pccl_version) -> dict:
+    """The machine block of a benchmark's JSON document."""
+    import numpy as np
+
+    return {"nproc": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__, "torch": torch_version,
+            "pccl_arrays": pccl_version}
+
+
 def print_footer(doc: dict) -> None:
     """Goals, errors and notes: the end of every benchmark's report."""
     if doc["goals"]:

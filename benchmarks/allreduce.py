@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import platform
 import socket
 import statistics
 import sys
@@ -44,8 +43,8 @@ WORKERS = str(HERE / "_allreduce_workers.py")
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
-from _common import (Run, benchmark_parser, cpu_model, fmt_size, import_pccl_arrays, parse_size,  # noqa: E402
-                     print_footer, spread)
+from _common import (Run, benchmark_parser, fmt_size, import_pccl_arrays, machine_info,  # noqa: E402
+                     parse_size, print_footer, spread)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 FULL_SIZES = [4 * KiB, 1 * MiB, 16 * MiB, 64 * MiB, 256 * MiB]
@@ -326,7 +325,6 @@ def main(argv=None) -> int:
     repeats = [r * rounds for r in reps_per_round]
     lb_bytes = a.loopback_bytes or (256 * MiB if a.quick else 1 * GiB)
 
-    import numpy as np
     tv, why_no_gloo = torch_status()
     notes, errors, rows = [], [], []
     systems = list(a.systems)
@@ -349,9 +347,7 @@ def main(argv=None) -> int:
         "benchmark": "allreduce",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": ["python", os.path.relpath(__file__), *bench.argv],
-        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform(),
-                    "python": platform.python_version(), "numpy": np.__version__, "torch": tv,
-                    "pccl_arrays": pv},
+        "machine": machine_info(tv, pv),
         "config": {"quick": a.quick, "peers": a.peers, "sizes": sizes, "repeats": repeats, "dtype": "float32",
                    "op": "sum", "rounds": rounds, "repeats_per_round": reps_per_round,
                    "connections": a.connections, "piece_bytes": a.piece_bytes, "modes": a.modes,

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import platform
 import statistics
 import sys
 import time
@@ -57,8 +56,8 @@ sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
 from _collectives_workers import COLLECTIVES, layout  # noqa: E402
-from _common import (QUIET_WAIT, CpuMeter, KiB, MiB, Run, benchmark_parser, cpu_model, fmt_size,  # noqa: E402
-                     import_pccl_arrays, parse_size, print_footer, spread, wait_for_quiet)
+from _common import (QUIET_WAIT, CpuMeter, KiB, MiB, Run, benchmark_parser, fmt_size,  # noqa: E402
+                     import_pccl_arrays, machine_info, parse_size, print_footer, spread, wait_for_quiet)
 from allreduce import measure_loopback, torch_status  # noqa: E402
 
 FULL_SIZES = [1 * MiB, 16 * MiB, 64 * MiB]
@@ -226,7 +225,6 @@ def main(argv=None) -> int:
     timeout = a.timeout or (120.0 if a.quick else 600.0)
     lb_bytes = 0 if a.no_bound else a.loopback_bytes or (32 * MiB if a.quick else 256 * MiB)
 
-    import numpy as np
     tv, why_no_gloo = torch_status()
     notes, errors, rows = [], [], []
     systems = list(a.systems)
@@ -247,8 +245,7 @@ def main(argv=None) -> int:
         "benchmark": "collectives",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": ["python", os.path.relpath(__file__), *bench.argv],
-        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform(),
-                    "python": platform.python_version(), "numpy": np.__version__, "torch": tv, "pccl_arrays": pv},
+        "machine": machine_info(tv, pv),
         "config": {"quick": a.quick, "peers": a.peers, "sizes": sizes, "collectives": a.collectives,
                    "repeats": [r * rounds for r in reps_per_round], "rounds": rounds, "dtype": "float32",
                    "op": "sum", "root": 0, "connections": a.connections, "systems": systems, "calls": CALLS,

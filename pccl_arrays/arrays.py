@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -165,6 +165,16 @@ def wrap(buf: _core.HostBuffer, name: str, framework: str, like: Any = None) -> 
                 arr = jax.device_put(arr, next(iter(devices)))
         return arr
     raise InvalidArgumentError(f"unknown framework {framework}")
+
+
+def deliver(buf: Optional[_core.HostBuffer], target: Any, name: str, fw: str, host_fw: str, like: Any) -> Any:
+    """A committed result in the caller's terms: ``buf`` as a new array of ``fw`` (no target), or ``target``
+    after ``buf`` was written into it (a strided or device target; None: the core wrote the target itself)."""
+    if target is None:
+        return wrap(buf, name, fw, like=like)
+    if buf is not None:
+        copy_back(target, wrap(buf, name, host_fw if fw != "cupy" else "numpy"), fw)
+    return target
 
 
 def _as_uint16(buf: _core.HostBuffer) -> _core.HostBuffer:

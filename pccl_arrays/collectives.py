@@ -97,10 +97,4 @@ def _run(core, pool, kind: int, x: Any, shape_for, out: Any, op: str, root_id: i
         pool=pool, **call)
     if buf is not None:
         buf = _core.HostBuffer.reshaped(buf, list(shape_for(info.world_size, info.rank)))
-    if target is None:
-        result = arrays.wrap(buf, name, fw, like=x)
-    else:
-        if buf is not None:  # strided or device output: write the committed result back
-            arrays.copy_back(target, arrays.wrap(buf, name, host_fw if fw != "cupy" else "numpy"), fw)
-        result = target
-    return result, info
+    return arrays.deliver(buf, target, name, fw, host_fw, x), info

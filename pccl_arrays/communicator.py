@@ -377,13 +377,7 @@ class Communicator:
                                          tag=tag, **call)
         else:
             info = _quantization.host_all_reduce(self._core, src, dst, dcode, ocode, tag, quant, call)
-        if target is None:
-            result = arrays.wrap(buf, name, fw, like=x)
-        else:
-            if buf is not None:  # strided or device output: write the committed result back
-                arrays.copy_back(target, arrays.wrap(buf, name, host_fw if fw != "cupy" else "numpy"), fw)
-            result = target
-        return self._finish(result, info, return_info)
+        return self._finish(arrays.deliver(buf, target, name, fw, host_fw, x), info, return_info)
 
     def _finish(self, result: Any, info: Any, return_info: bool):
         self._record(info)
@@ -515,13 +509,15 @@ class Communicator:
         return self._concurrency.submit_call(call, tag, what)
 
     def all_reduce_many(self, arrays, op: str = "sum", *, out=None, max_in_flight: int = 4, retries: int = 3,
-                        tag_base: int = 1 << 48, quantization=None, timeout: Optional[float] = None,
+                        tag_base: Optional[int] = None, quantization=None, timeout: Optional[float] = None,
                         outs=None) -> list:
         """All-reduces every array of a list, ``max_in_flight`` at a time, retrying the ones a lost peer
         failed (``retries`` times each, on the smaller ring) without redoing those that committed.
 
         ``out``: None, or a list with one entry per array, each as :meth:`all_reduce`'s ``out`` (the array
-        itself for in place). ``outs`` is its deprecated old name.
+        itself for in place). ``outs`` is its deprecated old name. Array i is reduced with tag ``tag_base + i``;
+        without ``tag_base`` the tags are the next automatic ones (as for :meth:`all_reduce_async`), so every
+        peer must issue its many() and async calls in the same order.
 
         Returns:
             the results in order; each one committed on every peer of its ring.

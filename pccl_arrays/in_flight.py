@@ -153,12 +153,15 @@ class Concurrency:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    def many(self, arrays: Sequence[Any], op: str, outs, max_in_flight: int, retries: int, tag_base: int,
+    def many(self, arrays: Sequence[Any], op: str, outs, max_in_flight: int, retries: int, tag_base: Optional[int],
              quantization, timeout: Optional[float] = None) -> list:
         if max_in_flight < 1:
             raise InvalidArgumentError("max_in_flight must be at least 1")
         if outs is not None and len(outs) != len(arrays):
             raise InvalidArgumentError("outs must have one entry per array")
+        if tag_base is None:  # the next automatic tags, one per array, reserved at once
+            with self._lock:
+                tag_base, self._next = self._next, self._next + len(arrays)
         results: list = [None] * len(arrays)
         attempts = [0] * len(arrays)
         todo = list(range(len(arrays)))

@@ -3,14 +3,10 @@ striped over 4 connections, and bitwise-identical results on every peer."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import data
 from procs import spawn, wait_all
-
-# Relative tolerance of float results against the float64 reference, per dtype: a few roundings of the type.
-RTOL = {"float16": 4e-3, "bfloat16": 3e-2, "float32": 1e-5, "float64": 1e-12}
 
 
 def _expected_inputs(world: int):
@@ -47,18 +43,7 @@ def check_against_numpy(results: list[dict], world: int) -> int:
         for g in got[1:]:  # bitwise identical everywhere
             assert g.tobytes() == got[0].tobytes(), key
         value = got[0].view(data.np_dtype(name)) if name == "bfloat16" else got[0]
-        ref = data.reference(name, op, inputs)
-        if name not in data.FLOATS or op in ("max", "min"):
-            assert np.array_equal(value.astype(ref.dtype), ref), key
-        else:
-            wide = value.astype(np.float64)
-            scale = np.abs(np.stack(inputs).astype(np.float64)).sum(axis=0) + 1e-30
-            if op == "prod":
-                scale = np.abs(ref) + 1e-30
-            if op == "avg":
-                scale = scale / world
-            err = np.abs(wide - ref) / scale
-            assert err.max() <= RTOL[name] * world, (key, float(err.max()))
+        data.assert_reduced(name, op, value, data.reference(name, op, inputs), inputs, world, key)
         checked += 1
     return checked
 

@@ -13,7 +13,6 @@ import data
 from collective_scenarios import REDUCE_OPS, rs_shape
 from conftest import needs_jax, needs_torch
 from procs import spawn, wait_all
-from test_allreduce import RTOL
 
 N = 4 * 1024 * 1024  # 16 MiB of float32: an operation is in flight for a while
 
@@ -29,19 +28,6 @@ def _by_rank(peers) -> tuple[list[dict], list[dict]]:
 def _chunks(rows: int, world: int) -> list[tuple[int, int]]:
     base, rem = divmod(rows, world)
     return [(r * base + min(r, rem), base + (r < rem)) for r in range(world)]
-
-
-def _check_reduced(name, op, got, ref, inputs, world, key):
-    if name not in data.FLOATS or op in ("max", "min"):
-        assert np.array_equal(got.astype(ref.dtype), ref), key
-        return
-    wide = got.astype(np.float64)
-    scale = np.abs(np.stack(inputs).astype(np.float64)).sum(axis=0) + 1e-30
-    if op == "prod":
-        scale = np.abs(ref) + 1e-30
-    if op == "avg":
-        scale = scale / world
-    assert (np.abs(wide - ref) / scale).max(initial=0.0) <= RTOL[name] * world, key
 
 
 @pytest.mark.timeout(180)
@@ -73,7 +59,7 @@ def test_every_dtype_and_op_matches_numpy(master, tmp_path, world):
                     got = got.view(data.np_dtype(name))
                 assert got.shape == (rows,) + shape[1:], (name, op, r, got.shape)
                 sl = slice(first, first + rows)
-                _check_reduced(name, op, got, ref[sl], [i[sl] for i in ins], world, (name, op, r))
+                data.assert_reduced(name, op, got, ref[sl], [i[sl] for i in ins], world, (name, op, r))
 
 
 @needs_torch

@@ -50,3 +50,25 @@ def reference(name: str, op: str, inputs: list[np.ndarray]) -> np.ndarray:
     if op == "prod":
         return wide.prod(axis=0)
     return wide.max(axis=0) if op == "max" else wide.min(axis=0)
+
+
+# Relative error a reduction of `world` peers may show per dtype, times the world (floating sums are rounded
+# once per hop in the dtype).
+RTOL = {"float16": 4e-3, "bfloat16": 3e-2, "float32": 1e-5, "float64": 1e-12}
+
+
+def assert_reduced(name: str, op: str, got: np.ndarray, ref: np.ndarray, inputs: list, world: int, key) -> None:
+    """``got`` (a reduction over `world` peers of ``inputs``) equals NumPy's ``ref`` exactly for integers, max and
+    min, and within RTOL of the inputs' magnitudes (prod: of the result's) for floating sums, averages and
+    products."""
+    if name not in FLOATS or op in ("max", "min"):
+        assert np.array_equal(got.astype(ref.dtype), ref), key
+        return
+    wide = got.astype(np.float64)
+    scale = np.abs(np.stack(inputs).astype(np.float64)).sum(axis=0) + 1e-30
+    if op == "prod":
+        scale = np.abs(ref) + 1e-30
+    if op == "avg":
+        scale = scale / world
+    err = (np.abs(wide - ref) / scale).max(initial=0.0)
+    assert err <= RTOL[name] * world, (key, float(err))
