@@ -150,6 +150,18 @@ def timed_calls(reps: int, reset, barrier, run) -> list[float]:
     return times
 
 
+def pccl_version_or_drop(systems: list, errors: list):
+    """pccl_arrays' version; if it cannot be imported, the "pccl" system leaves ``systems`` with an error."""
+    try:
+        return import_pccl_arrays().__version__
+    except Exception as e:
+        if "pccl" in systems:
+            systems.remove("pccl")
+            errors.append(f"pccl_arrays cannot be imported ({type(e).__name__}: {e})")
+            print(f"ERROR: {errors[-1]}", flush=True)
+        return None
+
+
 def machine_info(torch_version, pccl_version) -> dict:
     """The machine block of a benchmark's JSON document."""
     import numpy as np

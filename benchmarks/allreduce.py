@@ -43,7 +43,7 @@ WORKERS = str(HERE / "_allreduce_workers.py")
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
-from _common import (Run, benchmark_parser, fmt_size, import_pccl_arrays, machine_info,  # noqa: E402
+from _common import (Run, benchmark_parser, fmt_size, machine_info, pccl_version_or_drop,  # noqa: E402
                      parse_size, print_footer, spread)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -333,15 +333,7 @@ def main(argv=None) -> int:
         msg = f"gloo column skipped: {why_no_gloo}"
         notes.append(msg)
         print(f"NOTE: {msg}", flush=True)
-    try:
-        pccl_arrays = import_pccl_arrays()
-        pv = pccl_arrays.__version__
-    except Exception as e:
-        pv = None
-        if "pccl" in systems:
-            systems.remove("pccl")
-            errors.append(f"pccl_arrays cannot be imported ({type(e).__name__}: {e})")
-            print(f"ERROR: {errors[-1]}", flush=True)
+    pv = pccl_version_or_drop(systems, errors)
 
     doc = {
         "benchmark": "allreduce",

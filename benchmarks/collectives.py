@@ -57,7 +57,7 @@ sys.path.insert(0, str(HERE))
 import _procs  # noqa: E402
 from _collectives_workers import COLLECTIVES, layout  # noqa: E402
 from _common import (QUIET_WAIT, CpuMeter, KiB, MiB, Run, benchmark_parser, fmt_size,  # noqa: E402
-                     import_pccl_arrays, machine_info, parse_size, print_footer, spread, wait_for_quiet)
+                     machine_info, parse_size, pccl_version_or_drop, print_footer, spread, wait_for_quiet)
 from allreduce import measure_loopback, torch_status  # noqa: E402
 
 FULL_SIZES = [1 * MiB, 16 * MiB, 64 * MiB]
@@ -232,14 +232,7 @@ def main(argv=None) -> int:
         systems.remove("gloo")
         notes.append(f"gloo column skipped: {why_no_gloo}")
         print(f"NOTE: {notes[-1]}", flush=True)
-    pv = None
-    try:
-        pv = import_pccl_arrays().__version__
-    except Exception as e:
-        if "pccl" in systems:
-            systems.remove("pccl")
-            errors.append(f"pccl_arrays cannot be imported ({type(e).__name__}: {e})")
-            print(f"ERROR: {errors[-1]}", flush=True)
+    pv = pccl_version_or_drop(systems, errors)
 
     doc = {
         "benchmark": "collectives",
