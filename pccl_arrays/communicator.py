@@ -465,11 +465,13 @@ class Communicator:
         return self._collective(_collectives.reduce_scatter, x, op, out, tag, timeout, quantization)[0]
 
     def barrier(self, *, tag: int = 0, timeout: Optional[float] = None) -> None:
-        """Returns once every peer of the group has called it (a collective with no data).
+        """Returns once every peer of the group has called it (a collective with no data). A peer that is lost or
+        leaves before calling it no longer belongs to the group, so the others pass without it, as every
+        collective runs among whoever is left.
 
         Raises:
             PCCLTimeoutError: some peers did not call it within ``timeout`` (named in the message).
-            PeerLostError: a peer left while the others waited.
+            TooFewPeersError: fewer than ``min_world_size`` peers are left.
         """
         self._collective(_collectives.barrier, tag, timeout)
 

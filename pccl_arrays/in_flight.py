@@ -40,7 +40,7 @@ class AllReduceHandle:
     def __init__(self, future: Future, tag: int, on_interrupt=None, what: str = "all-reduce"):
         self._future = future
         self.tag = tag
-        self._on_interrupt = on_interrupt  # a weakref.WeakMethod of the communicator's _abandon  # the communicator leaves the job (its _abandon)
+        self._on_interrupt = on_interrupt  # on Ctrl-C, with the reason: the communicator leaves the job
         self._what = what
 
     def done(self) -> bool:
