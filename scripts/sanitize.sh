@@ -52,7 +52,7 @@ set -e
 tests=(tests/test_protocol_*.py tests/test_master_*.py tests/test_allreduce_*.py tests/test_faults*.py
        tests/test_contract_*.py tests/test_state_*.py tests/test_security*.py tests/test_topology*.py
        tests/test_quant_ring.py tests/test_quant_kernels.py tests/test_buffer_pool.py tests/test_wan*.py
-       tests/test_abuse.py tests/test_lifetime.py
+       tests/test_abuse.py tests/test_lifetime.py tests/test_collectives.py tests/test_api_surface.py
        -k "not torch and not jax and not memory_limit and not machine_is_not_the_bottleneck")
 # (memory_limit: ASan's shadow memory cannot live under RLIMIT_AS; machine_is_not_the_bottleneck asserts the
 # Python relay's own speed, which an intercepted interpreter does not reach under TSan)

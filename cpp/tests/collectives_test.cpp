@@ -77,8 +77,8 @@ std::vector<PeerRun> run(MemoryNetwork& net, const Exchange& e) {
             work.chunk_only = e.kind == OpKind::kReduceScatter;
             const uint8_t* in = reinterpret_cast<const uint8_t*>(me.input.data());
             auto* result = reinterpret_cast<uint8_t*>(me.result.data());
-            if (e.kind == OpKind::kAllGather) std::memcpy(result + first * 4, in, e.count * 4);
-            if (e.kind == OpKind::kBroadcast && r == e.root) std::memcpy(result, in, e.count * 4);
+            if (e.kind == OpKind::kAllGather && e.count) std::memcpy(result + first * 4, in, e.count * 4);
+            if (e.kind == OpKind::kBroadcast && r == e.root && e.count) std::memcpy(result, in, e.count * 4);
             const uint32_t world = e.world;
             if (e.kind == OpKind::kReduceScatter)
                 work.reduce = [=](uint8_t* out, const uint8_t* const* received, size_t f, size_t n) {
