@@ -129,11 +129,7 @@ def join_worker(master: str, world: int, relay_profile: Optional[str] = None, ti
 def join_group(c, world: int, timeout: float = 120.0):
     """Connects a worker's Communicator and votes newcomers in until the group has `world` peers; returns it."""
     c.connect(timeout=timeout)
-    while c.total_world_size < world:
-        if c.are_peers_pending():
-            c.update_topology()
-        else:
-            time.sleep(0.005)
+    c.wait_for_peers(world)
     return c
 
 
@@ -150,16 +146,31 @@ def timed_calls(reps: int, reset, barrier, run) -> list[float]:
     return times
 
 
-def pccl_version_or_drop(systems: list, errors: list):
-    """pccl_arrays' version; if it cannot be imported, the "pccl" system leaves ``systems`` with an error."""
+def systems_to_run(requested: list, why_no_gloo, notes: list, errors: list) -> tuple[list, object]:
+    """The systems a pccl-vs-gloo benchmark can run, and pccl_arrays' version: gloo leaves with a note when
+    torch cannot run it (``why_no_gloo``), pccl with an error when pccl_arrays cannot be imported."""
+    systems = list(requested)
+    if "gloo" in systems and why_no_gloo:
+        systems.remove("gloo")
+        notes.append(f"gloo column skipped: {why_no_gloo}")
+        print(f"NOTE: {notes[-1]}", flush=True)
     try:
-        return import_pccl_arrays().__version__
+        return systems, import_pccl_arrays().__version__
     except Exception as e:
         if "pccl" in systems:
             systems.remove("pccl")
             errors.append(f"pccl_arrays cannot be imported ({type(e).__name__}: {e})")
             print(f"ERROR: {errors[-1]}", flush=True)
-        return None
+        return systems, None
+
+
+def doc_head(benchmark: str, script: str, argv: list, torch_version, pccl_version) -> dict:
+    """The fields every benchmark's JSON document starts with: its name, when, the command, the machine."""
+    import datetime
+
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return {"benchmark": benchmark, "created": created, "command": ["python", os.path.relpath(script), *argv],
+            "machine": machine_info(torch_version, pccl_version)}
 
 
 def machine_info(torch_version, pccl_version) -> dict:

@@ -29,7 +29,6 @@ more peer threads than cores the numbers measure an oversubscribed host, not a n
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import socket
 import statistics
@@ -43,8 +42,8 @@ WORKERS = str(HERE / "_allreduce_workers.py")
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
-from _common import (Run, benchmark_parser, fmt_size, machine_info, pccl_version_or_drop,  # noqa: E402
-                     parse_size, print_footer, spread)
+from _common import (Run, benchmark_parser, doc_head, fmt_size,  # noqa: E402
+                     parse_size, print_footer, spread, systems_to_run)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 FULL_SIZES = [4 * KiB, 1 * MiB, 16 * MiB, 64 * MiB, 256 * MiB]
@@ -327,19 +326,10 @@ def main(argv=None) -> int:
 
     tv, why_no_gloo = torch_status()
     notes, errors, rows = [], [], []
-    systems = list(a.systems)
-    if "gloo" in systems and why_no_gloo:
-        systems.remove("gloo")
-        msg = f"gloo column skipped: {why_no_gloo}"
-        notes.append(msg)
-        print(f"NOTE: {msg}", flush=True)
-    pv = pccl_version_or_drop(systems, errors)
+    systems, pv = systems_to_run(a.systems, why_no_gloo, notes, errors)
 
     doc = {
-        "benchmark": "allreduce",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": ["python", os.path.relpath(__file__), *bench.argv],
-        "machine": machine_info(tv, pv),
+        **doc_head("allreduce", __file__, bench.argv, tv, pv),
         "config": {"quick": a.quick, "peers": a.peers, "sizes": sizes, "repeats": repeats, "dtype": "float32",
                    "op": "sum", "rounds": rounds, "repeats_per_round": reps_per_round,
                    "connections": a.connections, "piece_bytes": a.piece_bytes, "modes": a.modes,

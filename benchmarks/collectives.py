@@ -43,7 +43,6 @@ host, not a network. The CPU other processes used during each group is recorded 
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import statistics
 import sys
@@ -56,8 +55,8 @@ sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
 from _collectives_workers import COLLECTIVES, layout  # noqa: E402
-from _common import (QUIET_WAIT, CpuMeter, KiB, MiB, Run, benchmark_parser, fmt_size,  # noqa: E402
-                     machine_info, parse_size, pccl_version_or_drop, print_footer, spread, wait_for_quiet)
+from _common import (QUIET_WAIT, CpuMeter, KiB, MiB, Run, benchmark_parser, doc_head, fmt_size,  # noqa: E402
+                     parse_size, print_footer, spread, systems_to_run, wait_for_quiet)
 from allreduce import measure_loopback, torch_status  # noqa: E402
 
 FULL_SIZES = [1 * MiB, 16 * MiB, 64 * MiB]
@@ -227,18 +226,10 @@ def main(argv=None) -> int:
 
     tv, why_no_gloo = torch_status()
     notes, errors, rows = [], [], []
-    systems = list(a.systems)
-    if "gloo" in systems and why_no_gloo:
-        systems.remove("gloo")
-        notes.append(f"gloo column skipped: {why_no_gloo}")
-        print(f"NOTE: {notes[-1]}", flush=True)
-    pv = pccl_version_or_drop(systems, errors)
+    systems, pv = systems_to_run(a.systems, why_no_gloo, notes, errors)
 
     doc = {
-        "benchmark": "collectives",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": ["python", os.path.relpath(__file__), *bench.argv],
-        "machine": machine_info(tv, pv),
+        **doc_head("collectives", __file__, bench.argv, tv, pv),
         "config": {"quick": a.quick, "peers": a.peers, "sizes": sizes, "collectives": a.collectives,
                    "repeats": [r * rounds for r in reps_per_round], "rounds": rounds, "dtype": "float32",
                    "op": "sum", "root": 0, "connections": a.connections, "systems": systems, "calls": CALLS,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import warnings
 import weakref
 from typing import Any, Optional
@@ -22,7 +23,7 @@ from . import feedback as _feedback
 from .dtypes import dtype_code, op_code
 from .call_args import call_args as _call_args, seconds as _seconds, target_of as _target_of
 from .call_args import check_tag, timeout_arg as _timeout_arg
-from .errors import CommunicatorStateError, InvalidArgumentError, PCCLError
+from .errors import CommunicatorStateError, InvalidArgumentError, PCCLError, PCCLTimeoutError
 
 _DEFAULTS = _core.DEFAULTS  # the core's defaults, written once (cpp/peer/communicator.hpp, cpp/master/state.hpp)
 DEFAULT_OP_TIMEOUT = _DEFAULTS["op_timeout"]  # 30 minutes to wait for the others to start (torch's default too)
@@ -181,6 +182,25 @@ class Communicator:
                                          "all-reduce(s) are in flight: wait for their handles first")
         self._concurrency.restart_auto_tags()
         return self._core.optimize_topology(_timeout_arg(timeout))
+
+    def wait_for_peers(self, n: int, timeout: Optional[float] = None) -> None:
+        """Votes waiting peers in (:meth:`update_topology`, whenever one is pending) until this peer's group has
+        ``n`` peers: how peers started together admit each other. Every accepted peer of the group must take
+        part (call it, or update_topology()), as for any vote.
+
+        Raises:
+            PCCLTimeoutError: the group still has fewer than ``n`` peers after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + _seconds(timeout, "timeout")
+        while self.world_size < n:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise PCCLTimeoutError(f"the group has {self.world_size} of {n} peers; the others did not join "
+                                       f"within {timeout} s")
+            if self.are_peers_pending():  # every accepted peer sees a pending one, and votes
+                self.update_topology(timeout=left)
+            else:
+                time.sleep(0.005)
 
     def ring(self) -> list[int]:
         """Peer ids of this peer's group in ring order, as of the last topology change or operation: rank r is

@@ -226,16 +226,7 @@ class ProcessGroup(dist.ProcessGroup):
     # -- membership ----------------------------------------------------------------------------------------------
     def _gather_peers(self, want: int, deadline: Optional[float]) -> None:
         """Votes newcomers in until the group has ``want`` peers (the others do the same)."""
-        comm = self.comm
-        while len(comm.ring()) < want:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise PCCLTimeoutError(f"the group has {len(comm.ring())} of {want} peers; the others did not "
-                                       "join in time")
-            if comm.are_peers_pending():  # every accepted peer sees a pending one and votes
-                comm.update_topology(timeout=left)
-            else:
-                time.sleep(0.005)
+        self.comm.wait_for_peers(want, None if deadline is None else max(deadline - time.monotonic(), 1e-3))
 
     def _exchange_ranks(self) -> None:
         """All-gathers (wanted torch rank, already a member) of every peer. A new group's ranks must be 0..n-1

@@ -93,3 +93,30 @@ def test_all_reduce_tree_quantizes_floating_leaves_and_reduces_integers_exactly(
         err = np.sqrt(np.mean((out["w"] - exact) ** 2) / np.mean(exact**2))
         assert 0 < err < 0.02, err  # quantized (not exact), within 8-bit error
     assert results[0][0]["w"].tobytes() == results[1][0]["w"].tobytes()
+
+
+@pytest.mark.timeout(60)
+def test_wait_for_peers_admits_the_peers_started_together_and_times_out_in_words(master):
+    comms = [pa.Communicator(master.address) for _ in range(3)]
+    errors = []
+
+    def join(c):
+        try:
+            c.connect(timeout=20)
+            c.wait_for_peers(3, timeout=20)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=join, args=(c,)) for c in comms]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    try:
+        assert not errors, errors
+        assert [c.world_size for c in comms] == [3, 3, 3]
+        with pytest.raises(pa.errors.PCCLTimeoutError, match="the group has 3 of 4 peers"):
+            comms[0].wait_for_peers(4, timeout=0.3)
+    finally:
+        for c in comms:
+            c.close()

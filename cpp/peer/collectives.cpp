@@ -154,9 +154,7 @@ OpInfo Communicator::collective(OpKind kind, const void* input, void* output, ui
             std::memcpy(out, in + mine_first * esize, mine_len * esize);
             const uint8_t* inbox = res.scratch_for(0, 3);
             uint8_t* decoded = res.scratch_for(mine_len * esize, 1);
-            RingPlan one = plan;
-            one.stripes = 1;
-            const size_t stride = direct_inbox_bytes(one);
+            const size_t stride = direct_inbox_bytes(plan);  // the largest chunk: the same for any stripes
             for (uint32_t k = 0; k + 1 < world; k++) {
                 dequantize(inbox + k * stride, mine_len, quant, dtype, decoded, 1);
                 reduce_into(dtype, ReduceOp::kSum, out, decoded, mine_len);

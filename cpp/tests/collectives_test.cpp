@@ -12,6 +12,7 @@
 #include "kernels/reduce.hpp"
 #include "peer/direct.hpp"
 #include "tests/check.hpp"
+#include "tests/memory_peers.hpp"
 #include "transport/memory.hpp"
 
 using namespace pccl;
@@ -58,8 +59,7 @@ void chunk_of(const Exchange& e, uint32_t rank, size_t* first, size_t* len) {
 
 std::vector<PeerRun> run(MemoryNetwork& net, const Exchange& e) {
     std::vector<PeerRun> runs(e.world);
-    std::vector<wire::PeerInfo> peers;
-    for (uint32_t r = 0; r < e.world; r++) peers.push_back({r + 1, "mem", uint16_t(r + 1)});
+    const std::vector<wire::PeerInfo> peers = test::memory_peers(e.world);
     std::vector<std::thread> threads;
     for (uint32_t r = 0; r < e.world; r++) {
         PeerRun& me = runs[r];
@@ -89,16 +89,10 @@ std::vector<PeerRun> run(MemoryNetwork& net, const Exchange& e) {
             auto source = net.endpoint(r + 1);
             DirectLinks links{source.get(), 0, peers, 5.0, e.progress_s};
             OpControl ctl(7);
-            const auto t0 = std::chrono::steady_clock::now();
-            std::vector<std::thread> stripe_threads;
-            std::vector<StripeBytes> bytes(e.stripes);
-            for (uint32_t j = 0; j < e.stripes; j++)
-                stripe_threads.emplace_back([&, j] {
-                    run_direct_stripe(plan, j, work, const_cast<uint8_t*>(in), inbox.empty() ? nullptr : inbox.data(),
-                                      result, links, ctl, &bytes[j]);
-                });
-            for (auto& t : stripe_threads) t.join();
-            me.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            me.seconds = test::run_stripes(e.stripes, [&](uint32_t j, StripeBytes* bytes) {
+                run_direct_stripe(plan, j, work, const_cast<uint8_t*>(in), inbox.empty() ? nullptr : inbox.data(),
+                                  result, links, ctl, bytes);
+            });
             ctl.failed(&me.kind, &me.error);
         });
     }

@@ -12,6 +12,7 @@
 #include "kernels/quant.hpp"
 #include "peer/direct.hpp"
 #include "tests/check.hpp"
+#include "tests/memory_peers.hpp"
 #include "transport/memory.hpp"
 
 using namespace pccl;
@@ -58,8 +59,7 @@ std::vector<PeerRun> direct_sum(MemoryNetwork& net, uint32_t world, size_t count
                                 size_t piece_bytes = 1024) {
     const QuantConfig q = four_bit_rotated();
     std::vector<PeerRun> runs(world);
-    std::vector<wire::PeerInfo> peers;
-    for (uint32_t r = 0; r < world; r++) peers.push_back({r + 1, "mem", uint16_t(r + 1)});
+    const std::vector<wire::PeerInfo> peers = test::memory_peers(world);
     std::vector<std::thread> threads;
     for (uint32_t r = 0; r < world; r++) {
         runs[r].input.resize(count);
@@ -86,16 +86,9 @@ std::vector<PeerRun> direct_sum(MemoryNetwork& net, uint32_t world, size_t count
             std::vector<uint8_t> mine(runs[r].result.size());
             std::vector<uint8_t> inbox((world - 1) * direct_inbox_bytes(plan));
             OpControl ctl(42);
-            const auto t0 = std::chrono::steady_clock::now();
-            std::vector<std::thread> stripe_threads;
-            std::vector<StripeBytes> bytes(stripes);
-            for (uint32_t j = 0; j < stripes; j++)
-                stripe_threads.emplace_back([&, j] {
-                    run_direct_stripe(plan, j, work, mine.data(), inbox.data(), runs[r].result.data(), links, ctl,
-                                      &bytes[j]);
-                });
-            for (auto& t : stripe_threads) t.join();
-            runs[r].seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            runs[r].seconds = test::run_stripes(stripes, [&](uint32_t j, StripeBytes* bytes) {
+                run_direct_stripe(plan, j, work, mine.data(), inbox.data(), runs[r].result.data(), links, ctl, bytes);
+            });
             ctl.failed(&runs[r].kind, &runs[r].error);
         });
     }

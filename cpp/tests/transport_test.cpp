@@ -14,6 +14,7 @@
 #include "peer/ring.hpp"
 #include "peer/state_transfer.hpp"
 #include "tests/check.hpp"
+#include "tests/memory_peers.hpp"
 #include "transport/memory.hpp"
 
 using namespace pccl;
@@ -32,8 +33,7 @@ struct PeerRun {
 std::vector<PeerRun> ring_sum(MemoryNetwork& net, uint32_t world, size_t count, uint32_t stripes, double progress_s,
                               size_t piece_bytes = 4096) {
     std::vector<PeerRun> runs(world);
-    std::vector<wire::PeerInfo> ring;
-    for (uint32_t r = 0; r < world; r++) ring.push_back({r + 1, "mem", uint16_t(r + 1)});
+    const std::vector<wire::PeerInfo> ring = test::memory_peers(world);
     std::vector<std::thread> threads;
     for (uint32_t r = 0; r < world; r++) {
         runs[r].input.resize(count);
@@ -54,16 +54,10 @@ std::vector<PeerRun> ring_sum(MemoryNetwork& net, uint32_t world, size_t count, 
             };
             RingLinks links{source.get(), 0, ring[(r + 1) % world], ring[(r + world - 1) % world], 5.0, progress_s};
             OpControl ctl(42);
-            const auto t0 = std::chrono::steady_clock::now();
-            std::vector<std::thread> stripe_threads;
-            std::vector<StripeBytes> bytes(stripes);
-            for (uint32_t j = 0; j < stripes; j++)
-                stripe_threads.emplace_back([&, j] {
-                    run_stripe(plan, j, work, reinterpret_cast<const uint8_t*>(runs[r].input.data()),
-                               reinterpret_cast<uint8_t*>(runs[r].result.data()), links, ctl, &bytes[j]);
-                });
-            for (auto& t : stripe_threads) t.join();
-            runs[r].seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            runs[r].seconds = test::run_stripes(stripes, [&](uint32_t j, StripeBytes* bytes) {
+                run_stripe(plan, j, work, reinterpret_cast<const uint8_t*>(runs[r].input.data()),
+                           reinterpret_cast<uint8_t*>(runs[r].result.data()), links, ctl, bytes);
+            });
             ctl.failed(&runs[r].kind, &runs[r].error);
         });
     }
