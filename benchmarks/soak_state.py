@@ -113,8 +113,9 @@ class Sampler:
     the medians of the first and the last quarter (a peer's RSS swings by ~15 MiB from one sample to the next as
     results and received state come and go; the quarter medians show a trend through that), and the largest."""
 
-    def __init__(self, h: Harness, every: float = 10.0):
+    def __init__(self, h: Harness, every: float = 10.0, master_pid=os.getpid):
         self.h, self.every, self.samples = h, every, {}
+        self.master_pid = master_pid  # the master's process now (default: this one, which runs it); None: down
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -128,7 +129,8 @@ class Sampler:
             for i, p in list(self.h.procs.items()):
                 if p.poll() is None and i not in self.h.stalled and (s := sample(p.pid)):
                     self.samples.setdefault(i, []).append((now, s))
-            self.samples.setdefault("master", []).append((now, sample(os.getpid())))  # the harness runs it
+            if (pid := self.master_pid()) is not None and (s := sample(pid)):
+                self.samples.setdefault("master", []).append((now, s))
 
     def stop(self) -> None:
         self._stop.set()
@@ -152,15 +154,20 @@ class Sampler:
 
 
 def leftovers(out_dir: str) -> list[int]:
-    """Pids of processes still running a peer of this run (their command line names its directory)."""
+    """Pids of processes still running a peer of this run (their command line names its directory) or a master
+    process of it (it runs in that directory)."""
     found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
+        if entry.isdigit() and int(entry) != os.getpid():
             try:
                 cmd = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace")
             except OSError:
                 continue
-            if "pccl_arrays.testing" in cmd and out_dir in cmd:
+            try:
+                cwd = os.readlink(f"/proc/{entry}/cwd")
+            except OSError:
+                cwd = ""
+            if "pccl_arrays" in cmd and (out_dir in cmd or cwd == os.path.realpath(out_dir)):
                 found.append(int(entry))
     return found
 

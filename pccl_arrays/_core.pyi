@@ -7,7 +7,7 @@ import typing
 import typing_extensions
 __all__: list[str] = ['BufferPool', 'CODES', 'Communicator', 'DEFAULTS', 'DLView', 'HostBuffer', 'MasterServer', 'OpInfo', 'PROTOCOL_VERSION', 'content_hash', 'log_attach_drain', 'log_level', 'log_take', 'memcpy', 'quantization_residual']
 class MasterServer:
-    def __init__(self, *, listen: str, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, secret: bytes | None = None, encrypt: bool = False) -> None:
+    def __init__(self, *, listen: str, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, secret: bytes | None = None, encrypt: bool = False, rejoin_window: typing.SupportsFloat | typing.SupportsIndex = 1.5) -> None:
         ...
     def links(self) -> list:
         ...
@@ -19,6 +19,9 @@ class MasterServer:
         ...
     @property
     def address(self) -> str:
+        ...
+    @property
+    def epoch(self) -> int:
         ...
     @property
     def running(self) -> bool:
@@ -49,7 +52,7 @@ class OpInfo:
     def world_size(self) -> int:
         ...
 class Communicator:
-    def __init__(self, *, master: str, peer_group: typing.SupportsInt | typing.SupportsIndex = 0, connections: typing.SupportsInt | typing.SupportsIndex = 4, listen: str = '0.0.0.0:0', advertise: str = '', connect_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, heartbeat_interval: typing.SupportsFloat | typing.SupportsIndex = 0.5, master_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, data_timeout: typing.SupportsFloat | typing.SupportsIndex = 30.0, piece_bytes: typing.SupportsInt | typing.SupportsIndex = 1048576, op_timeout: typing.SupportsFloat | typing.SupportsIndex = 1800.0, min_world: typing.SupportsInt | typing.SupportsIndex = 1, secret: bytes | None = None) -> None:
+    def __init__(self, *, master: str, peer_group: typing.SupportsInt | typing.SupportsIndex = 0, connections: typing.SupportsInt | typing.SupportsIndex = 4, listen: str = '0.0.0.0:0', advertise: str = '', connect_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, heartbeat_interval: typing.SupportsFloat | typing.SupportsIndex = 0.5, master_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, master_grace: typing.SupportsFloat | typing.SupportsIndex = 60.0, data_timeout: typing.SupportsFloat | typing.SupportsIndex = 30.0, piece_bytes: typing.SupportsInt | typing.SupportsIndex = 1048576, op_timeout: typing.SupportsFloat | typing.SupportsIndex = 1800.0, min_world: typing.SupportsInt | typing.SupportsIndex = 1, secret: bytes | None = None) -> None:
         ...
     def abandon(self, why: str) -> None:
         """
@@ -198,5 +201,5 @@ def quantization_residual(*, input_ptr: typing.SupportsInt | typing.SupportsInde
     What quantizing the input loses, x - D(Q(x)), into output (error feedback; docs/quantization.md).
     """
 CODES: dict = {'dtype': {'int8': 0, 'uint8': 1, 'int16': 2, 'uint16': 3, 'int32': 4, 'uint32': 5, 'int64': 6, 'uint64': 7, 'float16': 8, 'bfloat16': 9, 'float32': 10, 'float64': 11}, 'op': {'sum': 0, 'avg': 1, 'prod': 2, 'max': 3, 'min': 4}, 'quant_kind': {'none': 0, 'minmax': 1, 'zeropoint': 2, 'minmax4': 3}, 'rounding': {'nearest': 0, 'stochastic': 1}, 'sync_strategy': {'enforce_popular': 0, 'receive_only': 1, 'send_only': 2}, 'error_kind': {'invalid_argument': 1, 'peer_lost': 2, 'too_few_peers': 3, 'master_unreachable': 4, 'protocol': 5, 'mismatch': 6, 'evicted': 7, 'state': 8, 'network': 9, 'timeout': 10, 'shared_state': 11, 'interrupted': 12, 'authentication': 13}}
-DEFAULTS: dict = {'peer_timeout': 10.0, 'handshake_timeout': 5.0, 'connections': 4, 'connect_timeout': 10.0, 'heartbeat_interval': 0.5, 'master_timeout': 10.0, 'data_timeout': 30.0, 'piece_bytes': 1048576, 'op_timeout': 1800.0}
-PROTOCOL_VERSION: int = 6
+DEFAULTS: dict = {'peer_timeout': 10.0, 'handshake_timeout': 5.0, 'rejoin_window': 1.5, 'connections': 4, 'connect_timeout': 10.0, 'heartbeat_interval': 0.5, 'master_timeout': 10.0, 'master_grace': 60.0, 'data_timeout': 30.0, 'piece_bytes': 1048576, 'op_timeout': 1800.0}
+PROTOCOL_VERSION: int = 7

@@ -44,6 +44,9 @@ def main(argv=None) -> int:
     m.add_argument("--listen", default="0.0.0.0:48148", help="host:port to listen on (port 0: the OS chooses)")
     m.add_argument("--peer-timeout", type=float, default=10.0, help="seconds of silence before a peer is evicted")
     m.add_argument("--handshake-timeout", type=float, default=5.0, help="seconds for a new connection to say HELLO")
+    m.add_argument("--rejoin-window", type=float, default=1.5,
+                   help="seconds after the start during which a group nobody is in admits no newcomer, so that a "
+                        "restarted master takes its returning peers first (docs/master.md)")
     m.add_argument("--secret-file", help="file holding the run's secret (default: the PCCL_ARRAYS_SECRET environment "
                                          "variable, if set); peers need the same secret")
     m.add_argument("--encrypt", action="store_true", help="encrypt every frame of the run (needs a secret)")
@@ -80,7 +83,7 @@ def _run(args, wan) -> int:
     if args.command == "master":
         secret = _read_secret(args.secret_file) if args.secret_file else None
         master = Master(args.listen, peer_timeout=args.peer_timeout, handshake_timeout=args.handshake_timeout,
-                        secret=secret, encrypt=args.encrypt).start()
+                        secret=secret, encrypt=args.encrypt, rejoin_window=args.rejoin_window).start()
         mode = "encrypted" if master.encrypted else "authenticated" if master.authenticated else "no secret"
         if not master.authenticated and not master.address.startswith(_LOOPBACK):  # before the line scripts wait for
             print(f"pccl-arrays: warning: the master listens on {master.address}, beyond this machine, without a "

@@ -7,7 +7,7 @@ import threading
 import time
 import warnings
 import weakref
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -44,11 +44,23 @@ class AllReduceInfo:
     peers: tuple = ()  #: the operation's peer ids in ring order (all_gather's rows come in this order)
 
 
+def _master_addresses(master) -> str:
+    """The master argument as the core takes it: "host:port" or "primary,standby,..."."""
+    if isinstance(master, (list, tuple)):
+        if not master or not all(isinstance(a, str) and a.strip() and "," not in a for a in master):
+            raise InvalidArgumentError(f"master must be 'host:port' or a non-empty list of them, not {master!r}")
+        return ",".join(a.strip() for a in master)
+    if not isinstance(master, str) or not all(a.strip() for a in master.split(",")):
+        raise InvalidArgumentError(f"master must be 'host:port', 'primary:port,standby:port' or a list, not {master!r}")
+    return master
+
+
 class Communicator(CollectiveMethods):
     """One peer's handle on a pccl_arrays job.
 
     Args:
-        master: ``host:port`` of the master.
+        master: ``host:port`` of the master; or several, primary first, then standbys (a list, or one string
+            separated by commas): peers use the first that answers (docs/master.md).
         peer_group: operations run among peers of the same group; admission votes are global.
         connections: k, the TCP connections to the ring successor; one operation is striped over all of them.
         listen: ``host:port`` for the data port (port 0: the OS chooses).
@@ -56,7 +68,10 @@ class Communicator(CollectiveMethods):
             master sees (NAT, port forwarding, a relay). Default: this peer's address toward the master.
         connect_timeout: seconds for TCP connects and for the master's welcome.
         heartbeat_interval: seconds between heartbeats to the master.
-        master_timeout: seconds of silence from the master before it counts as unreachable.
+        master_timeout: seconds of silence from the master before it counts as lost.
+        master_grace: seconds a lost master is looked for (its address, then the next ones) before
+            MasterUnreachableError; meanwhile an operation in flight raises PeerLostError and later calls wait for
+            the master to come back (docs/master.md). 0: a lost master ends the communicator at once.
         data_timeout: seconds without a byte of progress on a data connection before the operation fails.
         piece_bytes: size of the pieces an operation is pipelined in.
         op_timeout: default bound, in seconds, on waiting for the other peers to *start* a collective
@@ -76,7 +91,7 @@ class Communicator(CollectiveMethods):
 
     def __init__(
         self,
-        master: str,
+        master: Union[str, Sequence[str]],
         peer_group: int = 0,
         connections: int = _DEFAULTS["connections"],
         *,
@@ -85,6 +100,7 @@ class Communicator(CollectiveMethods):
         connect_timeout: float = _DEFAULTS["connect_timeout"],
         heartbeat_interval: float = _DEFAULTS["heartbeat_interval"],
         master_timeout: float = _DEFAULTS["master_timeout"],
+        master_grace: float = _DEFAULTS["master_grace"],
         data_timeout: float = _DEFAULTS["data_timeout"],
         piece_bytes: int = _DEFAULTS["piece_bytes"],
         op_timeout: Optional[float] = DEFAULT_OP_TIMEOUT,
@@ -92,6 +108,9 @@ class Communicator(CollectiveMethods):
         secret: _secret.Secret = None,
         buffer_pool_bytes: int = DEFAULT_BUFFER_POOL_BYTES,
     ):
+        master = _master_addresses(master)
+        if not isinstance(master_grace, (int, float)) or isinstance(master_grace, bool) or not master_grace >= 0:
+            raise InvalidArgumentError(f"master_grace must be a number of seconds >= 0, not {master_grace!r}")
         if not isinstance(peer_group, int) or peer_group < 0 or peer_group >= 2**32:
             raise InvalidArgumentError(f"peer_group must be an int in [0, 2**32), not {peer_group!r}")
         if not isinstance(connections, int) or not 1 <= connections <= 1024:
@@ -105,7 +124,7 @@ class Communicator(CollectiveMethods):
         self._core = _core.Communicator(
             master=master, peer_group=peer_group, connections=connections, listen=listen, advertise=advertise or "",
             connect_timeout=connect_timeout, heartbeat_interval=heartbeat_interval, master_timeout=master_timeout,
-            data_timeout=data_timeout, piece_bytes=piece_bytes,
+            master_grace=float(master_grace), data_timeout=data_timeout, piece_bytes=piece_bytes,
             op_timeout=0.0 if op_timeout is None else float(op_timeout), min_world=min_world_size,
             secret=_secret.resolve(secret),
         )

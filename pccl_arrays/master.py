@@ -19,20 +19,25 @@ class Master:
             set). With one, every connection of the run must prove it and every frame carries an integrity tag
             (docs/security.md); peers need the same secret.
         encrypt: also encrypt every frame of the run (needs a secret); peers learn it from the master.
+        rejoin_window: for this many seconds after it starts, the master admits no newcomer into a group that
+            has nobody in it yet, so that when it was restarted the run's returning peers come first and keep
+            their ids (docs/master.md). A fresh run's first admission waits for it.
     """
 
     def __init__(self, listen: str = "127.0.0.1:0", *, peer_timeout: float = _core.DEFAULTS["peer_timeout"],
                  handshake_timeout: float = _core.DEFAULTS["handshake_timeout"], secret: _secret.Secret = None,
-                 encrypt: bool = False):
+                 encrypt: bool = False, rejoin_window: float = _core.DEFAULTS["rejoin_window"]):
         for name, value in (("peer_timeout", peer_timeout), ("handshake_timeout", handshake_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InvalidArgumentError(f"{name} must be a positive number of seconds, not {value!r}")
+        if isinstance(rejoin_window, bool) or not isinstance(rejoin_window, (int, float)) or not rejoin_window >= 0:
+            raise InvalidArgumentError(f"rejoin_window must be a number of seconds >= 0, not {rejoin_window!r}")
         key = _secret.resolve(secret)
         if encrypt and key is None:
             raise InvalidArgumentError("encrypt=True needs a secret (secret= or PCCL_ARRAYS_SECRET)")
         self.authenticated, self.encrypted = key is not None, bool(encrypt)
         self._server = _core.MasterServer(listen=listen, peer_timeout=peer_timeout, handshake_timeout=handshake_timeout,
-                                          secret=key, encrypt=bool(encrypt))
+                                          secret=key, encrypt=bool(encrypt), rejoin_window=float(rejoin_window))
 
     def start(self) -> "Master":
         """Binds and starts serving; returns self."""
@@ -49,13 +54,18 @@ class Master:
         return self._server.address
 
     @property
+    def epoch(self) -> int:
+        """This master's incarnation: its start time in milliseconds (peers never go back to an older one)."""
+        return self._server.epoch
+
+    @property
     def running(self) -> bool:
         return self._server.running
 
     def stats(self) -> dict:
         """Counters: peers_accepted, ops_committed/aborted/rejected, evictions, dropped_connections, recent_drops,
-        syncs_committed/aborted/refused, optimizations, links_probed, links_known, cpu_seconds (the master
-        thread's CPU time)."""
+        syncs_committed/aborted/refused, optimizations, links_probed, links_known, takeovers (groups re-formed
+        from peers an earlier master had admitted: docs/master.md), cpu_seconds (the master thread's CPU time)."""
         return self._server.stats()
 
     def links(self) -> list[dict]:

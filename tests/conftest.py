@@ -16,8 +16,10 @@ import pccl_arrays as pa  # noqa: E402
 
 @pytest.fixture
 def master():
-    """A master in this process on a port the OS picks, with short liveness deadlines for tests."""
-    with pa.Master("127.0.0.1:0", peer_timeout=2.0, handshake_timeout=2.0) as m:
+    """A master in this process on a port the OS picks, with short liveness deadlines for tests. No
+    rejoin_window: nothing restarts it, so its first peer need not wait for returning ones (the restart tests,
+    tests/test_master_restart.py, run `pccl-arrays master` with the default)."""
+    with pa.Master("127.0.0.1:0", peer_timeout=2.0, handshake_timeout=2.0, rejoin_window=0.0) as m:
         yield m
 
 

@@ -161,6 +161,25 @@ def test_states_and_timeouts():
 
 
 @pytest.mark.timeout(30)
+def test_a_list_of_masters_is_tried_in_order_and_bad_lists_are_refused(master):
+    for bad in ([], ["127.0.0.1:1", ""], "127.0.0.1:1,,127.0.0.1:2", ["a:1,b:2"], [1234], "127.0.0.1:1,nohost"):
+        with pytest.raises(errors.InvalidArgumentError):
+            pa.Communicator(bad)
+    for grace in (-1, "60", None):
+        with pytest.raises(errors.InvalidArgumentError, match="master_grace"):
+            pa.Communicator(master.address, master_grace=grace)
+    # The first address refuses connections: the second (the standby) is the one used.
+    with pa.Communicator(["127.0.0.1:9", master.address], connect_timeout=5.0) as c:
+        assert c.world_size == 1
+    with pa.Communicator(f"127.0.0.1:9, {master.address}", connect_timeout=5.0) as c:
+        assert c.world_size == 1
+    t0 = time.monotonic()
+    with pytest.raises(errors.MasterUnreachableError, match="127.0.0.1:9.*127.0.0.1:10|127.0.0.1:10.*127.0.0.1:9"):
+        pa.Communicator("127.0.0.1:9,127.0.0.1:10", connect_timeout=1.0).connect()
+    assert time.monotonic() - t0 < 3.0
+
+
+@pytest.mark.timeout(30)
 def test_admission_waits_for_a_vote_and_honours_its_timeout(master):
     with pa.Communicator(master.address) as first:
         first.connect(timeout=10)

@@ -81,7 +81,8 @@ def test_all_reduce_tree_quantizes_floating_leaves_and_reduces_integers_exactly(
     def fn(rank, c):
         rng = np.random.default_rng(rank)
         tree = {"w": rng.standard_normal(5000).astype(np.float32), "step": np.array([7 + rank], np.int64)}
-        before = c.last_info.op_id if c.last_info else 0
+        # Operation ids start at the master's epoch << 16 (docs/master.md): the first one is that.
+        before = c.last_info.op_id if c.last_info else (master.epoch << 16) - 1
         out = c.all_reduce_tree(tree, "sum", quantization="minmax")
         return out, c.last_info.op_id - before
 

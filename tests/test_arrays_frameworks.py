@@ -104,7 +104,8 @@ def test_pytree_of_mixed_frameworks_and_dtypes_one_operation_per_dtype(master):
             "count": np.array(k, dtype=np.int64),
             "layers": [torch.full((2,), float(k), dtype=torch.float64), np.full(3, k, dtype=ml_dtypes.bfloat16)],
         }
-        before = c.last_info.op_id if c.last_info else 0
+        # Operation ids start at the master's epoch << 16 (docs/master.md): the first one is that.
+        before = c.last_info.op_id if c.last_info else (master.epoch << 16) - 1
         out = c.all_reduce_tree(tree, "sum")
         ops = c.last_info.op_id - before
         kept = torch.equal(tree["dense"]["w"], torch.ones(3, 2) * k)

@@ -41,6 +41,22 @@ def test_shared_state_soak_runs_its_checks_and_writes_valid_json(tmp_path):
     assert doc["gap"]["seconds"] > 0 and doc["leftovers"] == []
 
 
+@pytest.mark.timeout(120)
+def test_master_soak_kills_the_master_and_runs_every_check(tmp_path):
+    """The shared-state soak with the master SIGKILLed and restarted on its address twice (seed 11's schedule),
+    a peer asked to leave while it is down: every check of the soak holds and each restart is taken over."""
+    stdout, doc = run_quick(tmp_path, "soak_master.py", "--minutes", "0.5", "--seed", "11", "--n", "65536",
+                            timeout=110)
+    assert doc["errors"] == [] and doc["checks"]["revisions"] >= 20 and doc["leftovers"] == []
+    m = doc["master"]
+    assert doc["events"]["master_kill"] == m["kills"] >= 2 and len(doc["master"]["outages"]) == m["kills"]
+    assert any(o["while_down"] for o in m["outages"])  # the peer churn goes on while the master is down
+    for o in m["outages"]:
+        assert 0.5 <= o["down_s"] and o["resume_s"] is not None and o["resume_s"] < 15
+    assert m["log"]["restarts_taken_over"] == m["kills"] and m["log"]["takeovers"] == m["kills"]
+    assert doc["gaps"]["outside_outages_s"] > 0 and "master kills: 2" in stdout and "moved 0 bytes" in stdout
+
+
 @pytest.mark.timeout(240)
 def test_wan_benchmark_quick_mode_writes_valid_json(tmp_path):
     """Peers advertise their relay's address, so every byte between them crosses the emulated path."""

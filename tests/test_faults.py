@@ -82,24 +82,44 @@ def test_sigstop_stall_costs_one_deadline_then_the_peer_rejoins(master, tmp_path
     assert master.stats()["evictions"] == 1
 
 
-@pytest.mark.timeout(60)
-def test_master_killed_peers_raise_master_unreachable(tmp_path):
+def _kill_the_master_under(tmp_path, **args) -> tuple[str, float, list[dict]]:
+    """3 peers all-reduce in a loop (scenarios.master_death) until the master, a subprocess, is SIGKILLed; returns
+    (its address, when it was killed, what each peer reported)."""
     proc, address = start_master_process(tmp_path)
     try:
         world = 3
-        peers = [spawn(address, "master_death", r, world, tmp_path, master_timeout=3.0) for r in range(world)]
+        peers = [spawn(address, "master_death", r, world, tmp_path, master_timeout=3.0, **args) for r in range(world)]
         for p in peers:
             p.wait_event("running", 30)
         t_kill = time.time()
         proc.kill()
-        wait_all(peers, 20)
-        for p in peers:
-            res = p.result()
-            assert res["error"] == "MasterUnreachableError", res
-            assert res["t_error"] - t_kill < 3.0 + 1.0, res
+        wait_all(peers, 30)
+        return address, t_kill, [p.result() for p in peers]
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.timeout(60)
+def test_master_killed_peers_raise_master_unreachable(tmp_path):
+    """master_grace=0: a lost master ends every communicator at once, as before there was a grace."""
+    _, t_kill, results = _kill_the_master_under(tmp_path)
+    for res in results:
+        assert res["error"] == "MasterUnreachableError", res
+        assert res["t_error"] - t_kill < 3.0 + 1.0, res
+
+
+@pytest.mark.timeout(60)
+def test_a_master_that_never_returns_ends_every_peer_after_its_grace(tmp_path):
+    """With a grace, the operation in flight is a retryable PeerLostError; a retry waits for the master; when the
+    grace ends every peer gets MasterUnreachableError naming the address it tried and the grace."""
+    address, t_kill, results = _kill_the_master_under(tmp_path, master_grace=2.0)
+    for res in results:
+        assert res["error"] == "MasterUnreachableError", res
+        assert address in res["message"] and "master_grace (2 s)" in res["message"], res
+        # The call in flight when the master died (if one was) is retried; the retry waits for the master.
+        assert len(res["retried"]) <= 1 and all("redo the step" in r for r in res["retried"]), res
+        assert res["t_error"] - t_kill < 3.0 + 2.0 + 2.0, res  # silence noticed, then the grace
 
 
 @pytest.mark.timeout(60)

@@ -111,3 +111,39 @@ def test_random_schedules_with_leaves_and_wipes_keep_their_bounds():
             kept = set(sorted(live)[:2])
             assert e.target == 3 and (after is None or after.t >= e.t + 3.0), (e, after)
         assert 3 <= len(live) <= 7, (e, live)
+
+
+def test_random_schedules_with_master_kills_restart_it_and_leave_a_majority():
+    """Master kills join the draw only with a rate (old seeds give the same events); each is followed by its
+    restart after a down time in the given range, before the end; while the master is down there is no wipe and no
+    other master kill, and fewer than half of the peers live at the kill are killed or leave; the next master kill
+    comes master_settle after a restart at the earliest."""
+    base = dict(seed=5, duration=600.0, initial=5, min_peers=3, max_peers=7, kill_rate=0.2, stall_rate=0.08,
+                spawn_rate=0.22, min_gap=2.5, stall_s=3.0, leave_rate=0.06, wipe_rate=0.02, keep=2)
+    assert Schedule.random(**base).as_list() == Schedule.random(**base, master_kill_rate=0.0).as_list()
+    s = Schedule.random(**base, master_kill_rate=0.3, master_down=(0.5, 5.0), master_settle=4.0)
+    kills = [e for e in s.events if e.action == "master_kill"]
+    assert len(kills) >= 20 and len(kills) == sum(e.action == "master_restart" for e in s.events)
+    live, next_index, down_since, live_at_kill, gone, restarted = set(range(5)), 5, None, 0, 0, -1e9
+    busy_while_down = 0
+    for e in s.events:
+        if e.action == "master_kill":
+            assert down_since is None and e.t >= restarted + 4.0, e
+            down_since, live_at_kill, gone = e.t, len(live), 0
+        elif e.action == "master_restart":
+            assert down_since is not None and 0.5 <= e.t - down_since <= 5.0 and e.t < s.duration, e
+            down_since, restarted = None, e.t
+        elif down_since is not None:
+            busy_while_down += 1
+            assert e.action != "wipe", e
+            if e.action in ("kill", "leave"):
+                gone += 1
+                assert 2 * gone < live_at_kill, (e, live_at_kill)
+        if e.action in ("kill", "leave"):
+            live.discard(e.target)
+        elif e.action == "spawn":
+            live.add(e.target)
+            next_index = e.target + 1
+        elif e.action == "wipe":
+            live, next_index = set(range(next_index, next_index + e.target)), next_index + e.target
+    assert down_since is None and busy_while_down > 0

@@ -19,7 +19,7 @@ from pccl_arrays import _core, _core_testing
 from pccl_arrays.errors import InvalidArgumentError, PCCLError, ProtocolError
 
 MAGIC = 0x52414350
-VERSION = 6
+VERSION = 7
 HEADER = struct.Struct("<IHHII")  # magic, version, type, length, reserved
 MAX_CONTROL = 1 << 20
 MAX_DATA = (64 << 20) + 24  # one piece plus the data header
@@ -36,8 +36,11 @@ RING = [{"id": 7, "host": "10.0.0.7", "port": 4000}, {"id": 2**64 - 1, "host": "
 
 # One message of every type with every field set to something other than its default.
 SAMPLES = {
-    "hello": {"group": 3, "connections": 8, "host": "192.168.1.20", "port": 29500},
-    "welcome": {"peer_id": 0x0102030405060708},
+    "hello": {"group": 3, "connections": 8, "host": "192.168.1.20", "port": 29500,
+              "back": {"peer_id": 7, "epoch": 1796570000000, "ring": [7, 9, 4], "revision": 41, "synced": 1,
+                       "committed": [117740004761338001, 117740004761338003], "in_doubt": [117740004761338005],
+                       "doubt_sync": 0, "doubt_revision": 0}, "standby": 1},
+    "welcome": {"peer_id": 0x0102030405060708, "epoch": 1796570000000},
     "heartbeat": {},
     "heartbeat_ack": {"pending": 4},
     "topo_request": {"seq": 12, "timeout_ms": 30000, "min_world": 2},
@@ -55,7 +58,7 @@ SAMPLES = {
     "pending_request": {"seq": 3, "timeout_ms": 0, "min_world": 0},
     "pending_reply": {"pending": 2},
     "leave": {},
-    "kicked": {"reason": "silent for more than 10 s"},
+    "kicked": {"reason": "silent for more than 10 s", "elsewhere": 0},
     "sync_start": {"revision": 2**40 + 1, "strategy": 2, "timeout_ms": 5000, "min_world": 2, "entries": [
         {"name": "layer.0.weight", "dtype": 10, "shape": [4096, 1024], "nbytes": 2**24, "hash": 2**64 - 2, "tolerate": 0},
         {"name": "rng", "dtype": 7, "shape": [], "nbytes": 8, "hash": 5, "tolerate": 1}]},
@@ -157,19 +160,22 @@ def test_golden_frames_cover_every_message():
 
 
 def test_header_layout_byte_by_byte():
-    frame = _core_testing.encode_frame("welcome", {"peer_id": 0x0102030405060708})
-    assert len(frame) == 16 + 8
+    frame = _core_testing.encode_frame("welcome", {"peer_id": 0x0102030405060708, "epoch": 0x1112131415161718})
+    assert len(frame) == 16 + 16
     assert frame[0:4] == bytes([0x50, 0x43, 0x41, 0x52]) == b"PCAR"  # magic 0x52414350, little-endian
-    assert frame[4:6] == bytes([0x06, 0x00])  # protocol version 6
+    assert frame[4:6] == bytes([0x07, 0x00])  # protocol version 7
     assert frame[6:8] == bytes([0x02, 0x00])  # type 2 = welcome
-    assert frame[8:12] == bytes([0x08, 0x00, 0x00, 0x00])  # payload length 8
+    assert frame[8:12] == bytes([0x10, 0x00, 0x00, 0x00])  # payload length 16
     assert frame[12:16] == bytes([0x00, 0x00, 0x00, 0x00])  # reserved, zero
     assert frame[16:24] == bytes([0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01])  # u64 little-endian
+    assert frame[24:32] == bytes([0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12, 0x11])
 
 
 def test_missing_fields_take_their_declared_defaults():
     assert _core_testing.decode_frame(_core_testing.encode_frame("hello", {})) == (
-        "hello", {"group": 0, "connections": 1, "host": "", "port": 0})
+        "hello", {"group": 0, "connections": 1, "host": "", "port": 0,
+                  "back": {"peer_id": 0, "epoch": 0, "ring": [], "revision": 0, "synced": 0, "committed": [],
+                           "in_doubt": [], "doubt_sync": 0, "doubt_revision": 0}, "standby": 0})
     assert _core_testing.decode_frame(_core_testing.encode_frame("op_done", {})) == (
         "op_done", {"op_id": 0, "ok": 0, "kind": 0, "reason": ""})
     assert _core_testing.decode_frame(_core_testing.encode_frame("sync_plan", {}))[1]["ok"] == 1
@@ -180,7 +186,10 @@ def test_missing_fields_take_their_declared_defaults():
 def test_extreme_values_round_trip():
     ring = [{"id": 2**64 - 1, "host": "x" * MAX_STRING, "port": 65535}, {"id": 0, "host": "", "port": 0}]
     cases = {
-        "hello": {"group": 2**32 - 1, "connections": 2**32 - 1, "host": "h" * MAX_STRING, "port": 65535},
+        "hello": {"group": 2**32 - 1, "connections": 2**32 - 1, "host": "h" * MAX_STRING, "port": 65535,
+                  "back": {"peer_id": 2**64 - 1, "epoch": 2**64 - 1, "ring": [2**64 - 1] * 3, "revision": 2**64 - 1,
+                           "synced": 1, "committed": [2**64 - 1] * 1024, "in_doubt": [0] * 1024,
+                           "doubt_sync": 2**64 - 1, "doubt_revision": 2**64 - 1}, "standby": 1},
         "topo_result": {"seq": 2**64 - 1, "world_size": 2**32 - 1, "pending": 2**32 - 1, "ring": ring, "kind": 255,
                         "reason": "r" * MAX_STRING},
         "op_start": {"tag": 2**64 - 1, "desc": {"count": 2**64 - 1, "dtype": 255, "op": 255, "collective": 4,
@@ -191,7 +200,7 @@ def test_extreme_values_round_trip():
                      "timeout_ms": 2**32 - 1, "min_world": 2**32 - 1},
         "op_go": {"tag": 0, "op_id": 2**64 - 1, "stripes": 2**32 - 1, "ring": [], "slot": 2**32 - 1,
                   "ring_epoch": 2**64 - 1},
-        "kicked": {"reason": "é" * (MAX_STRING // 2)},  # 4096 bytes of UTF-8
+        "kicked": {"reason": "é" * (MAX_STRING // 2), "elsewhere": 1},  # 4096 bytes of UTF-8
         "data": {"op_id": 2**64 - 1, "step": 2**32 - 1, "stripe": 2**32 - 1, "offset": 2**64 - 1, "payload": b""},
     }
     for type_name, fields in cases.items():
@@ -232,7 +241,7 @@ def test_bad_magic(index):
     assert_protocol_error(bytes(frame), "magic")
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 7, 0x0100, 0xFFFF])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 6, 8, 0x0100, 0xFFFF])
 def test_wrong_protocol_version(version):
     assert_protocol_error(header(TYPE_CODES["heartbeat"], 0, version=version), "version")
 
@@ -318,7 +327,8 @@ def test_string_length_beyond_the_bytes_present():
 
 def test_string_length_over_the_wire_limit():
     assert_protocol_error(frame_of("kicked", struct.pack("<H", MAX_STRING + 1) + b"x" * (MAX_STRING + 1)), "string length")
-    assert _core_testing.decode_frame(frame_of("kicked", wstr(b"x" * MAX_STRING))) == ("kicked", {"reason": "x" * MAX_STRING})
+    assert _core_testing.decode_frame(frame_of("kicked", wstr(b"x" * MAX_STRING) + b"\x01")) == (
+        "kicked", {"reason": "x" * MAX_STRING, "elsewhere": 1})
 
 
 def test_invalid_utf8_string_is_a_protocol_error():

@@ -153,3 +153,55 @@ def test_secret_from_the_environment_and_never_in_messages(monkeypatch):
         pa.Master(encrypt=True)
     with pytest.raises(pa.errors.InvalidArgumentError, match="empty"):
         pa.Communicator("127.0.0.1:1", secret=b"")
+
+
+def test_a_run_with_a_secret_rides_out_a_master_restart_and_no_stranger_can_claim_a_peer(tmp_path, monkeypatch):
+    """docs/master.md: returning peers prove the secret again to the restarted master (the README loop, verbatim,
+    goes on with one state per revision), and a party without it cannot claim a returning peer's id and revision:
+    it is refused before its HELLO is read, and the run does not notice."""
+    import json
+
+    from pccl_arrays import _core_testing
+    from procs import start_master_process
+
+    monkeypatch.setenv("PCCL_ARRAYS_SECRET", SECRET)  # the master subprocess and the peers read it
+    proc, address = start_master_process(tmp_path, peer_timeout=3.0)
+    peers = [spawn(address, "readme_loop", r, 1, tmp_path, steps=120, compute_s=0.03) for r in range(3)]
+    try:
+        for p in peers:
+            p.wait_event("started", 60)
+        steps = tmp_path / "rank0.steps"
+        deadline = time.monotonic() + 60
+        while not (steps.exists() and steps.read_text().count('"sync"') >= 10):  # the run is going
+            assert time.monotonic() < deadline, "the peers did not start stepping"
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        proc, _ = start_master_process(tmp_path, peer_timeout=3.0, listen=address, log="master2.log", bind_retry_s=5)
+        host, port = address.rsplit(":", 1)
+        stranger = socket.create_connection((host, int(port)), timeout=5)
+        claim = {"peer_id": 1, "epoch": 1, "ring": [1, 2, 3], "revision": 10**6, "synced": 1, "committed": [],
+                 "in_doubt": [], "doubt_sync": 0, "doubt_revision": 0}
+        stranger.sendall(_core_testing.encode_frame("hello", {"group": 0, "connections": 1, "host": "127.0.0.1",
+                                                             "port": 1, "back": claim}))
+        reply = b""
+        stranger.settimeout(5)
+        try:
+            while chunk := stranger.recv(4096):
+                reply += chunk
+        except ConnectionResetError:
+            pass
+        assert _core_testing.decode_frame(reply)[0] == "auth_refused", reply
+        wait_all(peers, 90)
+    finally:
+        proc.kill()
+        proc.wait()
+    hashes: dict = {}
+    for p in peers:
+        res = p.result()
+        assert p.proc.returncode == 0 and res.get("done"), (p.rank, res, p.stderr()[-3000:])
+        for line in (tmp_path / f"rank{p.rank}.steps").read_text().splitlines():
+            rec = json.loads(line)
+            if "sync" in rec:
+                hashes.setdefault(rec["sync"], set()).add(rec["hash"])
+    assert max(hashes) >= 119 and all(len(h) == 1 for h in hashes.values()), hashes

@@ -165,7 +165,9 @@ def test_options_errors_and_a_group_of_one_found_through_the_environment(master,
         "h:1", {"connections": 4, "data_timeout": 2.5, "advertise": "10.0.0.5"})
     with pytest.raises(InvalidArgumentError, match="unknown pccl:// option 'colour'"):
         pt._parse("pccl://h:1?colour=red")
-    monkeypatch.setenv(pt.ENV_MASTER, master.address)
+    # A primary and a standby (docs/master.md), and the grace, through the URL.
+    assert pt._parse("pccl://a:1,b:2?master_grace=5") == ("a:1,b:2", {"master_grace": 5.0})
+    monkeypatch.setenv(pt.ENV_MASTER, f"{master.address},127.0.0.1:9")  # the standby is never needed here
     dist.init_process_group("pccl_arrays", store=dist.HashStore(), rank=0, world_size=1)
     try:
         assert (dist.get_backend(), dist.get_rank(), dist.get_world_size()) == ("pccl_arrays", 0, 1)

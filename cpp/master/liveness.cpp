@@ -16,9 +16,16 @@ void MasterState::remove(uint64_t id, const std::string& reason, Actions& out) {
     if (it == conns_.end()) return;
     const uint32_t group = it->second.group;
     const bool was_accepted = it->second.accepted;
+    const bool was_held = it->second.held;
     conns_.erase(it);
+    forget_.emplace_back(id, conn_of_.count(id) ? conn_of_.at(id) : 0);
     rings_changed();
     out.push_back(MasterAction{MasterAction::kClose, id, {}, reason});
+    if (was_held) {  // a group nobody waits for any more is no longer held (newcomers may form it afresh)
+        bool others = false;
+        for (const auto& [cid, c] : conns_) others |= c.held && c.group == group;
+        if (!others && recovering_.erase(group)) try_complete_topology(out);  // its newcomers may go in now
+    }
     for (auto op = ops_.begin(); op != ops_.end();) {
         auto cur = op++;
         if (cur->second.group != group) continue;
@@ -70,9 +77,10 @@ void MasterState::drop(uint64_t id, const std::string& reason, Actions& out) {
     remove(id, "dropped: " + reason, out);
 }
 
-std::vector<MasterAction> MasterState::on_disconnect(uint64_t id, const std::string& reason, double now) {
+std::vector<MasterAction> MasterState::on_disconnect(uint64_t conn, const std::string& reason, double now) {
     (void)now;
     Actions out;
+    const uint64_t id = internal(conn);
     auto it = conns_.find(id);
     if (it == conns_.end()) return out;
     if (!it->second.hello) {
@@ -80,14 +88,15 @@ std::vector<MasterAction> MasterState::on_disconnect(uint64_t id, const std::str
     } else {
         remove(id, describe(id) + " disconnected: " + reason, out);
     }
-    return out;
+    return external(std::move(out));
 }
 
-std::vector<MasterAction> MasterState::on_bad_frame(uint64_t id, const std::string& reason, double now) {
+std::vector<MasterAction> MasterState::on_bad_frame(uint64_t conn, const std::string& reason, double now) {
     (void)now;
     Actions out;
+    const uint64_t id = internal(conn);
     if (conns_.count(id)) drop(id, reason, out);
-    return out;
+    return external(std::move(out));
 }
 
 void MasterState::expire_waits(double now, Actions& out) {
@@ -139,7 +148,17 @@ void MasterState::expire_waits(double now, Actions& out) {
 
 std::vector<MasterAction> MasterState::on_tick(double now) {
     Actions out;
+    now_ = now;
+    if (born_ < 0) born_ = now;
+    if (!grown_ && !young(now)) {  // newcomers held by rejoin_window go in now
+        grown_ = true;
+        try_complete_topology(out);
+    }
     expire_waits(now, out);
+    std::vector<uint32_t> recovering;
+    for (const auto& [group, r] : recovering_) recovering.push_back(group);
+    for (uint32_t group : recovering) try_form(group, now, out);  // stragglers waited for long enough
+    give_up_fenced(out);
     std::vector<std::pair<uint64_t, std::string>> victims;
     for (const auto& [id, c] : conns_) {
         if (!c.hello && now - c.since > config_.handshake_timeout)
@@ -158,7 +177,7 @@ std::vector<MasterAction> MasterState::on_tick(double now) {
         stats_.evictions++;
         remove(id, reason, out);
     }
-    return out;
+    return external(std::move(out));
 }
 
 }  // namespace pccl

@@ -1,6 +1,7 @@
 #include "master/server.hpp"
 
 #include <cerrno>
+#include <chrono>
 #include <ctime>
 #include <poll.h>
 #include <sys/socket.h>
@@ -10,8 +11,16 @@
 
 namespace pccl {
 
+// This incarnation's epoch: its start time in milliseconds, unless given (tests).
+static MasterConfig with_epoch(MasterConfig config) {
+    if (!config.epoch)
+        config.epoch = uint64_t(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    std::chrono::system_clock::now().time_since_epoch()).count());
+    return config;
+}
+
 MasterServer::MasterServer(std::string listen, MasterConfig config, AuthConfig auth)
-    : listen_(std::move(listen)), config_(config), auth_(auth), state_(config) {
+    : listen_(std::move(listen)), config_(with_epoch(config)), auth_(auth), state_(config_) {
     if (auth_.encrypt && !auth_.key) throw CoreError(ErrorKind::kInvalidArgument, "encryption needs a secret");
 }
 

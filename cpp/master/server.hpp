@@ -65,6 +65,7 @@ public:
     void start();  // binds (port 0 allowed) and starts the loop thread
     void stop();   // closes every connection; peers see the master as unreachable
     std::string address() const;
+    uint64_t epoch() const { return config_.epoch; }  // this incarnation's (docs/master.md)
     MasterStats stats() const;
     std::vector<wire::LinkMeasure> links() const;
     bool running() const { return running_; }

@@ -11,8 +11,9 @@ using namespace master_text;
 
 std::string MasterState::describe(uint64_t id) const {
     auto it = conns_.find(id);
-    if (it == conns_.end()) return "peer " + std::to_string(id);
-    return "peer " + std::to_string(id) + " (" + it->second.addr + ")";
+    const std::string name = (id & kTempId) ? "connection " + std::to_string(id & ~kTempId) : "peer " + std::to_string(id);
+    if (it == conns_.end()) return name;
+    return name + " (" + it->second.addr + ")";
 }
 
 std::string MasterState::describe_all(const std::vector<uint64_t>& ids) const {
@@ -32,7 +33,7 @@ uint32_t MasterState::pending_count() const {
     uint32_t n = 0;
     // Only newcomers a vote could admit now: one whose address is still being probed would make the others vote
     // without it, and vote again once it passed (are_peers_pending() in the README loop).
-    for (const auto& [id, c] : conns_) n += (c.hello && !c.accepted && c.reachable) ? 1 : 0;
+    for (const auto& [id, c] : conns_) n += admissible(c) ? 1 : 0;
     return n;
 }
 
@@ -75,22 +76,46 @@ std::vector<MasterAction> MasterState::on_connect(uint64_t conn, const std::stri
     Conn c;
     c.addr = addr;
     c.since = c.last_seen = now;
-    conns_[conn] = c;
+    now_ = now;
+    if (born_ < 0) born_ = now;
+    const uint64_t id = kTempId | conn;
+    by_conn_[conn] = id;
+    conn_of_[id] = conn;
+    conns_[id] = c;
     return {};
 }
 
-std::vector<MasterAction> MasterState::on_frame(uint64_t id, uint16_t type, const std::vector<uint8_t>& payload,
+MasterState::Actions MasterState::external(Actions out) {
+    for (auto& a : out) {
+        if (a.external) continue;
+        auto it = conn_of_.find(a.conn);
+        if (it != conn_of_.end()) a.conn = it->second;
+        a.external = true;
+    }
+    for (auto [id, conn] : forget_) {  // unless the id went on to a new connection (a peer that reconnected)
+        auto it = conn_of_.find(id);
+        if (it != conn_of_.end() && it->second == conn) conn_of_.erase(it);
+        auto c = by_conn_.find(conn);
+        if (c != by_conn_.end() && c->second == id) by_conn_.erase(c);
+    }
+    forget_.clear();
+    return out;
+}
+
+std::vector<MasterAction> MasterState::on_frame(uint64_t conn, uint16_t type, const std::vector<uint8_t>& payload,
                                                 double now) {
     Actions out;
+    const uint64_t id = internal(conn);
     auto it = conns_.find(id);
     if (it == conns_.end()) return out;
     it->second.last_seen = now;
+    now_ = now;
     try {
         handle(id, it->second, type, payload, now, out);
     } catch (const CoreError& e) {
         drop(id, e.what(), out);
     }
-    return out;
+    return external(std::move(out));
 }
 
 void MasterState::handle(uint64_t id, Conn& c, uint16_t type, const std::vector<uint8_t>& payload, double now,
@@ -101,7 +126,7 @@ void MasterState::handle(uint64_t id, Conn& c, uint16_t type, const std::vector<
     if (c.hello && !c.accepted && t != MsgType::kHeartbeat && t != MsgType::kLeave && t != MsgType::kPendingRequest)
         throw CoreError(ErrorKind::kProtocol, "message type " + std::to_string(type) + " from a peer not yet admitted");
     switch (t) {
-        case MsgType::kHello: return on_hello(id, c, payload, out);
+        case MsgType::kHello: return on_hello(id, c, payload, now, out);
         case MsgType::kHeartbeat:
             send(out, id, MsgType::kHeartbeatAck, wire::HeartbeatAck{pending_count()});
             return;
@@ -109,7 +134,11 @@ void MasterState::handle(uint64_t id, Conn& c, uint16_t type, const std::vector<
             wire::decode_payload<wire::TopoRequest>(payload);
             send(out, id, MsgType::kPendingReply, wire::PendingReply{pending_count()});
             return;
-        case MsgType::kLeave: return remove(id, describe(id) + " left", out);
+        case MsgType::kLeave: {  // a peer that leaves is not lost to a partition: the fence stops counting it
+            auto base = base_.find(c.group);
+            if (base != base_.end()) std::erase(base->second, id);
+            return remove(id, describe(id) + " left", out);
+        }
         case MsgType::kTopoRequest: return on_topo_request(id, c, payload, now, out);
         case MsgType::kOpStart: return on_op_start(id, c, payload, now, out);
         case MsgType::kSyncStart: return on_sync_start(id, c, payload, now, out);
@@ -121,34 +150,57 @@ void MasterState::handle(uint64_t id, Conn& c, uint16_t type, const std::vector<
     }
 }
 
-void MasterState::on_hello(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, Actions& out) {
+void MasterState::on_hello(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out) {
     if (c.hello) throw CoreError(ErrorKind::kProtocol, "second HELLO");
     auto m = wire::decode_payload<wire::Hello>(payload);
     if (m.connections == 0 || m.connections > 1024)
         throw CoreError(ErrorKind::kProtocol, "connection count " + std::to_string(m.connections));
-    c.hello = true;
-    c.group = m.group;
-    c.connections = m.connections;
-    c.info = wire::PeerInfo{id, m.host, m.port};
-    send(out, id, MsgType::kWelcome, wire::Welcome{id});
+    // A peer of this very master that reconnected before its old connection was noticed dead: that one goes
+    // (its operations abort; the peer had failed them already), and the peer comes back as any returning one.
+    const uint64_t old = m.back.peer_id;
+    if (old && config_.epoch && m.back.epoch == config_.epoch && conns_.count(old) && conns_.at(old).hello) {
+        remove(old, describe(old) + " reconnected: its old connection is dead", out);
+        for (auto& a : out) {  // addressed now: the id moves to the new connection below
+            auto cid = conn_of_.find(a.conn);
+            if (!a.external && cid != conn_of_.end()) a.conn = cid->second;
+            a.external = true;
+        }
+    }
+    // The connection takes its peer id (state.hpp: kTempId); c moves with it.
+    const uint64_t pid = choose_id(id, m.back);
+    Conn& p = conns_[pid] = std::move(c);
+    conns_.erase(id);
+    const uint64_t conn = conn_of_.at(id);
+    conn_of_.erase(id);
+    conn_of_[pid] = conn;
+    by_conn_[conn] = pid;
+    p.hello = true;
+    p.group = m.group;
+    p.connections = m.connections;
+    p.info = wire::PeerInfo{pid, m.host, m.port};
+    p.back = std::move(m.back);
+    if (m.standby) standby_groups_.insert(p.group);  // its group is fenced here too, from now on
+    send(out, pid, MsgType::kWelcome, wire::Welcome{pid, config_.epoch});
     if (config_.probe_addresses) {
-        out.push_back(MasterAction{MasterAction::kProbe, id, {}, {}, c.info});
+        out.push_back(MasterAction{MasterAction::kProbe, pid, {}, {}, p.info});
         return;  // admitted once the probe succeeds (on_probe_result)
     }
-    c.reachable = true;
+    p.reachable = true;
+    if (p.back.peer_id) return on_returning(pid, p, now, out);
     try_complete_topology(out);
 }
 
-std::vector<MasterAction> MasterState::on_probe_result(uint64_t id, bool reachable, const std::string& reason, double now) {
-    (void)now;
+std::vector<MasterAction> MasterState::on_probe_result(uint64_t conn, bool reachable, const std::string& reason, double now) {
     Actions out;
+    const uint64_t id = internal(conn);
     auto it = conns_.find(id);
     if (it == conns_.end() || it->second.accepted) return out;
     Conn& c = it->second;
     if (reachable) {
         c.reachable = true;
-        try_complete_topology(out);
-        return out;
+        if (c.back.peer_id) on_returning(id, c, now, out);
+        else try_complete_topology(out);
+        return external(std::move(out));
     }
     const std::string where = c.info.host + ":" + std::to_string(c.info.port);
     wire::TopoResult refusal;
@@ -158,7 +210,7 @@ std::vector<MasterAction> MasterState::on_probe_result(uint64_t id, bool reachab
                      "Communicator(advertise='host[:port]') with an address they can reach";
     send(out, id, MsgType::kTopoResult, refusal);
     remove(id, describe(id) + " refused: its data address " + where + " is unreachable (" + reason + ")", out);
-    return out;
+    return external(std::move(out));
 }
 
 bool MasterState::group_in_collective(uint32_t group, uint64_t except) const {
@@ -293,15 +345,16 @@ void MasterState::try_complete_topology(Actions& out) {
     size_t ready = 0;
     std::map<uint32_t, uint32_t> group_size;  // each group's size once the ready newcomers are in
     for (const auto& [id, c] : conns_) {
-        if (c.hello && !c.accepted && c.reachable) ready++;
-        if (c.accepted || (c.hello && c.reachable)) group_size[c.group]++;
+        if (admissible(c)) ready++;
+        if (c.accepted || admissible(c)) group_size[c.group]++;
     }
     if (accepted == 0 && ready == 0) return;
+    if (accepted == 0 && young(now_)) return;  // returning peers first (rejoin_window; on_tick comes back)
     for (const auto& [id, c] : conns_)
         if (c.accepted && group_size[c.group] < c.topo_min_world) return;  // wait for newcomers (or the timeout)
     std::vector<uint64_t> newcomers;
     for (auto& [id, c] : conns_) {
-        if (c.hello && !c.accepted && c.reachable) {
+        if (admissible(c)) {
             c.accepted = true;
             rings_changed();
             c.admitted_seq = next_admitted_++;
@@ -333,6 +386,7 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
     }
     // Until every member has started, this costs O(1) per OP_START (no scan of the group per message).
     if (op.started.size() < cached_ring(op.group).size() && !group_syncing(op.group)) return;
+    if (fenced(op.group)) return;  // given up at the next tick (recovery.cpp)
     const std::vector<uint64_t> ring = cached_ring(op.group);
     // A member inside sync_shared_state() can never start this operation: fail both now, whatever the ring order.
     for (uint64_t id : ring) {
@@ -408,6 +462,8 @@ void MasterState::finish_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
         conns_.at(id).op_tags.erase(it->second.tag);
     }
     stats_.ops_committed++;
+    remember_verdict(it->second.id, true);
+    base_[it->second.group] = it->second.members;
     ops_.erase(it);
 }
 
@@ -421,6 +477,7 @@ void MasterState::fail_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator 
             conns_.at(id).op_tags.erase(op.tag);
         }
         stats_.ops_aborted++;
+        remember_verdict(op.id, false);
     } else {
         for (const auto& [id, d] : op.started) {
             if (!conns_.count(id)) continue;

@@ -47,6 +47,15 @@
 //   (ring_order.hpp) and answers every member with TOPO_RESULT carrying the new ring, which every later
 //   operation uses. A member lost before the end aborts it on every member (OP_ABORT of its id, then a
 //   TOPO_RESULT with the error); a collective started by others meanwhile fails both, as for a sync.
+// - A master that takes a run over (a restart, a standby: master/recovery.cpp, docs/master.md). Peers admitted by
+//   an earlier master say HELLO with what they know (HELLO.back): their peer id, their group's ring, their
+//   last committed revision, the operations they committed and those whose verdict they never got. A group
+//   with no accepted peer here is held until a strict majority of the ring its returning peers knew is back
+//   (exactly half when the half holds the ring's smallest id): then they are all accepted at once, in their
+//   old ring order, with their old ids; those at the highest committed revision hold the state; an operation
+//   in doubt commits if any of them committed it and aborts otherwise. With a majority back, the group waits
+//   kStragglerWait for the rest of its ring. Returning peers that come later rejoin
+//   as newcomers. A held group admits no newcomer.
 // - Liveness. Any frame from a peer counts as a heartbeat. A peer silent for longer than peer_timeout is
 //   evicted (told KICKED, then disconnected); a connection that does not say HELLO within handshake_timeout is
 //   dropped.
@@ -68,6 +77,10 @@ struct MasterConfig {
     double peer_timeout = 10.0;      // seconds of silence before a peer is evicted
     double handshake_timeout = 5.0;  // seconds for a new connection to say HELLO
     bool probe_addresses = true;     // probe a newcomer's data address before admitting it (kProbe actions)
+    uint64_t epoch = 0;              // this master's incarnation (WELCOME.epoch); the server sets its start in ms
+    // For its first rejoin_window seconds a master admits no newcomer into a group nobody is accepted in: if it
+    // was restarted, the group's returning peers (which retry at least once a second) come first.
+    double rejoin_window = 1.5;
 };
 
 struct MasterAction {
@@ -76,6 +89,7 @@ struct MasterAction {
     std::vector<uint8_t> frame;  // kSend: header + payload
     std::string reason;          // kClose: logged
     wire::PeerInfo probe{};      // kProbe: try to connect to probe.host:probe.port, then call on_probe_result
+    bool external = false;       // conn is already the server's connection id (MasterState::external)
 };
 
 struct MasterStats {
@@ -83,13 +97,16 @@ struct MasterStats {
     uint64_t evictions = 0, dropped_connections = 0, topology_updates = 0;
     uint64_t syncs_committed = 0, syncs_aborted = 0, syncs_refused = 0;
     uint64_t optimizations = 0, links_probed = 0, links_known = 0;
+    uint64_t takeovers = 0;  // groups re-formed from returning peers (master/recovery.cpp)
+    uint64_t fenced = 0;     // groups given up: fewer than a majority of their last peers left here
     double cpu_seconds = 0;  // the master's loop thread (filled in by MasterServer)
     std::vector<std::string> recent_drops;  // reasons of the last dropped connections
 };
 
 class MasterState {
 public:
-    explicit MasterState(MasterConfig config) : config_(config) {}
+    // Operation ids start at epoch << 16, so that two incarnations never give one id to different operations.
+    explicit MasterState(MasterConfig config) : config_(config), next_op_id_(config.epoch ? config.epoch << 16 : 1) {}
 
     std::vector<MasterAction> on_connect(uint64_t conn, const std::string& addr, double now);
     std::vector<MasterAction> on_frame(uint64_t conn, uint16_t type, const std::vector<uint8_t>& payload, double now);
@@ -110,9 +127,10 @@ public:
     size_t connection_count() const { return conns_.size(); }
     // Whether a connection has said HELLO (false for unknown connections).
     bool said_hello(uint64_t conn) const {
-        auto it = conns_.find(conn);
+        auto it = conns_.find(internal(conn));
         return it != conns_.end() && it->second.hello;
     }
+    uint64_t epoch() const { return config_.epoch; }
 
 private:
     struct Conn {
@@ -135,6 +153,8 @@ private:
         bool in_collective() const { return in_topo || !op_tags.empty() || in_sync || in_opt; }
         bool synced = false;             // completed a sync of its group: holds the group's state
         uint64_t ring_epoch_sent = 0;    // the ring epoch this peer last got with an OP_GO
+        bool held = false;               // a returning peer whose group waits for a majority (recovery.cpp)
+        wire::Returning back;            // what a returning peer reported, until its group is formed
     };
     // What every collective of a group shares, an operation, a sync or an optimize_topology(): it waits for its
     // starters until the earliest starter's deadline, needs the largest min_world any of them asked for, runs
@@ -170,11 +190,42 @@ private:
         std::set<uint64_t> member_set;             // the members, for O(log N) membership checks
     };
     using Actions = std::vector<MasterAction>;
+    // A group whose returning peers wait for a majority of the ring they knew (recovery.cpp).
+    struct Recovery {
+        std::vector<uint64_t> known;  // the union of the rings they reported, in the order first seen
+        double majority_at = -1;      // when a majority was first back (negative: not yet)
+    };
+    // How long a group with a majority back waits for the rest of its ring (returning peers retry at least
+    // once a second), unless all of it is back.
+    static constexpr double kStragglerWait = 1.0;
+
+    // Connection ids (the server's) and peer ids (the protocol's). Before its HELLO a connection is kTempId |
+    // conn; then it takes its peer id: a returning peer its old one when free, a newcomer its connection
+    // number when free and not in a ring a returning peer reported, else the next unused number.
+    static constexpr uint64_t kTempId = uint64_t(1) << 62;
+    uint64_t internal(uint64_t conn) const {
+        auto it = by_conn_.find(conn);
+        return it == by_conn_.end() ? kTempId | conn : it->second;
+    }
+    Actions external(Actions out);  // actions with connection ids; forgets the ids of removed peers
+    uint64_t choose_id(uint64_t id, const wire::Returning& back);
+    bool admissible(const Conn& c) const {  // a newcomer the next vote could admit
+        return c.hello && !c.accepted && c.reachable && !c.held && !recovering_.count(c.group);
+    }
+    // A returning peer whose address passed the probe: held for its group's majority, or a newcomer.
+    void on_returning(uint64_t id, Conn& c, double now, Actions& out);
+    void try_form(uint32_t group, double now, Actions& out);
+    void send_verdicts(uint64_t id, const std::vector<uint64_t>& in_doubt, Actions& out);
+    // The fence on a master that runs a group (recovery.cpp): with a standby known to any member, a group whose
+    // ring holds no majority of the peers of its last commit (base_) starts nothing, and on_tick gives it up.
+    bool fenced(uint32_t group) const;
+    void give_up_fenced(Actions& out);
+    static bool quorum(const std::set<uint64_t>& back, const std::vector<uint64_t>& known);
 
     void handle(uint64_t id, Conn& c, uint16_t type, const std::vector<uint8_t>& payload, double now, Actions& out);
     void remove(uint64_t id, const std::string& reason, Actions& out);
     void drop(uint64_t id, const std::string& reason, Actions& out);
-    void on_hello(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, Actions& out);
+    void on_hello(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out);
     void on_topo_request(uint64_t id, Conn& c, const std::vector<uint8_t>& payload, double now, Actions& out);
     // The opening every collective of a group shares: the peer may be in no other collective (what: the message
     // it sent, for the error), and peers still waiting in update_topology() come to this collective instead.
@@ -237,6 +288,22 @@ private:
     std::map<uint32_t, std::vector<uint64_t>> order_;         // a group's solved ring order
     uint64_t next_admitted_ = 1, next_op_id_ = 1;
     MasterStats stats_;
+    std::map<uint64_t, uint64_t> by_conn_, conn_of_;  // connection -> peer id and back
+    std::vector<std::pair<uint64_t, uint64_t>> forget_;  // removed (peer, connection), forgotten once their
+                                                         // actions are out
+    double now_ = 0, born_ = -1;                      // the last event's time; the first one's (rejoin_window)
+    bool grown_ = false;                              // on_tick saw rejoin_window end
+    bool young(double now) const { return born_ < 0 || now - born_ < config_.rejoin_window; }
+    std::set<uint64_t> reserved_;                     // ids in the rings returning peers reported
+    uint64_t next_fresh_ = 1;                         // above every id given or reported
+    std::map<uint32_t, Recovery> recovering_;         // by group
+    std::map<uint32_t, std::vector<uint64_t>> base_;  // by group: the peers of its last commit (less those that left)
+    std::set<uint32_t> standby_groups_;               // groups a peer of which ever said it knows another master
+    std::map<uint64_t, bool> verdicts_;  // operation id -> committed: this master's last ones, and those it resolved
+    void remember_verdict(uint64_t op, bool committed) {
+        verdicts_[op] = committed;
+        if (verdicts_.size() > 65536) verdicts_.erase(verdicts_.begin());  // ids grow: the oldest go
+    }
 };
 
 }  // namespace pccl

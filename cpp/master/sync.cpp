@@ -55,6 +55,7 @@ void MasterState::try_start_sync(uint32_t group, Actions& out) {
     }
     for (uint64_t id : ring)
         if (!it->second.started.count(id)) return;  // still waiting for this peer
+    if (fenced(group)) return;  // given up at the next tick (recovery.cpp)
     if (ring.size() < it->second.min_world) {
         fail_pending_sync(group, ErrorKind::kTooFewPeers,
                           "sync_shared_state() needs at least " + std::to_string(it->second.min_world) +
@@ -136,7 +137,9 @@ void MasterState::finish_sync(std::map<uint64_t, Sync>::iterator it, Actions& ou
         m.synced = true;
     }
     group_revision_[sync.group] = sync.revision;
+    base_[sync.group] = sync.members;
     stats_.syncs_committed++;
+    remember_verdict(sync.id, true);
     syncs_running_.erase(it);
 }
 
@@ -148,6 +151,7 @@ void MasterState::abort_sync(std::map<uint64_t, Sync>::iterator it, ErrorKind ki
         conns_.at(id).in_sync = false;
     }
     stats_.syncs_aborted++;
+    remember_verdict(it->second.id, false);
     syncs_running_.erase(it);
 }
 

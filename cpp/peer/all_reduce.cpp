@@ -130,16 +130,16 @@ Communicator::InFlightCall::~InFlightCall() {
     c_->cv_.notify_all();
 }
 
-wire::OpGo Communicator::start_op(uint64_t tag, const wire::OpDesc& desc, double timeout) {
+wire::OpGo Communicator::start_op(uint64_t tag, const wire::OpDesc& desc, double timeout, uint64_t* gen) {
     const uint32_t ms = timeout_ms(timeout);
-    send_master(MsgType::kOpStart, wire::OpStart{tag, desc, ms, cfg_.min_world});
+    *gen = send_master(MsgType::kOpStart, wire::OpStart{tag, desc, ms, cfg_.min_world});
     Frame f = wait_frame(
         [tag](const Frame& f) {
             if (f.type == uint16_t(MsgType::kOpGo)) return wire::decode_payload<wire::OpGo>(f.payload).tag == tag;
             if (f.type == uint16_t(MsgType::kOpReject)) return wire::decode_payload<wire::OpReject>(f.payload).tag == tag;
             return false;
         },
-        ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1, "the other peers to start the collective");
+        ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1, "the other peers to start the collective", *gen);
     if (f.type == uint16_t(MsgType::kOpReject)) {
         auto r = wire::decode_payload<wire::OpReject>(f.payload);
         throw CoreError(ErrorKind(r.kind), r.reason);
@@ -254,7 +254,8 @@ OpInfo Communicator::reduce(const void* input, void* output, uint64_t count, DTy
     const RingPlan plan = ring_units(count, dtype, quant);
     const size_t total_bytes = plan.byte_len(0, plan.units);
     const size_t out_bytes = exact ? count * dtype_size(dtype) : total_bytes;
-    const auto go = start_op(tag, descriptor_of(count, dtype, op, quant, options), options.timeout);
+    uint64_t gen = 0;
+    const auto go = start_op(tag, descriptor_of(count, dtype, op, quant, options), options.timeout, &gen);
 
     OpControl ctl(go.op_id);
     const std::shared_ptr<SlotResources> held = slot_resources(go.slot);  // outlives a close() meanwhile
@@ -287,7 +288,7 @@ OpInfo Communicator::reduce(const void* input, void* output, uint64_t count, DTy
     std::string why;
     if (op == ReduceOp::kAvg && count && !quant.enabled() && !ctl.failed(&kind, &why))
         finalize_avg(dtype, result, count, info.world_size);
-    settle(ctl, go.slot);
+    settle(ctl, go.slot, gen);
     if (in_place)  // the commit copies on the stripes' threads too
         res.workers.copy(output, exact ? decoded : result, out_bytes, std::max<uint32_t>(info.stripes, 2));
     info.seconds = net::now_seconds() - t0;

@@ -69,7 +69,8 @@ OpInfo Communicator::collective(OpKind kind, const void* input, void* output, ui
     wire::OpDesc desc = descriptor_of(count, dtype, op, quant, options);
     desc.collective = uint8_t(kind);
     desc.root = kind == OpKind::kBroadcast ? root : 0;
-    const auto go = start_op(tag, desc, options.timeout);
+    uint64_t gen = 0;
+    const auto go = start_op(tag, desc, options.timeout, &gen);
     const uint32_t world = uint32_t(go.ring.size()), rank = rank_in(go.ring);
     const size_t esize = dtype_size(dtype);
 
@@ -163,7 +164,7 @@ OpInfo Communicator::collective(OpKind kind, const void* input, void* output, ui
     }
     if (op == ReduceOp::kAvg && mine_len && !ctl.failed(&failed_kind, &why))
         finalize_avg(dtype, kind == OpKind::kReduceScatter ? out : result, mine_len, world);
-    settle(ctl, go.slot);
+    settle(ctl, go.slot, gen);
     if (in_place) res.workers.copy(output, result, count * esize, std::max<uint32_t>(info.stripes, 2));
     info.seconds = net::now_seconds() - t0;
     return info;

@@ -27,7 +27,18 @@ Communicator::Communicator(CommConfig config) : cfg_(std::move(config)) {
         if (!(t > 0)) throw CoreError(ErrorKind::kInvalidArgument, "timeouts must be positive");
     if (!(cfg_.op_timeout >= 0)) throw CoreError(ErrorKind::kInvalidArgument, "op_timeout must be positive (0: no bound)");
     if (cfg_.min_world == 0) throw CoreError(ErrorKind::kInvalidArgument, "min_world_size must be at least 1");
-    net::parse_address(cfg_.master);
+    if (!(cfg_.master_grace >= 0)) throw CoreError(ErrorKind::kInvalidArgument, "master_grace must be >= 0 seconds");
+    for (size_t at = 0; at <= cfg_.master.size();) {  // "primary,standby,...": each must parse
+        size_t comma = cfg_.master.find(',', at);
+        if (comma == std::string::npos) comma = cfg_.master.size();
+        std::string one = cfg_.master.substr(at, comma - at);
+        one.erase(0, one.find_first_not_of(" \t"));
+        one.erase(one.find_last_not_of(" \t") + 1);
+        net::parse_address(one);
+        masters_.push_back(one);
+        at = comma + 1;
+    }
+    master_now_ = masters_.front();
 }
 
 Communicator::~Communicator() {
@@ -53,42 +64,41 @@ void Communicator::connect(double admission_timeout) {
     net::Address listen = net::parse_address(cfg_.listen);
     const uint16_t data_port = pool_.start(listen.host, listen.port, cfg_.connect_timeout);
     data_port_ = data_port;
-    // The master may not be up yet (started at the same moment as the peers): retry with backoff until
-    // connect_timeout, each attempt bounded so that Ctrl-C is noticed.
-    const net::Address master = net::parse_address(cfg_.master);
+    // The master may not be up yet (started at the same moment as the peers): retry the addresses in order
+    // with backoff until connect_timeout, each attempt bounded so that Ctrl-C is noticed. A refused secret is
+    // final.
     const double give_up = net::now_seconds() + cfg_.connect_timeout;
     for (double backoff = 0.05;; backoff = std::min(backoff * 2, 1.0)) {
-        try {
-            master_fd_ = net::connect_to(master, std::clamp(give_up - net::now_seconds(), 0.05, 1.0));
-            break;
-        } catch (const CoreError& e) {
-            const double retry_at = net::now_seconds() + backoff;
-            if (retry_at >= give_up) {
-                pool_.stop();
-                throw CoreError(ErrorKind::kMasterUnreachable,
-                                std::string(e.what()) + "; gave up after connect_timeout (" +
-                                    std::to_string(cfg_.connect_timeout) + " s) of retries");
-            }
-            while (net::now_seconds() < retry_at) {
-                if (interrupt_requested()) {
+        std::string failures;
+        for (const auto& address : masters_) {
+            try {
+                master_fd_ = dial_master(address, give_up, &master_channel_);
+                master_now_ = address;
+                break;
+            } catch (const CoreError& e) {
+                if (e.kind() == ErrorKind::kAuthentication) {
                     pool_.stop();
-                    throw CoreError(ErrorKind::kInterrupted, "interrupted (KeyboardInterrupt) while connecting to the master");
+                    throw;
                 }
-                std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                failures += (failures.empty() ? "" : "; ") + std::string(e.what());
             }
         }
-    }
-    if (cfg_.key) {  // prove the secret before anything else; the master's policy says whether the run encrypts
-        try {
-            master_channel_ = auth::client_handshake(master_fd_, *cfg_.key, auth::kMasterLink, std::nullopt,
-                                                     net::now_seconds() + cfg_.connect_timeout, "the master at " + cfg_.master);
-        } catch (const CoreError&) {
-            net::close_fd(master_fd_);
+        if (master_fd_ >= 0) break;
+        const double retry_at = net::now_seconds() + backoff;
+        if (retry_at >= give_up) {
             pool_.stop();
-            throw;
+            throw CoreError(ErrorKind::kMasterUnreachable, failures + "; gave up after connect_timeout (" +
+                                                               std::to_string(cfg_.connect_timeout) + " s) of retries");
         }
-        pool_.set_policy(master_channel_.encrypt);
+        while (net::now_seconds() < retry_at) {
+            if (interrupt_requested()) {
+                pool_.stop();
+                throw CoreError(ErrorKind::kInterrupted, "interrupted (KeyboardInterrupt) while connecting to the master");
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
     }
+    if (cfg_.key) pool_.set_policy(master_channel_.encrypt);
     wire::PeerInfo advertised;
     advertised.port = data_port;
     advertised.host = (listen.host == "0.0.0.0" || listen.host == "::" || listen.host.empty()) ? local_host_of(master_fd_)
@@ -108,13 +118,17 @@ void Communicator::connect(double admission_timeout) {
     }
     state_ = State::kJoining;
     // HELLO goes out before the link thread starts: nothing else may precede it on the wire.
-    send_master(MsgType::kHello, wire::Hello{cfg_.peer_group, cfg_.connections, advertised.host, advertised.port});
+    send_master(MsgType::kHello, wire::Hello{cfg_.peer_group, cfg_.connections, advertised.host, advertised.port, {},
+                                             uint8_t(masters_.size() > 1)});
+    reader_.seal_with(master_channel_.rx.get());  // null without a secret
     link_running_ = true;
     link_thread_ = std::thread([this] { link_loop(); });
     const double now = net::now_seconds();
     Frame f = wait_frame([](const Frame& f) { return f.type == uint16_t(MsgType::kWelcome); }, now + cfg_.connect_timeout,
                          "the master's WELCOME");
-    peer_id_ = wire::decode_payload<wire::Welcome>(f.payload).peer_id;
+    const auto welcome = wire::decode_payload<wire::Welcome>(f.payload);
+    peer_id_ = welcome.peer_id;
+    epoch_ = welcome.epoch;
     pool_.set_self(peer_id_);
     const double deadline = admission_timeout < 0 ? -1 : net::now_seconds() + admission_timeout;
     f = wait_frame(
@@ -183,18 +197,44 @@ bool Communicator::send_sealed(std::vector<uint8_t> frame, int* err) {
     return net::send_all(master_fd_, frame.data(), frame.size(), err);
 }
 
-void Communicator::send_raw(const std::vector<uint8_t>& bytes) {
-    std::lock_guard<std::mutex> g(send_mu_);
-    int err = 0;
-    if (send_sealed(bytes, &err)) return;
-    // The link is dead. Let the link thread read what the master said last (KICKED, say) before we decide
-    // what to report; it notices the same dead socket within one poll.
-    std::unique_lock<std::mutex> lk(mu_);
-    cv_.wait_for(lk, std::chrono::seconds(1), [this] { return state_ == State::kBroken || state_ == State::kClosed; });
-    lk.unlock();
-    mark_broken(ErrorKind::kMasterUnreachable, errno_text("sending to the master failed", err));
-    lk.lock();
-    throw unusable_error();
+uint64_t Communicator::send_raw(const std::vector<uint8_t>& bytes, bool wait) {
+    for (;;) {
+        {
+            // A lost master: wait for it to come back (the link thread gives up after master_grace). A call that
+            // waited then raises (the others may have moved on: the loop redoes the step), unless it may go on.
+            std::unique_lock<std::mutex> lk(mu_);
+            const bool waited = away_;
+            while (away_ && state_ != State::kBroken && state_ != State::kClosed) {
+                if (interrupt_requested()) {
+                    lk.unlock();
+                    const std::string why = "interrupted (KeyboardInterrupt) while waiting for the master to come back";
+                    abandon(why);
+                    throw CoreError(ErrorKind::kInterrupted, why + "; this communicator left the job");
+                }
+                cv_.wait_for(lk, std::chrono::milliseconds(100));
+            }
+            if (state_ == State::kBroken || state_ == State::kClosed) throw unusable_error();
+            if (waited && !wait) throw master_lost_error("the master to come back");
+        }
+        std::unique_lock<std::mutex> g(send_mu_);
+        if (away_) continue;
+        const uint64_t gen = generation_;
+        int err = 0;
+        if (send_sealed(bytes, &err)) return gen;
+        g.unlock();
+        // The link is dead. Let the link thread read what the master said last (KICKED, say) and decide: broken,
+        // or a lost master looked for (then this frame goes to the next one). It notices the same dead socket
+        // within one poll.
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait_for(lk, std::chrono::seconds(1),
+                     [&] { return state_ == State::kBroken || state_ == State::kClosed || generation_ != gen; });
+        if (state_ == State::kBroken || state_ == State::kClosed) throw unusable_error();
+        if (generation_ != gen) continue;
+        lk.unlock();
+        mark_broken(ErrorKind::kMasterUnreachable, errno_text("sending to the master failed", err));
+        lk.lock();
+        throw unusable_error();
+    }
 }
 
 void Communicator::mark_broken(ErrorKind kind, const std::string& why) {
@@ -209,10 +249,23 @@ void Communicator::mark_broken(ErrorKind kind, const std::string& why) {
 }
 
 void Communicator::link_loop() {
-    net::FrameReader reader;
-    reader.seal_with(master_channel_.rx.get());  // null without a secret
+    for (;;) {
+        ErrorKind kind = ErrorKind::kMasterUnreachable;
+        std::string why;
+        if (!run_link(&kind, &why)) return;  // closing
+        // A lost master after admission is looked for (rejoin.cpp); anything else ends the communicator.
+        if (kind != ErrorKind::kMasterUnreachable || state_ != State::kAccepted || cfg_.master_grace <= 0) {
+            mark_broken(kind, why);
+            return;
+        }
+        if (!rejoin(why)) return;
+    }
+}
+
+bool Communicator::run_link(ErrorKind* kind, std::string* why) {
     double last_rx = net::now_seconds(), last_hb = 0;
     const auto hb = wire::empty_frame(MsgType::kHeartbeat);
+    bool pending = true;  // the reader may already hold frames (read with WELCOME while rejoining)
     while (link_running_) {
         const double now = net::now_seconds();
         if (now - last_hb >= cfg_.heartbeat_interval) {
@@ -220,57 +273,83 @@ void Communicator::link_loop() {
             std::unique_lock<std::mutex> g(send_mu_, std::try_to_lock);  // never queue behind a blocked sender
             int err = 0;
             if (g.owns_lock() && !send_sealed(hb, &err)) {
-                mark_broken(ErrorKind::kMasterUnreachable, errno_text("heartbeat to the master failed", err));
-                return;
+                *why = errno_text("heartbeat to the master failed", err);
+                return true;
             }
         }
-        if (now - last_rx > cfg_.master_timeout) {
-            mark_broken(ErrorKind::kMasterUnreachable,
-                        "no word from the master for " + std::to_string(cfg_.master_timeout) + " s");
-            return;
+        silent_ = now - last_rx > cfg_.master_timeout;
+        if (silent_) {
+            *why = "no word from the master for " + std::to_string(cfg_.master_timeout) + " s";
+            return true;
         }
-        pollfd pfds[2] = {{master_fd_, POLLIN, 0}, {link_wake_.fd(), POLLIN, 0}};
-        int wait_ms = int(std::max(0.0, std::min(cfg_.heartbeat_interval, 0.1)) * 1000) + 1;
-        ::poll(pfds, 2, wait_ms);
-        if (!link_running_) return;
-        if (!(pfds[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        if (rejoining_ && now > grace_end_) {
+            *why = welcomed_ ? "the master took this peer back but did not re-form its group (it waits for a majority "
+                               "of the group's last peers)"
+                             : "the master accepted the connection but did not answer";
+            return true;
+        }
+        bool alive = true;
         std::string reason;
+        if (!pending) {
+            pollfd pfds[2] = {{master_fd_, POLLIN, 0}, {link_wake_.fd(), POLLIN, 0}};
+            int wait_ms = int(std::max(0.0, std::min(cfg_.heartbeat_interval, 0.1)) * 1000) + 1;
+            ::poll(pfds, 2, wait_ms);
+            if (!link_running_) return false;
+            if (!(pfds[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        }
         try {
-            const bool alive = reader.fill(master_fd_, &reason);
+            if (!pending) alive = reader_.fill(master_fd_, &reason);
+            pending = false;
             wire::Header h;
             std::vector<uint8_t> payload;
-            while (reader.next(&h, &payload)) {
+            while (reader_.next(&h, &payload)) {
                 last_rx = net::now_seconds();
                 const auto t = MsgType(h.type);
                 if (t == MsgType::kHeartbeatAck) continue;
                 if (t == MsgType::kAuthRefused) {  // this peer has no secret, and the master requires one
-                    mark_broken(ErrorKind::kAuthentication, "the master at " + cfg_.master + " refused this peer: " +
-                                                                wire::decode_payload<wire::AuthRefused>(payload).reason);
-                    return;
+                    *kind = ErrorKind::kAuthentication;
+                    *why = "the master at " + master_now_ + " refused this peer: " +
+                           wire::decode_payload<wire::AuthRefused>(payload).reason;
+                    return true;
                 }
                 if (t == MsgType::kKicked) {
-                    mark_broken(ErrorKind::kEvicted, "evicted by the master: " + wire::decode_payload<wire::Kicked>(payload).reason);
-                    return;
+                    const auto k = wire::decode_payload<wire::Kicked>(payload);
+                    if (k.elsewhere) {  // the master gave the group up (the fence): another one may have it
+                        *why = "the master at " + master_now_ + " let this peer go: " + k.reason;
+                        fenced_out_ = true;
+                        return true;
+                    }
+                    *kind = ErrorKind::kEvicted;
+                    *why = "evicted by the master: " + k.reason;
+                    return true;
+                }
+                bool end = false;
+                if (rejoining_ && rejoin_frame(h.type, payload, kind, why, &end)) {
+                    if (end) return true;
+                    continue;
                 }
                 std::lock_guard<std::mutex> g(mu_);
                 if (t == MsgType::kOpAbort) {
                     auto m = wire::decode_payload<wire::OpAbort>(payload);
                     auto running = active_.find(m.op_id);
                     if (running != active_.end()) running->second->fail(ErrorKind(m.kind), m.reason);
+                    doubts_.erase(m.op_id);
                 }
+                if (t == MsgType::kOpCommit) note_commit(wire::decode_payload<wire::OpCommit>(payload).op_id);
                 if (t == MsgType::kOpGo) payload = complete_go(payload);
                 inbox_.push_back(Frame{h.type, std::move(payload)});
                 cv_.notify_all();
             }
             if (!alive) {
-                mark_broken(ErrorKind::kMasterUnreachable, "connection to the master lost: " + reason);
-                return;
+                *why = "connection to the master lost: " + reason;
+                return true;
             }
         } catch (const CoreError& e) {
-            mark_broken(ErrorKind::kMasterUnreachable, std::string("bad frame from the master: ") + e.what());
-            return;
+            *why = std::string("bad frame from the master: ") + e.what();
+            return true;
         }
     }
+    return false;
 }
 
 // update_topology() and optimize_topology() start from a quiet communicator: no all-reduce or sync running.
@@ -291,11 +370,11 @@ void Communicator::update_topology(double timeout) {
     require_quiet("update_topology()");
     const uint64_t seq = ++topo_seq_;
     const uint32_t ms = timeout_ms(timeout);
-    send_master(MsgType::kTopoRequest, wire::TopoRequest{seq, ms, cfg_.min_world});
+    const uint64_t gen = send_master(MsgType::kTopoRequest, wire::TopoRequest{seq, ms, cfg_.min_world}, true);
     // The master ends the wait (a result, or its timeout error); our own bound only covers a master that
     // stops answering while it stays connected.
     Frame f = wait_frame([seq](const Frame& f) { return is_topo_result(f, seq); }, ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1,
-                         "the topology vote");
+                         "the topology vote", gen);
     const auto r = wire::decode_payload<wire::TopoResult>(f.payload);
     if (r.kind) throw CoreError(ErrorKind(r.kind), r.reason);
     apply_topology(r);
@@ -305,7 +384,7 @@ uint32_t Communicator::optimize_topology(double timeout) {
     require_quiet("optimize_topology()");
     const uint64_t seq = ++topo_seq_;
     const uint32_t ms = timeout_ms(timeout);
-    send_master(MsgType::kOptStart, wire::TopoRequest{seq, ms, cfg_.min_world});
+    const uint64_t gen = send_master(MsgType::kOptStart, wire::TopoRequest{seq, ms, cfg_.min_world});
     const auto is_result = [seq](const Frame& f) { return is_topo_result(f, seq); };
     // The plan (probes to run), or at once the result (every link was known, or an error).
     Frame f = wait_frame(
@@ -313,7 +392,7 @@ uint32_t Communicator::optimize_topology(double timeout) {
             return is_result(f) ||
                    (f.type == uint16_t(MsgType::kOptPlan) && wire::decode_payload<wire::OptPlan>(f.payload).seq == seq);
         },
-        ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1, "the others' optimize_topology()");
+        ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1, "the others' optimize_topology()", gen);
     uint32_t measured = 0;
     if (f.type == uint16_t(MsgType::kOptPlan)) {
         const auto plan = wire::decode_payload<wire::OptPlan>(f.payload);
@@ -345,7 +424,7 @@ uint32_t Communicator::optimize_topology(double timeout) {
         }
         f = wait_frame(is_result, net::now_seconds() + cfg_.master_timeout + cfg_.connect_timeout + plan.probe_ms / 1000.0 *
                                                            double(plan.rounds.size() + 1),
-                       "the master's new ring order");
+                       "the master's new ring order", gen);
     }
     const auto r = wire::decode_payload<wire::TopoResult>(f.payload);
     if (r.kind) throw CoreError(ErrorKind(r.kind), r.reason);
@@ -355,9 +434,9 @@ uint32_t Communicator::optimize_topology(double timeout) {
 
 uint32_t Communicator::pending_peers() {
     require_accepted();
-    send_master(MsgType::kPendingRequest, wire::TopoRequest{0});
+    const uint64_t gen = send_master(MsgType::kPendingRequest, wire::TopoRequest{0}, true);
     Frame f = wait_frame([](const Frame& f) { return f.type == uint16_t(MsgType::kPendingReply); },
-                         net::now_seconds() + cfg_.master_timeout, "the master's pending count");
+                         net::now_seconds() + cfg_.master_timeout, "the master's pending count", gen);
     return wire::decode_payload<wire::PendingReply>(f.payload).pending;
 }
 
@@ -378,7 +457,7 @@ void Communicator::untrack(const OpControl& ctl) {
     active_.erase(ctl.op_id());
 }
 
-void Communicator::settle(OpControl& ctl, uint32_t slot) {
+void Communicator::settle(OpControl& ctl, uint32_t slot, uint64_t gen, uint64_t sync_revision) {
     const uint64_t id = ctl.op_id();
     auto verdict_for = [id](bool abort_only) {
         return [id, abort_only](const Frame& f) {
@@ -396,6 +475,12 @@ void Communicator::settle(OpControl& ctl, uint32_t slot) {
         // slot's connections close, so that the cause reaches the master before the neighbours' reports of a
         // broken connection, which the closing causes.
         const bool interrupted = kind == ErrorKind::kInterrupted;
+        if (generation_ != gen) {  // the master that ran it is gone: nobody can commit it (rejoin.cpp)
+            pool_.clear_slot(slot);
+            if (interrupted) throw CoreError(ErrorKind::kInterrupted, why + "; the operation was aborted on every peer");
+            std::lock_guard<std::mutex> g(mu_);
+            throw master_lost_error("the operation's verdict");
+        }
         try {
             send_master(MsgType::kOpDone,
                         wire::OpDone{id, 0, uint8_t(interrupted ? ErrorKind::kPeerLost : kind),
@@ -405,13 +490,44 @@ void Communicator::settle(OpControl& ctl, uint32_t slot) {
             throw;
         }
         pool_.clear_slot(slot);
-        Frame f = wait_frame(verdict_for(true), net::now_seconds() + cfg_.master_timeout, "the master's verdict on a failure");
+        Frame f = wait_frame(verdict_for(true), net::now_seconds() + cfg_.master_timeout, "the master's verdict on a failure", gen);
         auto m = wire::decode_payload<wire::OpAbort>(f.payload);
         if (interrupted) throw CoreError(ErrorKind::kInterrupted, why + "; the operation was aborted on every peer");
         throw CoreError(ErrorKind(m.kind), m.reason + (m.reason.find(why) == std::string::npos ? " (seen here: " + why + ")" : ""));
     }
-    send_master(MsgType::kOpDone, wire::OpDone{id, 1, 0, ""});
-    Frame f = wait_frame(verdict_for(false), -1, "the master's commit");
+    {
+        // Done here. From the report on, the operation is in doubt until a verdict comes, from this master or,
+        // if it is lost, from the next one (rejoin.cpp): the wait below outlives a lost master.
+        std::unique_lock<std::mutex> lk(mu_);
+        if (generation_ != gen) {  // lost before the report: no master can have committed it
+            const CoreError lost = master_lost_error("the operation's verdict");
+            lk.unlock();
+            pool_.clear_slot(slot);
+            throw lost;
+        }
+        doubts_[id] = Doubt{sync_revision};
+    }
+    {
+        std::lock_guard<std::mutex> g(send_mu_);
+        int err = 0;
+        if (!away_ && generation_ == gen) send_sealed(wire::frame(MsgType::kOpDone, wire::OpDone{id, 1, 0, ""}), &err);
+    }
+    Frame f;
+    try {
+        f = wait_frame(verdict_for(false), -1, "the master's commit");
+    } catch (...) {
+        std::lock_guard<std::mutex> g(mu_);
+        doubts_.erase(id);
+        throw;
+    }
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        doubts_.erase(id);
+        if (f.type == uint16_t(MsgType::kOpCommit) && sync_revision != kNotSync) {
+            revision_ = sync_revision;
+            synced_ = true;
+        }
+    }
     if (f.type == uint16_t(MsgType::kOpAbort)) {
         pool_.clear_slot(slot);
         auto m = wire::decode_payload<wire::OpAbort>(f.payload);

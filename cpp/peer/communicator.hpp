@@ -21,6 +21,16 @@
 // stays usable. Interrupted while waiting for the master or the other peers (to start a collective, to be
 // admitted), the communicator leaves the job, since its request cannot be taken back; later calls say so.
 // close() never waits for operations in flight: it stops them (they raise CommunicatorStateError) and leaves.
+//
+// A lost master (peer/rejoin.cpp, docs/master.md). When the master link breaks or goes silent after this peer
+// was admitted, the link thread keeps the peer's identity, group, ring and shared-state revision and dials the
+// master addresses in order, with backoff, for master_grace seconds; it says HELLO with what it knows
+// (HELLO.back) and is back once the new master admits it (TOPO_RESULT seq 0). Meanwhile: operations that had not
+// reported done fail at once with kPeerLost (no master can have committed them); those reported done and
+// waiting for a verdict stay in doubt and get it from the new master; waits for the old master's answers fail
+// with kPeerLost; calls that need the master while it is away wait until it is back and then raise kPeerLost,
+// except update_topology() and pending_peers(), which go on (the README loop's `continue` goes there). A master of an older epoch than the last
+// one is never used. Past master_grace every call raises kMasterUnreachable naming the addresses tried.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -47,7 +57,7 @@
 namespace pccl {
 
 struct CommConfig {
-    std::string master;              // host:port
+    std::string master;              // host:port, or a comma-separated list: the primary, then standbys
     uint32_t peer_group = 0;
     uint32_t connections = 4;        // k connections to the ring successor
     std::string listen = "0.0.0.0:0";  // data port (port 0: the OS chooses)
@@ -55,6 +65,7 @@ struct CommConfig {
     double connect_timeout = 10.0;   // TCP connects and the master's WELCOME
     double heartbeat_interval = 0.5;
     double master_timeout = 10.0;    // silence from the master before it counts as unreachable
+    double master_grace = 60.0;      // how long a lost master is looked for (this address, then the next) (0: not)
     double data_timeout = 30.0;      // no byte of progress on a data connection for this long fails the op
     size_t piece_bytes = 1 << 20;   // frame size of what this peer sends (a multiple of 64 bytes)
     double op_timeout = 1800;        // default bound on waiting for the others to start a collective (0: none)
@@ -173,12 +184,25 @@ private:
         uint16_t type;
         std::vector<uint8_t> payload;
     };
-    template <class T> void send_master(wire::MsgType type, const T& m);
-    void send_raw(const std::vector<uint8_t>& bytes);
+    // Both return the generation of the master link the frame went out on. While the master is lost they wait
+    // for it to come back (up to master_grace), then raise kPeerLost (the others may have moved on), or with
+    // `wait` (update_topology(), pending_peers(): where the README loop resumes) send the frame.
+    template <class T> uint64_t send_master(wire::MsgType type, const T& m, bool wait = false);
+    uint64_t send_raw(const std::vector<uint8_t>& bytes, bool wait = false);
     void require_quiet(const char* call);
     static bool is_topo_result(const Frame& f, uint64_t seq);  // the TOPO_RESULT answering request `seq`
     bool send_sealed(std::vector<uint8_t> frame, int* err);  // with send_mu_ held; seals in a run with a secret
     void link_loop();
+    // One master connection's life (link_loop): heartbeats, frames to the inbox. Returns when it ends: true with
+    // *kind / *why when it broke, false when the communicator closes.
+    bool run_link(ErrorKind* kind, std::string* why);
+    // peer/rejoin.cpp: a lost master looked for until master_grace, connected and greeted with HELLO.back.
+    // False when the communicator closes or the grace ran out (then it is broken).
+    bool rejoin(const std::string& why);
+    int dial_master(const std::string& address, double deadline, auth::Channel* channel);  // TCP + handshake
+    wire::Returning returning_report() const;  // mu_ held
+    // A frame that only matters while rejoining (WELCOME, the admission); true when it was consumed.
+    bool rejoin_frame(uint16_t type, const std::vector<uint8_t>& payload, ErrorKind* kind, std::string* why, bool* end);
     void mark_broken(ErrorKind kind, const std::string& why);
     void require_accepted() const;
     uint32_t timeout_ms(double timeout) const;  // a call's timeout (negative: op_timeout) on the wire
@@ -186,17 +210,23 @@ private:
     CoreError unusable_error() const;
     // Waits for the first queued frame accepted by `match`, removing it; throws when the link breaks or the
     // deadline (steady seconds, negative: none) passes.
-    template <class Match> Frame wait_frame(Match match, double deadline, const char* what);
+    // gen: the generation of the link the request went out on; a master lost since raises kPeerLost (kAnyGen:
+    // the wait outlives a lost master, for verdicts on operations in doubt).
+    static constexpr uint64_t kAnyGen = ~uint64_t(0);
+    template <class Match> Frame wait_frame(Match match, double deadline, const char* what, uint64_t gen = kAnyGen);
+    CoreError master_lost_error(const char* what) const;  // mu_ held
     void apply_topology(const wire::TopoResult& r);
     void set_ring(const std::vector<wire::PeerInfo>& ring);  // the group's ring, its size, our place in it
     // The two-phase end of an operation or a sync: OP_DONE with the local outcome (ctl's failure, if any), then
     // the master's verdict. Returns on OP_COMMIT; on OP_ABORT (or a local failure) clears the slot's
     // connections and throws the verdict's error, the same on every peer.
-    void settle(OpControl& ctl, uint32_t slot);
+    // gen: the master link the operation started on (generation_ when its request was sent).
+    void settle(OpControl& ctl, uint32_t slot, uint64_t gen, uint64_t sync_revision = kNotSync);
+    static constexpr uint64_t kNotSync = ~uint64_t(0);
     // The steps of an all-reduce (communicator.cpp): OP_START and the wait for OP_GO; the slot's resources; the
     // stripes of the ring into `result`.
     struct SlotResources;
-    wire::OpGo start_op(uint64_t tag, const wire::OpDesc& desc, double timeout);
+    wire::OpGo start_op(uint64_t tag, const wire::OpDesc& desc, double timeout, uint64_t* gen);
     // An OP_GO as it arrives (on the master link's thread, in order, mu_ held): the master sends a ring once
     // per epoch, and the OP_GOs that carry only that epoch get it filled in here.
     std::vector<uint8_t> complete_go(const std::vector<uint8_t>& payload);
@@ -274,9 +304,35 @@ private:
     std::atomic<bool> link_running_{false};
     net::Wakeup link_wake_;
     std::thread link_thread_;
+
+    // A lost master (rejoin.cpp). The addresses, the epoch of the master this peer was last admitted by.
+    std::vector<std::string> masters_;
+    std::string master_now_;                     // the address of the master in use (guarded by mu_)
+    std::atomic<uint64_t> epoch_{0};
+    std::atomic<uint64_t> generation_{0};        // master links lost so far
+    std::atomic<bool> away_{false};              // lost, not yet readmitted
+    bool rejoining_ = false;                     // link thread only: HELLO sent to a new master, not admitted
+    bool welcomed_ = false;                      // link thread only: ... and its WELCOME came
+    size_t next_try_ = 0;                        // link thread only: the address the next search starts at
+    bool silent_ = false;                        // link thread only: the last link ended in silence
+    bool fenced_out_ = false;                    // link thread only: ... or its master gave the group up
+    double grace_end_ = 0;                       // link thread only: when the search gives up
+    std::string lost_why_;                       // guarded by mu_: what ended the last master link
+    std::map<std::string, std::string> tried_;   // link thread only: address -> the last failure
+    std::set<std::string> stale_;                // link thread only: addresses of masters older than the last
+    net::FrameReader reader_;                    // the current master link's
+    struct Doubt {
+        uint64_t sync_revision = kNotSync;       // a sync: the revision it commits
+    };
+    std::map<uint64_t, Doubt> doubts_;           // reported done, no verdict yet (guarded by mu_)
+    std::deque<uint64_t> committed_;             // the last committed operation and sync ids (guarded by mu_)
+    uint64_t revision_ = 0;                      // the last committed shared-state revision (guarded by mu_)
+    bool synced_ = false;                        // holds the group's state (a sync committed here)
+    void note_commit(uint64_t op_id);            // mu_ held
 };
 
-template <class Match> inline Communicator::Frame Communicator::wait_frame(Match match, double deadline, const char* what) {
+template <class Match>
+inline Communicator::Frame Communicator::wait_frame(Match match, double deadline, const char* what, uint64_t gen) {
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
         for (auto it = inbox_.begin(); it != inbox_.end(); ++it) {
@@ -287,6 +343,7 @@ template <class Match> inline Communicator::Frame Communicator::wait_frame(Match
             }
         }
         if (state_ == State::kBroken || state_ == State::kClosed) throw unusable_error();
+        if (gen != kAnyGen && generation_ != gen) throw master_lost_error(what);
         const double now = net::now_seconds();
         if (deadline >= 0 && now >= deadline) throw CoreError(ErrorKind::kTimeout, std::string("timed out waiting for ") + what);
         if (interrupt_requested()) {
@@ -299,8 +356,8 @@ template <class Match> inline Communicator::Frame Communicator::wait_frame(Match
     }
 }
 
-template <class T> inline void Communicator::send_master(wire::MsgType type, const T& m) {
-    send_raw(wire::frame(type, m));
+template <class T> inline uint64_t Communicator::send_master(wire::MsgType type, const T& m, bool wait) {
+    return send_raw(wire::frame(type, m), wait);
 }
 
 }  // namespace pccl

@@ -49,10 +49,10 @@ SyncOutcome Communicator::sync_state(const std::vector<wire::StateEntry>& entrie
     } syncing_guard{this};
     const double t0 = net::now_seconds();
     const uint32_t ms = timeout_ms(timeout);
-    send_master(MsgType::kSyncStart, wire::SyncStart{revision, strategy, ms, cfg_.min_world, entries});
+    const uint64_t gen = send_master(MsgType::kSyncStart, wire::SyncStart{revision, strategy, ms, cfg_.min_world, entries});
     Frame f = wait_frame([](const Frame& f) { return f.type == uint16_t(MsgType::kSyncPlan); },
                          ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1,
-                         "the other peers to call sync_shared_state()");
+                         "the other peers to call sync_shared_state()", gen);
     const auto plan = wire::decode_payload<wire::SyncPlan>(f.payload);
     if (!plan.ok) throw CoreError(ErrorKind(plan.kind), plan.reason);
     SyncOutcome out;
@@ -75,6 +75,12 @@ SyncOutcome Communicator::sync_state(const std::vector<wire::StateEntry>& entrie
     };
     if (plan.commit_now) {
         if (!plan.fetch.empty()) throw CoreError(ErrorKind::kProtocol, "a plan that commits at once fetches nothing");
+        {
+            std::lock_guard<std::mutex> g(mu_);  // what a next master is told (rejoin.cpp)
+            note_commit(plan.sync_id);
+            revision_ = plan.revision;
+            synced_ = true;
+        }
         out.seconds = net::now_seconds() - t0;
         return out;
     }
@@ -150,7 +156,7 @@ SyncOutcome Communicator::sync_state(const std::vector<wire::StateEntry>& entrie
             }
         }
     }
-    settle(ctl, kStateSlot);
+    settle(ctl, kStateSlot, gen, plan.revision);
     out.seconds = net::now_seconds() - t0;
     return out;
 }

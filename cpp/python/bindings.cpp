@@ -83,12 +83,15 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<MasterServer>(m, "MasterServer")
         .def(py::init([](const std::string& listen, double peer_timeout, double handshake_timeout,
-                         const std::optional<py::bytes>& secret, bool encrypt) {
-                 return new MasterServer(listen, MasterConfig{peer_timeout, handshake_timeout}, AuthConfig{run_key(secret), encrypt});
+                         const std::optional<py::bytes>& secret, bool encrypt, double rejoin_window) {
+                 MasterConfig config{peer_timeout, handshake_timeout};
+                 config.rejoin_window = rejoin_window;
+                 return new MasterServer(listen, config, AuthConfig{run_key(secret), encrypt});
              }),
              py::kw_only(), py::arg("listen"), py::arg("peer_timeout") = MasterConfig{}.peer_timeout,
              py::arg("handshake_timeout") = MasterConfig{}.handshake_timeout, py::arg("secret") = py::none(),
-             py::arg("encrypt") = false)
+             py::arg("encrypt") = false, py::arg("rejoin_window") = MasterConfig{}.rejoin_window)
+        .def_property_readonly("epoch", &MasterServer::epoch)
         .def("start", &MasterServer::start, py::call_guard<py::gil_scoped_release>())
         .def("stop", &MasterServer::stop, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("address", &MasterServer::address)
@@ -140,9 +143,10 @@ PYBIND11_MODULE(_core, m) {
         const CommConfig comm;
         m.attr("DEFAULTS") = py::dict(
             py::arg("peer_timeout") = master.peer_timeout, py::arg("handshake_timeout") = master.handshake_timeout,
+            py::arg("rejoin_window") = master.rejoin_window,
             py::arg("connections") = comm.connections, py::arg("connect_timeout") = comm.connect_timeout,
             py::arg("heartbeat_interval") = comm.heartbeat_interval, py::arg("master_timeout") = comm.master_timeout,
-            py::arg("data_timeout") = comm.data_timeout, py::arg("piece_bytes") = comm.piece_bytes,
+            py::arg("master_grace") = comm.master_grace, py::arg("data_timeout") = comm.data_timeout, py::arg("piece_bytes") = comm.piece_bytes,
             py::arg("op_timeout") = comm.op_timeout);
     }
 
@@ -163,8 +167,8 @@ PYBIND11_MODULE(_core, m) {
     py::class_<Communicator>(m, "Communicator")
         .def(py::init([](const std::string& master, uint32_t group, uint32_t connections, const std::string& listen,
                          const std::string& advertise, double connect_timeout, double heartbeat_interval,
-                         double master_timeout, double data_timeout, size_t piece_bytes, double op_timeout,
-                         uint32_t min_world, const std::optional<py::bytes>& secret) {
+                         double master_timeout, double master_grace, double data_timeout, size_t piece_bytes,
+                         double op_timeout, uint32_t min_world, const std::optional<py::bytes>& secret) {
                  CommConfig c;
                  c.key = run_key(secret);
                  c.master = master;
@@ -175,6 +179,7 @@ PYBIND11_MODULE(_core, m) {
                  c.connect_timeout = connect_timeout;
                  c.heartbeat_interval = heartbeat_interval;
                  c.master_timeout = master_timeout;
+                 c.master_grace = master_grace;
                  c.data_timeout = data_timeout;
                  c.piece_bytes = piece_bytes;
                  c.op_timeout = op_timeout;
@@ -185,7 +190,7 @@ PYBIND11_MODULE(_core, m) {
              py::arg("connections") = kComm.connections, py::arg("listen") = kComm.listen,
              py::arg("advertise") = kComm.advertise, py::arg("connect_timeout") = kComm.connect_timeout,
              py::arg("heartbeat_interval") = kComm.heartbeat_interval, py::arg("master_timeout") = kComm.master_timeout,
-             py::arg("data_timeout") = kComm.data_timeout, py::arg("piece_bytes") = kComm.piece_bytes,
+             py::arg("master_grace") = kComm.master_grace, py::arg("data_timeout") = kComm.data_timeout, py::arg("piece_bytes") = kComm.piece_bytes,
              py::arg("op_timeout") = kComm.op_timeout, py::arg("min_world") = kComm.min_world,
              py::arg("secret") = py::none())
         .def("connect", [](Communicator& c, double t) { blocking([&] { c.connect(t); }); }, py::arg("admission_timeout"))

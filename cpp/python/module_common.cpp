@@ -42,6 +42,8 @@ py::dict master_stats_dict(const MasterStats& s) {
     d["optimizations"] = s.optimizations;
     d["links_probed"] = s.links_probed;
     d["links_known"] = s.links_known;
+    d["takeovers"] = s.takeovers;
+    d["fenced"] = s.fenced;
     d["cpu_seconds"] = s.cpu_seconds;
     d["recent_drops"] = s.recent_drops;
     return d;

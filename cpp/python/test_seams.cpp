@@ -63,10 +63,12 @@ PYBIND11_MODULE(_core_testing, m) {
     // The master's pure decision logic, for tests with a fake clock. Frames are given and returned as
     // (type name, dict) pairs (schema_dicts.hpp).
     py::class_<MasterState>(m, "MasterState")
-        .def(py::init([](double peer_timeout, double handshake_timeout, bool probe_addresses) {
-                 return new MasterState(MasterConfig{peer_timeout, handshake_timeout, probe_addresses});
+        .def(py::init([](double peer_timeout, double handshake_timeout, bool probe_addresses, uint64_t epoch,
+                         double rejoin_window) {
+                 return new MasterState(MasterConfig{peer_timeout, handshake_timeout, probe_addresses, epoch, rejoin_window});
              }),
-             py::arg("peer_timeout") = 10.0, py::arg("handshake_timeout") = 5.0, py::arg("probe_addresses") = false)
+             py::arg("peer_timeout") = 10.0, py::arg("handshake_timeout") = 5.0, py::arg("probe_addresses") = false,
+             py::arg("epoch") = 0, py::arg("rejoin_window") = 0.0)
         .def("on_probe_result", [](MasterState& s, uint64_t conn, bool reachable, const std::string& reason, double now) {
             return actions_list(s.on_probe_result(conn, reachable, reason, now));
         }, py::arg("conn"), py::arg("reachable"), py::arg("reason"), py::arg("now"))

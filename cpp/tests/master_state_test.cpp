@@ -46,7 +46,7 @@ struct Master {
     double now = 100.0;
     std::vector<uint64_t> accepted;  // admitted by join(), in admission order
 
-    explicit Master(MasterConfig config = MasterConfig{10.0, 5.0, false}) : state(config) {}
+    explicit Master(MasterConfig config = MasterConfig{10.0, 5.0, false, 0, 0.0}) : state(config) {}
 
     template <class T> Actions msg(uint64_t conn, MsgType type, const T& m) {
         const Bytes f = wire::frame(type, m);
@@ -183,7 +183,7 @@ TEST(two_peers_say_hello_and_the_second_is_admitted_at_the_vote) {
 }
 
 TEST(a_newcomer_whose_data_address_is_unreachable_is_refused_alone) {
-    Master m(MasterConfig{10.0, 5.0, true});
+    Master m(MasterConfig{10.0, 5.0, true, 0, 0.0});
     Actions acts = m.hello(1);
     CHECK_EQ(acts.size(), size_t(2));
     CHECK(acts.size() == 2 && acts[1].kind == MasterAction::kProbe && acts[1].probe == info(1));

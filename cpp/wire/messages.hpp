@@ -15,6 +15,7 @@ constexpr size_t kMaxPeers = 65536;
 constexpr size_t kMaxStateEntries = 65536;
 constexpr size_t kMaxDims = 32;
 constexpr size_t kMaxProbeRounds = 4096;
+constexpr size_t kMaxRecent = 1024;  // operation ids a returning peer reports
 
 // ---------------------------------------------------------------------------------------------------- records
 
@@ -76,10 +77,25 @@ PCCL_WIRE_STRUCT(LinkMeasure, PCCL_LINK_MEASURE)
 #define PCCL_EMPTY(X)
 PCCL_WIRE_STRUCT(Empty, PCCL_EMPTY)
 
-#define PCCL_HELLO(X) \
-    X(uint32_t, group, 0, kAny) X(uint32_t, connections, 1, kAny) X(std::string, host, {}, kAny) X(uint16_t, port, 0, kAny)
+// What a peer that was admitted by an earlier master (a restart, a standby taking over) tells the next one, so
+// that the run goes on where it stopped (docs/master.md). peer_id 0: a newcomer (the rest is empty). ring: its
+// group's ring as it last knew it; revision/synced: its last committed shared state; committed: the ids of
+// its last committed operations and syncs; in_doubt: those it reported done and got no verdict for (doubt_sync:
+// the sync among them, 0 if none, and the revision it would commit).
+#define PCCL_RETURNING(X)                                                                                    \
+    X(uint64_t, peer_id, 0, kAny) X(uint64_t, epoch, 0, kAny) X(std::vector<uint64_t>, ring, {}, kMaxPeers)    \
+    X(uint64_t, revision, 0, kAny) X(uint8_t, synced, 0, 1) X(std::vector<uint64_t>, committed, {}, kMaxRecent) \
+    X(std::vector<uint64_t>, in_doubt, {}, kMaxRecent) X(uint64_t, doubt_sync, 0, kAny)                          \
+    X(uint64_t, doubt_revision, 0, kAny)
+PCCL_WIRE_STRUCT(Returning, PCCL_RETURNING)
+
+// standby: the peer knows other master addresses (its group is then fenced on this master too: recovery.cpp).
+#define PCCL_HELLO(X)                                                                                        \
+    X(uint32_t, group, 0, kAny) X(uint32_t, connections, 1, kAny) X(std::string, host, {}, kAny)               \
+    X(uint16_t, port, 0, kAny) X(Returning, back, {}, kAny) X(uint8_t, standby, 0, 1)
 PCCL_WIRE_STRUCT(Hello, PCCL_HELLO)
-#define PCCL_WELCOME(X) X(uint64_t, peer_id, 0, kAny)
+// epoch: the master's incarnation (its start time in ms; peers never go back to an older one).
+#define PCCL_WELCOME(X) X(uint64_t, peer_id, 0, kAny) X(uint64_t, epoch, 0, kAny)
 PCCL_WIRE_STRUCT(Welcome, PCCL_WELCOME)
 #define PCCL_HEARTBEAT_ACK(X) X(uint32_t, pending, 0, kAny)
 PCCL_WIRE_STRUCT(HeartbeatAck, PCCL_HEARTBEAT_ACK)
@@ -111,7 +127,8 @@ PCCL_WIRE_STRUCT(OpCommit, PCCL_OP_COMMIT)
 PCCL_WIRE_STRUCT(OpAbort, PCCL_OP_ABORT)
 #define PCCL_PENDING_REPLY(X) X(uint32_t, pending, 0, kAny)
 PCCL_WIRE_STRUCT(PendingReply, PCCL_PENDING_REPLY)
-#define PCCL_KICKED(X) X(std::string, reason, {}, kAny)
+// elsewhere: not this peer's fault; the master gave its group up (the fence): look for another master.
+#define PCCL_KICKED(X) X(std::string, reason, {}, kAny) X(uint8_t, elsewhere, 0, 1)
 PCCL_WIRE_STRUCT(Kicked, PCCL_KICKED)
 
 enum class SyncStrategy : uint8_t { kEnforcePopular = 0, kReceiveOnly = 1, kSendOnly = 2 };

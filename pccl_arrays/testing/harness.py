@@ -1,7 +1,9 @@
-"""The churn harness: a master in this process, peers as child processes that are killed, stalled, spawned,
-asked to leave, or wiped out together.
+"""The churn harness: a master in this process (or a child process that is killed and restarted), peers as child
+processes that are killed, stalled, spawned, asked to leave, or wiped out together.
 
-How this works. :class:`Harness` starts a :class:`~pccl_arrays.Master` on port 0 and runs each peer as
+How this works. :class:`Harness` starts a :class:`~pccl_arrays.Master` on port 0 (with ``master_process=True``
+a :class:`~pccl_arrays.testing.master_process.MasterProcess` instead, which the schedule's ``master_kill`` and
+``master_restart`` SIGKILL and start again on the same address) and runs each peer as
 ``python -m pccl_arrays.testing TARGET MASTER INDEX ARGS OUT`` (peer.py), where TARGET is ``"module:function"``
 importable in the child. The function gets a :class:`~pccl_arrays.testing.PeerContext` and returns a JSON-able
 dict, which the child writes to ``OUT/peer{INDEX}.json``. While it runs, a peer appends one JSON line per step
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from .master_process import MasterProcess
 from .processes import kill_and_reap, spawn_child
 from .records import read_progress, read_result
 from .schedule import Schedule
@@ -43,16 +46,24 @@ class Harness:
         peer_target: ``"module:function"`` each peer runs (e.g. ``"pccl_arrays.testing:allreduce_loop"``).
         peer_args: a JSON-able dict every peer gets as ``ctx.args``.
         out_dir: where result, progress and log files go; also the children's working directory.
+        master_process: run the master as a child process (``master_kwargs``: only ``peer_timeout`` and
+            ``handshake_timeout``), so that :meth:`kill_master` and :meth:`restart_master` can end and restart it;
+            :attr:`master` is then the :class:`MasterProcess`.
     """
 
     def __init__(self, master_kwargs: Optional[dict] = None, peer_target: str = "pccl_arrays.testing:allreduce_loop",
-                 peer_args: Optional[dict] = None, out_dir: Optional[os.PathLike] = None):
+                 peer_args: Optional[dict] = None, out_dir: Optional[os.PathLike] = None,
+                 master_process: bool = False):
         from ..master import Master
 
         self.out = Path(out_dir) if out_dir is not None else Path.cwd()
         self.out.mkdir(parents=True, exist_ok=True)
         kw = {"listen": "127.0.0.1:0", "peer_timeout": 2.0, **(master_kwargs or {})}
-        self.master = Master(kw.pop("listen"), **kw).start()
+        if master_process:
+            self.master = MasterProcess(self.out, kw["peer_timeout"], kw.get("handshake_timeout", 5.0))
+            self.master.start()
+        else:
+            self.master = Master(kw.pop("listen"), **kw).start()
         self.target, self.args = peer_target, dict(peer_args or {})
         self.procs: dict[int, subprocess.Popen] = {}
         self.stalled: set[int] = set()
@@ -65,7 +76,7 @@ class Harness:
         """Starts the next peer; returns its index."""
         i = len(self.procs)
         args = {**self.args, **(extra_args or {})}
-        cmd = [sys.executable, "-m", "pccl_arrays.testing", self.target, self.master.address, str(i),
+        cmd = [sys.executable, "-m", "pccl_arrays.testing", self.target, str(self.master.address), str(i),
                json.dumps(args), str(self.out)]
         with open(self.out / f"peer{i}.log", "wb") as log:
             self.procs[i] = spawn_child(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.out)
@@ -112,6 +123,28 @@ class Harness:
         self.stalled.discard(i)
         self._log("resume", i)
 
+    def kill_master(self) -> None:
+        """SIGKILLs the master process (``master_process=True``); logged when it is gone."""
+        self.master.kill()
+        self._log("master_kill", None)
+
+    def restart_master(self, _target=None) -> None:
+        """Starts the master process again on its address; logged when it listens (the moment the peers can
+        reach it)."""
+        self.master.start()
+        self._log("master_restart", None)
+
+    def master_outages(self) -> list[tuple[float, float]]:
+        """(killed, listening again) for every master kill (the end is +inf if it never came back)."""
+        out, down = [], None
+        for t, action, _ in self.events:
+            if action == "master_kill":
+                down = t
+            elif action == "master_restart" and down is not None:
+                out.append((down, t))
+                down = None
+        return out + ([(down, float("inf"))] if down is not None else [])
+
     def spawned_at(self, i: int) -> float:
         """Monotonic time peer i was spawned."""
         return next(t for t, a, target in self.events if a == "spawn" and target == i)
@@ -133,7 +166,9 @@ class Harness:
         the schedule's duration) and asks the peers to stop (:meth:`stop`)."""
         start = self.run_started = time.monotonic()
         actions: dict[str, Callable] = {"kill": self.kill, "stall": self.stall, "resume": self.resume,
-                                        "leave": self.leave, "wipe": self.wipe}
+                                        "leave": self.leave, "wipe": self.wipe,
+                                        "master_kill": lambda _: self.kill_master(),
+                                        "master_restart": self.restart_master}
         for e in schedule.events:
             _sleep_until(start + e.t)
             if e.action == "spawn":
@@ -195,7 +230,10 @@ class Harness:
 
     def close(self) -> None:
         self.kill_all()
-        self.master.stop()
+        if isinstance(self.master, MasterProcess):
+            self.master.kill()
+        else:
+            self.master.stop()
         _LIVE_HARNESSES.discard(self)
 
     def __enter__(self) -> "Harness":
@@ -212,12 +250,17 @@ def _sleep_until(t: float) -> None:
 
 def check_no_hang(h: Harness, catch_up_s: float = 8.0) -> None:
     """Between consecutive harness events, every peer running throughout made a step; a peer spawned or resumed
-    made its first step within ``catch_up_s`` of that event (and counts as running from then on). Peers record
-    steps as progress lines with ``kind="step"``; raises AssertionError naming the peer and the interval."""
+    made its first step within ``catch_up_s`` of that event (and counts as running from then on). While the master
+    is down (from ``master_kill`` to ``master_restart``) nobody has to make a step; from the restart, every peer
+    running or catching up must make its first step within ``catch_up_s`` (peers spawned or resumed meanwhile
+    count from the restart); a peer killed, stalled or asked to leave before its first step, within
+    ``catch_up_s``, is not held to it. Peers record steps as progress lines with ``kind="step"``; raises
+    AssertionError naming the peer and the interval."""
     log = [e for e in h.events if e[0] >= h.run_started]
     steps = {i: [p["t"] for p in h.progress(i) if p["kind"] == "step"] for i in h.procs}
     running = {i for i in h.procs if h.spawned_at(i) < h.run_started}
-    catching_up: dict[int, float] = {}  # peer -> time of its spawn / resume
+    catching_up: dict[int, float] = {}  # peer -> time of its spawn / resume / the master's restart
+    master_down = False
     moments = [(t, [(a, target) for _, a, target in group]) for t, group in itertools.groupby(log, lambda e: e[0])]
     for (ta, actions), (tb, _) in zip(moments, moments[1:]):  # the events of a wipe share one moment
         for action, target in actions:
@@ -226,10 +269,22 @@ def check_no_hang(h: Harness, catch_up_s: float = 8.0) -> None:
                 catching_up.pop(target, None)
             elif action in ("spawn", "resume"):
                 catching_up[target] = ta
+            elif action == "master_kill":
+                master_down = True
+            elif action == "master_restart":
+                master_down = False
+                catching_up = {**{i: ta for i in running}, **{i: max(s, ta) for i, s in catching_up.items()}}
+                running.clear()
+        if master_down:
+            continue
         for i in sorted(running):
             assert any(ta <= t <= tb for t in steps[i]), f"peer {i} made no step in [{ta:.2f}, {tb:.2f}]: {log}"
         for i, since in list(catching_up.items()):
             first = next((t for t in steps[i] if t >= since), None)
+            gone = next((t for t, a, target in log if target == i and a in ("kill", "stall", "leave") and t >= since),
+                        None)  # a peer killed (e.g. just after the master's restart) before it had to step
+            if gone is not None and (first is None or first > gone) and gone - since <= catch_up_s:
+                continue
             assert first is not None and first - since <= catch_up_s, f"peer {i} did not catch up: {log}"
             if first <= tb:
                 running.add(i)

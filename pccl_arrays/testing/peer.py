@@ -37,19 +37,26 @@ class PeerContext:
         return (self.out / f"LEAVE{self.index}").exists()
 
     def connect(self):
-        """A connected Communicator (``args``: connections, data_timeout), retrying in short waits so that a
-        STOP is noticed; None when asked to stop first."""
+        """A connected Communicator (``args``: connections, data_timeout, and ``comm``: more Communicator
+        arguments, e.g. connect_timeout, master_grace, min_world_size), retrying in short waits so that a STOP is
+        noticed; None when asked to stop first. With ``args["master_restarts"]`` a master lost or unreachable
+        during connect() is retried too (recorded as a ``connect_retry`` progress line): the harness restarts it."""
         from .. import errors
         from ..communicator import Communicator
 
+        retry = (errors.PCCLTimeoutError, errors.MasterUnreachableError) if self.args.get("master_restarts") \
+            else errors.PCCLTimeoutError
+        kw = {"connect_timeout": 5.0, "heartbeat_interval": 0.2, "master_timeout": 5.0,
+              "data_timeout": self.args.get("data_timeout", 10.0), **self.args.get("comm", {})}
         while not self.stop_requested():
-            comm = Communicator(self.master, connections=self.args.get("connections", 2), connect_timeout=5.0,
-                                heartbeat_interval=0.2, master_timeout=5.0,
-                                data_timeout=self.args.get("data_timeout", 10.0))
+            comm = Communicator(self.master, connections=self.args.get("connections", 2), **kw)
             try:
                 return comm.connect(timeout=2.0)
-            except errors.PCCLTimeoutError:
+            except retry as e:
                 comm.close()
+                if isinstance(e, errors.MasterUnreachableError):
+                    self.progress(kind="connect_retry", error=str(e)[:300])
+                    time.sleep(0.1)
         return None
 
     def rejoin(self, comm, error: BaseException):

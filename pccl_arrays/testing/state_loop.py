@@ -90,12 +90,15 @@ def _restart(ctx, n: int, error: Exception) -> SharedState:
 def state_loop(ctx) -> dict:
     """Args (ctx.args): ``initial``, ``n`` (elements per entry, default 1 << 18), ``busy_ms`` (default 20),
     ``connections`` (default 2), ``data_timeout`` (default 10), ``max_steps``, ``quantized`` (default off),
-    ``checkpoint_every`` (revisions, default 20)."""
+    ``checkpoint_every`` (revisions, default 20), ``comm`` (more Communicator arguments, PeerContext.connect;
+    with ``min_world_size`` >= 2 a TooFewPeersError restarts the step as a PeerLostError does),
+    ``master_restarts`` (the harness kills and restarts the master: connect() retries a lost master)."""
     a = ctx.args
     n, busy_ms, max_steps = a.get("n", 1 << 18), a.get("busy_ms", 20.0), a.get("max_steps", 1 << 62)
     checkpoint_every = a.get("checkpoint_every", 20)
     quant = Quantization(kind="minmax") if a.get("quantized") else None
-    counts = {"rejoins": 0, "peer_lost": 0, "syncs": 0, "sync_failures": 0, "spins": 0, "restarts": 0}
+    counts = {"rejoins": 0, "peer_lost": 0, "syncs": 0, "sync_failures": 0, "spins": 0, "restarts": 0,
+              "too_few": 0}
     state = SharedState(_initial_arrays(n), revision=0)
     if not a.get("initial"):  # a newcomer starts from garbage: the sync must replace it (and never let it win)
         state["w"][...] = np.random.default_rng(ctx.index + 1000).standard_normal(n).astype(np.float32)
@@ -134,7 +137,7 @@ def state_loop(ctx) -> dict:
             counts["syncs"] += 1
             ctx.progress(kind="sync", revision=state.revision, received=info.bytes_received, sent=info.bytes_sent,
                          sources=len(info.received_from), fetched=list(info.fetched), seconds=info.seconds,
-                         lineage=int(state["lineage"][0]), hash=state_hash(state))
+                         lineage=int(state["lineage"][0]), hash=state_hash(state), peer=comm.peer_id)
             stop = 1 if (ctx.stop_requested() or state.revision >= max_steps) else 0
             if comm.all_reduce(np.array([stop], dtype=np.int64), "max")[0]:
                 break
@@ -148,15 +151,18 @@ def state_loop(ctx) -> dict:
             for hd in (handle, q_handle):
                 try:
                     outcomes.append(hd.wait() if hd is not None else None)
-                except errors.PeerLostError as e:
+                except (errors.PeerLostError, errors.TooFewPeersError) as e:
                     outcomes.append(e)
-            lost = [o for o in outcomes if isinstance(o, errors.PeerLostError)]
+            lost = [o for o in outcomes if isinstance(o, errors.PCCLError)]
             if lost:
                 raise lost[0]
             total, q_total = outcomes
             q_hash = hashlib.sha256(q_total.tobytes()).hexdigest()[:16] if q_total is not None else None
         except errors.PeerLostError:
             counts["peer_lost"] += 1
+            continue
+        except errors.TooFewPeersError:  # only with min_world_size >= 2: update_topology() waits for newcomers
+            counts["too_few"] += 1
             continue
         except (errors.PeerEvictedError, errors.MasterUnreachableError) as e:
             counts["rejoins"] += 1

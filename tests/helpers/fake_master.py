@@ -1,8 +1,9 @@
 """The master's state machine (_core_testing.MasterState) with a fake clock, and helpers to play peers against it: the
 harness of tests/test_master_*.py.
 
-Every event returns the master's actions: ("send", conn, type, fields) or ("close", conn, reason). Peer ids are
-connection ids (WELCOME carries the connection id), so the tests name peers by the connection they use.
+Every event returns the master's actions: ("send", conn, type, fields) or ("close", conn, reason). A newcomer's peer
+id is its connection id (WELCOME carries it), so the tests name peers by the connection they use; a returning
+peer (tests/test_master_takeover.py) keeps the id it reports, whatever its connection.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def closed(actions) -> dict:
 class Master:
     """A MasterState with a fake clock and helpers to play peers."""
 
-    def __init__(self, peer_timeout: float = 10.0, handshake_timeout: float = 5.0):
-        self.state = _core_testing.MasterState(peer_timeout=peer_timeout, handshake_timeout=handshake_timeout)
+    def __init__(self, peer_timeout: float = 10.0, handshake_timeout: float = 5.0, epoch: int = 0):
+        self.state = _core_testing.MasterState(peer_timeout=peer_timeout, handshake_timeout=handshake_timeout,
+                                               epoch=epoch)
         self.now = 100.0
         self.accepted: list[int] = []  # admitted by join(), in admission order
 

@@ -97,15 +97,26 @@ def wait_all(peers: list[Peer], timeout: float) -> None:
             raise AssertionError(f"peer {p.rank} still running after {timeout} s (hang?): {p.stderr()[-3000:]}")
 
 
-def start_master_process(tmp: Path, peer_timeout: float = 10.0) -> tuple[subprocess.Popen, str]:
-    """Runs ``pccl-arrays master`` as a subprocess (for tests that kill the master); returns (proc, address)."""
-    log = open(tmp / "master.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pccl_arrays.cli import main; sys.exit(main())", "master",
-         "--listen", "127.0.0.1:0", "--peer-timeout", str(peer_timeout)],
-        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=HERE)  # cwd: not the source tree
-    line = proc.stdout.readline().decode()
-    if "listening on" not in line:
+def start_master_process(tmp: Path, peer_timeout: float = 10.0, listen: str = "127.0.0.1:0", log: str = "master.log",
+                         bind_retry_s: float = 0.0) -> tuple[subprocess.Popen, str]:
+    """Runs ``pccl-arrays master`` as a subprocess (for tests that kill the master); returns (proc, address).
+
+    ``listen`` may name the address of a master that was just killed (a restart on the same address): when the
+    port is still in use, the start is retried for up to ``bind_retry_s`` seconds. Its stderr goes to ``tmp/log``.
+    """
+    deadline = time.monotonic() + bind_retry_s
+    while True:
+        with open(tmp / log, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from pccl_arrays.cli import main; sys.exit(main())", "master",
+                 "--listen", listen, "--peer-timeout", str(peer_timeout)],
+                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, cwd=HERE)  # cwd: not the source tree
+        line = proc.stdout.readline().decode()
+        if "listening on" in line:
+            return proc, line.split("listening on ", 1)[1].split()[0]
         proc.kill()
-        raise RuntimeError(f"master did not start: {line!r} {(tmp / 'master.log').read_text()}")
-    return proc, line.split("listening on ", 1)[1].split()[0]
+        proc.wait()
+        why = (tmp / log).read_text()
+        if "in use" not in why or time.monotonic() > deadline:
+            raise RuntimeError(f"master did not start: {line!r} {why}")
+        time.sleep(0.05)

@@ -194,18 +194,26 @@ def fail_mid_op(ctx: Context) -> dict:
 
 
 def master_death(ctx: Context) -> dict:
-    """All-reduce in a loop until the master dies; report the error and when it came."""
-    comm = ctx.join(ctx.comm(master_timeout=ctx.args.get("master_timeout", 3.0)))
+    """All-reduce in a loop until the master dies; report the error and when it came. With a master_grace, the
+    retryable errors before it ends are counted (the loop retries them, as a user's loop would)."""
+    comm = ctx.join(ctx.comm(master_timeout=ctx.args.get("master_timeout", 3.0),
+                             master_grace=ctx.args.get("master_grace", 0.0)))
     x = np.ones(ctx.args.get("n", 1 << 16), dtype=np.float32)
-    steps = 0
-    try:
-        while True:
+    steps, retried, t_first = 0, [], None
+    while True:
+        try:
             comm.all_reduce(x, "sum")
             steps += 1
             if steps == 3:
                 ctx.event("running")
-    except errors.PCCLError as e:
-        return {"error": type(e).__name__, "message": str(e), "t_error": time.time(), "steps": steps}
+        except errors.PeerLostError as e:
+            if not ctx.args.get("master_grace"):
+                raise
+            t_first = t_first or time.time()
+            retried.append(str(e))
+        except errors.PCCLError as e:
+            return {"error": type(e).__name__, "message": str(e), "t_error": time.time(), "steps": steps,
+                    "retried": retried, "t_first": t_first}
 
 
 def mismatch(ctx: Context) -> dict:
