@@ -65,9 +65,9 @@ def test_encrypted_payloads_do_not_show_on_the_wire():
     marker = "KNOWN-PLAINTEXT-" * 8
     for encrypt in (False, True):
         pipe = _core_testing.SealedPipe(b"secret", encrypt)
-        sealed = pipe.seal(_core_testing.encode_frame("kicked", {"reason": marker}))
+        sealed = pipe.seal(_core_testing.encode_frame("kicked", {"reason": marker, "elsewhere": 0}))
         assert (marker.encode() in sealed) == (not encrypt)
-        assert pipe.open(sealed) == [("kicked", {"reason": marker})]
+        assert pipe.open(sealed) == [("kicked", {"reason": marker, "elsewhere": 0})]
 
 
 def test_a_frame_replayed_on_the_same_connection_is_refused():
