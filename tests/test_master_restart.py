@@ -454,7 +454,8 @@ def test_peers_join_and_die_while_the_master_is_down(run, tmp_path):
     assert not late3, late3
     assert all(not (mask >> 3 & 1) for r, (mask, _w) in masks.items() if r >= joined[0]), "the dead peer in a ring"
     assert masks[STEPS - 1] == (0b10111, 4), "the 3 survivors and the newcomer end together"
-    assert resumed < RESUME_BOUND_S, f"steps resumed {resumed:.2f} s after the master came back"
+    # A ring member never comes back here, so the master waits its 1 s for stragglers (kStragglerWait) first.
+    assert resumed < RESUME_BOUND_S + 1.0, f"steps resumed {resumed:.2f} s after the master came back"
 
 
 # -- 5: the master stays away longer than master_grace -------------------------------------------------------------
