@@ -33,8 +33,8 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Run, benchmark_parser, print_footer  # noqa: E402
-from soak_state import Sampler, dead_intervals, figures_of, hash_speed, leftovers  # noqa: E402
+from _common import Run, print_footer  # noqa: E402
+from soak_state import Sampler, dead_intervals, figures_of, hash_speed, leftovers, soak_parser  # noqa: E402
 from soak_state import report as state_report  # noqa: E402
 
 from pccl_arrays.testing import Harness, Schedule, check_state_run  # noqa: E402
@@ -144,17 +144,7 @@ def report(doc: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = benchmark_parser(__doc__, "soak_master", quick="40 s")
-    ap.add_argument("--minutes", type=float, default=5.0)
-    ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--initial", type=int, default=5)
-    ap.add_argument("--min-peers", type=int, default=3)
-    ap.add_argument("--max-peers", type=int, default=7)
-    ap.add_argument("--n", type=int, default=1 << 20, help="float32 elements per state entry (two such entries)")
-    ap.add_argument("--no-quantized", action="store_true", help="only the plain all-reduce per step")
-    ap.add_argument("--keep", type=int, default=2, help="peers never killed, stalled or asked to leave (only wiped)")
-    ap.add_argument("--wipe-rate", type=float, default=0.004,
-                    help="weight of wipes among the events (kill 0.2, stall 0.08, spawn 0.22, leave 0.06)")
+    ap = soak_parser(__doc__, "soak_master")
     ap.add_argument("--master-kill-rate", type=float, default=0.12, help="weight of master kills among the events")
     ap.add_argument("--down", type=float, nargs=2, default=(0.5, 5.0), metavar=("MIN", "MAX"),
                     help="the master's down time is drawn uniformly from [MIN, MAX] s")

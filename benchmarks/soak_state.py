@@ -217,8 +217,9 @@ def report(doc: dict) -> None:
     print_footer(doc)
 
 
-def main(argv=None) -> int:
-    ap = benchmark_parser(__doc__, "soak_state", quick="40 s")
+def soak_parser(doc: str, name: str):
+    """The soak's options (soak_master.py adds its own to these)."""
+    ap = benchmark_parser(doc, name, quick="40 s")
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--initial", type=int, default=5)
@@ -229,6 +230,11 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", type=int, default=2, help="peers never killed, stalled or asked to leave (only wiped)")
     ap.add_argument("--wipe-rate", type=float, default=0.004,
                     help="weight of wipes among the events (kill 0.2, stall 0.08, spawn 0.22, leave 0.06)")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = soak_parser(__doc__, "soak_state")
     bench = Run.start(ap, argv)
     a = bench.args
     duration = 40.0 if a.quick else a.minutes * 60

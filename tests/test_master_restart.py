@@ -512,6 +512,15 @@ def _partitioned(run: Run, proxied: tuple):
     return standby, proxy
 
 
+def _cut(run: Run, proxy, standby, seed: int):
+    """Cuts the proxy at a seeded moment and waits for every peer; returns (when, S's stats, each peer's result)."""
+    time.sleep(random.Random(seed).uniform(0.2, 0.8))
+    t_cut = time.time()
+    proxy.cut()
+    wait_all(list(run.peers.values()), 90)
+    return t_cut, standby.stats(), {r: run.peers[r].result() for r in range(4)}
+
+
 @pytest.mark.timeout(150)
 def test_partition_half_the_group_on_a_standby_never_commits(run, tmp_path):
     """Peers 0, 1 reach only the primary P; peers 2, 3 reach P through a proxy, and the standby S. The proxy is
@@ -521,12 +530,7 @@ def test_partition_half_the_group_on_a_standby_never_commits(run, tmp_path):
     before = standby.stats()
     assert before.get("peers_accepted", 0) == 0 and before.get("takeovers", 0) == 0, \
         f"peers went to the standby while the primary was up: {before}"
-    time.sleep(random.Random(8).uniform(0.2, 0.8))
-    t_cut = time.time()
-    proxy.cut()
-    wait_all(list(run.peers.values()), 90)
-    after = standby.stats()
-    results = {r: run.peers[r].result() for r in range(4)}
+    t_cut, after, results = _cut(run, proxy, standby, seed=8)
     print(f"\n[partition] standby stats after the cut: {after}; proxy carried {proxy.connections} connections; "
           f"peer ids { {r: res.get('peer_id') for r, res in results.items()} }; errors the loop caught: "
           f"{_errors(tmp_path, range(4))}")
@@ -558,12 +562,7 @@ def test_partition_the_half_with_the_smallest_ids_goes_on_with_the_standby_and_t
     with 2 and 3 (no majority of the group's last commit, and its peers know a standby), starts nothing more and
     lets them go: they have no other master, so they end with MasterUnreachableError. One state per revision."""
     standby, proxy = _partitioned(run, proxied=(0, 1))
-    time.sleep(random.Random(9).uniform(0.2, 0.8))
-    t_cut = time.time()
-    proxy.cut()
-    wait_all(list(run.peers.values()), 90)
-    after = standby.stats()
-    results = {r: run.peers[r].result() for r in range(4)}
+    t_cut, after, results = _cut(run, proxy, standby, seed=9)
     print(f"\n[mirrored partition] standby stats: {after}; errors the loop caught: {_errors(tmp_path, range(4))}")
     ids = {r: res.get("peer_id") for r, res in results.items()}
     assert None not in ids.values() and max(ids[0], ids[1]) < min(ids[2], ids[3]), f"set-up: peer ids {ids}"
