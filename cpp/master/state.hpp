@@ -54,8 +54,10 @@
 //   (exactly half when the half holds the ring's smallest id): then they are all accepted at once, in their
 //   old ring order, with their old ids; those at the highest committed revision hold the state; an operation
 //   in doubt commits if any of them committed it and aborts otherwise. With a majority back, the group waits
-//   kStragglerWait for the rest of its ring. Returning peers that come later rejoin
-//   as newcomers. A held group admits no newcomer.
+//   kStragglerWait for the rest of its ring. Returning peers that come later rejoin as newcomers. A held group
+//   admits no newcomer, and neither does a young master's empty group (rejoin_window). Once a peer of a group
+//   said it knows another master, the master running the group gives it up when it keeps no majority of the
+//   peers of its last commit (the fence's other half).
 // - Liveness. Any frame from a peer counts as a heartbeat. A peer silent for longer than peer_timeout is
 //   evicted (told KICKED, then disconnected); a connection that does not say HELLO within handshake_timeout is
 //   dropped.
@@ -216,8 +218,9 @@ private:
     void on_returning(uint64_t id, Conn& c, double now, Actions& out);
     void try_form(uint32_t group, double now, Actions& out);
     void send_verdicts(uint64_t id, const std::vector<uint64_t>& in_doubt, Actions& out);
-    // The fence on a master that runs a group (recovery.cpp): with a standby known to any member, a group whose
-    // ring holds no majority of the peers of its last commit (base_) starts nothing, and on_tick gives it up.
+    // The fence on a master that runs a group (recovery.cpp): once a peer of the group said it knows another
+    // master, a group whose ring holds no majority of the peers of its last commit (base_) starts nothing, and
+    // on_tick gives it up.
     bool fenced(uint32_t group) const;
     void give_up_fenced(Actions& out);
     static bool quorum(const std::set<uint64_t>& back, const std::vector<uint64_t>& known);
