@@ -29,8 +29,9 @@
 // reported done fail at once with kPeerLost (no master can have committed them); those reported done and
 // waiting for a verdict stay in doubt and get it from the new master; waits for the old master's answers fail
 // with kPeerLost; calls that need the master while it is away wait until it is back and then raise kPeerLost,
-// except update_topology() and pending_peers(), which go on (the README loop's `continue` goes there). A master of an older epoch than the last
-// one is never used. Past master_grace every call raises kMasterUnreachable naming the addresses tried.
+// except update_topology() and pending_peers(), which go on (the README loop's `continue` goes there). A master
+// of an older epoch than the last one is never used, nor one that let this peer go (KICKED elsewhere: the
+// fence). Past master_grace every call raises kMasterUnreachable naming the addresses tried.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -319,7 +320,7 @@ private:
     double grace_end_ = 0;                       // link thread only: when the search gives up
     std::string lost_why_;                       // guarded by mu_: what ended the last master link
     std::map<std::string, std::string> tried_;   // link thread only: address -> the last failure
-    std::set<std::string> stale_;                // link thread only: addresses of masters older than the last
+    std::set<std::string> stale_;                // link thread only: masters older than the last, or that let go
     net::FrameReader reader_;                    // the current master link's
     struct Doubt {
         uint64_t sync_revision = kNotSync;       // a sync: the revision it commits
