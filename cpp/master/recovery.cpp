@@ -137,7 +137,7 @@ void MasterState::on_returning(uint64_t id, Conn& c, double now, Actions& out) {
 void MasterState::try_form(uint32_t group, double now, Actions& out) {
     auto rec = recovering_.find(group);
     if (rec == recovering_.end()) return;
-    const std::vector<uint64_t>& known = rec->second.known;
+    const std::vector<uint64_t> known = rec->second.known;  // a copy: the entry goes once the group is formed
     // Counted by the ids they had (a peer whose id was taken here has a new one).
     std::map<uint64_t, uint64_t> back;  // old id -> id here
     for (const auto& [id, c] : conns_)
