@@ -107,7 +107,8 @@ class Proxy:
         self.lock = threading.Lock()
         self.closed = False
         self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
 
     def _accept(self) -> None:
         while not self.closed:
@@ -132,8 +133,9 @@ class Proxy:
                     return
                 self.socks += [c, u]
                 self.connections += 1
-            for a, b in ((c, u), (u, c)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                for a, b in ((c, u), (u, c)):
+                    self.threads.append(threading.Thread(target=self._pump, args=(a, b), daemon=True))
+                    self.threads[-1].start()
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -151,15 +153,23 @@ class Proxy:
             pass
 
     def cut(self) -> None:
+        """Shuts every connection down (their pumps see the end and stop), then closes the sockets once no thread
+        uses them any more: closing a socket another thread reads is a race on its descriptor."""
         with self.lock:
+            if self.closed:
+                return
             self.closed = True
             socks, self.socks = self.socks, []
-        self.listener.close()
+            threads = list(self.threads)
         for s in socks:
             try:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        for t in threads:  # the acceptor polls `closed` every 0.05 s; the pumps saw their sockets shut down
+            t.join(5)
+        self.listener.close()
+        for s in socks:
             s.close()
 
 
