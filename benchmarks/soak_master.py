@@ -34,10 +34,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Run, print_footer  # noqa: E402
-from soak_state import Sampler, dead_intervals, figures_of, hash_speed, leftovers, soak_parser  # noqa: E402
+from soak_state import Sampler, check_and_measure, dead_intervals, hash_speed, leftovers, soak_parser  # noqa: E402
 from soak_state import report as state_report  # noqa: E402
 
-from pccl_arrays.testing import Harness, Schedule, check_state_run  # noqa: E402
+from pccl_arrays.testing import Harness, Schedule  # noqa: E402
 
 RESUME_GOAL_S = 2.0 + 1.0  # tests/test_master_restart.py's bound + the fence's straggler wait
 GAP_GOAL_S = 2.0 + 1.0  # soak_state's: the master's peer deadline + 1 s
@@ -193,12 +193,7 @@ def main(argv=None) -> int:
             doc["gaps"] = gaps(h)
             doc["event_log"] = [(round(t - h.run_started, 3), a, i) for t, a, i in h.events]
             doc["run_started_monotonic"] = h.run_started  # the clock of the peers' progress lines
-            doc["lifelong"] = {str(i): s for i, s in sampler.lifelong().items()}
-            try:
-                doc["checks"] = check_state_run(h, schedule, catch_up_s=15.0)
-            except AssertionError as e:
-                doc["errors"].append(f"check failed: {str(e)[:2000]}")
-            doc["figures"] = figures_of(h)
+            check_and_measure(h, schedule, sampler, doc)
         finally:
             h.close()
             doc["leftovers"] = leftovers(tmp)

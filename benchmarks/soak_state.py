@@ -217,6 +217,17 @@ def report(doc: dict) -> None:
     print_footer(doc)
 
 
+def check_and_measure(h: Harness, schedule: Schedule, sampler, doc: dict) -> None:
+    """The end of a soak run (soak_master.py's too): the long-lived peers' samples, the churn test's checks (a
+    failure is recorded in doc["errors"]) and the figures."""
+    doc["lifelong"] = {str(i): s for i, s in sampler.lifelong().items()}
+    try:
+        doc["checks"] = check_state_run(h, schedule, catch_up_s=15.0)
+    except AssertionError as e:
+        doc["errors"].append(f"check failed: {str(e)[:2000]}")
+    doc["figures"] = figures_of(h)
+
+
 def soak_parser(doc: str, name: str):
     """The soak's options (soak_master.py adds its own to these)."""
     ap = benchmark_parser(doc, name, quick="40 s")
@@ -259,12 +270,7 @@ def main(argv=None) -> int:
             sampler.stop()
             h.wait_all(30.0)
             doc["gap"] = longest_gap(h)
-            doc["lifelong"] = {str(i): s for i, s in sampler.lifelong().items()}
-            try:
-                doc["checks"] = check_state_run(h, schedule, catch_up_s=15.0)
-            except AssertionError as e:
-                doc["errors"].append(f"check failed: {str(e)[:2000]}")
-            doc["figures"] = figures_of(h)
+            check_and_measure(h, schedule, sampler, doc)
         finally:
             h.close()
             doc["leftovers"] = leftovers(tmp)

@@ -132,7 +132,6 @@ public:
         auto it = conns_.find(internal(conn));
         return it != conns_.end() && it->second.hello;
     }
-    uint64_t epoch() const { return config_.epoch; }
 
 private:
     struct Conn {
