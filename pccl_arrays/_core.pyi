@@ -7,7 +7,7 @@ import typing
 import typing_extensions
 __all__: list[str] = ['BufferPool', 'CODES', 'Communicator', 'DEFAULTS', 'DLView', 'HostBuffer', 'MasterServer', 'OpInfo', 'PROTOCOL_VERSION', 'content_hash', 'log_attach_drain', 'log_level', 'log_take', 'memcpy', 'quantization_residual']
 class MasterServer:
-    def __init__(self, *, listen: str, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, secret: bytes | None = None, encrypt: bool = False, rejoin_window: typing.SupportsFloat | typing.SupportsIndex = 1.5) -> None:
+    def __init__(self, *, listen: str, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, secret: bytes | None = None, encrypt: bool = False, rejoin_window: typing.SupportsFloat | typing.SupportsIndex = 1.5, require_inbound: bool = False) -> None:
         ...
     def links(self) -> list:
         ...
@@ -76,6 +76,8 @@ class Communicator:
         ...
     def pending_peers(self) -> int:
         ...
+    def relay_stats(self) -> dict:
+        ...
     def ring_ids(self) -> list[int]:
         ...
     def sync_state(self, *, entries: list, data_ptrs: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], revision: typing.SupportsInt | typing.SupportsIndex, strategy: typing.SupportsInt | typing.SupportsIndex, timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0) -> dict:
@@ -99,6 +101,9 @@ class Communicator:
         ...
     @property
     def group_world_size(self) -> int:
+        ...
+    @property
+    def inbound(self) -> bool:
         ...
     @property
     def peer_id(self) -> int:
@@ -202,4 +207,4 @@ def quantization_residual(*, input_ptr: typing.SupportsInt | typing.SupportsInde
     """
 CODES: dict = {'dtype': {'int8': 0, 'uint8': 1, 'int16': 2, 'uint16': 3, 'int32': 4, 'uint32': 5, 'int64': 6, 'uint64': 7, 'float16': 8, 'bfloat16': 9, 'float32': 10, 'float64': 11}, 'op': {'sum': 0, 'avg': 1, 'prod': 2, 'max': 3, 'min': 4}, 'quant_kind': {'none': 0, 'minmax': 1, 'zeropoint': 2, 'minmax4': 3}, 'rounding': {'nearest': 0, 'stochastic': 1}, 'sync_strategy': {'enforce_popular': 0, 'receive_only': 1, 'send_only': 2}, 'error_kind': {'invalid_argument': 1, 'peer_lost': 2, 'too_few_peers': 3, 'master_unreachable': 4, 'protocol': 5, 'mismatch': 6, 'evicted': 7, 'state': 8, 'network': 9, 'timeout': 10, 'shared_state': 11, 'interrupted': 12, 'authentication': 13}}
 DEFAULTS: dict = {'peer_timeout': 10.0, 'handshake_timeout': 5.0, 'rejoin_window': 1.5, 'connections': 4, 'connect_timeout': 10.0, 'heartbeat_interval': 0.5, 'master_timeout': 10.0, 'master_grace': 60.0, 'data_timeout': 30.0, 'piece_bytes': 1048576, 'op_timeout': 1800.0}
-PROTOCOL_VERSION: int = 7
+PROTOCOL_VERSION: int = 8

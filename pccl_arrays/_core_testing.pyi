@@ -6,7 +6,7 @@ import collections.abc
 import typing
 __all__: list[str] = ['MasterState', 'PROTOCOL_VERSION', 'SealedPipe', 'best_ring', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'log_for_tests', 'master_cost', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into', 'reduce_owner', 'ring_score', 'schema', 'solve_ring_exact', 'solve_ring_heuristic']
 class MasterState:
-    def __init__(self, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, probe_addresses: bool = False, epoch: typing.SupportsInt | typing.SupportsIndex = 0, rejoin_window: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> None:
+    def __init__(self, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, probe_addresses: bool = False, epoch: typing.SupportsInt | typing.SupportsIndex = 0, rejoin_window: typing.SupportsFloat | typing.SupportsIndex = 0.0, require_inbound: bool = False) -> None:
         ...
     def on_connect(self, conn: typing.SupportsInt | typing.SupportsIndex, addr: str, now: typing.SupportsFloat | typing.SupportsIndex) -> list:
         ...
@@ -79,4 +79,4 @@ def solve_ring_exact(bandwidth: collections.abc.Sequence[collections.abc.Sequenc
     ...
 def solve_ring_heuristic(bandwidth: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], latency: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], admission: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> list[int]:
     ...
-PROTOCOL_VERSION: int = 7
+PROTOCOL_VERSION: int = 8

@@ -47,6 +47,9 @@ def main(argv=None) -> int:
     m.add_argument("--rejoin-window", type=float, default=1.5,
                    help="seconds after the start during which a group nobody is in admits no newcomer, so that a "
                         "restarted master takes its returning peers first (docs/master.md)")
+    m.add_argument("--require-inbound", action="store_true",
+                   help="refuse peers whose data port the master cannot dial, instead of admitting them as peers "
+                        "that dial all their connections (docs/nat.md)")
     m.add_argument("--secret-file", help="file holding the run's secret (default: the PCCL_ARRAYS_SECRET environment "
                                          "variable, if set); peers need the same secret")
     m.add_argument("--encrypt", action="store_true", help="encrypt every frame of the run (needs a secret)")
@@ -83,7 +86,8 @@ def _run(args, wan) -> int:
     if args.command == "master":
         secret = _read_secret(args.secret_file) if args.secret_file else None
         master = Master(args.listen, peer_timeout=args.peer_timeout, handshake_timeout=args.handshake_timeout,
-                        secret=secret, encrypt=args.encrypt, rejoin_window=args.rejoin_window).start()
+                        secret=secret, encrypt=args.encrypt, rejoin_window=args.rejoin_window,
+                        require_inbound=args.require_inbound).start()
         mode = "encrypted" if master.encrypted else "authenticated" if master.authenticated else "no secret"
         if not master.authenticated and not master.address.startswith(_LOOPBACK):  # before the line scripts wait for
             print(f"pccl-arrays: warning: the master listens on {master.address}, beyond this machine, without a "

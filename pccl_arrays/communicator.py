@@ -63,7 +63,11 @@ class Communicator(CollectiveMethods):
             separated by commas): peers use the first that answers (docs/master.md).
         peer_group: operations run among peers of the same group; admission votes are global.
         connections: k, the TCP connections to the ring successor; one operation is striped over all of them.
-        listen: ``host:port`` for the data port (port 0: the OS chooses).
+        listen: ``host:port`` for the data port (port 0: the OS chooses). None: no data port at all; this peer
+            dials every connection it has (behind NAT or a firewall, docs/nat.md).
+        inbound: False says that no other peer can dial this one (same as ``listen=None``). Left True, the master
+            finds out by dialing the data port once at admission, and a peer it cannot reach takes part anyway,
+            dialing all its connections.
         advertise: the host (or ``host:port``) other peers should dial, when it differs from the address the
             master sees (NAT, port forwarding, a relay). Default: this peer's address toward the master.
         connect_timeout: seconds for TCP connects and for the master's welcome.
@@ -95,8 +99,9 @@ class Communicator(CollectiveMethods):
         peer_group: int = 0,
         connections: int = _DEFAULTS["connections"],
         *,
-        listen: str = "0.0.0.0:0",
+        listen: Optional[str] = "0.0.0.0:0",
         advertise: Optional[str] = None,
+        inbound: bool = True,
         connect_timeout: float = _DEFAULTS["connect_timeout"],
         heartbeat_interval: float = _DEFAULTS["heartbeat_interval"],
         master_timeout: float = _DEFAULTS["master_timeout"],
@@ -119,6 +124,15 @@ class Communicator(CollectiveMethods):
             raise InvalidArgumentError(f"min_world_size must be an int >= 1, not {min_world_size!r}")
         if op_timeout is not None and not (isinstance(op_timeout, (int, float)) and op_timeout > 0):
             raise InvalidArgumentError(f"op_timeout must be a positive number of seconds or None, not {op_timeout!r}")
+        if not isinstance(inbound, bool):
+            raise InvalidArgumentError(f"inbound must be True or False, not {inbound!r}")
+        if listen is not None and (not isinstance(listen, str) or not listen):
+            raise InvalidArgumentError(f"listen must be 'host:port' or None, not {listen!r}")
+        if not inbound or listen is None:
+            listen = ""  # the core's "no data port"
+            if advertise:
+                raise InvalidArgumentError("advertise= names an address others dial, and this peer has no data port "
+                                           "(listen=None or inbound=False)")
         if not isinstance(buffer_pool_bytes, int) or isinstance(buffer_pool_bytes, bool) or buffer_pool_bytes < 0:
             raise InvalidArgumentError(f"buffer_pool_bytes must be an int >= 0, not {buffer_pool_bytes!r}")
         self._core = _core.Communicator(
@@ -273,8 +287,21 @@ class Communicator(CollectiveMethods):
 
     @property
     def data_port(self) -> int:
-        """The port this peer's data socket listens on (it differs from ``data_address`` behind a relay or NAT)."""
+        """The port this peer's data socket listens on (it differs from ``data_address`` behind a relay or NAT);
+        0 without a data port."""
         return self._core.data_port
+
+    @property
+    def inbound(self) -> bool:
+        """Whether other peers can dial this one, as the master found at admission (docs/nat.md). False: it dials
+        all its connections, and one to another such peer goes through a relay."""
+        return self._core.inbound
+
+    def relay_stats(self) -> dict:
+        """Peers behind NAT (docs/nat.md): ``inbound``; ``relayed_connections``, the connections this peer opened
+        through a relay (as either end) and ``via_master``, those through the master's; ``relay_pipes``,
+        ``relay_open``, ``relay_bytes`` and ``relay_unmatched``: what this peer's data port relayed for others."""
+        return self._core.relay_stats()
 
     def connection_stats(self) -> list:
         """Per pooled connection: peer, index, direction ('send' or 'recv') and bytes moved (diagnostics)."""

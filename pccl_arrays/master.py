@@ -22,22 +22,29 @@ class Master:
         rejoin_window: for this many seconds after it starts, the master admits no newcomer into a group that
             has nobody in it yet, so that when it was restarted the run's returning peers come first and keep
             their ids (docs/master.md). A fresh run's first admission waits for it.
+        require_inbound: refuse a newcomer whose data port the master cannot dial (NetworkError at its connect()),
+            as before peers behind NAT were supported. Default False: such a peer is admitted and dials all its
+            connections; two such peers reach each other through a relay (docs/nat.md).
     """
 
     def __init__(self, listen: str = "127.0.0.1:0", *, peer_timeout: float = _core.DEFAULTS["peer_timeout"],
                  handshake_timeout: float = _core.DEFAULTS["handshake_timeout"], secret: _secret.Secret = None,
-                 encrypt: bool = False, rejoin_window: float = _core.DEFAULTS["rejoin_window"]):
+                 encrypt: bool = False, rejoin_window: float = _core.DEFAULTS["rejoin_window"],
+                 require_inbound: bool = False):
         for name, value in (("peer_timeout", peer_timeout), ("handshake_timeout", handshake_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InvalidArgumentError(f"{name} must be a positive number of seconds, not {value!r}")
         if isinstance(rejoin_window, bool) or not isinstance(rejoin_window, (int, float)) or not rejoin_window >= 0:
             raise InvalidArgumentError(f"rejoin_window must be a number of seconds >= 0, not {rejoin_window!r}")
+        if not isinstance(require_inbound, bool):
+            raise InvalidArgumentError(f"require_inbound must be True or False, not {require_inbound!r}")
         key = _secret.resolve(secret)
         if encrypt and key is None:
             raise InvalidArgumentError("encrypt=True needs a secret (secret= or PCCL_ARRAYS_SECRET)")
         self.authenticated, self.encrypted = key is not None, bool(encrypt)
         self._server = _core.MasterServer(listen=listen, peer_timeout=peer_timeout, handshake_timeout=handshake_timeout,
-                                          secret=key, encrypt=bool(encrypt), rejoin_window=float(rejoin_window))
+                                          secret=key, encrypt=bool(encrypt), rejoin_window=float(rejoin_window),
+                                          require_inbound=require_inbound)
 
     def start(self) -> "Master":
         """Binds and starts serving; returns self."""

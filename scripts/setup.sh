@@ -8,6 +8,12 @@ if [ ! -f /usr/include/openssl/evp.h ] && command -v apt-get >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get install -y -q libssl-dev >/dev/null || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q libssl-dev >/dev/null; }
 fi
+# The NAT network tests (tests/test_netns.py, pccl_arrays/testing/netns.py) need iptables; they skip without it.
+if ! command -v iptables >/dev/null && ! [ -x /usr/sbin/iptables ] && command -v apt-get >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo -n"  # never waits for a password: the tests need root anyway
+  { $SUDO apt-get install -y -q iptables >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q iptables >/dev/null 2>&1; }; } ||
+    echo "setup.sh: could not install iptables; the network-namespace tests will be skipped" >&2
+fi
 if [ ! -x .venv/bin/python ]; then
   PY=${PYTHON:-}
   if [ -z "$PY" ]; then

@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+import pccl_arrays as pa
+
 from procs import spawn, wait_all
 
 
@@ -40,13 +42,22 @@ def test_state_lost_is_loud_and_a_send_only_checkpoint_resumes(master, tmp_path)
 
 
 @pytest.mark.timeout(90)
-def test_an_unreachable_newcomer_is_refused_and_nobody_else_notices(master, tmp_path):
+def test_with_require_inbound_an_unreachable_newcomer_is_refused_and_nobody_else_notices(tmp_path):
+    """The old strictness, asked for (docs/nat.md): without require_inbound the newcomer would be admitted as a
+    peer that dials all its connections (tests/test_nat.py)."""
+    with pa.Master("127.0.0.1:0", peer_timeout=2.0, handshake_timeout=2.0, rejoin_window=0.0,
+                   require_inbound=True) as master:
+        _unreachable_newcomer_is_refused(master, tmp_path)
+
+
+def _unreachable_newcomer_is_refused(master, tmp_path):
     peers = [spawn(master.address, "reachability", r, 3, tmp_path) for r in range(2)]
     peers[0].wait_event("running", 60)
     bad = spawn(master.address, "reachability", 2, 3, tmp_path)
     wait_all([bad], 30)
     res = bad.result()
     assert res["error"] == "NetworkError" and "127.0.0.1:1" in res["message"] and "advertise" in res["message"]
+    assert "require_inbound" in res["message"]
     assert res["seconds"] < 5.0  # its connect_timeout
     time.sleep(0.3)  # the others keep going after the refusal
     (tmp_path / "release").write_text("")

@@ -152,9 +152,23 @@ def test_a_newcomer_counts_as_pending_only_once_its_address_answered():
     assert set(admitted) == {1, 2} and [p["id"] for p in admitted[1]["ring"]] == [1, 2]
 
 
-def test_a_newcomer_whose_address_refuses_is_told_why_and_nobody_notices():
+def test_an_unreachable_newcomer_is_admitted_as_a_peer_that_dials_and_nobody_notices():
     m = Master()
     m.state = _core_testing.MasterState(peer_timeout=10.0, handshake_timeout=5.0, probe_addresses=True)
+    m.hello(1)
+    m.state.on_probe_result(1, True, "", m.now)
+    m.hello(2)
+    assert m.state.on_probe_result(2, False, "Connection timed out", m.now) == []  # admitted at the next vote
+    admitted = sends(m.msg(1, "topo_request", seq=1), "topo_result")
+    assert set(admitted) == {1, 2} and all(r["kind"] == 0 for r in admitted.values())
+    assert [(p["id"], p["inbound"]) for p in admitted[1]["ring"]] == [(1, 1), (2, 0)]
+    assert m.stats()["peers_accepted"] == 2
+
+
+def test_with_require_inbound_a_newcomer_whose_address_refuses_is_told_why_and_nobody_notices():
+    m = Master()
+    m.state = _core_testing.MasterState(peer_timeout=10.0, handshake_timeout=5.0, probe_addresses=True,
+                                        require_inbound=True)
     m.hello(1)
     m.state.on_probe_result(1, True, "", m.now)
     m.hello(2)

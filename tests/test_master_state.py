@@ -26,7 +26,7 @@ def test_first_peer_is_admitted_at_once(m):
     assert m.connect(1) == []
     acts = m.msg(1, "hello", group=0, connections=4, host="10.0.0.1", port=9001)
     assert types(acts) == [("send", 1, "welcome"), ("send", 1, "topo_result")]
-    assert acts[0][3] == {"peer_id": 1, "epoch": 0}  # the fake master runs at epoch 0
+    assert acts[0][3] == {"peer_id": 1, "epoch": 0, "relay_port": 0}  # the fake master: epoch 0, no relay
     assert acts[1][3] == {"seq": 0, "world_size": 1, "pending": 0, "ring": ring_of(1), "kind": 0, "reason": ""}
     assert m.stats()["peers_accepted"] == 1
 

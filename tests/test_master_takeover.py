@@ -45,7 +45,7 @@ def m():
 def test_returning_peers_keep_their_ids_and_ring_once_a_majority_is_back(m):
     # Old ring 7, 9, 4 (in that order); they come back on connections 1, 2 and 3 in another order.
     acts = returning(m, 1, 9, [7, 9, 4])
-    assert sends(acts, "welcome") == {1: {"peer_id": 9, "epoch": 0}}
+    assert sends(acts, "welcome") == {1: {"peer_id": 9, "epoch": 0, "relay_port": 0}}
     assert admitted(acts) == {}  # 1 of 3: held
     acts = returning(m, 2, 4, [7, 9, 4])
     assert admitted(acts) == {}  # 2 of 3: a majority, waiting a moment for the third
@@ -149,7 +149,7 @@ def test_a_late_returner_rejoins_as_a_newcomer_with_the_groups_verdicts(m):
     m.tick(m.now + 2)  # formed without 4: operation 501 aborted
     # Peer 4 committed 501 before the old master died: it went its own way, so it does not hold the state.
     acts = returning(m, 3, 4, [7, 9, 4], committed=[501], in_doubt=[502])
-    assert sends(acts, "welcome") == {3: {"peer_id": 4, "epoch": 0}}
+    assert sends(acts, "welcome") == {3: {"peer_id": 4, "epoch": 0, "relay_port": 0}}
     assert sends(acts, "op_abort")[3]["op_id"] == 502
     assert admitted(acts) == {}  # a newcomer: admitted by the next vote
     assert sends(m.msg(1, "heartbeat"), "heartbeat_ack") == {1: {"pending": 1}}

@@ -19,7 +19,7 @@ from pccl_arrays import _core, _core_testing
 from pccl_arrays.errors import InvalidArgumentError, PCCLError, ProtocolError
 
 MAGIC = 0x52414350
-VERSION = 7
+VERSION = 8
 HEADER = struct.Struct("<IHHII")  # magic, version, type, length, reserved
 MAX_CONTROL = 1 << 20
 MAX_DATA = (64 << 20) + 24  # one piece plus the data header
@@ -32,7 +32,8 @@ TYPE_CODES = {m["name"]: m["code"] for m in _core_testing.schema()["messages"]}
 MAX_STATE = 16 << 20  # SYNC_START / SYNC_PLAN
 EMPTY_TYPES = {"heartbeat", "leave"}
 
-RING = [{"id": 7, "host": "10.0.0.7", "port": 4000}, {"id": 2**64 - 1, "host": "hôte-ü", "port": 65535}]
+RING = [{"id": 7, "host": "10.0.0.7", "port": 4000, "inbound": 0},
+        {"id": 2**64 - 1, "host": "hôte-ü", "port": 65535, "inbound": 0}]
 
 # One message of every type with every field set to something other than its default.
 SAMPLES = {
@@ -40,7 +41,7 @@ SAMPLES = {
               "back": {"peer_id": 7, "epoch": 1796570000000, "ring": [7, 9, 4], "revision": 41, "synced": 1,
                        "committed": [117740004761338001, 117740004761338003], "in_doubt": [117740004761338005],
                        "doubt_sync": 0, "doubt_revision": 0}, "standby": 1},
-    "welcome": {"peer_id": 0x0102030405060708, "epoch": 1796570000000},
+    "welcome": {"peer_id": 0x0102030405060708, "epoch": 1796570000000, "relay_port": 40123},
     "heartbeat": {},
     "heartbeat_ack": {"pending": 4},
     "topo_request": {"seq": 12, "timeout_ms": 30000, "min_world": 2},
@@ -68,10 +69,10 @@ SAMPLES = {
                   "recvs": [{"from": 5, "begin": 0, "end": 10, "stripes": 2}]},
     "opt_start": {"seq": 4, "timeout_ms": 6000, "min_world": 2},
     "opt_plan": {"opt_id": 21, "seq": 4, "probe_ms": 700, "rounds": [{"send_to": RING[0], "recv_from": 9},
-                                                                      {"send_to": {"id": 0, "host": "", "port": 0},
+                                                                      {"send_to": {"id": 0, "host": "", "port": 0, "inbound": 1},
                                                                        "recv_from": 0}]},
     "opt_report": {"opt_id": 21, "links": [{"from": 9, "to": 7, "bandwidth": 12_500_000, "rtt_us": 40_000}]},
-    "peer_hello": {"from": 3, "to": 4, "index": 2, "slot": 5},
+    "peer_hello": {"from": 3, "to": 4, "index": 2, "slot": 5, "mode": 3},
     "data": {"op_id": 17, "step": 3, "stripe": 1, "offset": 2**33, "payload": b"\x00\x01\xfe\xff" * 5},
     "auth_hello": {"context": 2, "nonce": bytes(range(32))},
     "auth_challenge": {"nonce": bytes(range(100, 132)), "encrypt": 1, "mac": bytes(range(200, 232))},
@@ -160,15 +161,17 @@ def test_golden_frames_cover_every_message():
 
 
 def test_header_layout_byte_by_byte():
-    frame = _core_testing.encode_frame("welcome", {"peer_id": 0x0102030405060708, "epoch": 0x1112131415161718})
-    assert len(frame) == 16 + 16
+    frame = _core_testing.encode_frame("welcome", {"peer_id": 0x0102030405060708, "epoch": 0x1112131415161718,
+                                                   "relay_port": 0x2122})
+    assert len(frame) == 16 + 18
     assert frame[0:4] == bytes([0x50, 0x43, 0x41, 0x52]) == b"PCAR"  # magic 0x52414350, little-endian
-    assert frame[4:6] == bytes([0x07, 0x00])  # protocol version 7
+    assert frame[4:6] == bytes([0x08, 0x00])  # protocol version 8
     assert frame[6:8] == bytes([0x02, 0x00])  # type 2 = welcome
-    assert frame[8:12] == bytes([0x10, 0x00, 0x00, 0x00])  # payload length 16
+    assert frame[8:12] == bytes([0x12, 0x00, 0x00, 0x00])  # payload length 18
     assert frame[12:16] == bytes([0x00, 0x00, 0x00, 0x00])  # reserved, zero
     assert frame[16:24] == bytes([0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01])  # u64 little-endian
     assert frame[24:32] == bytes([0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12, 0x11])
+    assert frame[32:34] == bytes([0x22, 0x21])  # u16 little-endian
 
 
 def test_missing_fields_take_their_declared_defaults():
@@ -184,7 +187,8 @@ def test_missing_fields_take_their_declared_defaults():
 
 
 def test_extreme_values_round_trip():
-    ring = [{"id": 2**64 - 1, "host": "x" * MAX_STRING, "port": 65535}, {"id": 0, "host": "", "port": 0}]
+    ring = [{"id": 2**64 - 1, "host": "x" * MAX_STRING, "port": 65535, "inbound": 1},
+            {"id": 0, "host": "", "port": 0, "inbound": 0}]
     cases = {
         "hello": {"group": 2**32 - 1, "connections": 2**32 - 1, "host": "h" * MAX_STRING, "port": 65535,
                   "back": {"peer_id": 2**64 - 1, "epoch": 2**64 - 1, "ring": [2**64 - 1] * 3, "revision": 2**64 - 1,
@@ -208,10 +212,10 @@ def test_extreme_values_round_trip():
 
 
 def test_control_frame_exactly_at_the_length_limit_decodes():
-    # 20 bytes of fixed fields, then 255 peers with 4096-byte hosts and one with a 1001-byte host, then the
-    # error kind and an empty reason (3 bytes): 1 MiB exactly.
-    ring = [{"id": i, "host": "a" * MAX_STRING, "port": i} for i in range(255)]
-    ring.append({"id": 255, "host": "b" * 1001, "port": 255})
+    # 20 bytes of fixed fields, then 255 peers with 4096-byte hosts and one with a 745-byte host (each peer
+    # 15 bytes besides its host), then the error kind and an empty reason (3 bytes): 1 MiB exactly.
+    ring = [{"id": i, "host": "a" * MAX_STRING, "port": i, "inbound": i % 2} for i in range(255)]
+    ring.append({"id": 255, "host": "b" * 745, "port": 255, "inbound": 1})
     fields = {"seq": 1, "world_size": 256, "pending": 0, "ring": ring, "kind": 0, "reason": ""}
     frame = _core_testing.encode_frame("topo_result", fields)
     assert len(frame) == 16 + MAX_CONTROL
@@ -241,7 +245,7 @@ def test_bad_magic(index):
     assert_protocol_error(bytes(frame), "magic")
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 6, 8, 0x0100, 0xFFFF])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 6, 7, 9, 0x0100, 0xFFFF])
 def test_wrong_protocol_version(version):
     assert_protocol_error(header(TYPE_CODES["heartbeat"], 0, version=version), "version")
 

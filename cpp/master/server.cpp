@@ -31,6 +31,9 @@ void MasterServer::start() {
     net::Address a = net::parse_address(listen_);
     listen_fd_ = net::listen_on(a.host, a.port, &port_);
     host_ = a.host;
+    if (auth_.key) relay_.set_key(*auth_.key);
+    relay_.set_policy(auth_.encrypt);
+    state_.set_relay_port(relay_.start(a.host, 0, config_.handshake_timeout));
     running_ = true;
     thread_ = std::thread([this] { loop(); });
     log_info("master listening on " + address());
@@ -45,6 +48,7 @@ void MasterServer::stop() {
     for (auto& [id, t] : probes_) t.join();  // each is bounded by handshake_timeout
     probes_.clear();
     net::close_fd(listen_fd_);
+    relay_.stop();
 }
 
 std::string MasterServer::address() const { return host_ + ":" + std::to_string(port_); }
@@ -53,6 +57,11 @@ MasterStats MasterServer::stats() const {
     std::lock_guard<std::mutex> g(mu_);
     MasterStats s = state_.stats();
     s.cpu_seconds = cpu_seconds_;
+    s.outbound_only = state_.outbound_only().size();
+    s.relayed_edges = state_.relayed_edges();
+    const RelayStats r = relay_.relay_stats();
+    s.master_relay_pipes = r.pipes;
+    s.master_relay_bytes = r.bytes;
     return s;
 }
 

@@ -21,6 +21,7 @@
 #include "transport/handshake.hpp"
 #include "master/state.hpp"
 #include "transport/net.hpp"
+#include "transport/pool.hpp"
 
 namespace pccl {
 
@@ -113,6 +114,9 @@ private:
     std::map<uint64_t, std::thread> probes_;  // by connection; joined when their result is collected, or at stop()
     std::atomic<bool> running_{false};
     std::atomic<double> cpu_seconds_{0};  // the loop thread's CPU time, for stats()
+    // The relay of last resort for two peers behind NAT with no reachable peer between them (docs/nat.md): a
+    // data port of its own that serves relay requests only (PEER_HELLO for peer 0 is refused).
+    ConnPool relay_;
     net::Wakeup wake_;
     std::thread thread_;
 };

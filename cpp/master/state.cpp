@@ -2,7 +2,9 @@
 
 #include <algorithm>
 
+#include "base/log.hpp"
 #include "master/text.hpp"
+#include "planning/keep_apart.hpp"
 
 namespace pccl {
 
@@ -46,8 +48,13 @@ const std::vector<uint64_t>& MasterState::cached_ring(uint32_t group) const {
     std::sort(order.begin(), order.end());
     std::vector<uint64_t> ids;
     for (auto& [seq, id] : order) ids.push_back(id);
+    // Peers that accept no connections are kept apart where the group allows it (docs/nat.md): an edge between
+    // two of them needs a relay.
+    auto apart = [this](const std::vector<uint64_t>& ring) {
+        return topology::keep_apart(ring, [this](uint64_t id) { return !conns_.at(id).info.inbound; });
+    };
     auto solved = order_.find(group);
-    if (solved == order_.end()) return ring_cache_[group] = ids;
+    if (solved == order_.end()) return ring_cache_[group] = apart(ids);
     // The order optimize_topology() chose, for the peers still here; peers admitted since follow it.
     const std::set<uint64_t> here(ids.begin(), ids.end());
     std::vector<uint64_t> ring;
@@ -56,7 +63,7 @@ const std::vector<uint64_t>& MasterState::cached_ring(uint32_t group) const {
         if (here.count(id) && placed.insert(id).second) ring.push_back(id);
     for (uint64_t id : ids)
         if (placed.insert(id).second) ring.push_back(id);
-    return ring_cache_[group] = ring;
+    return ring_cache_[group] = apart(ring);
 }
 
 bool MasterState::group_syncing(uint32_t group) const {
@@ -177,15 +184,18 @@ void MasterState::on_hello(uint64_t id, Conn& c, const std::vector<uint8_t>& pay
     p.hello = true;
     p.group = m.group;
     p.connections = m.connections;
-    p.info = wire::PeerInfo{pid, m.host, m.port};
+    p.info = wire::PeerInfo{pid, m.host, m.port, uint8_t(m.port != 0)};
     p.back = std::move(m.back);
     if (m.standby) standby_groups_.insert(p.group);  // its group is fenced here too, from now on
-    send(out, pid, MsgType::kWelcome, wire::Welcome{pid, config_.epoch});
-    if (config_.probe_addresses) {
+    send(out, pid, MsgType::kWelcome, wire::Welcome{pid, config_.epoch, config_.relay_port});
+    if (m.port == 0) {  // no data port at all (listen=None): nothing to probe
+        if (config_.require_inbound) return refuse_outbound_only(pid, "it has no data port", out);
+        log_info("master: " + describe(pid) + " has no data port: it dials all its connections (docs/nat.md)");
+    } else if (config_.probe_addresses) {
         out.push_back(MasterAction{MasterAction::kProbe, pid, {}, {}, p.info});
         return;  // admitted once the probe succeeds (on_probe_result)
     }
-    p.reachable = true;
+    p.probed = true;
     if (p.back.peer_id) return on_returning(pid, p, now, out);
     try_complete_topology(out);
 }
@@ -196,21 +206,53 @@ std::vector<MasterAction> MasterState::on_probe_result(uint64_t conn, bool reach
     auto it = conns_.find(id);
     if (it == conns_.end() || it->second.accepted) return out;
     Conn& c = it->second;
-    if (reachable) {
-        c.reachable = true;
-        if (c.back.peer_id) on_returning(id, c, now, out);
-        else try_complete_topology(out);
-        return external(std::move(out));
-    }
     const std::string where = c.info.host + ":" + std::to_string(c.info.port);
+    if (!reachable) {
+        if (config_.require_inbound) {
+            refuse_outbound_only(id, "the master could not connect to its data address " + where + " (" + reason + ")", out);
+            return external(std::move(out));
+        }
+        c.info.inbound = 0;
+        log_info("master: " + describe(id) + ": its data address " + where + " is unreachable (" + reason +
+                 "); admitting it as a peer that dials all its connections (docs/nat.md)");
+    }
+    c.probed = true;
+    if (c.back.peer_id) on_returning(id, c, now, out);
+    else try_complete_topology(out);
+    return external(std::move(out));
+}
+
+void MasterState::refuse_outbound_only(uint64_t id, const std::string& why, Actions& out) {
     wire::TopoResult refusal;
     refusal.kind = uint8_t(ErrorKind::kNetwork);
-    refusal.reason = "the master could not connect to this peer's data address " + where + " (" + reason +
-                     "), so its ring neighbours could not either: open that port to the other peers, or pass "
-                     "Communicator(advertise='host[:port]') with an address they can reach";
+    refusal.reason = "this master requires every peer to accept connections (require_inbound), and " + why +
+                     ": open that port to the other peers, or pass Communicator(advertise='host[:port]') with an "
+                     "address they can reach";
     send(out, id, MsgType::kTopoResult, refusal);
-    remove(id, describe(id) + " refused: its data address " + where + " is unreachable (" + reason + ")", out);
-    return external(std::move(out));
+    remove(id, describe(id) + " refused: " + why, out);
+}
+
+std::vector<uint64_t> MasterState::outbound_only() const {
+    std::vector<uint64_t> ids;
+    for (const auto& [id, c] : conns_)
+        if (c.accepted && !c.info.inbound) ids.push_back(id);
+    return ids;
+}
+
+uint64_t MasterState::relayed_edges() const {
+    std::set<uint32_t> groups;
+    for (const auto& [id, c] : conns_)
+        if (c.accepted) groups.insert(c.group);
+    uint64_t n = 0;
+    for (uint32_t g : groups) {
+        const auto& ring = cached_ring(g);
+        if (ring.size() < 2) continue;
+        for (size_t k = 0; k < ring.size(); k++) {
+            if (ring.size() == 2 && k == 1) break;  // two peers: one edge
+            n += !conns_.at(ring[k]).info.inbound && !conns_.at(ring[(k + 1) % ring.size()]).info.inbound;
+        }
+    }
+    return n;
 }
 
 bool MasterState::group_in_collective(uint32_t group, uint64_t except) const {

@@ -83,6 +83,10 @@ struct MasterConfig {
     // For its first rejoin_window seconds a master admits no newcomer into a group nobody is accepted in: if it
     // was restarted, the group's returning peers (which retry at least once a second) come first.
     double rejoin_window = 1.5;
+    // A newcomer whose data address the probe cannot reach (or that has none) is admitted as a peer that dials
+    // every connection itself (docs/nat.md); with require_inbound it is refused, as before NAT support.
+    bool require_inbound = false;
+    uint16_t relay_port = 0;  // the server's relay for peers that cannot reach each other (WELCOME.relay_port)
 };
 
 struct MasterAction {
@@ -102,6 +106,10 @@ struct MasterStats {
     uint64_t takeovers = 0;  // groups re-formed from returning peers (master/recovery.cpp)
     uint64_t fenced = 0;     // groups given up: fewer than a majority of their last peers left here
     double cpu_seconds = 0;  // the master's loop thread (filled in by MasterServer)
+    // Peers behind NAT (docs/nat.md): admitted peers that accept no connections, ring edges between two of them
+    // (each needs a relay), and what the master's own relay carried (filled in by MasterServer).
+    uint64_t outbound_only = 0, relayed_edges = 0;
+    uint64_t master_relay_pipes = 0, master_relay_bytes = 0;
     std::vector<std::string> recent_drops;  // reasons of the last dropped connections
 };
 
@@ -120,6 +128,10 @@ public:
     std::vector<MasterAction> on_probe_result(uint64_t conn, bool reachable, const std::string& reason, double now);
 
     const MasterStats& stats() const { return stats_; }
+    void set_relay_port(uint16_t port) { config_.relay_port = port; }  // the server's, once it listens
+    // The admitted peers that accept no connections, and the ring edges between two of them (relayed).
+    std::vector<uint64_t> outbound_only() const;
+    uint64_t relayed_edges() const;
     // The link measurements it keeps: (from, to, bandwidth bytes/s, round trip us), for diagnostics.
     std::vector<wire::LinkMeasure> links() const {
         std::vector<wire::LinkMeasure> out;
@@ -138,7 +150,8 @@ private:
         std::string addr;
         double since = 0, last_seen = 0;
         bool hello = false, accepted = false;
-        bool reachable = false;          // its data address passed the probe (or probing is off)
+        bool probed = false;             // its data address was probed (or probing is off, or it has none):
+                                         // info.inbound says whether others can dial it
         uint32_t group = 0, connections = 1;
         uint64_t admitted_seq = 0;
         wire::PeerInfo info;
@@ -211,7 +224,7 @@ private:
     Actions external(Actions out);  // actions with connection ids; forgets the ids of removed peers
     uint64_t choose_id(uint64_t id, const wire::Returning& back);
     bool admissible(const Conn& c) const {  // a newcomer the next vote could admit
-        return c.hello && !c.accepted && c.reachable && !c.held && !recovering_.count(c.group);
+        return c.hello && !c.accepted && c.probed && !c.held && !recovering_.count(c.group);
     }
     // A returning peer whose address passed the probe: held for its group's majority, or a newcomer.
     void on_returning(uint64_t id, Conn& c, double now, Actions& out);
@@ -266,7 +279,8 @@ private:
         ring_cache_.clear();
         ring_epoch_++;
     }
-    bool group_syncing(uint32_t group) const;  // a sync of the group is collecting or running
+    bool group_syncing(uint32_t group) const;
+    void refuse_outbound_only(uint64_t id, const std::string& why, Actions& out);  // require_inbound  // a sync of the group is collecting or running
     std::vector<wire::PeerInfo> ring_infos(const std::vector<uint64_t>& ids) const;
     uint32_t pending_count() const;
     std::string describe(uint64_t id) const;

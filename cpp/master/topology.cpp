@@ -5,12 +5,13 @@
 // How the probes are planned. With the members m[0..n-1] in ring order, round r (1 <= r < n) is the shift
 // m[k] -> m[(k + r) mod n] for every k: every ordered pair appears in exactly one round, and in a round every
 // peer sends one probe and receives one, so probes of a round never share a sender's or a receiver's link.
-// Pairs already measured are left out, and rounds left empty are dropped: after a join only the newcomer's
-// 2(n - 1) edges are probed.
+// Pairs already measured are left out, and so are pairs of peers that both accept no connections (docs/nat.md);
+// rounds left empty are dropped: after a join only the newcomer's 2(n - 1) edges are probed.
 #include <algorithm>
 
 #include "master/state.hpp"
 #include "master/text.hpp"
+#include "planning/keep_apart.hpp"
 #include "planning/ring_order.hpp"
 
 namespace pccl {
@@ -79,6 +80,9 @@ void MasterState::try_start_opt(uint32_t group, Actions& out) {
         for (size_t k = 0; k < n; k++) {
             const size_t to = (k + r) % n;
             if (links_.count({ring[k], ring[to]})) continue;
+            // Between two peers that accept no connections a probe would measure a relay: the solver avoids
+            // those edges anyway (finish_opt), so they are not probed.
+            if (!conns_.at(ring[k]).info.inbound && !conns_.at(ring[to]).info.inbound) continue;
             round[k].send_to = conns_.at(ring[to]).info;
             round[to].recv_from = ring[k];
             opt.probes++;
@@ -131,6 +135,11 @@ void MasterState::finish_opt(uint32_t group, Actions& out) {
             mx.bandwidth[i * n + j] = double(l->second.bandwidth);
             mx.latency[i * n + j] = l->second.rtt_us / 2e6;  // one way, roughly
         }
+    // An edge between two peers that accept no connections goes through a relay: the solver avoids those
+    // where the group allows it, and uses the fewest otherwise (docs/nat.md).
+    std::vector<bool> outbound_only(n);
+    for (size_t i = 0; i < n; i++) outbound_only[i] = !conns_.at(ring[i]).info.inbound;
+    topology::discourage_unreachable_edges(mx, outbound_only);
     std::vector<uint32_t> current(n);
     for (size_t i = 0; i < n; i++) current[i] = uint32_t(i);
     std::vector<uint64_t> order;

@@ -61,8 +61,9 @@ static std::string local_host_of(int fd) {
 
 void Communicator::connect(double admission_timeout) {
     if (state_ != State::kNew) throw CoreError(ErrorKind::kState, "connect() may be called once; make a new Communicator to rejoin");
-    net::Address listen = net::parse_address(cfg_.listen);
-    const uint16_t data_port = pool_.start(listen.host, listen.port, cfg_.connect_timeout);
+    // No data port (listen empty): the pool only dials, and HELLO's port 0 tells the master (docs/nat.md).
+    net::Address listen = cfg_.listen.empty() ? net::Address{} : net::parse_address(cfg_.listen);
+    const uint16_t data_port = pool_.start(listen.host, listen.port, cfg_.connect_timeout, !cfg_.listen.empty());
     data_port_ = data_port;
     // The master may not be up yet (started at the same moment as the peers): retry the addresses in order
     // with backoff until connect_timeout, each attempt bounded so that Ctrl-C is noticed. A refused secret is
@@ -103,7 +104,7 @@ void Communicator::connect(double admission_timeout) {
     advertised.port = data_port;
     advertised.host = (listen.host == "0.0.0.0" || listen.host == "::" || listen.host.empty()) ? local_host_of(master_fd_)
                                                                                                : listen.host;
-    if (!cfg_.advertise.empty()) {  // behind NAT or a relay: others dial this address instead
+    if (!cfg_.advertise.empty() && data_port != 0) {  // behind NAT or a relay: others dial this address instead
         if (cfg_.advertise.find(':') != std::string::npos) {
             net::Address a = net::parse_address(cfg_.advertise);
             advertised.host = a.host;
@@ -130,6 +131,7 @@ void Communicator::connect(double admission_timeout) {
     peer_id_ = welcome.peer_id;
     epoch_ = welcome.epoch;
     pool_.set_self(peer_id_);
+    pool_.set_master_relay(net::parse_address(master_now_).host, welcome.relay_port);
     const double deadline = admission_timeout < 0 ? -1 : net::now_seconds() + admission_timeout;
     f = wait_frame(
         [](const Frame& f) {
@@ -158,7 +160,15 @@ void Communicator::apply_topology(const wire::TopoResult& r) {
     pool_.retain(ids);
 }
 
+bool Communicator::inbound() const {
+    std::lock_guard<std::mutex> g(mu_);
+    for (const auto& p : ring_)
+        if (p.id == peer_id_) return p.inbound != 0;
+    return pool_.listening();
+}
+
 void Communicator::set_ring(const std::vector<wire::PeerInfo>& ring) {
+    if (!ring.empty()) pool_.set_directory(ring);
     std::lock_guard<std::mutex> g(mu_);
     ring_ = ring;
     group_world_size_ = uint32_t(ring.size());

@@ -61,7 +61,7 @@ struct CommConfig {
     std::string master;              // host:port, or a comma-separated list: the primary, then standbys
     uint32_t peer_group = 0;
     uint32_t connections = 4;        // k connections to the ring successor
-    std::string listen = "0.0.0.0:0";  // data port (port 0: the OS chooses)
+    std::string listen = "0.0.0.0:0";  // data port (port 0: the OS chooses); empty: none (it dials every connection)
     std::string advertise;           // host[:port] others should dial; default: our address toward the master
     double connect_timeout = 10.0;   // TCP connects and the master's WELCOME
     double heartbeat_interval = 0.5;
@@ -177,6 +177,12 @@ public:
     }
     uint16_t data_port() const { return data_port_; }  // the port this peer listens on (0 before connect)
     std::vector<ConnStat> connection_stats() const { return pool_.stats(); }
+    // Peers behind NAT (docs/nat.md): whether others can dial this peer (as the master found at admission), the
+    // connections it opened through a relay (as either end; via_master: the master's), and what it relayed.
+    bool inbound() const;
+    uint64_t relayed_connections() const { return pool_.relayed(); }
+    uint64_t master_relayed_connections() const { return pool_.master_relayed(); }
+    RelayStats relay_stats() const { return pool_.relay_stats(); }
     uint64_t dropped_data_connections() const { return pool_.dropped(); }
 
 private:

@@ -50,6 +50,10 @@ public:
         for (Out& o : outs_) skip_empty(o);
         for (In& in : ins_) skip_empty(in);
         if (done()) return;
+        // Dials this peer makes for its incoming connections (docs/nat.md) start before it opens its own, which
+        // may wait for the others' dials.
+        for (const In& in : ins_)
+            if (in.step < kSteps) links_.pool->expect(peer(in.rank).id, links_.slot, j_);
         for (Out& o : outs_) {
             if (o.step >= kSteps) continue;
             try {
@@ -209,7 +213,12 @@ private:
 
     bool receive(In& in, bool* progressed) {
         if (!in.conn) {
-            in.conn = links_.pool->incoming(peer(in.rank).id, links_.slot, j_);
+            try {
+                in.conn = links_.pool->incoming(peer(in.rank).id, links_.slot, j_);
+            } catch (const CoreError& e) {  // this peer dials for it (docs/nat.md), and could not
+                ctl_.fail(ErrorKind::kPeerLost, e.what());
+                return false;
+            }
             in.left.replaced();
             if (!in.conn) return true;
         }

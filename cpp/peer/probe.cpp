@@ -59,8 +59,13 @@ bool recv_probe(uint64_t from, uint32_t round, uint64_t opt_id, LinkSource& pool
                 double probe_s, wire::LinkMeasure* out) {
     const double give_up = net::now_seconds() + wait_s;
     ConnPtr c;
-    while (!(c = pool.incoming(from, probe_slot(opt_id), round))) {
-        if (net::now_seconds() > give_up || !wait_for(ctl, {}, 5)) return false;
+    try {
+        while (!(c = pool.incoming(from, probe_slot(opt_id), round))) {
+            if (net::now_seconds() > give_up || !wait_for(ctl, {}, 5)) return false;
+        }
+    } catch (const CoreError& e) {  // this peer dials for it (docs/nat.md), and could not
+        ctl.fail(ErrorKind::kPeerLost, std::string("the probe from peer ") + std::to_string(from) + ": " + e.what());
+        return false;
     }
     uint8_t go[kSignal] = {};
     const double t_go = net::now_seconds();

@@ -191,6 +191,7 @@ bool Communicator::rejoin_frame(uint16_t type, const std::vector<uint8_t>& paylo
         if (w.peer_id != peer_id_) log_warn("peer " + std::to_string(peer_id_.load()) + " is peer " + std::to_string(w.peer_id) + " from now on (its id was taken)");
         peer_id_ = w.peer_id;
         pool_.set_self(w.peer_id);
+        pool_.set_master_relay(net::parse_address(master_now_).host, w.relay_port);
         epoch_ = w.epoch;
         welcomed_ = true;
         return true;

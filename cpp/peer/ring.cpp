@@ -42,6 +42,9 @@ public:
         skip_empty(&s_step_);
         skip_empty(&r_step_);
         if (s_step_ >= steps_ && r_step_ >= steps_) return;
+        // Where this peer must dial for its incoming connection (docs/nat.md: a peer that cannot be dialed), that
+        // dial starts before ours, which may itself wait for the successor's dial.
+        if (r_step_ < steps_) links_.pool->expect(links_.prev.id, links_.slot, j_);
         try {
             out_ = links_.pool->outgoing(links_.next, links_.slot, j_, links_.connect_timeout);
         } catch (const CoreError& e) {
@@ -108,7 +111,12 @@ private:
 
     bool receive(bool* progressed) {
         if (!in_) {
-            in_ = links_.pool->incoming(links_.prev.id, links_.slot, j_);
+            try {
+                in_ = links_.pool->incoming(links_.prev.id, links_.slot, j_);
+            } catch (const CoreError& e) {  // this peer dials for it (docs/nat.md), and could not
+                ctl_.fail(ErrorKind::kPeerLost, e.what());
+                return false;
+            }
             in_left_.replaced();
             if (!in_) return true;
         }

@@ -90,7 +90,12 @@ void recv_stream(const Stream& s, uint64_t begin, uint64_t end, const TransferLi
             return;
         }
         if (!in) {
-            in = link.pool->incoming(link.peer.id, kStateSlot, link.stripe);
+            try {
+                in = link.pool->incoming(link.peer.id, kStateSlot, link.stripe);
+            } catch (const CoreError& e) {  // this peer dials for it (docs/nat.md), and could not
+                fail(ErrorKind::kPeerLost, e.what());
+                return;
+            }
             left.replaced();
             if (!in) {  // the holder is dialing it
                 wait_for(ctl, {}, 5);

@@ -83,14 +83,16 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<MasterServer>(m, "MasterServer")
         .def(py::init([](const std::string& listen, double peer_timeout, double handshake_timeout,
-                         const std::optional<py::bytes>& secret, bool encrypt, double rejoin_window) {
+                         const std::optional<py::bytes>& secret, bool encrypt, double rejoin_window, bool require_inbound) {
                  MasterConfig config{peer_timeout, handshake_timeout};
                  config.rejoin_window = rejoin_window;
+                 config.require_inbound = require_inbound;
                  return new MasterServer(listen, config, AuthConfig{run_key(secret), encrypt});
              }),
              py::kw_only(), py::arg("listen"), py::arg("peer_timeout") = MasterConfig{}.peer_timeout,
              py::arg("handshake_timeout") = MasterConfig{}.handshake_timeout, py::arg("secret") = py::none(),
-             py::arg("encrypt") = false, py::arg("rejoin_window") = MasterConfig{}.rejoin_window)
+             py::arg("encrypt") = false, py::arg("rejoin_window") = MasterConfig{}.rejoin_window,
+             py::arg("require_inbound") = MasterConfig{}.require_inbound)
         .def_property_readonly("epoch", &MasterServer::epoch)
         .def("start", &MasterServer::start, py::call_guard<py::gil_scoped_release>())
         .def("stop", &MasterServer::stop, py::call_guard<py::gil_scoped_release>())
@@ -301,6 +303,19 @@ PYBIND11_MODULE(_core, m) {
                 out.append(d);
             }
             return out;
+        })
+        .def_property_readonly("inbound", &Communicator::inbound)
+        .def("relay_stats", [](const Communicator& c) {
+            const auto r = c.relay_stats();
+            py::dict d;
+            d["inbound"] = c.inbound();
+            d["relayed_connections"] = c.relayed_connections();
+            d["via_master"] = c.master_relayed_connections();
+            d["relay_pipes"] = r.pipes;
+            d["relay_open"] = r.open;
+            d["relay_bytes"] = r.bytes;
+            d["relay_unmatched"] = r.unmatched;
+            return d;
         });
 
     // DLPack: capsules in (zero-copy views of producers' memory), core-owned buffers out.

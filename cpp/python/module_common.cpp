@@ -44,6 +44,10 @@ py::dict master_stats_dict(const MasterStats& s) {
     d["links_known"] = s.links_known;
     d["takeovers"] = s.takeovers;
     d["fenced"] = s.fenced;
+    d["outbound_only"] = s.outbound_only;
+    d["relayed_edges"] = s.relayed_edges;
+    d["master_relay_pipes"] = s.master_relay_pipes;
+    d["master_relay_bytes"] = s.master_relay_bytes;
     d["cpu_seconds"] = s.cpu_seconds;
     d["recent_drops"] = s.recent_drops;
     return d;

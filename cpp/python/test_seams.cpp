@@ -12,6 +12,7 @@
 #include "python/schema_dicts.hpp"
 #include "transport/handshake.hpp"
 #include "transport/net.hpp"
+#include "transport/relay.hpp"
 #include "base/log.hpp"
 #include "master/state.hpp"
 #include "kernels/quant.hpp"
@@ -59,16 +60,26 @@ PYBIND11_MODULE(_core_testing, m) {
     register_core_errors(nullptr);
     bind_master_cost(m);
     m.attr("PROTOCOL_VERSION") = wire::kVersion;
+    m.def("relay_tap", [](size_t record, int64_t flip_at) { set_relay_tap(record, flip_at); }, py::arg("record") = 0,
+          py::arg("flip_at") = -1,
+          "Every relay of this process keeps the first `record` bytes of each pipe's opening direction, and flips "
+          "the byte at `flip_at` of the next one once (transport/relay.hpp; record 0 and flip_at -1: off).");
+    m.def("relay_recorded", [] {
+        const auto b = relay_recorded();
+        return py::bytes(reinterpret_cast<const char*>(b.data()), b.size());
+    }, "What relay_tap kept.");
     m.def("schema", &pydict::schema, "Every message and record as declared once in cpp/wire/messages.hpp.");
     // The master's pure decision logic, for tests with a fake clock. Frames are given and returned as
     // (type name, dict) pairs (schema_dicts.hpp).
     py::class_<MasterState>(m, "MasterState")
         .def(py::init([](double peer_timeout, double handshake_timeout, bool probe_addresses, uint64_t epoch,
-                         double rejoin_window) {
-                 return new MasterState(MasterConfig{peer_timeout, handshake_timeout, probe_addresses, epoch, rejoin_window});
+                         double rejoin_window, bool require_inbound) {
+                 MasterConfig config{peer_timeout, handshake_timeout, probe_addresses, epoch, rejoin_window};
+                 config.require_inbound = require_inbound;
+                 return new MasterState(config);
              }),
              py::arg("peer_timeout") = 10.0, py::arg("handshake_timeout") = 5.0, py::arg("probe_addresses") = false,
-             py::arg("epoch") = 0, py::arg("rejoin_window") = 0.0)
+             py::arg("epoch") = 0, py::arg("rejoin_window") = 0.0, py::arg("require_inbound") = false)
         .def("on_probe_result", [](MasterState& s, uint64_t conn, bool reachable, const std::string& reason, double now) {
             return actions_list(s.on_probe_result(conn, reachable, reason, now));
         }, py::arg("conn"), py::arg("reachable"), py::arg("reason"), py::arg("now"))

@@ -182,7 +182,7 @@ TEST(two_peers_say_hello_and_the_second_is_admitted_at_the_vote) {
     CHECK(m.state.said_hello(2));
 }
 
-TEST(a_newcomer_whose_data_address_is_unreachable_is_refused_alone) {
+TEST(a_newcomer_whose_data_address_is_unreachable_is_admitted_as_outbound_only) {
     Master m(MasterConfig{10.0, 5.0, true, 0, 0.0});
     Actions acts = m.hello(1);
     CHECK_EQ(acts.size(), size_t(2));
@@ -190,13 +190,76 @@ TEST(a_newcomer_whose_data_address_is_unreachable_is_refused_alone) {
     CHECK(sent<wire::TopoResult>(m.state.on_probe_result(1, true, "", m.now), MsgType::kTopoResult).count(1));
     m.accepted.push_back(1);
     m.hello(2);
-    acts = m.state.on_probe_result(2, false, "connection refused", m.now);
+    CHECK(m.state.on_probe_result(2, false, "connection timed out", m.now).empty());  // admitted at the next vote
+    const auto results = sent<wire::TopoResult>(m.topo_request(1, 3), MsgType::kTopoResult);
+    CHECK_EQ(keys(results), (std::set<uint64_t>{1, 2}));
+    auto behind_nat = info(2);
+    behind_nat.inbound = 0;
+    for (const auto& [conn, r] : results) {
+        CHECK_EQ(r.kind, 0);
+        CHECK(r.ring == (std::vector<wire::PeerInfo>{info(1), behind_nat}));
+    }
+    CHECK_EQ(m.state.outbound_only(), (std::vector<uint64_t>{2}));
+}
+
+TEST(with_require_inbound_an_unreachable_newcomer_is_refused_alone) {
+    MasterConfig config{10.0, 5.0, true, 0, 0.0};
+    config.require_inbound = true;
+    Master m(config);
+    m.hello(1);
+    CHECK(sent<wire::TopoResult>(m.state.on_probe_result(1, true, "", m.now), MsgType::kTopoResult).count(1));
+    m.accepted.push_back(1);
+    m.hello(2);
+    Actions acts = m.state.on_probe_result(2, false, "connection refused", m.now);
     const auto refusal = sent<wire::TopoResult>(acts, MsgType::kTopoResult);
     CHECK_EQ(keys(refusal), (std::set<uint64_t>{2}));
     CHECK_EQ(refusal.at(2).kind, uint8_t(ErrorKind::kNetwork));
     CHECK(contains(refusal.at(2).reason, "10.0.0.2:9002"));
+    CHECK(contains(refusal.at(2).reason, "require_inbound"));
     CHECK_EQ(closed(acts), (std::set<uint64_t>{2}));
     CHECK_EQ(m.state.stats().peers_accepted, uint64_t(1));
+    // A peer without a data port is refused at its HELLO, without a probe.
+    CHECK(m.state.on_connect(3, "10.0.0.3:50003", m.now).empty());
+    wire::Hello h;
+    h.host = host_of(3);
+    acts = m.msg(3, MsgType::kHello, h);
+    CHECK(contains(sent<wire::TopoResult>(acts, MsgType::kTopoResult).at(3).reason, "it has no data port"));
+    CHECK_EQ(closed(acts), (std::set<uint64_t>{3}));
+}
+
+TEST(peers_without_a_data_port_are_not_probed_and_are_kept_apart_in_the_ring) {
+    Master m(MasterConfig{10.0, 5.0, true, 0, 0.0});
+    // Peers 1-4 accept connections, 5-8 have no data port (HELLO port 0): admitted in order 1, 5, 6, 7, 2, 8, 3, 4.
+    for (uint64_t c : {1, 5, 6, 7, 2, 8, 3, 4}) {
+        CHECK(m.state.on_connect(c, host_of(c) + ":5000", m.now).empty());
+        wire::Hello h;
+        h.host = host_of(c);
+        h.port = c <= 4 ? uint16_t(9000 + c) : 0;
+        Actions acts = m.msg(c, MsgType::kHello, h);
+        const auto welcome = sent<wire::Welcome>(acts, MsgType::kWelcome);
+        CHECK_EQ(welcome.at(c).peer_id, c);
+        bool probed = false;
+        for (const auto& a : acts) probed |= a.kind == MasterAction::kProbe;
+        CHECK_EQ(probed, c <= 4);
+        if (c <= 4) acts = m.state.on_probe_result(c, true, "", m.now);
+        for (uint64_t a : m.accepted) {
+            const Actions more = m.topo_request(a, 1);
+            acts.insert(acts.end(), more.begin(), more.end());
+        }
+        const auto results = sent<wire::TopoResult>(acts, MsgType::kTopoResult);
+        CHECK(results.count(c));
+        m.accepted.push_back(c);
+        if (c != 4) continue;
+        // Four of eight accept no connections: no two of them are neighbours, and the others keep their order.
+        std::vector<uint64_t> ids;
+        for (const auto& p : results.at(c).ring) {
+            ids.push_back(p.id);
+            CHECK_EQ(p.inbound, uint8_t(p.id <= 4));
+        }
+        CHECK_EQ(ids, (std::vector<uint64_t>{1, 5, 2, 6, 3, 7, 4, 8}));
+        CHECK_EQ(m.state.relayed_edges(), uint64_t(0));
+    }
+    CHECK_EQ(m.state.outbound_only(), (std::vector<uint64_t>{5, 6, 7, 8}));
 }
 
 TEST(frames_before_hello_close_the_connection) {

@@ -81,13 +81,13 @@ TEST(a_hello_frame_has_the_documented_bytes) {
     m.connections = 0x01020304;
     m.host = "ab";
     m.port = 0x1234;
-    Bytes want{'P', 'C', 'A', 'R', 7, 0, 1, 0, 68, 0, 0, 0, 0, 0, 0, 0,  // magic, version 7, type 1, length 68
+    Bytes want{'P', 'C', 'A', 'R', 8, 0, 1, 0, 68, 0, 0, 0, 0, 0, 0, 0,  // magic, version 8, type 1, length 68
                3, 0, 0, 0, 4, 3, 2, 1, 2, 0, 'a', 'b', 0x34, 0x12};     // group, connections, "ab", port
     // back (a newcomer: all zero): peer_id u64, epoch u64, ring (count u32), revision u64, synced u8,
     // committed (count u32), in_doubt (count u32), doubt_sync u64, doubt_revision u64; then standby u8
     want.insert(want.end(), 8 + 8 + 4 + 8 + 1 + 4 + 4 + 8 + 8 + 1, 0);
     CHECK_EQ(frame(MsgType::kHello, m), want);
-    CHECK_EQ(empty_frame(MsgType::kLeave), (Bytes{'P', 'C', 'A', 'R', 7, 0, 15, 0, 0, 0, 0, 0, 0, 0, 0, 0}));
+    CHECK_EQ(empty_frame(MsgType::kLeave), (Bytes{'P', 'C', 'A', 'R', 8, 0, 15, 0, 0, 0, 0, 0, 0, 0, 0, 0}));
 }
 
 TEST(writer_and_reader_are_little_endian) {
@@ -427,7 +427,7 @@ TEST(bad_magic_version_type_and_reserved_bits_are_protocol_errors) {
         b[i] ^= 0x20;
         CHECK_THROWS_KIND(decode_header(b.data()), kProtocol);
     }
-    for (uint16_t version : {0, 6, 8, 0x0700}) {
+    for (uint16_t version : {0, 7, 9, 0x0800}) {
         Bytes b = good;
         b[4] = uint8_t(version);
         b[5] = uint8_t(version >> 8);

@@ -85,26 +85,32 @@ void Greeting::on_frame(const wire::Header& hdr, const GreetingPolicy& policy) {
         stage_ = kSealedHello;
         return;
     }
-    if (hdr.type != uint16_t(wire::MsgType::kPeerHello) || hdr.length != 24)
+    if (hdr.type != uint16_t(wire::MsgType::kPeerHello) || hdr.length != kHelloBytes)
         throw CoreError(ErrorKind::kProtocol, "expected PEER_HELLO, got type " + std::to_string(hdr.type));
     if (stage_ == kFirst && policy.key) {
         refuse_with(fd_, "this peer's run requires its secret");
         throw CoreError(ErrorKind::kAuthentication, "a connection without the run's secret");
     }
     uint8_t* body = buf_ + wire::kHeaderSize;
-    if (stage_ == kSealedHello && !channel_.rx->open(buf_, wire::kHeaderSize, body, 24, body + 24))
+    if (stage_ == kSealedHello && !channel_.rx->open(buf_, wire::kHeaderSize, body, kHelloBytes, body + kHelloBytes))
         throw CoreError(ErrorKind::kAuthentication, "a sealed PEER_HELLO failed its integrity check");
-    wire::Reader r(body, 24);
-    auto hello = wire::decode<wire::PeerHello>(r);
-    if (hello.to != policy.self)
-        throw CoreError(ErrorKind::kProtocol, "PEER_HELLO for peer " + std::to_string(hello.to) + ", this is peer " +
+    wire::Reader r(body, kHelloBytes);
+    hello_ = wire::decode<wire::PeerHello>(r);
+    const bool relay = hello_.mode == kRelayOpen || hello_.mode == kRelayAccept;
+    if (!relay && hello_.to != policy.self)
+        throw CoreError(ErrorKind::kProtocol, "PEER_HELLO for peer " + std::to_string(hello_.to) + ", this is peer " +
                                                   std::to_string(policy.self));
+    if (relay && (!policy.relays || hello_.from == hello_.to || hello_.from == 0 || hello_.to == 0))
+        throw CoreError(ErrorKind::kProtocol, policy.relays ? "a relay request between peer " + std::to_string(hello_.from) +
+                                                                  " and peer " + std::to_string(hello_.to)
+                                                            : "a relay request, and this port relays nothing");
     conn_ = std::make_shared<Conn>();
     conn_->stream = std::make_unique<TcpStream>(fd_);
     fd_ = -1;  // owned by the connection now
-    conn_->peer = hello.from;
-    conn_->slot = hello.slot;
-    conn_->index = hello.index;
+    conn_->peer = hello_.from;
+    conn_->slot = hello_.slot;
+    conn_->index = hello_.index;
+    conn_->outgoing = hello_.mode == kCall;  // a call: the connection this peer would have opened to `from`
     conn_->channel = std::move(channel_);
 }
 

@@ -36,8 +36,13 @@ public:
     virtual ~LinkSource() = default;
     // The outgoing connection (slot, index) to `to`, opened (and greeted) now if there is none; throws CoreError.
     virtual ConnPtr outgoing(const wire::PeerInfo& to, uint32_t slot, uint32_t index, double connect_timeout) = 0;
-    // The incoming connection (slot, index) from peer `from`, or null if it has not arrived yet.
+    // The incoming connection (slot, index) from peer `from`, or null if it has not arrived yet; throws
+    // CoreError when it cannot arrive (this peer had to dial for it, and could not).
     virtual ConnPtr incoming(uint64_t from, uint32_t slot, uint32_t index) = 0;
+    // Says that the incoming connection (slot, index) from `from` will be wanted: where this peer has to dial
+    // for it (the other cannot be dialed, pool.hpp), the dial starts now, before this peer blocks opening its
+    // own outgoing connections, which may wait for the other's dial.
+    virtual void expect(uint64_t from, uint32_t slot, uint32_t index) { (void)from, (void)slot, (void)index; }
     // Closes one connection (found stale or broken) so that a replacement can take its place.
     virtual void discard(const ConnPtr& c) = 0;
 };

@@ -15,6 +15,11 @@ public:
     pollfd readiness(bool read, bool write) const override;
     void shutdown() override;
     int fd() const { return fd_; }
+    int release() {  // hands the socket over: the stream no longer closes it
+        const int fd = fd_;
+        fd_ = -1;
+        return fd;
+    }
 
 private:
     int fd_;

@@ -17,9 +17,10 @@
 namespace pccl::wire {
 
 constexpr uint32_t kMagic = 0x52414350;  // "PCAR" as little-endian bytes
-constexpr uint16_t kVersion = 7;  // 3: authenticated runs (AUTH_* frames, sealed frames); 4: OP_GO.ring_epoch;
+constexpr uint16_t kVersion = 8;  // 3: authenticated runs (AUTH_* frames, sealed frames); 4: OP_GO.ring_epoch;
                                  // 5: OpDesc.qrotate, qreduce; 6: OpDesc.collective, root;
-                                 // 7: HELLO.back (returning peers), WELCOME.epoch
+                                 // 7: HELLO.back (returning peers), WELCOME.epoch; 8: PeerInfo.inbound,
+                                 // PEER_HELLO.mode, WELCOME.relay_port (peers behind NAT)
 constexpr size_t kHeaderSize = 16;
 constexpr uint32_t kMaxControlPayload = 1u << 20;  // control frames: membership lists, reasons
 constexpr uint32_t kMaxDataPayload = 64u << 20;    // one piece of an operation

@@ -19,8 +19,10 @@ constexpr size_t kMaxRecent = 1024;  // operation ids a returning peer reports
 
 // ---------------------------------------------------------------------------------------------------- records
 
-// A peer as others reach it: its id and its data address.
-#define PCCL_PEER_INFO(X) X(uint64_t, id, 0, kAny) X(std::string, host, {}, kAny) X(uint16_t, port, 0, kAny)
+// A peer as others reach it: its id, its data address, and whether others can dial it (inbound 0: behind NAT or
+// a firewall, or no data port at all; it dials every connection it has, docs/nat.md).
+#define PCCL_PEER_INFO(X) \
+    X(uint64_t, id, 0, kAny) X(std::string, host, {}, kAny) X(uint16_t, port, 0, kAny) X(uint8_t, inbound, 1, 1)
 PCCL_WIRE_STRUCT(PeerInfo, PCCL_PEER_INFO)
 
 // The descriptor every peer of an operation must agree on before any data moves.
@@ -90,12 +92,14 @@ PCCL_WIRE_STRUCT(Empty, PCCL_EMPTY)
 PCCL_WIRE_STRUCT(Returning, PCCL_RETURNING)
 
 // standby: the peer knows other master addresses (its group is then fenced on this master too: recovery.cpp).
+// port 0: the peer has no data port (it accepts no connections: docs/nat.md).
 #define PCCL_HELLO(X)                                                                                        \
     X(uint32_t, group, 0, kAny) X(uint32_t, connections, 1, kAny) X(std::string, host, {}, kAny)               \
     X(uint16_t, port, 0, kAny) X(Returning, back, {}, kAny) X(uint8_t, standby, 0, 1)
 PCCL_WIRE_STRUCT(Hello, PCCL_HELLO)
-// epoch: the master's incarnation (its start time in ms; peers never go back to an older one).
-#define PCCL_WELCOME(X) X(uint64_t, peer_id, 0, kAny) X(uint64_t, epoch, 0, kAny)
+// epoch: the master's incarnation (its start time in ms; peers never go back to an older one). relay_port: the
+// master's relay for two peers that cannot reach each other and have no reachable peer between them (0: none).
+#define PCCL_WELCOME(X) X(uint64_t, peer_id, 0, kAny) X(uint64_t, epoch, 0, kAny) X(uint16_t, relay_port, 0, kAny)
 PCCL_WIRE_STRUCT(Welcome, PCCL_WELCOME)
 #define PCCL_HEARTBEAT_ACK(X) X(uint32_t, pending, 0, kAny)
 PCCL_WIRE_STRUCT(HeartbeatAck, PCCL_HEARTBEAT_ACK)
@@ -155,8 +159,14 @@ PCCL_WIRE_STRUCT(OptPlan, PCCL_OPT_PLAN)
 #define PCCL_OPT_REPORT(X) X(uint64_t, opt_id, 0, kAny) X(std::vector<LinkMeasure>, links, {}, kMaxPeers)
 PCCL_WIRE_STRUCT(OptReport, PCCL_OPT_REPORT)
 
-#define PCCL_PEER_HELLO(X) \
-    X(uint64_t, from, 0, kAny) X(uint64_t, to, 0, kAny) X(uint32_t, index, 0, kAny) X(uint32_t, slot, 0, kAny)
+// The first frame of a data connection (transport/greeting.hpp). mode 0: `from` opens its connection (slot,
+// index) to `to`; 1 (call): `from` cannot be dialed, so it dials `to` and offers the connection as the one `to`
+// would have opened to it; 2 / 3 (relay): the receiver of the frame splices this connection to the one the peer
+// `to` opens with the opposite mode for the same (slot, index) — 2 from the side that opens, 3 from the side
+// that accepts (transport/relay.hpp).
+#define PCCL_PEER_HELLO(X)                                                                                   \
+    X(uint64_t, from, 0, kAny) X(uint64_t, to, 0, kAny) X(uint32_t, index, 0, kAny) X(uint32_t, slot, 0, kAny) \
+    X(uint8_t, mode, 0, 3)
 PCCL_WIRE_STRUCT(PeerHello, PCCL_PEER_HELLO)
 // Precedes each piece of payload on a data connection; the piece's length is the frame length minus this.
 #define PCCL_DATA_HEADER(X) \

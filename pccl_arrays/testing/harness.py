@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from .master_process import MasterProcess
 from .processes import kill_and_reap, spawn_child
@@ -49,22 +49,29 @@ class Harness:
         master_process: run the master as a child process (``master_kwargs``: only ``peer_timeout`` and
             ``handshake_timeout``), so that :meth:`kill_master` and :meth:`restart_master` can end and restart it;
             :attr:`master` is then the :class:`MasterProcess`.
+        master_host, master_prefix: where the master process listens and what goes before its command line
+            (``master_process=True``), e.g. a network namespace's address and ``ip netns exec NS``.
+        placement: ``placement(i)`` for peer index i: a dict with ``prefix`` (put before its command line) and
+            ``args`` (added to its ``ctx.args``), e.g. to start it in a network namespace behind NAT.
     """
 
     def __init__(self, master_kwargs: Optional[dict] = None, peer_target: str = "pccl_arrays.testing:allreduce_loop",
                  peer_args: Optional[dict] = None, out_dir: Optional[os.PathLike] = None,
-                 master_process: bool = False):
+                 master_process: bool = False, master_host: str = "127.0.0.1", master_prefix: Sequence[str] = (),
+                 placement: Optional[Callable[[int], dict]] = None):
         from ..master import Master
 
         self.out = Path(out_dir) if out_dir is not None else Path.cwd()
         self.out.mkdir(parents=True, exist_ok=True)
         kw = {"listen": "127.0.0.1:0", "peer_timeout": 2.0, **(master_kwargs or {})}
         if master_process:
-            self.master = MasterProcess(self.out, kw["peer_timeout"], kw.get("handshake_timeout", 5.0))
+            self.master = MasterProcess(self.out, kw["peer_timeout"], kw.get("handshake_timeout", 5.0), master_host,
+                                        master_prefix)
             self.master.start()
         else:
             self.master = Master(kw.pop("listen"), **kw).start()
         self.target, self.args = peer_target, dict(peer_args or {})
+        self.placement = placement or (lambda i: {})
         self.procs: dict[int, subprocess.Popen] = {}
         self.stalled: set[int] = set()
         self.events: list[tuple[float, str, Optional[int]]] = []  # (monotonic time, action, peer index)
@@ -75,8 +82,9 @@ class Harness:
     def spawn(self, extra_args: Optional[dict] = None, _at: Optional[float] = None) -> int:
         """Starts the next peer; returns its index."""
         i = len(self.procs)
-        args = {**self.args, **(extra_args or {})}
-        cmd = [sys.executable, "-m", "pccl_arrays.testing", self.target, str(self.master.address), str(i),
+        place = self.placement(i)
+        args = {**self.args, **place.get("args", {}), **(extra_args or {})}
+        cmd = [*place.get("prefix", ()), sys.executable, "-m", "pccl_arrays.testing", self.target, str(self.master.address), str(i),
                json.dumps(args), str(self.out)]
         with open(self.out / f"peer{i}.log", "wb") as log:
             self.procs[i] = spawn_child(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.out)

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from .processes import spawn_child
 
@@ -53,11 +53,13 @@ class MasterProcess:
         out: the folder for its logs (and its working directory).
         peer_timeout, handshake_timeout: the master's options.
         host: the address to listen on.
+        prefix: put before its command line, e.g. ``["ip", "netns", "exec", NS]`` to run it in a network namespace
+            (testing/netns.py).
     """
 
     def __init__(self, out: os.PathLike, peer_timeout: float = 2.0, handshake_timeout: float = 5.0,
-                 host: str = "127.0.0.1"):
-        self.out, self.host = Path(out), host
+                 host: str = "127.0.0.1", prefix: Sequence[str] = ()):
+        self.out, self.host, self.prefix = Path(out), host, list(prefix)
         self.peer_timeout, self.handshake_timeout = peer_timeout, handshake_timeout
         self.proc: Optional[subprocess.Popen] = None
         self.address: Optional[str] = None
@@ -75,7 +77,7 @@ class MasterProcess:
             log = self.out / f"master{self.incarnations}.log"
             with open(log, "wb") as err:
                 env = dict(os.environ, PCCL_ARRAYS_LOG=os.environ.get("PCCL_ARRAYS_LOG_MASTER", "info"))
-                proc = spawn_child([sys.executable, "-c", _MAIN, "master", "--listen", listen, "--peer-timeout",
+                proc = spawn_child([*self.prefix, sys.executable, "-c", _MAIN, "master", "--listen", listen, "--peer-timeout",
                                     str(self.peer_timeout), "--handshake-timeout", str(self.handshake_timeout)],
                                    stdout=subprocess.PIPE, stderr=err, env=env, cwd=self.out)
             line = proc.stdout.readline().decode(errors="replace")

@@ -37,8 +37,9 @@ class PeerContext:
         return (self.out / f"LEAVE{self.index}").exists()
 
     def connect(self):
-        """A connected Communicator (``args``: connections, data_timeout, and ``comm``: more Communicator
-        arguments, e.g. connect_timeout, master_grace, min_world_size), retrying in short waits so that a STOP is
+        """A connected Communicator (``args``: connections, data_timeout, admission_timeout (default 2 s), and
+        ``comm``: more Communicator arguments, e.g. connect_timeout, master_grace, min_world_size), retrying in
+        short waits so that a STOP is
         noticed; None when asked to stop first. With ``args["master_restarts"]`` a master lost or unreachable
         during connect() is retried too (recorded as a ``connect_retry`` progress line): the harness restarts it."""
         from .. import errors
@@ -51,7 +52,7 @@ class PeerContext:
         while not self.stop_requested():
             comm = Communicator(self.master, connections=self.args.get("connections", 2), **kw)
             try:
-                return comm.connect(timeout=2.0)
+                return comm.connect(timeout=self.args.get("admission_timeout", 2.0))
             except retry as e:
                 comm.close()
                 if isinstance(e, errors.MasterUnreachableError):
@@ -79,7 +80,7 @@ class PeerContext:
                 comm.update_topology()
             else:
                 time.sleep(0.005)
-        self.progress(kind="joined", world=comm.total_world_size)
+        self.progress(kind="joined", world=comm.total_world_size, inbound=comm.inbound, peer=comm.peer_id)
 
 
 def allreduce_loop(ctx: PeerContext) -> dict:

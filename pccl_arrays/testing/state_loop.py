@@ -92,13 +92,17 @@ def state_loop(ctx) -> dict:
     ``connections`` (default 2), ``data_timeout`` (default 10), ``max_steps``, ``quantized`` (default off),
     ``checkpoint_every`` (revisions, default 20), ``comm`` (more Communicator arguments, PeerContext.connect;
     with ``min_world_size`` >= 2 a TooFewPeersError restarts the step as a PeerLostError does),
-    ``master_restarts`` (the harness kills and restarts the master: connect() retries a lost master)."""
+    ``master_restarts`` (the harness kills and restarts the master: connect() retries a lost master),
+    ``optimize_at`` (revisions at which every peer calls optimize_topology() after the sync; default none)."""
     a = ctx.args
     n, busy_ms, max_steps = a.get("n", 1 << 18), a.get("busy_ms", 20.0), a.get("max_steps", 1 << 62)
     checkpoint_every = a.get("checkpoint_every", 20)
     quant = Quantization(kind="minmax") if a.get("quantized") else None
     counts = {"rejoins": 0, "peer_lost": 0, "syncs": 0, "sync_failures": 0, "spins": 0, "restarts": 0,
               "too_few": 0}
+    optimize_at = set(a.get("optimize_at", ()))
+    if optimize_at:
+        counts["optimizations"] = 0
     state = SharedState(_initial_arrays(n), revision=0)
     if not a.get("initial"):  # a newcomer starts from garbage: the sync must replace it (and never let it win)
         state["w"][...] = np.random.default_rng(ctx.index + 1000).standard_normal(n).astype(np.float32)
@@ -135,9 +139,14 @@ def state_loop(ctx) -> dict:
                 _save_checkpoint(ctx, state)
                 offer = False
             counts["syncs"] += 1
+            if state.revision in optimize_at:
+                measured = comm.optimize_topology()
+                counts["optimizations"] += 1
+                ctx.progress(kind="optimize", revision=state.revision, measured=measured, ring=comm.ring())
             ctx.progress(kind="sync", revision=state.revision, received=info.bytes_received, sent=info.bytes_sent,
                          sources=len(info.received_from), fetched=list(info.fetched), seconds=info.seconds,
-                         lineage=int(state["lineage"][0]), hash=state_hash(state), peer=comm.peer_id)
+                         lineage=int(state["lineage"][0]), hash=state_hash(state), peer=comm.peer_id,
+                         ring=comm.ring(), relay_pipes=comm.relay_stats()["relay_pipes"])
             stop = 1 if (ctx.stop_requested() or state.revision >= max_steps) else 0
             if comm.all_reduce(np.array([stop], dtype=np.int64), "max")[0]:
                 break

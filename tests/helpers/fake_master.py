@@ -21,7 +21,7 @@ DESC = {"count": 1024, "dtype": F32, "op": _core.CODES["op"]["sum"], "quant": 0}
 
 
 def info(conn: int) -> dict:
-    return {"id": conn, "host": f"10.0.0.{conn}", "port": 9000 + conn}
+    return {"id": conn, "host": f"10.0.0.{conn}", "port": 9000 + conn, "inbound": 1}
 
 
 def ring_of(*conns: int) -> list[dict]:
