@@ -4,7 +4,7 @@ Test seams of pccl_arrays' core: for tests and benchmarks only
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['MasterState', 'PROTOCOL_VERSION', 'SealedPipe', 'best_ring', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'log_for_tests', 'master_cost', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into', 'reduce_owner', 'ring_score', 'schema', 'solve_ring_exact', 'solve_ring_heuristic']
+__all__: list[str] = ['MasterState', 'PROTOCOL_VERSION', 'SealedPipe', 'best_ring', 'decode_frame', 'dequantize', 'elect_state', 'encode_frame', 'finalize_avg', 'log_for_tests', 'master_cost', 'quantize', 'quantized_bytes', 'reduce_hop', 'reduce_hop_exact', 'reduce_into', 'reduce_owner', 'relay_recorded', 'relay_tap', 'ring_score', 'schema', 'solve_ring_exact', 'solve_ring_heuristic']
 class MasterState:
     def __init__(self, peer_timeout: typing.SupportsFloat | typing.SupportsIndex = 10.0, handshake_timeout: typing.SupportsFloat | typing.SupportsIndex = 5.0, probe_addresses: bool = False, epoch: typing.SupportsInt | typing.SupportsIndex = 0, rejoin_window: typing.SupportsFloat | typing.SupportsIndex = 0.0, require_inbound: bool = False) -> None:
         ...
@@ -68,6 +68,14 @@ def reduce_into(acc_ptr: typing.SupportsInt | typing.SupportsIndex, local_ptr: t
 def reduce_owner(out_ptr: typing.SupportsInt | typing.SupportsIndex, received_ptrs: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], own_q_ptr: typing.SupportsInt | typing.SupportsIndex, own_x_ptr: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, first_block: typing.SupportsInt | typing.SupportsIndex, n_blocks: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, kind: typing.SupportsInt | typing.SupportsIndex, block: typing.SupportsInt | typing.SupportsIndex, rounding: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, op_id: typing.SupportsInt | typing.SupportsIndex = 0, rotate: bool = False) -> None:
     """
     The direct all-reduce's owner sum: Q(own + D(received[0]) + ...), own exact (own_x) or decoded (own_q).
+    """
+def relay_recorded() -> bytes:
+    """
+    What relay_tap kept.
+    """
+def relay_tap(record: typing.SupportsInt | typing.SupportsIndex = 0, flip_at: typing.SupportsInt | typing.SupportsIndex = -1) -> None:
+    """
+    Every relay of this process keeps the first `record` bytes of each pipe's opening direction, and flips the byte at `flip_at` of the next one once (transport/relay.hpp; record 0 and flip_at -1: off).
     """
 def ring_score(bandwidth: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], latency: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex]], order: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> tuple[float, int, float]:
     ...

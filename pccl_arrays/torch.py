@@ -92,7 +92,12 @@ def _parse(address: str) -> tuple[str, dict]:
         if key not in _COMM_ARGS:
             raise InvalidArgumentError(f"unknown pccl:// option {key!r}; known: {', '.join(sorted(_COMM_ARGS))}")
         default = _COMM_ARGS[key]
-        kw[key] = text if default is None or isinstance(default, str) else type(default)(text)
+        if isinstance(default, bool):  # bool("false") would be True
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise InvalidArgumentError(f"pccl:// option {key!r} takes true or false, not {text!r}")
+            kw[key] = text.lower() in ("true", "1", "yes")
+        else:
+            kw[key] = text if default is None or isinstance(default, str) else type(default)(text)
     return url.netloc, kw
 
 

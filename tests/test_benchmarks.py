@@ -116,3 +116,22 @@ def test_join_benchmark_quick_mode_writes_valid_json(tmp_path):
         assert this["latency_s"][n]["fresh"]["median"] > 0 and this["latency_s"][n]["out"]["median"] > 0
     assert {g["goal"] for g in doc["goals"]} >= {"join"} and not doc["errors"]
     assert "4 KiB all-reduce" in stdout
+
+
+@pytest.mark.timeout(120)
+def test_nat_benchmark_runs_every_case_exactly_and_relays_only_when_forced(tmp_path):
+    """4 peers through the emulated continent with 0, 1, 2 and 3 outbound-only peers (listen=None), tiny arrays:
+    every result exact, rings keep up to half of them apart (no relayed edge), and more than half forces relayed
+    edges whose bytes a reachable peer's data port carried."""
+    stdout, doc = run_quick(tmp_path, "nat.py", "--quick", "--seconds", "0.2", "--repeats", "1", timeout=110)
+    assert doc["errors"] == []
+    cases = {c["case"]: c for c in doc["cases"]}
+    assert list(cases) == ["all_reachable", "one_outbound", "half_outbound", "relay_forced"]
+    assert [c["outbound_only"] for c in cases.values()] == [0, 1, 2, 3]
+    for c in cases.values():
+        assert c["exact"] and c["algbw_MBps"] > 0 and c["ratio"] > 0
+    assert cases["half_outbound"]["relayed_edges"] == 0 and cases["one_outbound"]["relayed_edges"] == 0
+    forced = cases["relay_forced"]
+    assert forced["relayed_edges"] >= 1 and sum(forced["relay_bytes"].values()) > 0 and forced["via_master"] == 0
+    assert cases["one_outbound"]["goal_met"] is not None and forced["goal_met"] is None
+    assert "relay forced" in stdout and "relay_bytes" in stdout

@@ -167,6 +167,11 @@ def test_options_errors_and_a_group_of_one_found_through_the_environment(master,
         pt._parse("pccl://h:1?colour=red")
     # A primary and a standby (docs/master.md), and the grace, through the URL.
     assert pt._parse("pccl://a:1,b:2?master_grace=5") == ("a:1,b:2", {"master_grace": 5.0})
+    # A peer behind NAT (docs/nat.md): a flag, not bool("false").
+    assert pt._parse("pccl://h:1?inbound=false") == ("h:1", {"inbound": False})
+    assert pt._parse("pccl://h:1?inbound=True") == ("h:1", {"inbound": True})
+    with pytest.raises(InvalidArgumentError, match="takes true or false"):
+        pt._parse("pccl://h:1?inbound=maybe")
     monkeypatch.setenv(pt.ENV_MASTER, f"{master.address},127.0.0.1:9")  # the standby is never needed here
     dist.init_process_group("pccl_arrays", store=dist.HashStore(), rank=0, world_size=1)
     try:

@@ -15,22 +15,14 @@
 
 #include "planning/keep_apart.hpp"
 #include "tests/check.hpp"
+#include "tests/rng.hpp"
 
 using namespace pccl::topology;
 using Ids = std::vector<uint64_t>;
 
 namespace {
 
-struct Rng {  // splitmix64, as in ring_order_test.cpp
-    uint64_t s;
-    uint64_t next() {
-        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        return z ^ (z >> 31);
-    }
-    uint32_t below(uint32_t n) { return uint32_t(next() % n); }
-};
+using pccl::testing::Rng;
 
 IsUnreachable among(const Ids& ids) {
     return [ids](uint64_t p) { return std::find(ids.begin(), ids.end(), p) != ids.end(); };

@@ -16,6 +16,7 @@
 
 #include "planning/ring_order.hpp"
 #include "tests/check.hpp"
+#include "tests/rng.hpp"
 
 using pccl::topology::best_ring;
 using pccl::topology::better;
@@ -28,18 +29,7 @@ using Order = std::vector<uint32_t>;
 
 namespace {
 
-// splitmix64: the same numbers on every platform and standard library (std:: distributions are not pinned).
-struct Rng {
-    uint64_t s;
-    uint64_t next() {
-        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        return z ^ (z >> 31);
-    }
-    double uniform(double lo, double hi) { return lo + (hi - lo) * double(next() >> 11) * 0x1p-53; }
-    uint32_t below(uint32_t n) { return uint32_t(next() % n); }
-};
+using pccl::testing::Rng;
 
 LinkMatrix matrix(size_t n) {
     LinkMatrix m;

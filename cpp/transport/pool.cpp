@@ -49,7 +49,11 @@ ConnPtr ConnPool::outgoing(const wire::PeerInfo& to, uint32_t slot, uint32_t ind
     {
         std::lock_guard<std::mutex> g(mu_);
         auto it = conns_.find({to.id, slot, index, true});
-        if (it != conns_.end()) return it->second;
+        if (it != conns_.end() && !closed_by_peer(*it->second->stream)) return it->second;
+        if (it != conns_.end()) {  // closed at the other end since (a call that came late for an aborted one)
+            it->second->stream->shutdown();
+            conns_.erase(it);
+        }
         how = route(self_, to.id);
     }
     const double deadline = net::now_seconds() + connect_timeout;

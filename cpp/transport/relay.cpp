@@ -94,15 +94,6 @@ struct Relay::Pipe {
     }
 };
 
-namespace {
-// Whether the other end of a waiting half has closed it (bytes it sent before may still be unread).
-bool closed(const Conn& c) {
-    pollfd p = c.stream->readiness(true, false);
-    p.events = POLLRDHUP;
-    return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
-}
-}  // namespace
-
 Relay::~Relay() { stop(); }
 
 void Relay::offer(ConnPtr c, uint64_t from, uint64_t to, uint8_t mode, double deadline) {
@@ -110,7 +101,7 @@ void Relay::offer(ConnPtr c, uint64_t from, uint64_t to, uint8_t mode, double de
     const Key key = opening ? Key{from, to, c->slot, c->index} : Key{to, from, c->slot, c->index};
     std::lock_guard<std::mutex> g(mu_);
     auto other = halves_.find({key, !opening});
-    if (other != halves_.end() && closed(*other->second.conn)) {
+    if (other != halves_.end() && closed_by_peer(*other->second.conn->stream)) {
         // A half left over from an aborted attempt (its peer has closed it): never joined to a fresh one.
         halves_.erase(other);
         other = halves_.end();

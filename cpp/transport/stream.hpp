@@ -26,4 +26,12 @@ public:
     virtual void shutdown() = 0;
 };
 
+// Whether the other end has closed the stream (what it sent before may still be unread): a connection kept
+// from an earlier operation, or waiting at a relay, that is of no use any more.
+inline bool closed_by_peer(const ByteStream& s) {
+    pollfd p = s.readiness(true, false);
+    p.events = POLLRDHUP;
+    return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
 }  // namespace pccl
