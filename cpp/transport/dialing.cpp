@@ -155,7 +155,8 @@ void ConnPool::dial_for_incoming(uint64_t from, uint32_t slot, uint32_t index, u
             peer = it->second;
             how = route(from, self_);
             if (how == Route::kOpen) {  // the group changed meanwhile: the other side dials after all
-                dials_.erase(key);
+                auto d = dials_.find(key);
+                if (d != dials_.end() && d->second.gen == gen) dials_.erase(d);
                 return;
             }
             if (how == Route::kRelay) relay = relay_for(from, self_, &master);
