@@ -72,7 +72,10 @@ class Master:
     def stats(self) -> dict:
         """Counters: peers_accepted, ops_committed/aborted/rejected, evictions, dropped_connections, recent_drops,
         syncs_committed/aborted/refused, optimizations, links_probed, links_known, takeovers (groups re-formed
-        from peers an earlier master had admitted: docs/master.md), cpu_seconds (the master thread's CPU time)."""
+        from peers an earlier master had admitted: docs/master.md), fenced, cpu_seconds (the master thread's CPU
+        time); peers behind NAT (docs/nat.md): outbound_only (admitted peers nobody can dial), relayed_edges (ring
+        edges between two of them, each through a relay), master_relay_pipes and master_relay_bytes (what the
+        master's own relay carried)."""
         return self._server.stats()
 
     def links(self) -> list[dict]:

@@ -236,3 +236,39 @@ def test_a_byte_changed_by_the_relay_is_caught_and_the_retry_is_exact():
     results, kept, stats = _through_a_relay_with_a_secret({"flip_at": 4096}, encrypt=False)
     assert all(r["retries"] == 1 for r in results), results
     assert any("integrity" in r["error"] or "forged" in r["error"] for r in results), results
+
+
+# ------------------------------------------------------------------------------------- kills mid-operation
+
+
+def check_kill_mid_operation(peers, victim, world, t_kill_file) -> list:
+    """The victim SIGKILLed itself once 8 MiB of an all-reduce had moved (scenarios.fail_mid_op): every survivor
+    got a retryable PeerLostError within 2 s, kept its input, and the retry on the smaller ring was exact."""
+    import signal
+
+    assert peers[victim].proc.returncode == -signal.SIGKILL
+    t_kill = float(t_kill_file.read_text())
+    survivors = [p.result() for p in peers if p.rank != victim]
+    for res in survivors:
+        assert res["error"] == "PeerLostError" and res["retryable"], res
+        assert res["t_error"] - t_kill < 2.0, res
+        assert res["input_intact"] and res["retry_world"] == world - 1 and res["retry_exact"], res
+    return survivors
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("victim", [1, 0], ids=["a peer behind NAT", "the relaying peer"])
+def test_a_kill_mid_operation_behind_nat_gives_peer_lost_and_an_exact_retry(master, tmp_path, victim):
+    """Three peers, 1 and 2 without a data port: their ring edge goes through peer 0's relay. Killed mid-operation:
+    peer 1 (behind NAT; the retry runs between 0 and 2, by a call), or peer 0 (the relay: the retry between the
+    two behind NAT goes through the master's relay)."""
+    from procs import spawn, wait_all
+
+    world = 3
+    peers = [spawn(master.address, "fail_mid_op", r, world, tmp_path, n=4 << 20, victim=victim, how="kill",
+                   behind_nat=[1, 2]) for r in range(world)]
+    wait_all(peers, 60)
+    check_kill_mid_operation(peers, victim, world, tmp_path / "stamp")
+    stats = master.stats()
+    assert stats["ops_aborted"] >= 1
+    assert (stats["master_relay_pipes"] > 0) == (victim == 0)  # with the relay gone, the master's took over

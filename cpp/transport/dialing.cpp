@@ -54,11 +54,24 @@ wire::PeerInfo ConnPool::relay_for(uint64_t a, uint64_t b, bool* master) const {
     return *candidates[h % candidates.size()];
 }
 
+ConnPool::Dialing::Dialing(ConnPool* pool, int fd) : pool_(pool), fd_(fd) {
+    std::lock_guard<std::mutex> g(pool_->mu_);
+    if (!pool_->running_) throw CoreError(ErrorKind::kPeerLost, "the data port closed");
+    pool_->dial_fds_.insert(fd_);
+}
+
+ConnPool::Dialing::~Dialing() {
+    std::lock_guard<std::mutex> g(pool_->mu_);
+    pool_->dial_fds_.erase(fd_);
+}
+
 ConnPtr ConnPool::dial_and_greet(const wire::PeerInfo& to, const wire::PeerHello& hello, double deadline) {
     const std::string who = (to.id ? "peer " + std::to_string(to.id) : std::string("the master's relay")) + " at " + where(to);
-    int fd = net::connect_to(net::Address{to.host, to.port}, std::max(0.05, deadline - net::now_seconds()), source_);
+    int fd = net::connect_to(net::Address{to.host, to.port}, std::max(0.05, deadline - net::now_seconds()), source_,
+                             cancel_.fd());
     auto c = std::make_shared<Conn>();
     c->stream = std::make_unique<TcpStream>(fd);  // closed with c on any failure below
+    Dialing listed(this, fd);  // until greeted: stop() cuts it
     auto frame = wire::frame(wire::MsgType::kPeerHello, hello);
     if (key_) {
         c->channel = auth::client_handshake(fd, *key_, auth::kDataLink, bool(encrypt_), deadline, who);
@@ -95,6 +108,7 @@ ConnPtr ConnPool::open_relayed(const wire::PeerInfo& to, uint32_t slot, uint32_t
     auto* tcp = static_cast<TcpStream*>(outer->stream.get());
     auto hello = wire::frame(wire::MsgType::kPeerHello, wire::PeerHello{self_, to.id, index, slot, kOpen});
     auto c = std::make_shared<Conn>();
+    Dialing listed(this, tcp->fd());  // the far end answers through the relay, or stop() cuts it
     if (key_) {
         c->channel = auth::client_handshake(tcp->fd(), *key_, auth::kDataLink, bool(encrypt_), deadline,
                                             "peer " + std::to_string(to.id) + " through a relay");

@@ -108,7 +108,7 @@ int listen_on(const std::string& host, uint16_t port, uint16_t* bound_port) {
     return fd;
 }
 
-int connect_to(const Address& addr, double timeout_s, const std::string& source) {
+int connect_to(const Address& addr, double timeout_s, const std::string& source, int cancel) {
     addrinfo* src = source.empty() ? nullptr : resolve(source, 0, false);
     addrinfo* res = nullptr;
     try {
@@ -131,10 +131,16 @@ int connect_to(const Address& addr, double timeout_s, const std::string& source)
         set_nonblocking(fd, true);
         int rc = ::connect(fd, ai->ai_addr, ai->ai_addrlen);
         if (rc != 0 && errno == EINPROGRESS) {
-            pollfd p{fd, POLLOUT, 0};
+            pollfd p[2] = {{fd, POLLOUT, 0}, {cancel, POLLIN, 0}};
             int wait_ms = int(std::max(0.0, deadline - now_seconds()) * 1000);
-            rc = ::poll(&p, 1, wait_ms);
-            if (rc == 1) {
+            rc = ::poll(p, 2, wait_ms);  // a negative cancel is ignored
+            if (rc > 0 && (p[1].revents & POLLIN)) {
+                close_fd(fd);
+                freeaddrinfo(res);
+                if (src != nullptr) freeaddrinfo(src);
+                throw CoreError(ErrorKind::kNetwork, "connecting to " + addr.str() + " was cancelled (closing)");
+            }
+            if (rc > 0) {
                 int err = 0;
                 socklen_t len = sizeof(err);
                 getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);

@@ -27,7 +27,8 @@ Address parse_address(const std::string& text);
 int listen_on(const std::string& host, uint16_t port, uint16_t* bound_port);
 // Connects with a deadline; throws CoreError(kNetwork) with errno context. The socket is blocking, NODELAY.
 // A non-empty `source` host (a specific address, not a wildcard) is bound as the connection's source address.
-int connect_to(const Address& addr, double timeout_s, const std::string& source = "");
+// `cancel`: a descriptor that, once readable, ends the wait at once (kNetwork, "cancelled"); -1: none.
+int connect_to(const Address& addr, double timeout_s, const std::string& source = "", int cancel = -1);
 int accept_on(int listen_fd, std::string* peer_text);  // -1 when nothing to accept; NODELAY set
 void set_nonblocking(int fd, bool on);
 void set_nodelay(int fd);

@@ -30,9 +30,11 @@ void ConnPool::stop() {
         if (thread_.joinable()) thread_.join();
     }
     arrived_.notify_all();
+    cancel_.signal();  // never drained: every connect of this pool from now on ends at once
     {
         std::unique_lock<std::mutex> g(mu_);
-        dialers_done_.wait(g, [this] { return dialing_ == 0; });  // each is bounded by handshake_timeout
+        for (int fd : dial_fds_) ::shutdown(fd, SHUT_RDWR);  // a greeting waiting for its answer ends too
+        dialers_done_.wait(g, [this] { return dialing_ == 0; });
     }
     relay_.stop();
     net::close_fd(listen_fd_);

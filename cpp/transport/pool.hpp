@@ -107,7 +107,18 @@ private:
     void dial_for_incoming(uint64_t from, uint32_t slot, uint32_t index, uint64_t gen);
     // Dials `where` and says `hello` (sealed after a handshake in a run with a secret): a stream and its channel.
     ConnPtr dial_and_greet(const wire::PeerInfo& where, const wire::PeerHello& hello, double deadline);
-    void adopt(int fd, const std::string& who, const Key& key);  // a socket the accept thread greets for us
+    // A socket listed in dial_fds_ while this lives (throws kPeerLost if the pool is stopping).
+    class Dialing {
+    public:
+        Dialing(ConnPool* pool, int fd);
+        ~Dialing();
+        Dialing(const Dialing&) = delete;
+        Dialing& operator=(const Dialing&) = delete;
+
+    private:
+        ConnPool* pool_;
+        int fd_;
+    };
     void forget_dials(const std::function<bool(const Key&)>& which);  // under mu_
     mutable std::mutex mu_;
     std::condition_variable arrived_;  // a call (an outgoing connection offered by its peer) was registered
@@ -117,6 +128,10 @@ private:
     uint64_t dial_gen_ = 0;
     size_t dialing_ = 0;  // dialer threads running (detached; stop() waits for them)
     std::condition_variable dialers_done_;
+    // Sockets being dialed or greeted now: stop() cuts them (and cancel_ ends connects), so that close() never
+    // waits for a dial to a peer that does not answer.
+    std::set<int> dial_fds_;
+    net::Wakeup cancel_;
     struct Adopted {
         int fd;
         std::string who;

@@ -167,8 +167,9 @@ def state_loop(ctx) -> dict:
                 raise lost[0]
             total, q_total = outcomes
             q_hash = hashlib.sha256(q_total.tobytes()).hexdigest()[:16] if q_total is not None else None
-        except errors.PeerLostError:
+        except errors.PeerLostError as e:
             counts["peer_lost"] += 1
+            ctx.progress(kind="peer_lost", revision=state.revision, error=str(e)[:300])
             continue
         except errors.TooFewPeersError:  # only with min_world_size >= 2: update_topology() waits for newcomers
             counts["too_few"] += 1

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from pccl_arrays.testing import read_result, spawn_child
@@ -74,10 +75,11 @@ class Peer:
         self.proc.wait()
 
 
-def spawn(master: str, scenario: str, rank: int, world: int, out: Path, **args) -> Peer:
-    """Starts one peer process running ``scenarios.<scenario>``."""
+def spawn(master: str, scenario: str, rank: int, world: int, out: Path, prefix: Sequence[str] = (), **args) -> Peer:
+    """Starts one peer process running ``scenarios.<scenario>`` (``prefix``: put before its command line, e.g.
+    ``ip netns exec NS`` to start it in a network namespace)."""
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(HERE / "peer_main.py"), scenario, "--master", master, "--rank", str(rank),
+    cmd = [*prefix, sys.executable, str(HERE / "peer_main.py"), scenario, "--master", master, "--rank", str(rank),
            "--world", str(world), "--out", str(out), "--args", json.dumps(args)]
     stderr = open(out / f"rank{rank}.stderr", "wb")
     proc = spawn_child(cmd, stdout=subprocess.PIPE, stderr=stderr)

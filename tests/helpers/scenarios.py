@@ -31,6 +31,8 @@ class Context:
         opts = dict(connections=self.args.get("connections", 2), connect_timeout=5.0,
                     master_timeout=self.args.get("master_timeout", 5.0), data_timeout=self.args.get("data_timeout", 10.0),
                     heartbeat_interval=0.2, peer_group=self.args.get("group", 0))
+        if self.rank in self.args.get("behind_nat", ()):  # no data port: it dials every connection (docs/nat.md)
+            opts["listen"] = None
         opts.update(kw)
         return pa.Communicator(self.master, **opts)
 
