@@ -132,7 +132,7 @@ Communicator::InFlightCall::~InFlightCall() {
 
 wire::OpGo Communicator::start_op(uint64_t tag, const wire::OpDesc& desc, double timeout, uint64_t* gen) {
     const uint32_t ms = timeout_ms(timeout);
-    *gen = send_master(MsgType::kOpStart, wire::OpStart{tag, desc, ms, cfg_.min_world});
+    *gen = send_master(MsgType::kOpStart, wire::OpStart{tag, desc, ms, cfg_.min_world}, Send::kStart);
     Frame f = wait_frame(
         [tag](const Frame& f) {
             if (f.type == uint16_t(MsgType::kOpGo)) return wire::decode_payload<wire::OpGo>(f.payload).tag == tag;

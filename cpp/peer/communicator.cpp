@@ -207,12 +207,14 @@ bool Communicator::send_sealed(std::vector<uint8_t> frame, int* err) {
     return net::send_all(master_fd_, frame.data(), frame.size(), err);
 }
 
-uint64_t Communicator::send_raw(const std::vector<uint8_t>& bytes, bool wait) {
+uint64_t Communicator::send_raw(const std::vector<uint8_t>& bytes, Send how) {
+    const bool wait = how == Send::kVote || how == Send::kQuery;
     for (;;) {
         {
             // A lost master: wait for it to come back (the link thread gives up after master_grace). A call that
             // waited then raises (the others may have moved on: the loop redoes the step), unless it may go on.
             std::unique_lock<std::mutex> lk(mu_);
+            if (how == Send::kStart && resume_pending_ && !away_) throw resume_error();
             const bool waited = away_;
             while (away_ && state_ != State::kBroken && state_ != State::kClosed) {
                 if (interrupt_requested()) {
@@ -230,7 +232,13 @@ uint64_t Communicator::send_raw(const std::vector<uint8_t>& bytes, bool wait) {
         if (away_) continue;
         const uint64_t gen = generation_;
         int err = 0;
-        if (send_sealed(bytes, &err)) return gen;
+        if (send_sealed(bytes, &err)) {
+            if (how == Send::kVote) {  // this peer meets its group again here (a loss from now on sets it again)
+                std::lock_guard<std::mutex> lk(mu_);
+                if (generation_ == gen) resume_pending_ = false;
+            }
+            return gen;
+        }
         g.unlock();
         // The link is dead. Let the link thread read what the master said last (KICKED, say) and decide: broken,
         // or a lost master looked for (then this frame goes to the next one). It notices the same dead socket
@@ -380,7 +388,7 @@ void Communicator::update_topology(double timeout) {
     require_quiet("update_topology()");
     const uint64_t seq = ++topo_seq_;
     const uint32_t ms = timeout_ms(timeout);
-    const uint64_t gen = send_master(MsgType::kTopoRequest, wire::TopoRequest{seq, ms, cfg_.min_world}, true);
+    const uint64_t gen = send_master(MsgType::kTopoRequest, wire::TopoRequest{seq, ms, cfg_.min_world}, Send::kVote);
     // The master ends the wait (a result, or its timeout error); our own bound only covers a master that
     // stops answering while it stays connected.
     Frame f = wait_frame([seq](const Frame& f) { return is_topo_result(f, seq); }, ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1,
@@ -394,7 +402,7 @@ uint32_t Communicator::optimize_topology(double timeout) {
     require_quiet("optimize_topology()");
     const uint64_t seq = ++topo_seq_;
     const uint32_t ms = timeout_ms(timeout);
-    const uint64_t gen = send_master(MsgType::kOptStart, wire::TopoRequest{seq, ms, cfg_.min_world});
+    const uint64_t gen = send_master(MsgType::kOptStart, wire::TopoRequest{seq, ms, cfg_.min_world}, Send::kStart);
     const auto is_result = [seq](const Frame& f) { return is_topo_result(f, seq); };
     // The plan (probes to run), or at once the result (every link was known, or an error).
     Frame f = wait_frame(
@@ -444,7 +452,7 @@ uint32_t Communicator::optimize_topology(double timeout) {
 
 uint32_t Communicator::pending_peers() {
     require_accepted();
-    const uint64_t gen = send_master(MsgType::kPendingRequest, wire::TopoRequest{0}, true);
+    const uint64_t gen = send_master(MsgType::kPendingRequest, wire::TopoRequest{0}, Send::kQuery);
     Frame f = wait_frame([](const Frame& f) { return f.type == uint16_t(MsgType::kPendingReply); },
                          net::now_seconds() + cfg_.master_timeout, "the master's pending count", gen);
     return wire::decode_payload<wire::PendingReply>(f.payload).pending;

@@ -191,11 +191,14 @@ private:
         uint16_t type;
         std::vector<uint8_t> payload;
     };
-    // Both return the generation of the master link the frame went out on. While the master is lost they wait
-    // for it to come back (up to master_grace), then raise kPeerLost (the others may have moved on), or with
-    // `wait` (update_topology(), pending_peers(): where the README loop resumes) send the frame.
-    template <class T> uint64_t send_master(wire::MsgType type, const T& m, bool wait = false);
-    uint64_t send_raw(const std::vector<uint8_t>& bytes, bool wait = false);
+    // What a frame to the master is for. Both return the generation of the master link the frame went out on.
+    // While the master is lost they wait for it to come back (up to master_grace), then raise kPeerLost (the
+    // others may have moved on), except for kVote and kQuery (update_topology(), pending_peers(): where the
+    // README loop resumes), which send the frame. After a loss, a kStart (a new collective) raises kPeerLost
+    // until this peer has voted (resume_pending_): the group meets again at update_topology().
+    enum class Send { kReport, kStart, kVote, kQuery };
+    template <class T> uint64_t send_master(wire::MsgType type, const T& m, Send how = Send::kReport);
+    uint64_t send_raw(const std::vector<uint8_t>& bytes, Send how = Send::kReport);
     void require_quiet(const char* call);
     static bool is_topo_result(const Frame& f, uint64_t seq);  // the TOPO_RESULT answering request `seq`
     bool send_sealed(std::vector<uint8_t> frame, int* err);  // with send_mu_ held; seals in a run with a secret
@@ -222,6 +225,7 @@ private:
     static constexpr uint64_t kAnyGen = ~uint64_t(0);
     template <class Match> Frame wait_frame(Match match, double deadline, const char* what, uint64_t gen = kAnyGen);
     CoreError master_lost_error(const char* what) const;  // mu_ held
+    CoreError resume_error() const;                       // mu_ held: a collective before update_topology()
     void apply_topology(const wire::TopoResult& r);
     void set_ring(const std::vector<wire::PeerInfo>& ring);  // the group's ring, its size, our place in it
     // The two-phase end of an operation or a sync: OP_DONE with the local outcome (ctl's failure, if any), then
@@ -318,6 +322,10 @@ private:
     std::atomic<uint64_t> epoch_{0};
     std::atomic<uint64_t> generation_{0};        // master links lost so far
     std::atomic<bool> away_{false};              // lost, not yet readmitted
+    // Lost since this peer last voted (guarded by mu_). Peers of a group resume a step at different calls (one
+    // got an operation's commit before the loss and went on, another gets it as a verdict afterwards); every
+    // collective raises kPeerLost until update_topology(), so all of them redo the step from there.
+    bool resume_pending_ = false;
     bool rejoining_ = false;                     // link thread only: HELLO sent to a new master, not admitted
     bool welcomed_ = false;                      // link thread only: ... and its WELCOME came
     size_t next_try_ = 0;                        // link thread only: the address the next search starts at
@@ -363,8 +371,8 @@ inline Communicator::Frame Communicator::wait_frame(Match match, double deadline
     }
 }
 
-template <class T> inline uint64_t Communicator::send_master(wire::MsgType type, const T& m, bool wait) {
-    return send_raw(wire::frame(type, m), wait);
+template <class T> inline uint64_t Communicator::send_master(wire::MsgType type, const T& m, Send how) {
+    return send_raw(wire::frame(type, m), how);
 }
 
 }  // namespace pccl

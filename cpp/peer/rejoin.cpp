@@ -5,7 +5,9 @@
 // the old master's answers raise kPeerLost from then on) and fails every running operation that has not
 // reported done. Then it dials the addresses in order, with backoff, until one answers: it proves the secret
 // again (a run with one), says HELLO with what it knows (peer id, epoch, ring, revision, committed and in-doubt
-// operations) and goes back to reading frames. WELCOME from an older epoch than the last master's ends that
+// operations) and goes back to reading frames. Until this peer's next update_topology() every new collective
+// raises kPeerLost (resume_pending_): the peers of a group may have lost the master at different calls of a step,
+// and redo it together from there. WELCOME from an older epoch than the last master's ends that
 // link and that address is not tried again; the admission (TOPO_RESULT seq 0) ends the absence: the ring is
 // applied and calls that waited send their requests. The verdicts on operations in doubt arrive as ordinary
 // OP_COMMIT / OP_ABORT frames. Past master_grace the communicator is broken with kMasterUnreachable.
@@ -40,6 +42,13 @@ CoreError Communicator::master_lost_error(const char* what) const {
                      "the master at " + master_now_ + " was lost (" + lost_why_ + ") while this call waited for " +
                          what + "; no peer committed it: redo the step (this communicator looks for a master for "
                          "master_grace = " + std::to_string(int(cfg_.master_grace)) + " s and later calls wait for it)");
+}
+
+CoreError Communicator::resume_error() const {
+    return CoreError(ErrorKind::kPeerLost,
+                     "the master at " + master_now_ + " was lost (" + lost_why_ + ") since this peer's last "
+                     "update_topology(); the others may be at another call of the step: every collective raises "
+                     "PeerLostError until update_topology(), where the group meets again (redo the step from there)");
 }
 
 int Communicator::dial_master(const std::string& address, double deadline, auth::Channel* channel) {
@@ -89,6 +98,7 @@ bool Communicator::rejoin(const std::string& why) {
             stale_.clear();
             next_try_ = silent_ || fenced_out_ ? after : 0;
             generation_++;
+            resume_pending_ = true;
             lost_why_ = why;
             for (auto& [id, ctl] : active_)
                 if (!doubts_.count(id))

@@ -49,7 +49,7 @@ SyncOutcome Communicator::sync_state(const std::vector<wire::StateEntry>& entrie
     } syncing_guard{this};
     const double t0 = net::now_seconds();
     const uint32_t ms = timeout_ms(timeout);
-    const uint64_t gen = send_master(MsgType::kSyncStart, wire::SyncStart{revision, strategy, ms, cfg_.min_world, entries});
+    const uint64_t gen = send_master(MsgType::kSyncStart, wire::SyncStart{revision, strategy, ms, cfg_.min_world, entries}, Send::kStart);
     Frame f = wait_frame([](const Frame& f) { return f.type == uint16_t(MsgType::kSyncPlan); },
                          ms ? net::now_seconds() + ms / 1000.0 + cfg_.master_timeout : -1,
                          "the other peers to call sync_shared_state()", gen);
