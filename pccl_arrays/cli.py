@@ -1,7 +1,7 @@
 """The ``pccl-arrays`` command.
 
     pccl-arrays --version
-    pccl-arrays master --listen HOST:PORT [--secret-file PATH [--encrypt]]
+    pccl-arrays master --listen HOST:PORT [--secret-file PATH [--encrypt]] [--http HOST:PORT]
                                                           runs a master until interrupted
     pccl-arrays new-secret                                prints a fresh random secret for a run
     pccl-arrays wan-relay --target HOST:PORT [--profile continent] [--listen HOST:PORT]
@@ -53,6 +53,9 @@ def main(argv=None) -> int:
     m.add_argument("--secret-file", help="file holding the run's secret (default: the PCCL_ARRAYS_SECRET environment "
                                          "variable, if set); peers need the same secret")
     m.add_argument("--encrypt", action="store_true", help="encrypt every frame of the run (needs a secret)")
+    m.add_argument("--http", metavar="HOST:PORT",
+                   help="serve /metrics (Prometheus), /status.json and a status page at / on this address, "
+                        "read-only (e.g. 127.0.0.1:9100; docs/monitoring.md). Default: no HTTP")
     sub.add_parser("new-secret", help="print a fresh random secret (64 hex digits) for a run")
     r = sub.add_parser("wan-relay", help="forward connections to a target through an emulated WAN path")
     r.add_argument("--target", required=True, help="host:port to forward to (a peer's data port)")
@@ -87,13 +90,18 @@ def _run(args, wan) -> int:
         secret = _read_secret(args.secret_file) if args.secret_file else None
         master = Master(args.listen, peer_timeout=args.peer_timeout, handshake_timeout=args.handshake_timeout,
                         secret=secret, encrypt=args.encrypt, rejoin_window=args.rejoin_window,
-                        require_inbound=args.require_inbound).start()
+                        require_inbound=args.require_inbound, http=args.http).start()
         mode = "encrypted" if master.encrypted else "authenticated" if master.authenticated else "no secret"
         if not master.authenticated and not master.address.startswith(_LOOPBACK):  # before the line scripts wait for
             print(f"pccl-arrays: warning: the master listens on {master.address}, beyond this machine, without a "
                   "secret; anyone who can reach that port can join the run (give it --secret-file, see "
                   "docs/security.md)", file=sys.stderr, flush=True)
         stop = _on_signal()
+        if master.http_address is not None:
+            if not master.http_address.startswith(_LOOPBACK):
+                print(f"pccl-arrays: note: the status page and metrics are served on {master.http_address} to "
+                      "anyone who can reach it (read-only; docs/security.md)", file=sys.stderr, flush=True)
+            print(f"pccl-arrays master status page on http://{master.http_address}/", flush=True)
         print(f"pccl-arrays master listening on {master.address} ({mode})", flush=True)
         stop.wait()
         master.stop()

@@ -89,6 +89,9 @@ class Communicator(CollectiveMethods):
             a pool that takes their memory back when the arrays die, so the next result of a similar size skips
             allocating and faulting in fresh pages. The pool keeps at most this many bytes nobody uses
             (default 1 GiB; 0: no pool) and frees them at :meth:`close`. Arrays you hold are never counted.
+        metrics: ``host:port`` on which to serve this peer's Prometheus metrics at ``/metrics`` (its committed
+            and failed collectives, their latency, the bytes per neighbour), read-only, from a thread of its own
+            until :meth:`close` (docs/monitoring.md; port 0: the OS chooses, see :attr:`metrics_address`).
 
     Used as a context manager (``with Communicator(...) as comm:``) it connects on entry and closes on exit.
     """
@@ -112,6 +115,7 @@ class Communicator(CollectiveMethods):
         min_world_size: int = 1,
         secret: _secret.Secret = None,
         buffer_pool_bytes: int = DEFAULT_BUFFER_POOL_BYTES,
+        metrics: Optional[str] = None,
     ):
         master = _master_addresses(master)
         if not isinstance(master_grace, (int, float)) or isinstance(master_grace, bool) or not master_grace >= 0:
@@ -146,6 +150,14 @@ class Communicator(CollectiveMethods):
         self._pool = _core.BufferPool(buffer_pool_bytes)
         self._local = threading.local()  # each thread's last_info
         self._concurrency = _in_flight.Concurrency(self, weakref.WeakMethod(self._abandon))
+        self._metrics = self._metrics_http = None
+        if metrics is not None:
+            from . import metrics as _metrics
+            from . import status_page
+
+            self._metrics = _metrics.PeerMetrics()
+            self._core = _metrics.CountingCore(self._core, self._metrics)
+            self._metrics_http = status_page.serve_peer(self, self._metrics, metrics)
         _in_flight.track_open(self)
 
     # -- membership ---------------------------------------------------------------------------------------------
@@ -322,7 +334,15 @@ class Communicator(CollectiveMethods):
         self._core.abandon(why)
         self._after_leaving()
 
+    @property
+    def metrics_address(self) -> Optional[str]:
+        """``host:port`` of this peer's ``/metrics`` while it serves (``metrics=``), else None."""
+        return None if self._metrics_http is None else self._metrics_http.address
+
     def _after_leaving(self) -> None:
+        if self._metrics_http is not None:
+            self._metrics_http.stop()
+            self._metrics_http = None
         self._concurrency.shutdown()  # the operations in flight have already been stopped by the core
         self._pool.release()
         _in_flight.untrack_open(self)
@@ -453,6 +473,8 @@ class Communicator(CollectiveMethods):
         """Keeps the core's info of a call as this thread's :attr:`last_info`."""
         self._local.info = AllReduceInfo(info.world_size, info.bytes_sent, info.bytes_received, info.seconds,
                                          info.stripes, info.op_id, info.rank, tuple(info.peers))
+        if self._metrics is not None:
+            self._metrics.committed_one(info)
         return self._local.info
 
     def _collective(self, fn, *args, **kw) -> tuple[Any, AllReduceInfo]:

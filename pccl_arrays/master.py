@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from . import _core
 from . import secret as _secret
 from .errors import InvalidArgumentError
@@ -25,12 +27,16 @@ class Master:
         require_inbound: refuse a newcomer whose data port the master cannot dial (NetworkError at its connect()),
             as before peers behind NAT were supported. Default False: such a peer is admitted and dials all its
             connections; two such peers reach each other through a relay (docs/nat.md).
+        http: ``host:port`` (port 0: the OS chooses; read it back from :attr:`http_address`) on which to serve,
+            read-only, ``/metrics`` (Prometheus), ``/status.json`` and a status page at ``/``, from a thread of
+            its own (docs/monitoring.md). Default None: no HTTP. Bind it to loopback or a private address;
+            docs/security.md says how to expose it.
     """
 
     def __init__(self, listen: str = "127.0.0.1:0", *, peer_timeout: float = _core.DEFAULTS["peer_timeout"],
                  handshake_timeout: float = _core.DEFAULTS["handshake_timeout"], secret: _secret.Secret = None,
                  encrypt: bool = False, rejoin_window: float = _core.DEFAULTS["rejoin_window"],
-                 require_inbound: bool = False):
+                 require_inbound: bool = False, http: Optional[str] = None):
         for name, value in (("peer_timeout", peer_timeout), ("handshake_timeout", handshake_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InvalidArgumentError(f"{name} must be a positive number of seconds, not {value!r}")
@@ -38,6 +44,11 @@ class Master:
             raise InvalidArgumentError(f"rejoin_window must be a number of seconds >= 0, not {rejoin_window!r}")
         if not isinstance(require_inbound, bool):
             raise InvalidArgumentError(f"require_inbound must be True or False, not {require_inbound!r}")
+        if http is not None:
+            from .http_server import parse_listen
+
+            parse_listen(http, "http")  # a bad address fails here, not at start()
+        self._http_listen, self._http = http, None
         key = _secret.resolve(secret)
         if encrypt and key is None:
             raise InvalidArgumentError("encrypt=True needs a secret (secret= or PCCL_ARRAYS_SECRET)")
@@ -47,12 +58,23 @@ class Master:
                                           require_inbound=require_inbound)
 
     def start(self) -> "Master":
-        """Binds and starts serving; returns self."""
+        """Binds and starts serving (and the HTTP side, with ``http=``); returns self."""
         self._server.start()
+        if self._http_listen is not None and self._http is None:
+            from . import status_page
+
+            try:
+                self._http = status_page.serve_master(self, self._http_listen)
+            except BaseException:
+                self._server.stop()
+                raise
         return self
 
     def stop(self) -> None:
-        """Closes every connection; peers then see the master as unreachable."""
+        """Closes every connection; peers then see the master as unreachable. The HTTP side stops too."""
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
         self._server.stop()
 
     @property
@@ -77,6 +99,20 @@ class Master:
         edges between two of them, each through a relay), master_relay_pipes and master_relay_bytes (what the
         master's own relay carried)."""
         return self._server.stats()
+
+    @property
+    def http_address(self) -> Optional[str]:
+        """``host:port`` of the HTTP side while it serves (``http=``), else None."""
+        return None if self._http is None else self._http.address
+
+    def status(self) -> dict:
+        """A copy of what the master knows, for monitoring (docs/monitoring.md; ``/status.json`` serves it):
+        ``stats`` (as :meth:`stats`), ``peers`` (id, group, address, data_address, state, activity, age_s,
+        heartbeat_age_s, inbound, synced), ``groups`` (ring, revision, syncs, sync_bytes, last sync), ``recent``
+        (the last 64 collectives, newest first: what, outcome, cause, reason, duration_s, ago_s, bytes, world),
+        ``links``, the counters by cause and the duration and size histograms. Bounded work under the core's
+        lock: safe to call every second."""
+        return self._server.status()
 
     def links(self) -> list[dict]:
         """The link measurements optimize_topology() left (``from``, ``to`` peer ids, ``bandwidth`` in bytes/s,

@@ -135,3 +135,13 @@ def test_nat_benchmark_runs_every_case_exactly_and_relays_only_when_forced(tmp_p
     assert forced["relayed_edges"] >= 1 and sum(forced["relay_bytes"].values()) > 0 and forced["via_master"] == 0
     assert cases["one_outbound"]["goal_met"] is not None and forced["goal_met"] is None
     assert "relay forced" in stdout and "relay_bytes" in stdout
+
+
+@pytest.mark.timeout(120)
+def test_monitoring_benchmark_quick_mode_measures_both_modes(tmp_path):
+    """HTTP off, then on with a scraper: both measured in one run, the scraper scraped, the ratio printed (the
+    goal itself is for the full run: a quick one is too short to hold within 5 %)."""
+    stdout, doc = run_quick(tmp_path, "monitoring.py", "--quick", timeout=110)
+    assert doc["errors"] == [] and [r["http"] for r in doc["rows"]] == [False, True]
+    assert doc["off"]["loop_us_per_op"] > 0 and doc["on"]["loop_us_per_op"] > 0 and doc["on"]["scrapes"] >= 1
+    assert doc["ratio_loop"] > 0 and "on / off: loop thread" in stdout

@@ -35,6 +35,7 @@ void MasterServer::start() {
     relay_.set_policy(auth_.encrypt);
     state_.set_relay_port(relay_.start(a.host, 0, config_.handshake_timeout));
     running_ = true;
+    started_ = net::now_seconds();
     thread_ = std::thread([this] { loop(); });
     log_info("master listening on " + address());
 }
@@ -65,6 +66,27 @@ MasterStats MasterServer::stats() const {
     return s;
 }
 
+MasterStatus MasterServer::status() const {
+    MasterStatus s;
+    s.stats = stats();
+    std::lock_guard<std::mutex> g(mu_);
+    s.observed = state_.observed();
+    s.peers = state_.peer_rows();
+    for (const auto& p : s.peers) {
+        if (p.state != "accepted" || s.rings.count(p.group)) continue;
+        s.rings[p.group] = state_.ring_of(p.group);
+        s.revisions[p.group] = state_.group_revision(p.group);
+    }
+    for (const auto& [group, o] : s.observed.groups)
+        if (!s.revisions.count(group)) s.revisions[group] = state_.group_revision(group);
+    s.links = state_.links();
+    s.now = net::now_seconds();
+    s.started = started_;
+    s.connections = links_.size();
+    s.auth_failures = auth_failures_;
+    return s;
+}
+
 std::vector<wire::LinkMeasure> MasterServer::links() const {
     std::lock_guard<std::mutex> g(mu_);
     return state_.links();
@@ -80,6 +102,7 @@ void MasterServer::close_link(uint64_t id) {
 
 void MasterServer::refuse(uint64_t id, Link& link, const std::string& reason, const std::string& log_reason, double now) {
     log_warn("master: refused " + link.addr + ": " + log_reason);
+    auth_failures_++;
     link.out.append(wire::frame(wire::MsgType::kAuthRefused, wire::AuthRefused{reason}));
     apply(state_.on_disconnect(id, "refused: " + log_reason, now));
     close_link(id);
@@ -118,6 +141,7 @@ bool MasterServer::handshake_frame(uint64_t id, Link& link, const wire::Header& 
         return true;
     } catch (const CoreError& e) {
         log_warn("master: refused " + link.addr + ": " + e.what());
+        auth_failures_++;
         apply(state_.on_disconnect(id, std::string("refused: ") + e.what(), now));
         close_link(id);
         return false;

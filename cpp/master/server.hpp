@@ -59,6 +59,18 @@ private:
     size_t sent_ = 0;
 };
 
+// A copy of what the master knows, for monitoring (Master.status(), the HTTP side: docs/monitoring.md).
+struct MasterStatus {
+    MasterStats stats;
+    Observed observed;
+    std::vector<MasterState::PeerRow> peers;
+    std::map<uint32_t, std::vector<uint64_t>> rings;  // by group, in ring order
+    std::map<uint32_t, uint64_t> revisions;           // by group: the last committed shared-state revision
+    std::vector<wire::LinkMeasure> links;
+    double now = 0, started = 0;                      // master clock: this copy, the server's start
+    uint64_t connections = 0, auth_failures = 0;      // TCP connections held now; handshakes refused so far
+};
+
 class MasterServer {
 public:
     MasterServer(std::string listen, MasterConfig config, AuthConfig auth = {});
@@ -68,6 +80,7 @@ public:
     std::string address() const;
     uint64_t epoch() const { return config_.epoch; }  // this incarnation's (docs/master.md)
     MasterStats stats() const;
+    MasterStatus status() const;  // bounded work: O(peers + links + Observed::kRecent), under the state's lock
     std::vector<wire::LinkMeasure> links() const;
     bool running() const { return running_; }
 
@@ -113,7 +126,9 @@ private:
     std::vector<ProbeResult> probe_results_;
     std::map<uint64_t, std::thread> probes_;  // by connection; joined when their result is collected, or at stop()
     std::atomic<bool> running_{false};
-    std::atomic<double> cpu_seconds_{0};  // the loop thread's CPU time, for stats()
+    std::atomic<double> cpu_seconds_{0};
+    std::atomic<uint64_t> auth_failures_{0};
+    double started_ = 0;  // the loop thread's CPU time, for stats()
     // The relay of last resort for two peers behind NAT with no reachable peer between them (docs/nat.md): a
     // data port of its own that serves relay requests only (PEER_HELLO for peer 0 is refused).
     ConnPool relay_;

@@ -144,6 +144,7 @@ void MasterState::handle(uint64_t id, Conn& c, uint16_t type, const std::vector<
         case MsgType::kLeave: {  // a peer that leaves is not lost to a partition: the fence stops counting it
             auto base = base_.find(c.group);
             if (base != base_.end()) std::erase(base->second, id);
+            observed_.leaves++;
             return remove(id, describe(id) + " left", out);
         }
         case MsgType::kTopoRequest: return on_topo_request(id, c, payload, now, out);
@@ -282,6 +283,7 @@ void MasterState::Collective::add_starter(uint32_t timeout_ms, uint32_t starter_
         timeout = timeout_ms / 1000.0;
     }
     if (starter_min_world > min_world) min_world = starter_min_world;
+    if (first_start < 0) first_start = now;
 }
 
 void MasterState::enter_collective(Conn& c, const char* what, Actions& out) {
@@ -400,6 +402,7 @@ void MasterState::try_complete_topology(Actions& out) {
             c.accepted = true;
             rings_changed();
             c.admitted_seq = next_admitted_++;
+            observed_.admissions++;
             newcomers.push_back(id);
         }
     }
@@ -471,6 +474,9 @@ void MasterState::try_start(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
     }
     op.running = true;
     op.id = next_op_id_++;
+    op.began = now_;
+    op.bytes = first.count * dtype_size(DType(first.dtype));
+    observed_.ops_started++;
     op.members = ring;
     op.member_set.insert(ring.begin(), ring.end());
     std::set<uint32_t> taken;
@@ -504,6 +510,7 @@ void MasterState::finish_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterato
         conns_.at(id).op_tags.erase(it->second.tag);
     }
     stats_.ops_committed++;
+    observe_end(it->second, "committed", ErrorKind(0), "");
     remember_verdict(it->second.id, true);
     base_[it->second.group] = it->second.members;
     ops_.erase(it);
@@ -519,6 +526,7 @@ void MasterState::fail_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator 
             conns_.at(id).op_tags.erase(op.tag);
         }
         stats_.ops_aborted++;
+        observe_end(op, "aborted", kind, reason);
         remember_verdict(op.id, false);
     } else {
         for (const auto& [id, d] : op.started) {
@@ -527,6 +535,7 @@ void MasterState::fail_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator 
             conns_.at(id).op_tags.erase(op.tag);
         }
         stats_.ops_rejected++;
+        observe_end(op, "rejected", kind, reason);
     }
     ops_.erase(it);
 }

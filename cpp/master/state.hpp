@@ -68,6 +68,7 @@
 #include <string>
 #include <vector>
 
+#include "master/observed.hpp"
 #include "wire/wire.hpp"
 
 namespace pccl {
@@ -128,6 +129,21 @@ public:
     std::vector<MasterAction> on_probe_result(uint64_t conn, bool reachable, const std::string& reason, double now);
 
     const MasterStats& stats() const { return stats_; }
+    const Observed& observed() const { return observed_; }  // for monitoring (observed.hpp)
+    // One row per connection that said HELLO, for the status page: who, where, since when, doing what.
+    struct PeerRow {
+        uint64_t id = 0;
+        uint32_t group = 0;
+        std::string addr, data_addr, state, activity;  // state: accepted, pending, held; activity: idle, ...
+        double since = 0, last_seen = 0;                // master clock
+        bool inbound = true, synced = false;
+    };
+    std::vector<PeerRow> peer_rows() const;
+    std::vector<uint64_t> ring_of(uint32_t group) const { return cached_ring(group); }
+    uint64_t group_revision(uint32_t group) const {
+        auto it = group_revision_.find(group);
+        return it == group_revision_.end() ? 0 : it->second;
+    }
     void set_relay_port(uint16_t port) { config_.relay_port = port; }  // the server's, once it listens
     // The admitted peers that accept no connections, and the ring edges between two of them (relayed).
     std::vector<uint64_t> outbound_only() const;
@@ -177,6 +193,9 @@ private:
         uint32_t group = 0;
         uint64_t id = 0;                  // once running: the op / sync / optimize id peers report with
         double deadline = -1;             // the earliest starter's timeout (negative: none)
+        double first_start = -1;          // when the first starter announced it
+        double began = 0;                 // when it started running (OP_GO, the sync's plans)
+        uint64_t bytes = 0;               // an operation's array bytes, a sync's state bytes moved
         double timeout = 0;               // that starter's timeout in seconds, for the message
         uint32_t min_world = 0;           // the largest min_world of the starters
         std::vector<uint64_t> members;    // ring order once running
@@ -267,6 +286,8 @@ private:
     void finish_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator it, Actions& out);
     void fail_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator it, ErrorKind kind, const std::string& reason,
                  Actions& out);
+    void observe_end(const Op& op, const char* outcome, ErrorKind kind, const std::string& reason);
+    void observe_sync_end(const Collective& sync, const char* outcome, ErrorKind kind, const std::string& reason);
     void try_start_sync(uint32_t group, Actions& out);
     void fail_pending_sync(uint32_t group, ErrorKind kind, const std::string& reason, Actions& out);
     void finish_sync(std::map<uint64_t, Sync>::iterator it, Actions& out);
@@ -304,6 +325,7 @@ private:
     std::map<uint32_t, std::vector<uint64_t>> order_;         // a group's solved ring order
     uint64_t next_admitted_ = 1, next_op_id_ = 1;
     MasterStats stats_;
+    Observed observed_;
     std::map<uint64_t, uint64_t> by_conn_, conn_of_;  // connection -> peer id and back
     std::vector<std::pair<uint64_t, uint64_t>> forget_;  // removed (peer, connection), forgotten once their
                                                          // actions are out

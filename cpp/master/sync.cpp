@@ -88,6 +88,9 @@ void MasterState::try_start_sync(uint32_t group, Actions& out) {
         }
         for (auto& p : peers) p.synced = p.start.strategy == uint8_t(wire::SyncStrategy::kSendOnly);
     }
+    const double it_first_start = it->second.first_start;
+    std::map<uint64_t, std::vector<wire::StateEntry>> entries_of;
+    for (uint64_t id : ring) entries_of[id] = it->second.started[id].entries;
     syncs_pending_.erase(it);
     std::optional<uint64_t> last;
     if (state_exists && rev != group_revision_.end()) last = rev->second;
@@ -97,8 +100,14 @@ void MasterState::try_start_sync(uint32_t group, Actions& out) {
     sync.id = next_op_id_++;
     sync.revision = d.revision;
     sync.members = d.members;
+    sync.began = now_;
+    sync.first_start = it_first_start;
     for (auto& [id, plan] : d.plans) {
         plan.sync_id = sync.id;
+        for (uint32_t e : plan.fetch) {  // what moves: each fetched entry's bytes, as its holders announced it
+            const auto& entries = entries_of.at(id);
+            if (e < entries.size()) sync.bytes += entries[e].nbytes;
+        }
         if (!plan.ok) {
             conns_.at(id).in_sync = false;
             stats_.syncs_refused++;
@@ -124,6 +133,7 @@ void MasterState::fail_pending_sync(uint32_t group, ErrorKind kind, const std::s
         conns_.at(id).in_sync = false;
     }
     stats_.syncs_aborted++;
+    observe_sync_end(it->second, "rejected", kind, reason);
     syncs_pending_.erase(it);
 }
 
@@ -139,6 +149,13 @@ void MasterState::finish_sync(std::map<uint64_t, Sync>::iterator it, Actions& ou
     group_revision_[sync.group] = sync.revision;
     base_[sync.group] = sync.members;
     stats_.syncs_committed++;
+    observe_sync_end(sync, "committed", ErrorKind(0), "");
+    GroupObserved& g = observed_.groups[sync.group];
+    g.syncs++;
+    g.sync_bytes += sync.bytes;
+    g.last_sync_at = now_;
+    g.last_sync_bytes = sync.bytes;
+    g.last_sync_revision = sync.revision;
     remember_verdict(sync.id, true);
     syncs_running_.erase(it);
 }
@@ -151,6 +168,7 @@ void MasterState::abort_sync(std::map<uint64_t, Sync>::iterator it, ErrorKind ki
         conns_.at(id).in_sync = false;
     }
     stats_.syncs_aborted++;
+    observe_sync_end(it->second, "aborted", kind, reason);
     remember_verdict(it->second.id, false);
     syncs_running_.erase(it);
 }

@@ -99,6 +99,14 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("address", &MasterServer::address)
         .def_property_readonly("running", &MasterServer::running)
         .def("stats", [](const MasterServer& s) { return master_stats_dict(s.stats()); })
+        .def("status", [](const MasterServer& s) {
+            MasterStatus st;
+            {
+                py::gil_scoped_release release;
+                st = s.status();
+            }
+            return master_status_dict(st);
+        })
         .def("links", [](const MasterServer& s) {
             py::list out;
             for (const auto& l : s.links())

@@ -12,4 +12,6 @@ namespace pccl {
 // (the runtime's blocking calls) and returns false when nothing was pending.
 void register_core_errors(bool (*interrupted)());
 pybind11::dict master_stats_dict(const MasterStats& s);
+struct MasterStatus;
+pybind11::dict master_status_dict(const MasterStatus& s);  // master_status.cpp
 }  // namespace pccl

@@ -14,6 +14,7 @@ from pccl_arrays.testing import die_with_parent, run_target, write_result
 import collective_scenarios
 import contract_scenarios
 import jax_scenarios
+import monitoring_scenarios
 import restart_scenarios
 import scenarios
 import security_scenarios
@@ -34,7 +35,7 @@ def main() -> int:
     if not die_with_parent():
         return 1  # the test died before we could ask to die with it
     ctx = scenarios.Context(a.master, a.rank, a.world, Path(a.out), json.loads(a.args))
-    module = next(m for m in (state_scenarios, collective_scenarios, contract_scenarios, restart_scenarios, jax_scenarios, security_scenarios, topology_scenarios, torch_scenarios, scenarios) if hasattr(m, a.scenario))
+    module = next(m for m in (state_scenarios, collective_scenarios, contract_scenarios, restart_scenarios, jax_scenarios, monitoring_scenarios, security_scenarios, topology_scenarios, torch_scenarios, scenarios) if hasattr(m, a.scenario))
     result, status = run_target(getattr(module, a.scenario), ctx)  # a failure is read from the result file
     if ctx.arrays:
         np.savez(ctx.out / f"rank{a.rank}.npz", **ctx.arrays)
