@@ -14,6 +14,13 @@ if ! command -v iptables >/dev/null && ! [ -x /usr/sbin/iptables ] && command -v
   { $SUDO apt-get install -y -q iptables >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q iptables >/dev/null 2>&1; }; } ||
     echo "setup.sh: could not install iptables; the network-namespace tests will be skipped" >&2
 fi
+# The browser tests (tests/test_status_page.py, tests/test_browser_driver.py) drive Debian's headless chromium
+# (about 40 s and 130 packages the first time); they skip without it.
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo -n"  # never waits for a password
+  { $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q chromium >/dev/null 2>&1; }; } ||
+    echo "setup.sh: could not install chromium; the browser tests will be skipped" >&2
+fi
 if [ ! -x .venv/bin/python ]; then
   PY=${PYTHON:-}
   if [ -z "$PY" ]; then
