@@ -137,6 +137,10 @@ class Communicator(CollectiveMethods):
             if advertise:
                 raise InvalidArgumentError("advertise= names an address others dial, and this peer has no data port "
                                            "(listen=None or inbound=False)")
+        if metrics is not None:
+            from .http_server import parse_listen
+
+            parse_listen(metrics, "metrics")  # a bad address fails before anything starts
         if not isinstance(buffer_pool_bytes, int) or isinstance(buffer_pool_bytes, bool) or buffer_pool_bytes < 0:
             raise InvalidArgumentError(f"buffer_pool_bytes must be an int >= 0, not {buffer_pool_bytes!r}")
         self._core = _core.Communicator(
@@ -158,6 +162,7 @@ class Communicator(CollectiveMethods):
             self._metrics = _metrics.PeerMetrics()
             self._core = _metrics.CountingCore(self._core, self._metrics)
             self._metrics_http = status_page.serve_peer(self, self._metrics, metrics)
+            weakref.finalize(self, self._metrics_http.stop)  # dropped without close(): the server goes too
         _in_flight.track_open(self)
 
     # -- membership ---------------------------------------------------------------------------------------------

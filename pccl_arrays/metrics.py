@@ -193,7 +193,7 @@ class PeerMetrics:
                                   "are replaced)", labels=["peer", "direction"])
         per: dict = {}
         try:
-            conns = comm.connection_stats()
+            conns = [] if comm is None else comm.connection_stats()
         except PCCLError:  # not connected yet, or closed
             conns = []
         for c in conns:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from importlib import resources
 from typing import Optional
 
@@ -60,6 +61,8 @@ def serve_master(master, listen: str) -> HttpServer:
 
 
 def serve_peer(comm, peer_metrics, listen: str) -> HttpServer:
-    """A peer's ``/metrics`` (Communicator(metrics=...))."""
+    """A peer's ``/metrics`` (Communicator(metrics=...)). It holds the communicator weakly: a dropped one is
+    freed as without metrics (its finalizer stops this server)."""
+    ref = weakref.ref(comm)
     return HttpServer(listen, {"/metrics": lambda: (metrics.CONTENT_TYPE, metrics.exposition(
-        lambda: peer_metrics.families(comm)))}, what="metrics")
+        lambda: peer_metrics.families(ref())))}, what="metrics")

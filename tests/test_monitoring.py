@@ -165,9 +165,10 @@ def test_http_addresses_are_checked_and_the_server_stops_with_the_master():
         socket.create_connection(tuple(address.rsplit(":", 1)[0:1]) + (int(address.rsplit(":", 1)[1]),), timeout=2)
 
 
-def test_the_cli_serves_the_status_page_with_http():
-    proc = subprocess.Popen([sys.executable, "-m", "pccl_arrays.cli", "master", "--listen", "127.0.0.1:0", "--http",
-                             "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_the_cli_serves_the_status_page_with_http(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from pccl_arrays.cli import main; sys.exit(main())",
+                             "master", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # not the tree
     try:
         line = proc.stdout.readline()
         assert line.startswith("pccl-arrays master status page on http://"), line
@@ -233,3 +234,24 @@ def test_the_docs_list_every_metric_with_its_type():
                 for fam in text_string_to_metric_families(get(address, "/metrics")[1].decode()):
                     exported[fam.name] = fam.type
     assert documented == exported
+
+
+def test_a_dropped_communicator_with_metrics_is_freed_and_its_server_stops():
+    """The metrics server holds its communicator weakly: dropped without close(), the communicator is freed at
+    once (no cycle collector needed) and its port closes."""
+    import gc
+    import weakref
+
+    with pa.Master(rejoin_window=0.0) as master:
+        comm = pa.Communicator(master.address, metrics="127.0.0.1:0").connect()
+        port = int(comm.metrics_address.rsplit(":", 1)[1])
+        assert get(comm.metrics_address, "/metrics")[0] == 200
+        ref = weakref.ref(comm)
+        gc.disable()
+        try:
+            del comm
+            assert ref() is None
+        finally:
+            gc.enable()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)

@@ -88,9 +88,7 @@ void MasterState::try_start_sync(uint32_t group, Actions& out) {
         }
         for (auto& p : peers) p.synced = p.start.strategy == uint8_t(wire::SyncStrategy::kSendOnly);
     }
-    const double it_first_start = it->second.first_start;
-    std::map<uint64_t, std::vector<wire::StateEntry>> entries_of;
-    for (uint64_t id : ring) entries_of[id] = it->second.started[id].entries;
+    const double first_start = it->second.first_start;
     syncs_pending_.erase(it);
     std::optional<uint64_t> last;
     if (state_exists && rev != group_revision_.end()) last = rev->second;
@@ -101,13 +99,14 @@ void MasterState::try_start_sync(uint32_t group, Actions& out) {
     sync.revision = d.revision;
     sync.members = d.members;
     sync.began = now_;
-    sync.first_start = it_first_start;
+    sync.first_start = first_start;
+    std::map<uint64_t, const std::vector<wire::StateEntry>*> entries_of;  // each peer's announced entries
+    for (const auto& p : peers) entries_of[p.id] = &p.start.entries;
     for (auto& [id, plan] : d.plans) {
         plan.sync_id = sync.id;
-        for (uint32_t e : plan.fetch) {  // what moves: each fetched entry's bytes, as its holders announced it
-            const auto& entries = entries_of.at(id);
-            if (e < entries.size()) sync.bytes += entries[e].nbytes;
-        }
+        const auto* entries = entries_of.count(id) ? entries_of.at(id) : nullptr;
+        for (uint32_t e : plan.fetch)  // what moves: the bytes of each entry this peer fetches
+            if (entries && e < entries->size()) sync.bytes += (*entries)[e].nbytes;
         if (!plan.ok) {
             conns_.at(id).in_sync = false;
             stats_.syncs_refused++;
