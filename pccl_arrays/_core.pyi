@@ -60,6 +60,10 @@ class Communicator:
         """
         Leaves the job because of an interrupt the core did not see; later calls raise `why`.
         """
+    def acknowledge_loss(self, generation: typing.SupportsInt | typing.SupportsIndex) -> None:
+        """
+        The caller has seen a collective fail since master loss number `generation`: collectives go on.
+        """
     def all_reduce(self, *, input_ptr: typing.SupportsInt | typing.SupportsIndex, output_ptr: typing.SupportsInt | typing.SupportsIndex, count: typing.SupportsInt | typing.SupportsIndex, dtype: typing.SupportsInt | typing.SupportsIndex, op: typing.SupportsInt | typing.SupportsIndex, tag: typing.SupportsInt | typing.SupportsIndex, qkind: typing.SupportsInt | typing.SupportsIndex = 0, qblock: typing.SupportsInt | typing.SupportsIndex = 0, qround: typing.SupportsInt | typing.SupportsIndex = 0, qseed: typing.SupportsInt | typing.SupportsIndex = 0, qrotate: bool = False, qdirect: bool = False, host_quantized: bool = False, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], structure: typing.SupportsInt | typing.SupportsIndex = 0, structure_text: str = '', timeout: typing.SupportsFloat | typing.SupportsIndex = -1.0) -> OpInfo:
         """
         Plain, or quantized: host_quantized takes arrays of the dtype and quantizes on the stripes' threads; otherwise input and output are quantized bytes (the device path).
@@ -106,6 +110,9 @@ class Communicator:
         ...
     @property
     def inbound(self) -> bool:
+        ...
+    @property
+    def master_generation(self) -> int:
         ...
     @property
     def peer_id(self) -> int:

@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core, arrays
+from . import _core, arrays, core_calls
 from .collective_methods import CollectiveMethods
 from . import secret as _secret
 from . import in_flight as _in_flight
@@ -143,13 +143,13 @@ class Communicator(CollectiveMethods):
             parse_listen(metrics, "metrics")  # a bad address fails before anything starts
         if not isinstance(buffer_pool_bytes, int) or isinstance(buffer_pool_bytes, bool) or buffer_pool_bytes < 0:
             raise InvalidArgumentError(f"buffer_pool_bytes must be an int >= 0, not {buffer_pool_bytes!r}")
-        self._core = _core.Communicator(
+        self._core = core_calls.CoreCalls(_core.Communicator(
             master=master, peer_group=peer_group, connections=connections, listen=listen, advertise=advertise or "",
             connect_timeout=connect_timeout, heartbeat_interval=heartbeat_interval, master_timeout=master_timeout,
             master_grace=float(master_grace), data_timeout=data_timeout, piece_bytes=piece_bytes,
             op_timeout=0.0 if op_timeout is None else float(op_timeout), min_world=min_world_size,
             secret=_secret.resolve(secret),
-        )
+        ))  # collectives' failures pass through it (core_calls.py)
         self.min_world_size = min_world_size
         self._pool = _core.BufferPool(buffer_pool_bytes)
         self._local = threading.local()  # each thread's last_info
@@ -160,7 +160,7 @@ class Communicator(CollectiveMethods):
             from . import status_page
 
             self._metrics = _metrics.PeerMetrics()
-            self._core = _metrics.CountingCore(self._core, self._metrics)
+            self._core.on_failure = self._metrics.failed_one
             self._metrics_http = status_page.serve_peer(self, self._metrics, metrics)
             weakref.finalize(self, self._metrics_http.stop)  # dropped without close(): the server goes too
         _in_flight.track_open(self)

@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait, FIRST_COMPLETED
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Optional, Sequence
 
+from . import core_calls
 from .call_args import check_tag
 from .errors import CommunicatorStateError, InvalidArgumentError, PCCLError, PCCLTimeoutError
 
@@ -55,6 +56,9 @@ class AllReduceHandle:
         """
         try:
             result, _info = self._future.result(timeout)
+        except PCCLError as e:
+            core_calls.acknowledge(e)  # the user's code sees it now (a lost master: core_calls.py)
+            raise
         except FutureTimeout:
             if self._future.done():  # the operation's own PCCLTimeoutError (a TimeoutError too), not this wait's
                 raise
@@ -135,9 +139,11 @@ class Concurrency:
         return AllReduceHandle(future, tag, self._on_interrupt(), what)  # the handle holds the communicator
 
     def _run(self, call, tag):
+        core_calls.running_async(True)
         try:
             return call(tag)
         finally:
+            core_calls.running_async(False)
             self._release(tag)
 
     def in_flight(self) -> int:
@@ -179,10 +185,12 @@ class Concurrency:
                 if err is None:
                     results[i] = fut.result()[0]
                 elif isinstance(err, PCCLError) and err.retryable and attempts[i] <= retries:
+                    core_calls.acknowledge(err)  # seen: its retry, with the same tag, goes to the master
                     todo.append(i)  # run it again on the smaller ring; committed arrays stay as they are
                 else:
                     for other in running:  # let the others end before raising, so no thread outlives the call
                         other.exception()
+                    core_calls.acknowledge(err)
                     try:
                         raise err
                     finally:  # the error's traceback holds this frame: no cycle through its locals (see wait())

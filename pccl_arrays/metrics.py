@@ -204,26 +204,3 @@ class PeerMetrics:
         fams.append(links)
         return fams
 
-
-class CountingCore:
-    """The core communicator, with what its collectives raise counted (PeerMetrics.failed_one); everything
-    else passes through unchanged."""
-
-    _COUNTED = frozenset({"all_reduce", "collective", "sync_state", "update_topology", "optimize_topology"})
-
-    def __init__(self, core, peer_metrics: PeerMetrics):
-        self._core, self._peer_metrics = core, peer_metrics
-
-    def __getattr__(self, name: str):
-        attr = getattr(self._core, name)
-        if name not in self._COUNTED:
-            return attr
-
-        def counted(*args, **kw):
-            try:
-                return attr(*args, **kw)
-            except PCCLError as e:
-                self._peer_metrics.failed_one(e)
-                raise
-
-        return counted

@@ -18,7 +18,6 @@ import random
 import re
 import signal
 import socket
-import threading
 import time
 
 import numpy as np
@@ -27,6 +26,7 @@ import pytest
 import pccl_arrays as pa
 from procs import spawn, start_master_process, wait_all
 from restart_scenarios import _state_hash
+from tcp_proxy import Proxy
 
 PEER_TIMEOUT = 3.0  # the masters' peer_timeout
 COMPUTE_S = 0.02
@@ -91,86 +91,6 @@ def _free_address() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{s.getsockname()[1]}"
-
-
-class Proxy:
-    """A TCP forwarder to `target` that can be cut: its listener and every connection through it closed at once
-    (the peers behind it lose that master and cannot reach it again)."""
-
-    def __init__(self, target: str):
-        host, port = target.rsplit(":", 1)
-        self.target = (host, int(port))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        self.socks: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.closed = False
-        self.connections = 0
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                c, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                u = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                c.close()
-                continue
-            for s in (c, u):
-                s.settimeout(None)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self.lock:
-                if self.closed:
-                    c.close()
-                    u.close()
-                    return
-                self.socks += [c, u]
-                self.connections += 1
-                for a, b in ((c, u), (u, c)):
-                    self.threads.append(threading.Thread(target=self._pump, args=(a, b), daemon=True))
-                    self.threads[-1].start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def cut(self) -> None:
-        """Shuts every connection down (their pumps see the end and stop), then closes the sockets once no thread
-        uses them any more: closing a socket another thread reads is a race on its descriptor."""
-        with self.lock:
-            if self.closed:
-                return
-            self.closed = True
-            socks, self.socks = self.socks, []
-            threads = list(self.threads)
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for t in threads:  # the acceptor polls `closed` every 0.05 s; the pumps saw their sockets shut down
-            t.join(5)
-        self.listener.close()
-        for s in socks:
-            s.close()
 
 
 # -- what the peers logged ----------------------------------------------------------------------------------------

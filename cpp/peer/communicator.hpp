@@ -166,6 +166,10 @@ public:
     void abandon(const std::string& why);
 
     uint64_t peer_id() const { return peer_id_; }
+    // Master links lost so far, and the acknowledgment that the caller has seen a collective fail since the loss
+    // numbered `generation` (rejoin.cpp): from then on collectives go to the master again.
+    uint64_t master_generation() const { return generation_; }
+    void acknowledge_loss(uint64_t generation);
     uint32_t world_size() const { return world_size_; }
     uint32_t group_world_size() const { return group_world_size_; }
     // This peer's position in its group's ring order, as of the last topology result or operation.
@@ -195,7 +199,7 @@ private:
     // While the master is lost they wait for it to come back (up to master_grace), then raise kPeerLost (the
     // others may have moved on), except for kVote and kQuery (update_topology(), pending_peers(): where the
     // README loop resumes), which send the frame. After a loss, a kStart (a new collective) raises kPeerLost
-    // until this peer has voted (resume_pending_): the group meets again at update_topology().
+    // until the caller has seen one fail, or voted (resume_pending_).
     enum class Send { kReport, kStart, kVote, kQuery };
     template <class T> uint64_t send_master(wire::MsgType type, const T& m, Send how = Send::kReport);
     uint64_t send_raw(const std::vector<uint8_t>& bytes, Send how = Send::kReport);
@@ -322,9 +326,12 @@ private:
     std::atomic<uint64_t> epoch_{0};
     std::atomic<uint64_t> generation_{0};        // master links lost so far
     std::atomic<bool> away_{false};              // lost, not yet readmitted
-    // Lost since this peer last voted (guarded by mu_). Peers of a group resume a step at different calls (one
-    // got an operation's commit before the loss and went on, another gets it as a verdict afterwards); every
-    // collective raises kPeerLost until update_topology(), so all of them redo the step from there.
+    // A loss the caller has not seen a collective fail for yet (guarded by mu_). Peers of a group lose the master
+    // at different calls of a step: one got an operation's commit before the loss and went on to the next
+    // collective, which failed; another gets the commit afterwards as the new master's verdict. That one's next
+    // collective must fail too, or it would be a call ahead of the first (which redoes the step or the call):
+    // collectives raise kPeerLost until the caller acknowledges one (the package does when the error reaches
+    // the user's code: pccl_arrays/core_calls.py) or votes.
     bool resume_pending_ = false;
     bool rejoining_ = false;                     // link thread only: HELLO sent to a new master, not admitted
     bool welcomed_ = false;                      // link thread only: ... and its WELCOME came

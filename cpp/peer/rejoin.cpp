@@ -5,9 +5,9 @@
 // the old master's answers raise kPeerLost from then on) and fails every running operation that has not
 // reported done. Then it dials the addresses in order, with backoff, until one answers: it proves the secret
 // again (a run with one), says HELLO with what it knows (peer id, epoch, ring, revision, committed and in-doubt
-// operations) and goes back to reading frames. Until this peer's next update_topology() every new collective
-// raises kPeerLost (resume_pending_): the peers of a group may have lost the master at different calls of a step,
-// and redo it together from there. WELCOME from an older epoch than the last master's ends that
+// operations) and goes back to reading frames. Every new collective raises kPeerLost (resume_pending_) until the
+// caller has seen one fail (acknowledge_loss) or calls update_topology(): the peers of a group may have lost the
+// master at different calls of a step, and each must see a failure at its next call to redo it with the others. WELCOME from an older epoch than the last master's ends that
 // link and that address is not tried again; the admission (TOPO_RESULT seq 0) ends the absence: the ring is
 // applied and calls that waited send their requests. The verdicts on operations in doubt arrive as ordinary
 // OP_COMMIT / OP_ABORT frames. Past master_grace the communicator is broken with kMasterUnreachable.
@@ -46,9 +46,14 @@ CoreError Communicator::master_lost_error(const char* what) const {
 
 CoreError Communicator::resume_error() const {
     return CoreError(ErrorKind::kPeerLost,
-                     "the master at " + master_now_ + " was lost (" + lost_why_ + ") since this peer's last "
-                     "update_topology(); the others may be at another call of the step: every collective raises "
-                     "PeerLostError until update_topology(), where the group meets again (redo the step from there)");
+                     "the master at " + master_now_ + " was lost (" + lost_why_ + ") after this peer's last "
+                     "collective; the others may have lost it at another call of the step: redo the step (or "
+                     "retry this call), as after any lost peer");
+}
+
+void Communicator::acknowledge_loss(uint64_t generation) {
+    std::lock_guard<std::mutex> g(mu_);
+    if (generation_ == generation && !away_) resume_pending_ = false;
 }
 
 int Communicator::dial_master(const std::string& address, double deadline, auth::Channel* channel) {

@@ -313,6 +313,9 @@ PYBIND11_MODULE(_core, m) {
             return out;
         })
         .def_property_readonly("inbound", &Communicator::inbound)
+        .def_property_readonly("master_generation", &Communicator::master_generation)
+        .def("acknowledge_loss", &Communicator::acknowledge_loss, py::arg("generation"),
+             "The caller has seen a collective fail since master loss number `generation`: collectives go on.")
         .def("relay_stats", [](const Communicator& c) {
             const auto r = c.relay_stats();
             py::dict d;
