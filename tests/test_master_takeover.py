@@ -297,6 +297,22 @@ def test_a_master_gives_up_a_group_it_keeps_no_majority_of(m, lost, fenced):
         assert not kicked and m.stats()["fenced"] == 0
 
 
+def test_a_sync_that_commits_between_two_removals_does_not_move_the_fence(m):
+    """A partition takes peers 1 and 2 away, one connection after the other. 2's SYNC_START had arrived, 1's not:
+    when 1 is removed, the sync of 2, 3 and 4 moves nothing and commits with its plan at once, 2 included. It must
+    not re-count the group (2 is gone too: nobody confirmed): once 2 is removed, 3 and 4 are half of the last
+    confirmed commit without its smallest id, and the master lets them go. (CI found a split brain here.)"""
+    _group_with_standby(m, [1, 2, 3, 4])
+    for c in (2, 3, 4):
+        m.msg(c, "sync_start", revision=1, strategy=0, entries=state_entries(5))
+    m.disconnect(1)  # the others had started: the plan commits the sync (nothing to move)
+    assert m.stats()["syncs_committed"] == 1
+    m.disconnect(2)
+    assert not sends(m.start_all([3, 4], tag=2), "op_go")
+    kicked = sends(m.tick(m.now + 0.1), "kicked")
+    assert set(kicked) == {3, 4} and m.stats()["fenced"] == 1
+
+
 def test_without_a_standby_a_master_keeps_whatever_is_left_of_a_group(m):
     _group_with_standby(m, [1, 2, 3, 4], standby=0)
     m.disconnect(1)

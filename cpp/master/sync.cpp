@@ -146,7 +146,11 @@ void MasterState::finish_sync(std::map<uint64_t, Sync>::iterator it, Actions& ou
         m.synced = true;
     }
     group_revision_[sync.group] = sync.revision;
-    base_[sync.group] = sync.members;
+    // The fence counts from the peers of the last commit that they confirmed. A sync that moves nothing commits
+    // with its plan, before anyone answers: its members may include a peer whose connection is already gone
+    // (its SYNC_START came first), so it re-counts nothing. Else a partition that removes two peers one by one
+    // could commit such a sync between the two removals and leave the second a majority of three.
+    if (announced) base_[sync.group] = sync.members;
     stats_.syncs_committed++;
     observe_sync_end(sync, "committed", ErrorKind(0), "");
     GroupObserved& g = observed_.groups[sync.group];
