@@ -118,7 +118,8 @@ def master_families(status: dict, http: dict | None = None) -> list:
     gauge("master_uptime_seconds", "Seconds since this master started", status["uptime_s"])
     gauge("master_connections", "TCP connections the master holds (peers, and connections not yet greeted)",
           status["connections"])
-    counter("authentication_failures", "Connections refused for a missing or wrong secret", status["auth_failures"])
+    counter("authentication_failures", "Handshakes that failed: a connection without the run's secret or with "
+            "another one", status["auth_failures"])
     counter("dropped_connections", "Connections dropped (garbage, handshake timeout, crowding)",
             s["dropped_connections"])
     if http is not None:

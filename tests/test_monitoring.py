@@ -141,6 +141,11 @@ def test_the_http_side_is_read_only_and_says_nothing_of_the_secret():
             assert doc["master"]["encrypted"] and doc["stats"]["ops_committed"] == 1
             page_headers = get(master.http_address, "/")[2]
             assert "default-src 'none'" in page_headers["Content-Security-Policy"]
+            with pytest.raises(pa.AuthenticationError):  # a stranger, counted
+                pa.Communicator(master.address, secret="not-the-secret-" + "cd" * 16, connect_timeout=5).connect()
+            samples = scrape(master.http_address)
+            assert value(samples, "pccl_arrays_authentication_failures_total") == 1
+            assert value(samples, "pccl_arrays_peers", group=0, state="accepted") == 1
 
 
 def test_http_addresses_are_checked_and_the_server_stops_with_the_master():

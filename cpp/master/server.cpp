@@ -308,9 +308,11 @@ void MasterServer::loop() {
             }
             if (!alive && links_.count(ids[i])) {
                 if (it->second.reader.mid_frame()) reason += " (in the middle of a frame)";
-                if (it->second.auth == Link::kWantProof)  // the peer found that our proof does not match its secret
+                if (it->second.auth == Link::kWantProof) {  // the peer found that our proof does not match its secret
                     log_warn("master: refused " + it->second.addr + ": it left the handshake (" + reason +
                              "): a different secret, or not a peer of this run");
+                    auth_failures_++;
+                }
                 apply(state_.on_disconnect(ids[i], reason, now));
                 close_link(ids[i]);
             }

@@ -68,7 +68,8 @@ struct MasterStatus {
     std::map<uint32_t, uint64_t> revisions;           // by group: the last committed shared-state revision
     std::vector<wire::LinkMeasure> links;
     double now = 0, started = 0;                      // master clock: this copy, the server's start
-    uint64_t connections = 0, auth_failures = 0;      // TCP connections held now; handshakes refused so far
+    uint64_t connections = 0, auth_failures = 0;      // TCP connections held now; handshakes failed so far (refused
+                                                      // here, or left by a peer whose secret differs)
 };
 
 class MasterServer {

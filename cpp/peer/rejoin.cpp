@@ -5,12 +5,14 @@
 // the old master's answers raise kPeerLost from then on) and fails every running operation that has not
 // reported done. Then it dials the addresses in order, with backoff, until one answers: it proves the secret
 // again (a run with one), says HELLO with what it knows (peer id, epoch, ring, revision, committed and in-doubt
-// operations) and goes back to reading frames. Every new collective raises kPeerLost (resume_pending_) until the
-// caller has seen one fail (acknowledge_loss) or calls update_topology(): the peers of a group may have lost the
-// master at different calls of a step, and each must see a failure at its next call to redo it with the others. WELCOME from an older epoch than the last master's ends that
+// operations) and goes back to reading frames. WELCOME from an older epoch than the last master's ends that
 // link and that address is not tried again; the admission (TOPO_RESULT seq 0) ends the absence: the ring is
 // applied and calls that waited send their requests. The verdicts on operations in doubt arrive as ordinary
 // OP_COMMIT / OP_ABORT frames. Past master_grace the communicator is broken with kMasterUnreachable.
+//
+// From the loss on, every new collective raises kPeerLost (resume_pending_) until the caller has seen one fail
+// (acknowledge_loss) or calls update_topology(): the peers of a group may have lost the master at different calls
+// of a step, and each must see a failure at its next call to redo the step (or the call) with the others.
 #include <algorithm>
 #include <thread>
 

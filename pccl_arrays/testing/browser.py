@@ -41,6 +41,14 @@ _TRAMPOLINE = ("import os, sys; r, w = int(sys.argv[1]), int(sys.argv[2]); os.du
                "os.close(r); os.close(w); os.execv(sys.argv[3], sys.argv[3:])")
 
 
+def _browser_env(profile: str) -> dict:
+    """Our environment with TMPDIR in the profile (close() removes all) and no LD_PRELOAD (a sanitizer's runtime,
+    under scripts/sanitize.sh, is not for chromium)."""
+    env = dict(os.environ, TMPDIR=profile)
+    env.pop("LD_PRELOAD", None)
+    return env
+
+
 def find_chromium() -> str | None:
     """The first of chromium, chromium-browser, google-chrome on PATH, or None."""
     return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
@@ -83,7 +91,7 @@ class Browser(contextlib.AbstractContextManager):
                     f"--user-data-dir={self._profile}", "about:blank"]
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, pass_fds=child, start_new_session=True,
-                                          env=dict(os.environ, TMPDIR=self._profile))  # close() removes all
+                                          env=_browser_env(self._profile))
             os.set_blocking(self._cmd_w, False)
             for target in (self._read_events, self._read_output):
                 self._threads.append(threading.Thread(target=target, daemon=True, name=f"chromium{target.__name__}"))
