@@ -45,18 +45,27 @@ def master_document(master, http_counts: Optional[dict] = None) -> dict:
 
 
 def serve_master(master, listen: str) -> HttpServer:
-    holder: dict = {}
+    """The master's HTTP side. It holds the Master weakly (a dropped one is freed as without HTTP; its finalizer
+    stops this server)."""
+    ref, holder = weakref.ref(master), {}
 
     def counts() -> dict:
         return holder["server"].counts
 
+    def live():
+        m = ref()
+        if m is None:
+            raise RuntimeError("the master is gone")  # a 500, for the moment until the server stops
+        return m
+
     routes = {
         "/metrics": lambda: (metrics.CONTENT_TYPE,
-                             metrics.exposition(lambda: metrics.master_families(master.status(), counts()))),
-        "/status.json": lambda: ("application/json", json.dumps(master_document(master, counts())).encode()),
+                             metrics.exposition(lambda: metrics.master_families(live().status(), counts()))),
+        "/status.json": lambda: ("application/json", json.dumps(master_document(live(), counts())).encode()),
         "/": lambda: ("text/html; charset=utf-8", page(), _PAGE_HEADERS),
     }
     holder["server"] = server = HttpServer(listen, routes, what="http")
+    weakref.finalize(master, server.stop)
     return server
 
 

@@ -241,11 +241,24 @@ def test_the_docs_list_every_metric_with_its_type():
     assert documented == exported
 
 
-def test_a_dropped_communicator_with_metrics_is_freed_and_its_server_stops():
-    """The metrics server holds its communicator weakly: dropped without close(), the communicator is freed at
-    once (no cycle collector needed) and its port closes."""
+def test_a_dropped_master_or_communicator_is_freed_and_its_http_server_stops():
+    """The HTTP servers hold their master or communicator weakly: dropped without stop() or close(), each is freed
+    at once (no cycle collector needed) and its port closes, as without HTTP."""
     import gc
     import weakref
+
+    master = pa.Master(http="127.0.0.1:0").start()
+    port = int(master.http_address.rsplit(":", 1)[1])
+    assert get(master.http_address, "/status.json")[0] == 200
+    ref = weakref.ref(master)
+    gc.disable()
+    try:
+        del master
+        assert ref() is None
+    finally:
+        gc.enable()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
 
     with pa.Master(rejoin_window=0.0) as master:
         comm = pa.Communicator(master.address, metrics="127.0.0.1:0").connect()
