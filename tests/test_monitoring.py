@@ -241,35 +241,29 @@ def test_the_docs_list_every_metric_with_its_type():
     assert documented == exported
 
 
-def test_a_dropped_master_or_communicator_is_freed_and_its_http_server_stops():
-    """The HTTP servers hold their master or communicator weakly: dropped without stop() or close(), each is freed
-    at once (no cycle collector needed) and its port closes, as without HTTP."""
+def _dropped_frees_and_closes(owner: list, address: str) -> None:
+    """Drops the only reference to owner[0] with the cycle collector off: it must be freed at once, and the HTTP
+    port at `address` (which answered just before) must close."""
     import gc
     import weakref
 
-    master = pa.Master(http="127.0.0.1:0").start()
-    port = int(master.http_address.rsplit(":", 1)[1])
-    assert get(master.http_address, "/status.json")[0] == 200
-    ref = weakref.ref(master)
+    assert get(address, "/metrics")[0] == 200
+    ref = weakref.ref(owner[0])
     gc.disable()
     try:
-        del master
+        owner.clear()
         assert ref() is None
     finally:
         gc.enable()
     with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=2)
+        socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])), timeout=2)
 
+
+def test_a_dropped_master_or_communicator_is_freed_and_its_http_server_stops():
+    """The HTTP servers hold their master or communicator weakly: dropped without stop() or close(), each is freed
+    at once (no cycle collector needed) and its port closes, as without HTTP."""
+    owner = [pa.Master(http="127.0.0.1:0").start()]
+    _dropped_frees_and_closes(owner, owner[0].http_address)
     with pa.Master(rejoin_window=0.0) as master:
-        comm = pa.Communicator(master.address, metrics="127.0.0.1:0").connect()
-        port = int(comm.metrics_address.rsplit(":", 1)[1])
-        assert get(comm.metrics_address, "/metrics")[0] == 200
-        ref = weakref.ref(comm)
-        gc.disable()
-        try:
-            del comm
-            assert ref() is None
-        finally:
-            gc.enable()
-        with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=2)
+        owner = [pa.Communicator(master.address, metrics="127.0.0.1:0").connect()]
+        _dropped_frees_and_closes(owner, owner[0].metrics_address)
