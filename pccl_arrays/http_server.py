@@ -96,6 +96,8 @@ class HttpServer:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def stop(self) -> None:
+        """Stops serving and closes every socket; safe to call again, and from a route (a finalizer may run on
+        the server's own thread: then the loop ends after this request)."""
         if not self._running:
             return
         self._running = False
@@ -103,15 +105,21 @@ class HttpServer:
             self._wake_w.send(b"x")
         except OSError:
             pass
-        self._thread.join(10)
-        for c in list(self._conns.values()):
-            self._close(c)
-        for s in (self._listener, self._wake_r, self._wake_w):
-            s.close()
-        self._sel.close()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(10)
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:  # the loop's own sockets are closed by the loop, whoever stopped it
+            for c in list(self._conns.values()):
+                self._close(c)
+            for s in (self._listener, self._wake_r, self._wake_w):
+                s.close()
+            self._sel.close()
+
+    def _serve(self) -> None:
         while self._running:
             for key, events in self._sel.select(timeout=0.25):
                 if key.data == "wake":

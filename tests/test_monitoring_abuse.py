@@ -155,3 +155,23 @@ def test_abuse_leaves_the_master_serving_peers_with_no_failed_operation():
         stats = master.stats()
         assert stats["ops_aborted"] == 0 and stats["ops_rejected"] == 0, stats
         assert stats["evictions"] == 0 and stats["dropped_connections"] == 0, stats
+
+
+def test_a_route_may_stop_its_own_server():
+    """A finalizer (a Master or Communicator dropped during a request) may stop the server from its own thread:
+    no deadlock, no error, the thread ends and the port closes."""
+    holder: dict = {}
+
+    def stop_route():
+        holder["server"].stop()
+        return "text/plain", b"bye"
+
+    holder["server"] = server = HttpServer("127.0.0.1:0", {"/stop": stop_route})
+    response = raw(server.address, b"GET /stop HTTP/1.1\r\n\r\n")
+    assert response == b"" or status_of(response) == 200
+    server._thread.join(5)
+    assert not server._thread.is_alive()
+    host, port = server.address.rsplit(":", 1)
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=2)
+    server.stop()  # again, from another thread: nothing to do
