@@ -243,7 +243,3 @@ class HttpServer:
                 pass
         c.sock.close()
 
-
-def serve(listen: Optional[str], routes: dict, what: str) -> Optional[HttpServer]:
-    """An HttpServer on ``listen``, or None when it is None."""
-    return None if listen is None else HttpServer(listen, routes, what=what)

@@ -74,7 +74,7 @@ MasterStatus MasterServer::status() const {
     s.peers = state_.peer_rows();
     for (const auto& p : s.peers) {
         if (p.state != "accepted" || s.rings.count(p.group)) continue;
-        s.rings[p.group] = state_.ring_of(p.group);
+        s.rings[p.group] = state_.group_ring(p.group);
         s.revisions[p.group] = state_.group_revision(p.group);
     }
     for (const auto& [group, o] : s.observed.groups)

@@ -139,7 +139,7 @@ public:
         bool inbound = true, synced = false;
     };
     std::vector<PeerRow> peer_rows() const;
-    std::vector<uint64_t> ring_of(uint32_t group) const { return cached_ring(group); }
+    std::vector<uint64_t> group_ring(uint32_t group) const { return cached_ring(group); }
     uint64_t group_revision(uint32_t group) const {
         auto it = group_revision_.find(group);
         return it == group_revision_.end() ? 0 : it->second;
@@ -286,13 +286,15 @@ private:
     void finish_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator it, Actions& out);
     void fail_op(std::map<std::pair<uint32_t, uint64_t>, Op>::iterator it, ErrorKind kind, const std::string& reason,
                  Actions& out);
+    // Records an ended collective for monitoring (status.cpp): `ran` says whether it got past its start.
+    void observe_end(const Collective& c, std::string what, uint64_t tag, bool ran, uint32_t world,
+                     const char* outcome, ErrorKind kind, const std::string& reason);
     void observe_end(const Op& op, const char* outcome, ErrorKind kind, const std::string& reason);
     void observe_sync_end(const Collective& sync, const char* outcome, ErrorKind kind, const std::string& reason);
     void try_start_sync(uint32_t group, Actions& out);
     void fail_pending_sync(uint32_t group, ErrorKind kind, const std::string& reason, Actions& out);
     void finish_sync(std::map<uint64_t, Sync>::iterator it, Actions& out);
     void abort_sync(std::map<uint64_t, Sync>::iterator it, ErrorKind kind, const std::string& reason, Actions& out);
-    std::vector<uint64_t> group_ring(uint32_t group) const { return cached_ring(group); }
     // The group's ring, computed once per change of membership or order (rings_changed() forgets them all):
     // every operation needs it, and recomputing it per message made the master's work per operation O(N^2).
     const std::vector<uint64_t>& cached_ring(uint32_t group) const;

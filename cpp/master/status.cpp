@@ -8,36 +8,32 @@
 
 namespace pccl {
 
-void MasterState::observe_end(const Op& op, const char* outcome, ErrorKind kind, const std::string& reason) {
+void MasterState::observe_end(const Collective& c, std::string what, uint64_t tag, bool ran, uint32_t world,
+                              const char* outcome, ErrorKind kind, const std::string& reason) {
     OpRecord r;
-    r.id = op.running ? op.id : 0;
-    r.group = op.group;
-    r.tag = op.tag;
-    r.what = op.started.empty() ? "all_reduce" : op_kind_name(OpKind(op.started.begin()->second.collective));
+    r.id = ran ? c.id : 0;
+    r.group = c.group;
+    r.tag = tag;
+    r.what = std::move(what);
     r.outcome = outcome;
     r.cause = kind == ErrorKind(0) ? "" : error_kind_name(kind);
     r.reason = reason;
-    r.started = op.running ? op.began : op.first_start;
+    r.started = ran ? c.began : c.first_start;
     r.ended = now_;
-    r.bytes = op.bytes;
-    r.world = uint32_t(op.running ? op.members.size() : op.started.size());
+    r.bytes = c.bytes;
+    r.world = world;
     observed_.ended(std::move(r));
+}
+
+void MasterState::observe_end(const Op& op, const char* outcome, ErrorKind kind, const std::string& reason) {
+    const char* what = op.started.empty() ? "all_reduce" : op_kind_name(OpKind(op.started.begin()->second.collective));
+    observe_end(op, what, op.tag, op.running, uint32_t(op.running ? op.members.size() : op.started.size()), outcome,
+                kind, reason);
 }
 
 void MasterState::observe_sync_end(const Collective& sync, const char* outcome, ErrorKind kind,
                                    const std::string& reason) {
-    OpRecord r;
-    r.id = sync.id;
-    r.group = sync.group;
-    r.what = "sync_shared_state";
-    r.outcome = outcome;
-    r.cause = kind == ErrorKind(0) ? "" : error_kind_name(kind);
-    r.reason = reason;
-    r.started = sync.id ? sync.began : sync.first_start;
-    r.ended = now_;
-    r.bytes = sync.bytes;
-    r.world = uint32_t(sync.members.size());
-    observed_.ended(std::move(r));
+    observe_end(sync, "sync_shared_state", 0, sync.id != 0, uint32_t(sync.members.size()), outcome, kind, reason);
 }
 
 std::vector<MasterState::PeerRow> MasterState::peer_rows() const {

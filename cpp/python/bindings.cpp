@@ -107,13 +107,7 @@ PYBIND11_MODULE(_core, m) {
             }
             return master_status_dict(st);
         })
-        .def("links", [](const MasterServer& s) {
-            py::list out;
-            for (const auto& l : s.links())
-                out.append(py::dict(py::arg("from") = l.from, py::arg("to") = l.to, py::arg("bandwidth") = l.bandwidth,
-                                    py::arg("rtt_us") = l.rtt_us));
-            return out;
-        });
+        .def("links", [](const MasterServer& s) { return links_list(s.links()); });
 
     m.def("quantization_residual", [](uintptr_t input, uintptr_t output, size_t count, uint8_t dtype, uint8_t qkind,
                                       uint32_t qblock, uint32_t qseed, bool qrotate) {

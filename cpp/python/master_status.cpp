@@ -84,11 +84,7 @@ py::dict master_status_dict(const MasterStatus& s) {
         groups[py::int_(group)] = g;
     }
     d["groups"] = groups;
-    py::list links;
-    for (const auto& l : s.links)
-        links.append(py::dict(py::arg("from") = l.from, py::arg("to") = l.to, py::arg("bandwidth") = l.bandwidth,
-                              py::arg("rtt_us") = l.rtt_us));
-    d["links"] = links;
+    d["links"] = links_list(s.links);
     return d;
 }
 

@@ -27,6 +27,14 @@ void register_core_errors(bool (*interrupted)()) {
     });
 }
 
+py::list links_list(const std::vector<wire::LinkMeasure>& links) {
+    py::list out;
+    for (const auto& l : links)
+        out.append(py::dict(py::arg("from") = l.from, py::arg("to") = l.to, py::arg("bandwidth") = l.bandwidth,
+                            py::arg("rtt_us") = l.rtt_us));
+    return out;
+}
+
 py::dict master_stats_dict(const MasterStats& s) {
     py::dict d;
     d["peers_accepted"] = s.peers_accepted;

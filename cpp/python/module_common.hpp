@@ -12,6 +12,7 @@ namespace pccl {
 // (the runtime's blocking calls) and returns false when nothing was pending.
 void register_core_errors(bool (*interrupted)());
 pybind11::dict master_stats_dict(const MasterStats& s);
+pybind11::list links_list(const std::vector<wire::LinkMeasure>& links);  // Master.links(), status()["links"]
 struct MasterStatus;
 pybind11::dict master_status_dict(const MasterStatus& s);  // master_status.cpp
 }  // namespace pccl
